@@ -1,0 +1,46 @@
+# gfm-pipeline. `make run` and `make test` each set everything up on a fresh machine (Python 3.11 + pip).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-full lint smoke dag bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build (a bare `torch` resolves to a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create/update .venv with the pinned versions
+
+run: $(STAMP)  ## run the pipeline on params.yaml (dvc repro)
+	$(BIN)/dvc repro
+
+test: $(STAMP)  ## run the test suite (not slow, not gpu)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
+
+test-full: $(STAMP)  ## every test that this machine can run
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff + snakemake --lint
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakemake --lint -n >/dev/null
+
+dag: $(STAMP)  ## what would run, per driver
+	$(BIN)/snakemake -n
+	$(BIN)/dvc repro --dry
+
+bench: $(STAMP)  ## benchmarks behind BENCHMARKS.md
+	$(BIN)/python -m benchmarks.generation
+
+clean:  ## remove the venv and Snakemake state (not data/)
+	rm -rf $(VENV) .snakemake

@@ -1,0 +1,3 @@
+from gfm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""Typed params: one frozen dataclass per ``params.yaml`` section, validated once at load.
+
+``load_params(path)`` reads YAML with the safe loader, builds :class:`Params` and raises
+:class:`~gfm.errors.ParamsError` listing every problem as ``key.path: got X; expected Y``.
+The same file is Snakemake's ``configfile:`` and DVC's params file (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gfm.errors import ParamsError
+from gfm.schema import build, spec
+
+__all__ = [
+    "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
+    "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "StoreSpec", "StoreLayoutConfig",
+    "GenerateConfig", "SplitConfig", "Params", "load_params", "parse_params", "config_hash",
+    "OPTIMIZER_NAMES", "TASK_KINDS",
+]
+
+OptimizerName = Literal["sgd", "momentum", "adam", "rmsprop"]
+OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A hyper-parameter drawn per run, uniformly in [low, high] (log-uniformly if ``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def _check(self):
+        out = []
+        if self.high < self.low:
+            out.append(("high", f"got {self.high!r}; expected a value >= low ({self.low!r})"))
+        if self.log and self.low <= 0:
+            out.append(("low", f"got {self.low!r}; a log range needs low > 0"))
+        return out
+
+
+Hyper = float | Range
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, as a multiplier of the base lr at optimizer step k (0-based)."""
+
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = spec(50, ge=1, doc="step: multiply by gamma every step_size steps")
+    gamma: float = spec(0.5, gt=0, le=1)
+    min_ratio: float = spec(0.0, ge=0, le=1, doc="cosine: floor as a fraction of the base lr")
+
+
+# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting.
+_OPTIMIZER_KEYS = {
+    "sgd": {"lr", "weight_decay"},
+    "momentum": {"lr", "momentum", "weight_decay"},
+    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+    "rmsprop": {"lr", "alpha", "eps", "weight_decay"},
+}
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """An optimizer and its hyper-parameters (PyTorch conventions: heavy-ball momentum, Adam with bias
+    correction, RMSprop with smoothing ``alpha``). Each hyper-parameter is a number or a per-run Range."""
+
+    name: OptimizerName
+    lr: Hyper = spec(ge=0)
+    momentum: Hyper = spec(0.9, ge=0, lt=1)
+    beta1: Hyper = spec(0.9, ge=0, lt=1)
+    beta2: Hyper = spec(0.999, ge=0, lt=1)
+    alpha: Hyper = spec(0.99, ge=0, lt=1)
+    eps: float = spec(1e-8, gt=0)
+    weight_decay: Hyper = spec(0.0, ge=0)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+
+    @classmethod
+    def _dispatch(cls, data, path, problems):
+        name = data.get("name")
+        if name in _OPTIMIZER_KEYS:
+            allowed = _OPTIMIZER_KEYS[name] | {"name", "schedule"}
+            for key in data:
+                if key not in allowed and key in {f.name for f in dataclasses.fields(cls)}:
+                    problems.append(f"{path}.{key}: not used by optimizer {name!r}; "
+                                    f"it reads {', '.join(sorted(allowed - {'name'}))}")
+        return cls
+
+    def hyper(self) -> dict[str, Hyper]:
+        """The hyper-parameters this optimizer reads, by name."""
+        return {k: getattr(self, k) for k in sorted(_OPTIMIZER_KEYS[self.name])}
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Initial weights. ``default`` is PyTorch's nn.Linear init (U(±1/sqrt(fan_in)) for weight and bias);
+    ``normal`` N(0, 1/fan_in) and ``uniform`` U(±sqrt(3/fan_in)) have the same variance as each other;
+    ``unit_uniform`` is U(0, 1) (the LFD-2 least-squares protocol). Every draw is multiplied by ``scale``."""
+
+    dist: Literal["default", "normal", "uniform", "unit_uniform"] = "default"
+    scale: float = spec(1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Fields every task has. ``kind`` picks the model family, data and loss."""
+
+    kind: str
+    runs_per_dataset: int = spec(200, ge=1, doc="runs (trajectories) per dataset seed")
+    steps: int = spec(200, ge=1, doc="optimizer steps per run")
+    record_every: int = spec(1, ge=1, doc="record weights every k optimizer steps")
+    batch_size: int = spec(64, ge=0, doc="minibatch size; 0 = full batch (gradient descent)")
+    n_samples: int = spec(100, ge=1, doc="training samples per run")
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+
+    @classmethod
+    def _dispatch(cls, data, path, problems):
+        kind = data.get("kind")
+        if kind not in TASK_KINDS:
+            problems.append(f"{path}.kind: got {kind!r}; expected one of {', '.join(sorted(TASK_KINDS))}")
+            return None
+        return TASK_KINDS[kind]
+
+    def _check(self):
+        out = []
+        if self.steps % self.record_every:
+            out.append(("record_every", f"got {self.record_every}; expected a divisor of steps ({self.steps})"))
+        if self.batch_size > self.n_samples:
+            out.append(("batch_size", f"got {self.batch_size}; expected at most n_samples ({self.n_samples})"))
+        return out
+
+    @property
+    def n_records(self) -> int:
+        """Recorded points per run: step 0 (initialisation) and every ``record_every`` steps after it."""
+        return self.steps // self.record_every + 1
+
+
+@dataclass(frozen=True)
+class LeastSquaresConfig(TaskConfig):
+    """LFD-2 least squares: X ~ N(0, I) (n_samples x dim), w* ~ N(0, I), y = X w* (+ noise);
+    loss 0.5 * sum over the batch of (x.w - y)^2; no bias."""
+
+    kind: Literal["least_squares"] = "least_squares"
+    dim: int = spec(1, ge=1)
+    noise: float = spec(0.0, ge=0)
+    lr_scale: Literal["none", "inverse_lambda_max"] = spec(
+        "none", doc="inverse_lambda_max: lr is divided by the largest eigenvalue of X^T X (LFD-2 GD)")
+
+
+@dataclass(frozen=True)
+class MLPRegressionConfig(TaskConfig):
+    """MLP dim -> hidden... -> 1 with ReLU, MSE. Data X ~ N(0, I); target y = X w* (``linear``, w* ~ N(0, I))
+    or sin(2 X w*) (``sin``), plus Gaussian noise."""
+
+    kind: Literal["mlp_regression"] = "mlp_regression"
+    dim: int = spec(1, ge=1)
+    hidden: list[int] = spec([10], nonempty=True, ge=1)
+    target: Literal["linear", "sin"] = "linear"
+    noise: float = spec(0.0, ge=0)
+
+
+@dataclass(frozen=True)
+class MLPClassificationConfig(TaskConfig):
+    """Synthetic Gaussian classes: class means ~ N(0, separation^2 I), samples N(mean, I);
+    MLP dim -> hidden... -> classes with ReLU, cross-entropy."""
+
+    kind: Literal["mlp_classification"] = "mlp_classification"
+    dim: int = spec(2, ge=1)
+    classes: int = spec(3, ge=2)
+    hidden: list[int] = spec([16], nonempty=True, ge=1)
+    separation: float = spec(2.0, gt=0)
+
+
+@dataclass(frozen=True)
+class DigitsConfig(TaskConfig):
+    """scikit-learn's bundled 8x8 digits (1797 images, pixels / 16); each run trains on its own random
+    subset of ``n_samples`` images; MLP 64 -> hidden... -> 10, cross-entropy."""
+
+    kind: Literal["digits"] = "digits"
+    hidden: list[int] = spec([16], nonempty=True, ge=1)
+    n_samples: int = spec(256, ge=1, le=1797)
+
+
+TASK_KINDS: dict[str, type[TaskConfig]] = {
+    "least_squares": LeastSquaresConfig,
+    "mlp_regression": MLPRegressionConfig,
+    "mlp_classification": MLPClassificationConfig,
+    "digits": DigitsConfig,
+}
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """One trajectory store of the study: a task trained with one optimizer."""
+
+    task: str
+    optimizer: OptimizerConfig
+
+
+@dataclass(frozen=True)
+class StoreLayoutConfig:
+    """Zarr chunking. A shard holds ``shard_runs`` whole runs and is the unit of writing (one generation
+    block, one file); inner chunks of ``chunk_runs`` x ``chunk_steps`` x all parameters are the unit of
+    reading."""
+
+    chunk_runs: int = spec(8, ge=1)
+    chunk_steps: int = spec(32, ge=1)
+    shard_runs: int = spec(256, ge=1)
+    cname: Literal["zstd", "lz4", "lz4hc", "blosclz", "zlib"] = "zstd"
+    clevel: int = spec(3, ge=0, le=9)
+    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
+
+    def _check(self):
+        if self.shard_runs % self.chunk_runs:
+            return [("shard_runs", f"got {self.shard_runs}; expected a multiple of chunk_runs ({self.chunk_runs})")]
+        return []
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Trajectory generation."""
+
+    dataset_seeds: list[int] = spec([1, 2, 3, 4, 5], nonempty=True, ge=0)
+    progress: bool = True
+
+    def _check(self):
+        if len(set(self.dataset_seeds)) != len(self.dataset_seeds):
+            return [("dataset_seeds", f"got {list(self.dataset_seeds)}; expected distinct seeds")]
+        return []
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions of each dataset's runs for train / val / test, taken in run order (LFD-2: 0-99, 100-149,
+    150-199 of 200)."""
+
+    train: float = spec(0.5, ge=0, le=1)
+    val: float = spec(0.25, ge=0, le=1)
+    test: float = spec(0.25, ge=0, le=1)
+
+    def _check(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-9:
+            return [("test", f"train + val + test = {total:g}; expected 1")]
+        return []
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    seed: int = spec(0, ge=0, lt=2**63)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    generate: GenerateConfig = dataclasses.field(default_factory=GenerateConfig)
+    store: StoreLayoutConfig = dataclasses.field(default_factory=StoreLayoutConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    tasks: dict[str, TaskConfig] = spec({}, nonempty=True)
+    stores: dict[str, StoreSpec] = spec({}, nonempty=True)
+
+    def _check(self):
+        out = []
+        for key, st in self.stores.items():
+            if st.task not in self.tasks:
+                out.append((f"stores.{key}.task", f"got {st.task!r}; expected one of {', '.join(sorted(self.tasks))}"))
+            expected = f"{st.task}-{st.optimizer.name}"
+            if key != expected:
+                out.append((f"stores.{key}", f"store keys are '<task>-<optimizer>'; expected {expected!r}"))
+        for name in self.tasks:
+            if not name.replace("_", "").isalnum() or not name[:1].isalpha():
+                out.append((f"tasks.{name}", "task names use letters, digits and '_' and start with a letter"))
+        return out
+
+    def lookup_store(self, key: str) -> tuple[StoreSpec, TaskConfig]:
+        """The store spec and its task for a store key ``<task>-<optimizer>``."""
+        if key not in self.stores:
+            raise ParamsError(f"stores.{key}: no such store; expected one of {', '.join(sorted(self.stores))}")
+        st = self.stores[key]
+        return st, self.tasks[st.task]
+
+
+def parse_params(data: Any, *, source: str = "params") -> Params:
+    """Validate a parsed params mapping; raise ParamsError listing every problem."""
+    problems: list[str] = []
+    params = build(Params, data, "", problems)
+    if problems:
+        raise ParamsError(problems, source=source)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file (YAML, safe loader)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"file not found: {path}", source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParamsError(f"not valid YAML ({first})", source=str(path)) from None
+    return parse_params(data, source=str(path))
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a (nested) config, for matching a partial store to the params that started it."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (dataclasses and tuples -> dicts and lists), JSON-serialisable."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

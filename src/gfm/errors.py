@@ -1,0 +1,41 @@
+"""Typed errors. Each also subclasses a builtin so callers can catch either (zarr-python's pattern)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GFMError",
+    "ParamsError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreIncompleteError",
+    "StoreSchemaError",
+]
+
+
+class GFMError(Exception):
+    """Base class of every error this package raises on purpose. The CLI turns these into exit code 2."""
+
+
+class ParamsError(GFMError, ValueError):
+    """A params file is missing, unreadable or invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str, *, source: str = "params"):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+
+class StoreError(GFMError):
+    """A trajectory store cannot be used."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store at the given path."""
+
+
+class StoreIncompleteError(StoreError, ValueError):
+    """The store exists but was never finished (no completion flag): a crashed or running writer."""
+
+
+class StoreSchemaError(StoreError, ValueError):
+    """The store was written with another schema version or does not have the expected layout."""

@@ -1,0 +1,277 @@
+"""The trajectory store (DESIGN.md §2): plain Zarr v3, one per (task, optimizer).
+
+Layout (R runs, T recorded steps, P parameters)::
+
+    weights         (run, step, param) float32   step 0 = initialisation
+    loss            (run, step)        float32   full training-set loss at each recorded step
+    lr              (run, step)        float32   learning rate in force for the update leaving that step
+    state/<name>    (run, step, param) float32   optimizer state after the updates up to that step
+    final/weights   (run, param)       float32   = weights[:, -1], so "final step of all runs" reads R x P
+    final/loss      (run,)             float32
+    runs/<field>    (run,)             per-run seed, dataset seed, index, hyper-parameters, ``diverged``
+
+Every array is chunked so that each file belongs to exactly one block of ``shard_runs`` runs: a block is
+the unit of generation and of durability (a killed writer redoes only unfinished blocks). ``weights`` and
+``state/*`` are sharded (one file per block); the inner chunks (``chunk_runs`` x ``chunk_steps`` x P) are the
+unit of reading, so "first k steps of all runs" touches only the first ceil(k / chunk_steps) chunk rows.
+
+A store is written under ``<path>.partial`` and renamed into place only when complete; the root attributes
+carry ``schema_version``, ``complete``, the generating config, the parameter layout and package versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from gfm.config import StoreLayoutConfig
+from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.tasks.base import ParamSpec
+
+__all__ = [
+    "SCHEMA_VERSION", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
+    "partial_path",
+]
+
+SCHEMA_VERSION = 1
+_DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a store is built before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the directories themselves, so a finished block survives a crash."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class StoreWriter:
+    """Writes a store block by block under its ``.partial`` path; :meth:`finish` renames it into place."""
+
+    path: Path
+    group: zarr.Group
+    n_runs: int
+    block_runs: int
+
+    @property
+    def tmp(self) -> Path:
+        return partial_path(self.path)
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n_runs / self.block_runs)
+
+    def block_range(self, b: int) -> range:
+        return range(b * self.block_runs, min((b + 1) * self.block_runs, self.n_runs))
+
+    def done_blocks(self) -> set[int]:
+        d = self.tmp / _DONE_DIR
+        return {int(p.stem) for p in d.glob("*.done")} if d.is_dir() else set()
+
+    def write_block(self, b: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write block ``b`` (every array's rows for runs ``block_range(b)``), then mark it durable."""
+        rows = self.block_range(b)
+        sl = slice(rows.start, rows.stop)
+        for name, value in arrays.items():
+            self.group[name][sl] = value
+        _fsync_tree(self.tmp)
+        marker_dir = self.tmp / _DONE_DIR
+        marker_dir.mkdir(exist_ok=True)
+        (marker_dir / f"{b:06d}.done").touch()
+        _fsync_tree(marker_dir)
+
+    def finish(self) -> Path:
+        """Mark complete, drop the block markers and rename ``.partial`` into place (atomic on one fs)."""
+        missing = set(range(self.n_blocks)) - self.done_blocks()
+        if missing:
+            raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
+        self.group.attrs["complete"] = True
+        shutil.rmtree(self.tmp / _DONE_DIR)
+        _fsync_tree(self.tmp)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, layout: tuple[ParamSpec, ...],
+                            state_names: tuple[str, ...], run_fields: dict[str, np.dtype],
+                            chunks: StoreLayoutConfig, attrs: dict[str, Any],
+                            resume: bool = True) -> StoreWriter:
+    """Create (or resume) a store under ``<path>.partial``.
+
+    Resuming keeps the finished blocks of an earlier, interrupted writer, but only if its attributes equal
+    ``attrs`` (same config, same layout); anything else is wiped and started over.
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    n_params = layout[-1].offset + layout[-1].size
+    block = min(chunks.shard_runs, n_runs)
+    attrs = {**attrs, "schema_version": SCHEMA_VERSION, "complete": False,
+             "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
+             "n_runs": n_runs, "n_records": n_records, "n_params": n_params, "block_runs": block}
+    attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. exactly as zarr will store them
+    if resume and (tmp / "zarr.json").is_file():
+        try:
+            group = zarr.open_group(tmp, mode="r+")
+            if dict(group.attrs) == attrs:
+                return StoreWriter(path, group, n_runs, block)
+        except Exception:  # noqa: BLE001 - any unreadable leftover is simply rebuilt
+            pass
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    group = zarr.open_group(tmp, mode="w", zarr_format=3)
+    comp = BloscCodec(cname=chunks.cname, clevel=chunks.clevel, shuffle=chunks.shuffle)
+    step_chunk = min(chunks.chunk_steps, n_records)
+    padded_steps = math.ceil(n_records / step_chunk) * step_chunk
+    run_chunk = min(chunks.chunk_runs, block)
+    for name in ("weights", *(f"state/{s}" for s in state_names)):
+        group.create_array(name, shape=(n_runs, n_records, n_params), dtype="float32",
+                           chunks=(run_chunk, step_chunk, n_params), shards=(block, padded_steps, n_params),
+                           compressors=comp, fill_value=np.nan, dimension_names=("run", "step", "param"))
+    for name in ("loss", "lr"):
+        group.create_array(name, shape=(n_runs, n_records), dtype="float32", chunks=(block, n_records),
+                           compressors=comp, fill_value=np.nan, dimension_names=("run", "step"))
+    group.create_array("final/weights", shape=(n_runs, n_params), dtype="float32", chunks=(block, n_params),
+                       compressors=comp, fill_value=np.nan, dimension_names=("run", "param"))
+    group.create_array("final/loss", shape=(n_runs,), dtype="float32", chunks=(block,), compressors=comp,
+                       fill_value=np.nan, dimension_names=("run",))
+    for name, dtype in run_fields.items():
+        group.create_array(f"runs/{name}", shape=(n_runs,), dtype=dtype, chunks=(block,), compressors=comp,
+                           fill_value=0, dimension_names=("run",))
+    group.attrs.update(attrs)
+    return StoreWriter(path, group, n_runs, block)
+
+
+class TrajectoryStore:
+    """Read-only typed view of a finished store. Array attributes return zarr arrays (index to read)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            hint = " (a .partial store is there: the writer did not finish)" if partial_path(self.path).exists() else ""
+            raise StoreNotFoundError(f"{self.path}: no trajectory store here{hint}")
+        try:
+            self.group = zarr.open_group(self.path, mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise StoreSchemaError(f"{self.path}: not a readable Zarr group ({type(exc).__name__}: {exc})") from None
+        attrs = dict(self.group.attrs)
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreSchemaError(f"{self.path}: schema_version {version!r}; this code reads {SCHEMA_VERSION}")
+        if attrs.get("complete") is not True:
+            raise StoreIncompleteError(f"{self.path}: store is not complete (no completion flag); "
+                                       "re-run the generate stage")
+        self.attrs = attrs
+        self.layout = tuple(ParamSpec(d["name"], tuple(d["shape"]), d["offset"]) for d in attrs["layout"])
+
+    # arrays
+    @property
+    def weights(self) -> zarr.Array:
+        return self.group["weights"]
+
+    @property
+    def loss(self) -> zarr.Array:
+        return self.group["loss"]
+
+    @property
+    def lr(self) -> zarr.Array:
+        return self.group["lr"]
+
+    def state(self, name: str) -> zarr.Array:
+        return self.group[f"state/{name}"]
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self.attrs["state_names"])
+
+    @property
+    def runs(self) -> dict[str, np.ndarray]:
+        """Per-run fields, read whole (they are R numbers each)."""
+        g = self.group["runs"]
+        return {name: arr[:] for name, arr in sorted(g.arrays())}
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.attrs["n_runs"])
+
+    @property
+    def n_records(self) -> int:
+        return int(self.attrs["n_records"])
+
+    @property
+    def n_params(self) -> int:
+        return int(self.attrs["n_params"])
+
+    @property
+    def record_every(self) -> int:
+        return int(self.attrs["task"]["record_every"])
+
+    @property
+    def optimizer(self) -> dict[str, Any]:
+        return self.attrs["optimizer"]
+
+    # reads
+    def prefix(self, k: int, runs: Any = slice(None)) -> np.ndarray:
+        """Recorded steps 0..k (inclusive) of the selected runs: (run, k + 1, param)."""
+        if not 0 <= k < self.n_records:
+            raise ValueError(f"prefix end {k} outside the recorded steps 0..{self.n_records - 1}")
+        return self.weights[runs, : k + 1]
+
+    def final(self, runs: Any = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Final weights (run, param) and final loss (run,)."""
+        return self.group["final/weights"][runs], self.group["final/loss"][runs]
+
+    def iter_blocks(self, *, block_runs: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        """Stream whole runs in blocks (bounded memory): yields (run slice, weights (run, step, param))."""
+        block = block_runs or int(self.attrs["block_runs"])
+        for start in range(0, self.n_runs, block):
+            sl = slice(start, min(start + block, self.n_runs))
+            yield sl, self.weights[sl]
+
+    def unflatten(self, flat: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat (param,) vector -> {tensor name: tensor} following the layout."""
+        t = torch.as_tensor(np.asarray(flat, dtype=np.float32))
+        return {s.name: t[s.offset : s.offset + s.size].reshape(s.shape).clone() for s in self.layout}
+
+    def load_into(self, module: torch.nn.Module, run: int, step: int) -> torch.nn.Module:
+        """Load the weights of ``run`` at recorded step index ``step`` into ``module`` (strict)."""
+        module.load_state_dict(self.unflatten(self.weights[run, step]), strict=True)
+        return module
+
+
+def open_trajectories(path: str | Path) -> TrajectoryStore:
+    """Open a finished trajectory store for reading.
+
+    Raises:
+        StoreNotFoundError: nothing at ``path``.
+        StoreIncompleteError: the store has no completion flag.
+        StoreSchemaError: unreadable or another schema version.
+    """
+    return TrajectoryStore(path)

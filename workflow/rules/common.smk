@@ -1,0 +1,42 @@
+# Paths and input functions shared by the rules. Output paths are defined here once; dvc.yaml mirrors them
+# and tests/test_dag_agreement.py checks both describe the same DAG.
+
+import json
+
+PARAMS_FILE = "params.yaml"
+GFM = "gfm"
+
+STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
+
+
+def trajectory_path(task, optimizer):
+    return f"data/trajectories/{task}/{optimizer}.zarr"
+
+
+def split_path(task, optimizer):
+    return f"data/splits/{task}/{optimizer}.json"
+
+
+def generate_config(task, optimizer):
+    """The params keys one store is generated from (mirrors its DVC stage's `params:`)."""
+    keys = {
+        "seed": config["seed"],
+        "device": config["device"],
+        "generate.dataset_seeds": config["generate"]["dataset_seeds"],
+        "store": config["store"],
+        "tasks": config["tasks"][task],
+        "stores": config["stores"][f"{task}-{optimizer}"],
+    }
+    return json.dumps(keys, sort_keys=True)
+
+
+def all_outputs():
+    out = []
+    for task, optimizer in STORES.values():
+        out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
+    return out
+
+
+wildcard_constraints:
+    task="[A-Za-z][A-Za-z0-9_]*",
+    optimizer="sgd|momentum|adam|rmsprop",
