@@ -22,7 +22,7 @@ from gfm.schema import build, spec
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "Params", "load_params", "parse_params", "config_hash",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS",
 ]
 
@@ -255,6 +255,30 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class ForecastConfig:
+    """What forecasters see and predict, in recorded-step indices (LFD-2: observe 0..20, predict 40..200)."""
+
+    prefix_end: int = spec(20, ge=1, doc="observe recorded steps 0..prefix_end")
+    horizons: list[int] = spec([40, 60, 80, 100, 120, 140, 160, 180, 200], nonempty=True, ge=1)
+
+    def _check(self):
+        out = []
+        if any(h <= self.prefix_end for h in self.horizons):
+            out.append(("horizons", f"got {list(self.horizons)}; every horizon must be > prefix_end ({self.prefix_end})"))
+        if list(self.horizons) != sorted(set(self.horizons)):
+            out.append(("horizons", f"got {list(self.horizons)}; expected strictly increasing"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Forecaster training: which models every store gets, and the seed of their randomness."""
+
+    seed: int = spec(0, ge=0)
+    models: list[str] = spec([], doc="names from `models:` trained for every store")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -265,6 +289,9 @@ class Params:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     tasks: dict[str, TaskConfig] = spec({}, nonempty=True)
     stores: dict[str, StoreSpec] = spec({}, nonempty=True)
+    forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}")
 
     def _check(self):
         out = []
@@ -277,6 +304,18 @@ class Params:
         for name in self.tasks:
             if not name.replace("_", "").isalnum() or not name[:1].isalpha():
                 out.append((f"tasks.{name}", "task names use letters, digits and '_' and start with a letter"))
+        for name, m in self.models.items():
+            if not name.replace("_", "").isalnum() or not name[:1].isalpha():
+                out.append((f"models.{name}", "model names use letters, digits and '_' and start with a letter"))
+            if not isinstance(m, dict) or not isinstance(m.get("kind"), str):
+                out.append((f"models.{name}", f"got {m!r}; expected a mapping with a 'kind' (a forecaster name)"))
+        for i, name in enumerate(self.train.models):
+            if name not in self.models:
+                out.append((f"train.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none defined in models:)'}"))
+        shortest = min((t.n_records for t in self.tasks.values()), default=0)
+        if self.stores and self.train.models and self.forecast.horizons[-1] >= shortest:
+            out.append(("forecast.horizons", f"last horizon {self.forecast.horizons[-1]} is beyond the last recorded "
+                                             f"step of the shortest task ({shortest - 1})"))
         return out
 
     def lookup_store(self, key: str) -> tuple[StoreSpec, TaskConfig]:

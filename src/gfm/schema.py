@@ -67,6 +67,8 @@ def _range_problem(value: Any, meta: dict) -> str | None:
 def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) -> Any:
     """Convert ``value`` to annotation ``tp``; append problems (never raise)."""
     origin = typing.get_origin(tp)
+    if tp is Any:  # validated later by its owner (e.g. a forecaster's own Config)
+        return value
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         # Try each option on a scratch problem list; accept the first that converts cleanly.

@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-_DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
+_DONE_DIR = ".blocks_done"
+_NON_HYPER_FIELDS = {"dataset_seed", "index", "diverged", "lr_scale"}  # marker files of finished blocks inside a partial store
 
 
 def partial_path(path: str | Path) -> Path:
@@ -216,6 +217,11 @@ class TrajectoryStore:
         """Per-run fields, read whole (they are R numbers each)."""
         g = self.group["runs"]
         return {name: arr[:] for name, arr in sorted(g.arrays())}
+
+    @property
+    def hyper(self) -> dict[str, np.ndarray]:
+        """Per-run optimizer hyper-parameters (``lr`` includes the task's lr_scale), each (run,)."""
+        return {k: v for k, v in self.runs.items() if k not in _NON_HYPER_FIELDS}
 
     @property
     def n_runs(self) -> int:

@@ -1,0 +1,329 @@
+"""One interface for every forecaster (DESIGN.md §4), a registry, and pickle-free save/load.
+
+Usage::
+
+    fc = make_forecaster("linear", {}, prefix_end=20, horizons=[40, 60, 200])
+    fc.fit(train, val, rng=torch.Generator().manual_seed(0))      # Trajectories of whole runs
+    pred = fc.forecast(test.prefix(20), horizons=[40, 60, 200])    # (run, horizon, param)
+    fc.save("data/models/mlp_regression/sgd/linear")              # weights.safetensors + config.json
+    fc2 = load_forecaster("data/models/mlp_regression/sgd/linear")
+
+Step indices (``prefix_end``, ``horizons``) count *recorded* steps: index j is optimizer step
+j * record_every. A forecaster is built for one prefix length and one set of horizons (sequence models learn
+exactly that mapping); ``forecast`` accepts any subset of the fitted horizons and refuses a prefix shorter
+than it needs.
+
+Saved models hold only ``config.json`` and ``weights.safetensors``: a model pulled from a shared DVC remote
+cannot run code. ``load_forecaster`` refuses unknown kinds, non-float32 tensors, oversized headers and
+tensor names that are not plain identifiers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from gfm.errors import GFMError
+
+__all__ = [
+    "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
+    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION",
+]
+
+FORMAT = "gfm-forecaster"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a safetensors header larger than this is refused unread
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+class ForecasterError(GFMError, ValueError):
+    """Bad forecaster name, config or input (e.g. a prefix shorter than the model needs)."""
+
+
+class ModelFileError(GFMError, ValueError):
+    """A saved model directory is missing, malformed or unsafe."""
+
+
+@dataclass
+class Trajectories:
+    """Recorded trajectories of N runs, as torch tensors (float32).
+
+    Attributes:
+        weights: (run, record, param).
+        lr: (run, record) learning rate in force for the update leaving each record.
+        states: optimizer state arrays by name, each (run, record, param) (may be empty).
+        hyper: per-run hyper-parameters by name, each (run,) (``lr`` already includes the task's lr_scale).
+        optimizer: ``sgd`` | ``momentum`` | ``adam`` | ``rmsprop``.
+        record_every: optimizer steps between records.
+        steps: total optimizer steps of a full run (m); record j is at time t = j * record_every / steps.
+        run_ids: (run,) positions of these runs in their store (for bookkeeping).
+    """
+
+    weights: torch.Tensor
+    lr: torch.Tensor
+    optimizer: str
+    record_every: int
+    steps: int
+    states: dict[str, torch.Tensor] = field(default_factory=dict)
+    hyper: dict[str, torch.Tensor] = field(default_factory=dict)
+    run_ids: np.ndarray | None = None
+
+    @property
+    def n_runs(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_records(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_params(self) -> int:
+        return self.weights.shape[2]
+
+    def prefix(self, k: int) -> Trajectories:
+        """Records 0..k (inclusive) only: what a forecaster may see at test time."""
+        if not 0 <= k < self.n_records:
+            raise ForecasterError(f"prefix end {k} outside the recorded steps 0..{self.n_records - 1}")
+        return dataclasses.replace(
+            self, weights=self.weights[:, : k + 1], lr=self.lr[:, : k + 1],
+            states={n: s[:, : k + 1] for n, s in self.states.items()})
+
+    def select(self, runs: np.ndarray | Sequence[int]) -> Trajectories:
+        """A subset of runs."""
+        idx = torch.as_tensor(np.asarray(runs, dtype=np.int64))
+        return dataclasses.replace(
+            self, weights=self.weights[idx], lr=self.lr[idx], states={n: s[idx] for n, s in self.states.items()},
+            hyper={n: h[idx] for n, h in self.hyper.items()},
+            run_ids=None if self.run_ids is None else self.run_ids[np.asarray(runs)])
+
+    def to(self, device: torch.device | str) -> Trajectories:
+        return dataclasses.replace(
+            self, weights=self.weights.to(device), lr=self.lr.to(device),
+            states={n: s.to(device) for n, s in self.states.items()},
+            hyper={n: h.to(device) for n, h in self.hyper.items()})
+
+    @classmethod
+    def from_store(cls, store: Any, runs: Sequence[int] | np.ndarray, *, records: int | None = None) -> Trajectories:
+        """Read runs ``runs`` (store positions) of a :class:`~gfm.store.TrajectoryStore`, optionally only the
+        first ``records`` records (a prefix read touches only the first chunk rows)."""
+        runs = np.asarray(runs, dtype=np.int64)
+        stop = store.n_records if records is None else records
+        order = np.argsort(runs)  # zarr orthogonal indexing wants increasing indices
+        sorted_runs = runs[order]
+        inverse = np.argsort(order)
+
+        def read(arr):
+            return torch.from_numpy(np.ascontiguousarray(arr.get_orthogonal_selection((sorted_runs, slice(0, stop)))[inverse]))
+
+        return cls(
+            weights=read(store.weights), lr=read(store.lr), optimizer=store.optimizer["name"],
+            record_every=store.record_every, steps=int(store.attrs["task"]["steps"]),
+            states={n: read(store.state(n)) for n in store.state_names},
+            hyper={n: torch.from_numpy(v[runs].astype(np.float32)) for n, v in store.hyper.items()},
+            run_ids=runs)
+
+
+class Forecaster:
+    """Base class. Subclasses define ``Config`` (a frozen dataclass), ``fit`` and ``_forecast``, and list
+    their learned tensors in ``state_tensors`` / ``load_state_tensors`` (an ``nn.Module`` does this for free
+    via :attr:`module`).
+
+    ``min_prefix`` is the number of records (0..k) the model needs to see.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = dataclasses.make_dataclass("EmptyConfig", [], frozen=True)
+    min_prefix: int = 1
+
+    def __init__(self, config: Any = None, *, prefix_end: int, horizons: Sequence[int]):
+        self.config = config if config is not None else self.Config()
+        self.prefix_end = int(prefix_end)
+        self.horizons = tuple(int(h) for h in horizons)
+        if not self.horizons or any(h <= self.prefix_end for h in self.horizons):
+            raise ForecasterError(f"horizons {list(self.horizons)} must be non-empty and after the prefix end "
+                                  f"{self.prefix_end}")
+        self.module: torch.nn.Module | None = None
+        self.extra: dict[str, Any] = {}  # small JSON-able fitted values (normalisation constants, ...)
+
+    # --- to implement ----------------------------------------------------------------------------------
+    def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
+        """Learn from whole training runs; use ``val`` only for model selection / early stopping.
+
+        Returns:
+            One dict per epoch (e.g. ``{"epoch": 3, "train_loss": ..., "val_loss": ...}``); empty if nothing
+            is trained.
+        """
+        return []
+
+    def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.module is None else {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.module is not None:
+            self.module.load_state_dict(tensors, strict=True)
+        elif tensors:
+            raise ModelFileError(f"{self.name}: unexpected tensors {sorted(tensors)[:5]}")
+
+    # --- front door ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forecast(self, prefix: Trajectories, *, horizons: Sequence[int]) -> torch.Tensor:
+        """Weights at each horizon.
+
+        Args:
+            prefix: trajectories whose records 0..prefix_end are known (later records are ignored).
+            horizons: record indices, a subset of the fitted horizons.
+
+        Returns:
+            (run, len(horizons), param) float32.
+
+        Raises:
+            ForecasterError: prefix too short or a horizon the model was not fitted for.
+        """
+        horizons = tuple(int(h) for h in horizons)
+        if prefix.n_records < self.prefix_end + 1:
+            raise ForecasterError(f"{self.name}: needs records 0..{self.prefix_end} "
+                                  f"({self.prefix_end + 1} records); the prefix has {prefix.n_records}")
+        unknown = [h for h in horizons if h not in self.horizons]
+        if unknown:
+            raise ForecasterError(f"{self.name}: horizons {unknown} were not fitted; fitted: {list(self.horizons)}")
+        if self.module is not None:
+            self.module.eval()
+        out = self._forecast(prefix.prefix(self.prefix_end), horizons)
+        assert out.shape == (prefix.n_runs, len(horizons), prefix.n_params), f"{self.name}: bad shape {tuple(out.shape)}"
+        return out.float()
+
+    # --- persistence -----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``weights.safetensors`` to ``directory`` atomically (temp dir + rename)."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.name,
+                "config": _to_jsonable(self.config), "prefix_end": self.prefix_end,
+                "horizons": list(self.horizons), "extra": self.extra}
+        tensors = self.state_tensors()
+        for k in tensors:
+            if not _NAME_RE.match(k):
+                raise ModelFileError(f"{self.name}: tensor name {k!r} is not a plain identifier")
+        save_file({k: v.float() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        keep = [p for p in ("train_log.csv",) if (directory / p).exists()]
+        for p in keep:
+            shutil.copy2(directory / p, tmp / p)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        return directory
+
+
+FORECASTERS: dict[str, type[Forecaster]] = {}
+
+
+def register(cls: type[Forecaster]) -> type[Forecaster]:
+    """Class decorator: add a forecaster to the registry under ``cls.name``."""
+    if not cls.name or cls.name in FORECASTERS:
+        raise ValueError(f"forecaster name {cls.name!r} missing or registered twice")
+    FORECASTERS[cls.name] = cls
+    return cls
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def _lookup(kind: str) -> type[Forecaster]:
+    import gfm.forecasters  # noqa: F401  (fills the registry)
+
+    if kind not in FORECASTERS:
+        raise ForecasterError(f"unknown forecaster {kind!r}; expected one of {', '.join(sorted(FORECASTERS))}")
+    return FORECASTERS[kind]
+
+
+def make_forecaster(kind: str, config: dict[str, Any] | Any = None, *, prefix_end: int,
+                    horizons: Sequence[int]) -> Forecaster:
+    """Build a registered forecaster from a name and a plain config mapping (validated)."""
+    from gfm.schema import build
+
+    cls = _lookup(kind)
+    if config is None or isinstance(config, dict):
+        problems: list[str] = []
+        cfg = build(cls.Config, dict(config or {}), kind, problems)
+        if problems:
+            raise ForecasterError("; ".join(problems))
+    else:
+        cfg = config
+    return cls(cfg, prefix_end=prefix_end, horizons=horizons)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ModelFileError(f"{path}: truncated safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise ModelFileError(f"{path}: safetensors header of {n} bytes is larger than allowed "
+                                 f"({min(MAX_HEADER_BYTES, size - 8)})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ModelFileError(f"{path}: safetensors header is not JSON") from None
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not _NAME_RE.match(name):
+            raise ModelFileError(f"{path}: tensor name {name!r} is not a plain identifier")
+        if info.get("dtype") != "F32":
+            raise ModelFileError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}; expected F32")
+
+
+def load_forecaster(directory: str | Path) -> Forecaster:
+    """Load a forecaster saved by :meth:`Forecaster.save`, refusing anything unexpected.
+
+    Raises:
+        ModelFileError: missing files, wrong format, unsafe tensors or names.
+        ForecasterError: unknown kind or invalid config.
+    """
+    directory = Path(directory)
+    cfg_path, w_path = directory / "config.json", directory / "weights.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise ModelFileError(f"{p}: missing (a model directory holds config.json and weights.safetensors)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except ValueError:
+        raise ModelFileError(f"{cfg_path}: not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{cfg_path}: not a {FORMAT} v{FORMAT_VERSION} config")
+    kind = meta.get("kind")
+    if not isinstance(kind, str):
+        raise ModelFileError(f"{cfg_path}: 'kind' must be a string")
+    _check_safetensors_header(w_path)
+    fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=meta["prefix_end"], horizons=meta["horizons"])
+    fc.extra = dict(meta.get("extra") or {})
+    fc.load_state_tensors(load_file(str(w_path)))
+    return fc

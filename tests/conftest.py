@@ -1,0 +1,76 @@
+"""Shared fixtures: the tiny params, a generated tiny store, and a throwaway copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfm.config import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "params.tiny.yaml"
+BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+
+# Files a pipeline run needs from the repository (everything tracked, minus data and caches).
+REPO_ITEMS = ["Snakefile", "dvc.yaml", "params.yaml", "pyproject.toml", "workflow", "profiles", "src", ".dvcignore", ".gitignore"]
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> Params:
+    return load_params(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_params, tmp_path_factory) -> Path:
+    """mlp_regression-adam of the tiny params, generated once per session."""
+    from gfm import generate
+
+    out = tmp_path_factory.mktemp("stores") / "mlp_regression" / "adam.zarr"
+    generate.run(tiny_params, "mlp_regression-adam", out=out, progress=False)
+    return out
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for running the venv's tools (snakemake, dvc, gfm) in subprocesses."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "gfm-test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "gfm-test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    return env
+
+
+def run_tool(args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline files and the tiny params as params.yaml."""
+    dest = tmp_path / "repo"
+    dest.mkdir()
+    for item in REPO_ITEMS:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy2(src, dest / item)
+    shutil.copy2(TINY, dest / "params.yaml")
+    (dest / "data").mkdir()
+    shutil.copy2(ROOT / "data" / ".gitignore", dest / "data" / ".gitignore")
+    run_tool(["git", "init", "-q"], dest)
+    run_tool(["dvc", "init", "-q"], dest)
+    run_tool(["git", "add", "-A"], dest)
+    run_tool(["git", "commit", "-qm", "init"], dest)
+    return dest
