@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from gfm.store import open_trajectories  # noqa: E402
-
 __all__ = ["__version__", "open_trajectories"]
+
+
+def __getattr__(name):
+    # Lazy, so `gfm validate` and other light commands do not pay for importing torch and zarr.
+    if name == "open_trajectories":
+        from gfm.store import open_trajectories
+
+        return open_trajectories
+    raise AttributeError(f"module 'gfm' has no attribute {name!r}")

@@ -1,0 +1,43 @@
+"""The pipeline under its two drivers, on the tiny params in a throwaway repository copy."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from conftest import run_tool
+
+
+def stale_stages(repo) -> set[str]:
+    """Stages `dvc repro --dry` would run."""
+    out = run_tool(["dvc", "repro", "--dry"], repo).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def test_dvc_repro_twice_then_one_store_edit(repo_copy):
+    repo = repo_copy
+    run_tool(["dvc", "repro"], repo, timeout=1200)
+    stores = yaml.safe_load((repo / "params.yaml").read_text())["stores"]
+    for spec in stores.values():
+        task, opt = spec["task"], spec["optimizer"]["name"]
+        assert (repo / "data" / "trajectories" / task / f"{opt}.zarr" / "zarr.json").is_file()
+        assert (repo / "data" / "splits" / task / f"{opt}.json").is_file()
+    assert (repo / "dvc.lock").is_file()
+    assert "Data and pipelines are up to date" in run_tool(["dvc", "repro"], repo).stdout
+    assert stale_stages(repo) == set()
+
+    # Change one optimizer's learning rate: only that store's stages are stale.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["stores"]["mlp_regression-adam"]["optimizer"]["lr"] = 0.02
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = stale_stages(repo)
+    assert "generate@mlp_regression-adam" in stale
+    assert all(s.endswith("@mlp_regression-adam") or "@" not in s for s in stale), stale
+
+
+def test_snakemake_plans_every_store(repo_copy):
+    out = run_tool(["snakemake", "-n"], repo_copy).stdout
+    stores = yaml.safe_load((repo_copy / "params.yaml").read_text())["stores"]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert int(counts["generate"]) == len(stores) and int(counts["split"]) == len(stores)
