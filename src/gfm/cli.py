@@ -5,7 +5,13 @@ Commands::
     gfm validate [PARAMS]                                  check a params file; exit 0 or 2
     gfm generate --params P --store KEY --out STORE.zarr   train and record one store
     gfm split    --params P --in STORE.zarr --out SPLIT.json
+    gfm train    --params P --store KEY --model NAME --split SPLIT.json --in STORE.zarr --out DIR
+    gfm forecast --params P --store KEY --model NAME --in STORE.zarr --split S.json --models DIR --out F.zarr
+    gfm evaluate --params P --store KEY --in STORE.zarr --split S.json --forecasts DIR --metrics M.json --plots DIR
+    gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
     gfm info     STORE.zarr                                 print a store's summary
+    gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
+    gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
 
 Every error the user can fix (bad params, missing or unfinished inputs) prints one line per problem to
 stderr and exits with code 2, without a traceback.
@@ -52,6 +58,58 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gfm import train
+
+    params = load_params(args.params)
+    # unknown model options (of every trained model, and of --model) fail here, before any data is read
+    problems = train.model_problems(params, sorted({*params.train.models, args.model} & set(params.models)))
+    if problems:
+        raise ParamsError(problems, source=args.params)
+    if args.threads:  # Snakemake passes the job's `threads`; torch would otherwise use every core per job
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
+                        out=Path(args.out), progress=False if args.quiet else None)
+    print(json.dumps({"store": summary.store, "model": summary.model, "seconds": summary.seconds,
+                      "seeds": sorted(summary.seeds)}, sort_keys=True))
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from gfm import forecast
+
+    params = load_params(args.params)
+    summary = forecast.run(params, store_key=args.store, model=args.model, store=Path(args.inp),
+                           split=Path(args.split), models=Path(args.models), out=Path(args.out))
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gfm import evaluate
+
+    params = load_params(args.params)
+    result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
+                          forecasts=Path(args.forecasts), metrics=Path(args.metrics), plots=Path(args.plots))
+    print(json.dumps({n: m["final_mse"] for n, m in result["models"].items()}, sort_keys=True))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from gfm import report
+
+    params = load_params(args.params)
+    if args.readme:
+        report.update_readme(params, Path(args.metrics), Path(args.readme))
+        print(f"updated the results block of {args.readme}")
+    else:
+        out = report.run(params, metrics_dir=Path(args.metrics), plots_dir=Path(args.plots), out=Path(args.out))
+        print(f"wrote {out / 'summary.md'} and {out / 'summary.html'}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from gfm.store import open_trajectories
 
@@ -63,6 +121,29 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "diverged": int(runs["diverged"].sum()), "state": list(ts.state_names),
         "layout": [(s.name, list(s.shape)) for s in ts.layout],
     }, indent=1))
+    return 0
+
+
+def _cmd_adopt(args: argparse.Namespace) -> int:
+    from gfm import drivers
+
+    result = drivers.adopt(args.repo, pull=args.pull, remote=args.remote)
+    print(f"adopted: dvc status clean{' after dvc pull' if result.pulled else ''}; "
+          f"Snakemake now sees {result.outputs} outputs as current")
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    from gfm import drivers
+
+    result = drivers.commit_cluster_run(args.repo, profile=args.profile, dry_run=args.dry_run, push=args.push)
+    if result.verdicts:
+        print(drivers.format_verdicts(result.verdicts))
+    if args.dry_run:
+        print(f"dry run: would re-run {len(result.forced)} stages, then dvc commit -f")
+    else:
+        print(f"{'committed' if result.committed else 'nothing to commit'}: dvc status clean"
+              f"{'; pushed' if result.pushed else ''}")
     return 0
 
 
@@ -87,9 +168,62 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_split)
 
+    t = sub.add_parser("train", help="fit one model per dataset seed of one store")
+    t.add_argument("--params", default="params.yaml")
+    t.add_argument("--store", required=True, help="store key '<task>-<optimizer>' from params.stores")
+    t.add_argument("--model", required=True, help="a name from params.models")
+    t.add_argument("--split", required=True, help="the store's split JSON")
+    t.add_argument("--in", dest="inp", required=True, help="the store (.zarr)")
+    t.add_argument("--out", required=True, help="model directory to write")
+    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser("forecast", help="forecast the test runs of one store with one trained model")
+    f.add_argument("--params", default="params.yaml")
+    f.add_argument("--store", required=True)
+    f.add_argument("--model", required=True)
+    f.add_argument("--in", dest="inp", required=True, help="the trajectory store (.zarr)")
+    f.add_argument("--split", required=True)
+    f.add_argument("--models", required=True, help="the model directory written by `gfm train`")
+    f.add_argument("--out", required=True, help="forecast store (.zarr) to write")
+    f.set_defaults(func=_cmd_forecast)
+
+    e = sub.add_parser("evaluate", help="score every model's forecasts of one store")
+    e.add_argument("--params", default="params.yaml")
+    e.add_argument("--store", required=True)
+    e.add_argument("--in", dest="inp", required=True)
+    e.add_argument("--split", required=True)
+    e.add_argument("--forecasts", required=True, help="directory of <model>.zarr forecast stores")
+    e.add_argument("--metrics", required=True, help="metrics JSON to write")
+    e.add_argument("--plots", required=True, help="directory of plot CSVs to write")
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--metrics", default="data/metrics")
+    r.add_argument("--plots", default="data/plots")
+    r.add_argument("--out", default="reports")
+    r.add_argument("--readme", default=None, help="instead: regenerate this README's results block")
+    r.set_defaults(func=_cmd_report)
+
     i = sub.add_parser("info", help="summarise a trajectory store")
     i.add_argument("store")
     i.set_defaults(func=_cmd_info)
+
+    a = sub.add_parser("adopt", help="after dvc pull/checkout: check dvc status is clean, mark outputs current "
+                                     "for Snakemake")
+    a.add_argument("--pull", action="store_true", help="run `dvc pull` first")
+    a.add_argument("--remote", default=None, help="DVC remote to pull from (default: the default remote)")
+    a.add_argument("--repo", default=".", help="repository root")
+    a.set_defaults(func=_cmd_adopt)
+
+    c = sub.add_parser("commit", help="after a direct snakemake run: re-run stale outputs, dvc commit -f")
+    c.add_argument("--profile", default=None, help="Snakemake profile for re-runs, e.g. profiles/slurm")
+    c.add_argument("--dry-run", action="store_true", help="only report which stages are stale")
+    c.add_argument("--push", action="store_true", help="dvc push --run-cache after committing")
+    c.add_argument("--repo", default=".", help="repository root")
+    c.set_defaults(func=_cmd_commit)
     return p
 
 

@@ -22,7 +22,7 @@ from gfm.schema import build, spec
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "Params", "load_params", "parse_params", "config_hash",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS",
 ]
 
@@ -279,6 +279,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Scoring forecasts (evaluate stage)."""
+
+    trajectory_params: int = spec(4, ge=1, doc="parameters of one test run drawn in the trajectory plot")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The generated report (reports/summary.md + .html)."""
+
+    title: str = "GFM pipeline: forecasting final weights from the first steps of training"
+    target_task: str = spec("mlp_regression", doc="task on which the paper's claims are checked")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -292,6 +307,8 @@ class Params:
     forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}")
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def _check(self):
         out = []

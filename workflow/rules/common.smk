@@ -17,6 +17,26 @@ def split_path(task, optimizer):
     return f"data/splits/{task}/{optimizer}.json"
 
 
+def model_path(task, optimizer, model):
+    return f"data/models/{task}/{optimizer}/{model}"
+
+
+def train_index_path(task, optimizer):
+    return f"data/models/{task}/{optimizer}/index.json"
+
+
+def forecast_path(task, optimizer, model):
+    return f"data/forecasts/{task}/{optimizer}/{model}.zarr"
+
+
+def metrics_path(task, optimizer):
+    return f"data/metrics/{task}/{optimizer}.json"
+
+
+def plots_path(task, optimizer):
+    return f"data/plots/{task}/{optimizer}"
+
+
 def generate_config(task, optimizer):
     """The params keys one store is generated from (mirrors its DVC stage's `params:`)."""
     keys = {
@@ -34,6 +54,10 @@ def all_outputs():
     out = []
     for task, optimizer in STORES.values():
         out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
+        if config.get("train", {}).get("models"):
+            out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
+    if config.get("train", {}).get("models"):
+        out.append("reports")
     return out
 
 

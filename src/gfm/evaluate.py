@@ -1,0 +1,189 @@
+"""Stage ``evaluate``: score every model's forecasts of one store against the recorded truth.
+
+Per (task, optimizer, model), on the non-diverged test runs of each dataset seed:
+
+* weight MSE (mean over parameters and runs) at every horizon, then mean ± std over dataset seeds;
+* final-step MSE, also as a ratio to ``last_value`` on the same runs (xLV; < 1 beats "stop here") and as the
+  median over runs (a few exploding forecasts dominate a mean);
+* downstream: the forecast final weights are loaded into the task's network and its training loss (and
+  accuracy for classification) is measured on each run's own data (regenerated from the run's seeds);
+  reported beside the truly trained final loss, the prefix-end loss, and the share of the remaining loss drop
+  the forecast recovers, (L_prefix - L_forecast) / (L_prefix - L_final), computed from per-seed means.
+
+Outputs: ``data/metrics/<task>/<optimizer>.json`` (DVC metrics) and, under ``data/plots/<task>/<optimizer>/``,
+``mse_vs_horizon.csv`` and ``trajectory.csv`` (DVC plots; long format).
+
+Usage::
+
+    gfm evaluate --params params.yaml --store mlp_regression-sgd --in data/trajectories/mlp_regression/sgd.zarr \\
+        --split data/splits/mlp_regression/sgd.json --forecasts data/forecasts/mlp_regression/sgd \\
+        --metrics data/metrics/mlp_regression/sgd.json --plots data/plots/mlp_regression/sgd
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gfm.config import Params
+from gfm.errors import GFMError
+from gfm.forecast import open_forecasts, read_split, test_runs
+from gfm.runs import RunId, setup_run
+from gfm.store import open_trajectories
+from gfm.tasks import make_task
+
+__all__ = ["run", "mean_std", "downstream_losses"]
+
+
+def mean_std(values: list[float] | np.ndarray) -> dict[str, float]:
+    """Mean and population std over dataset seeds (non-finite values propagate: they are reported, not hidden)."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def _read_rows(arr, runs: np.ndarray, cols) -> np.ndarray:
+    """Orthogonal read of rows ``runs`` (any order) and columns ``cols`` of a zarr array."""
+    order = np.argsort(runs)
+    out = arr.get_orthogonal_selection((runs[order], cols))
+    return out[np.argsort(order)]
+
+
+@torch.no_grad()
+def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-run training loss (and accuracy for classification) of flat weights ``theta`` (run, param)."""
+    x = torch.stack([s.x for s in setups])
+    y = torch.stack([s.y for s in setups])
+    t = torch.as_tensor(theta, dtype=torch.float32)
+    loss = task.loss(t, x, y).numpy()
+    acc = task.accuracy(t, x, y)
+    return loss, (None if acc is None else acc.numpy())
+
+
+def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
+        plots: Path) -> dict:
+    """Evaluate every model of ``params.train.models`` on one store; write metrics JSON and plot CSVs."""
+    spec, task_cfg = params.lookup_store(store_key)
+    task = make_task(task_cfg)
+    ts = open_trajectories(store)
+    by_seed, skipped = test_runs(read_split(split))
+    runs = np.array([r for s in sorted(by_seed, key=int) for r in by_seed[s]], dtype=np.int64)
+    seed_of = np.array([int(s) for s in sorted(by_seed, key=int) for _ in by_seed[s]], dtype=np.int64)
+    if runs.size == 0:
+        raise GFMError(f"{split}: no non-diverged test runs to evaluate")
+    horizons = list(params.forecast.horizons)
+    k = params.forecast.prefix_end
+    truth = _read_rows(ts.weights, runs, horizons)  # (run, horizon, param)
+    w_prefix = _read_rows(ts.weights, runs, [k])[:, 0]
+    true_loss_final = _read_rows(ts.loss, runs, [ts.n_records - 1])[:, 0]
+    loss_prefix = _read_rows(ts.loss, runs, [k])[:, 0]
+    index = ts.runs["index"]
+    setups = [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])))
+              for i, r in enumerate(runs)]
+    seeds = sorted(set(seed_of.tolist()))
+    masks = {s: seed_of == s for s in seeds}
+
+    def per_seed(v: np.ndarray) -> list[float]:
+        return [float(np.mean(v[masks[s]])) for s in seeds]
+
+    final_true_w = truth[:, -1]
+    _, acc_final = downstream_losses(task, setups, final_true_w)
+    _, acc_prefix = downstream_losses(task, setups, w_prefix)
+    reference = {"true_final_loss": mean_std(per_seed(true_loss_final)),
+                 "prefix_loss": mean_std(per_seed(loss_prefix))}
+    if acc_final is not None:
+        reference["true_final_accuracy"] = mean_std(per_seed(acc_final))
+        reference["prefix_accuracy"] = mean_std(per_seed(acc_prefix))
+
+    models: dict[str, dict] = {}
+    curves: list[dict] = []
+    traj_rows: list[dict] = []
+    plot_run = 0  # first test run of the first seed
+    n_show = min(params.evaluate.trajectory_params, ts.n_params)
+    show_params = np.unique(np.linspace(0, ts.n_params - 1, n_show).round().astype(int))
+    for name in params.train.models:
+        fs = open_forecasts(forecasts / f"{name}.zarr")
+        if fs.horizons != horizons or not np.array_equal(np.sort(fs.store_index), np.sort(runs)):
+            raise GFMError(f"{fs.path}: forecasts do not cover the same test runs and horizons; re-run forecast")
+        order = {int(r): i for i, r in enumerate(fs.store_index)}
+        pred = fs.weights[[order[int(r)] for r in runs]]  # (run, horizon, param), aligned with `runs`
+        se = ((pred.astype(np.float64) - truth) ** 2).mean(axis=2)  # (run, horizon)
+        by_h = {str(h): mean_std(per_seed(se[:, j])) for j, h in enumerate(horizons)}
+        final_se = se[:, -1]
+        loss_fc, acc_fc = downstream_losses(task, setups, pred[:, -1])
+        drop_true = np.array(per_seed(loss_prefix)) - np.array(per_seed(true_loss_final))
+        drop_fc = np.array(per_seed(loss_prefix)) - np.array(per_seed(loss_fc))
+        entry = {
+            "final_mse": mean_std(per_seed(final_se)),
+            "final_mse_median_run": float(np.median(final_se)),
+            "mse_by_horizon": by_h,
+            "nonfinite_runs": int((~np.isfinite(final_se)).sum()),
+            "downstream": {"loss": mean_std(per_seed(loss_fc)),
+                           "recovered": mean_std(np.where(drop_true != 0, drop_fc / np.where(drop_true != 0, drop_true, 1), np.nan))},
+            "_per_seed_final": per_seed(final_se),
+        }
+        if acc_fc is not None:
+            entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
+        models[name] = entry
+        for j, h in enumerate(horizons):
+            curves.append({"model": name, "horizon": h, "step": h * ts.record_every,
+                           "mse": by_h[str(h)]["mean"], "mse_std": by_h[str(h)]["std"]})
+        for p in show_params:
+            for j, h in enumerate(horizons):
+                traj_rows.append({"param": int(p), "step": h * ts.record_every, "series": name,
+                                  "value": float(pred[plot_run, j, p])})
+    if "last_value" in models:
+        base = np.array(models["last_value"]["_per_seed_final"])
+        for entry in models.values():
+            entry["final_xlv"] = mean_std(np.array(entry["_per_seed_final"]) / base)
+    for entry in models.values():
+        entry.pop("_per_seed_final")
+
+    true_traj = ts.weights[int(runs[plot_run])]  # (record, param): one whole run
+    for p in show_params:
+        for j in range(ts.n_records):
+            traj_rows.append({"param": int(p), "step": j * ts.record_every, "series": "true",
+                              "value": float(true_traj[j, p])})
+
+    result = {
+        "store": store_key, "task": spec.task, "optimizer": spec.optimizer.name, "kind": task_cfg.kind,
+        "prefix_end": k, "horizons": horizons, "record_every": ts.record_every, "dataset_seeds": seeds,
+        "counts": {"test_runs": int(runs.size), "skipped_diverged_test_runs": skipped,
+                   "diverged_runs_in_store": int(ts.runs["diverged"].sum()), "runs_in_store": ts.n_runs},
+        "reference": reference, "models": models,
+    }
+    _write_json(metrics, result)
+    _write_plots(plots, curves, traj_rows)
+    return result
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({c: (f"{row[c]:.9g}" if isinstance(row[c], float) else row[c]) for c in columns})
+
+
+def _write_plots(directory: Path, curves: list[dict], traj: list[dict]) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _write_csv(tmp / "mse_vs_horizon.csv", curves, ["model", "horizon", "step", "mse", "mse_std"])
+    _write_csv(tmp / "trajectory.csv", traj, ["param", "step", "series", "value"])
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)

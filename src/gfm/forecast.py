@@ -1,0 +1,135 @@
+"""Stage ``forecast``: forecast every test run of a store from its prefix with one trained model.
+
+For each dataset seed, the model fitted on that seed (``<models>/<seed>/``) sees records 0..prefix_end of the
+seed's test runs and predicts the weights at every horizon. Diverged test runs are skipped and counted.
+Output, a small Zarr v3 store written under ``.partial`` and renamed when complete::
+
+    data/forecasts/<task>/<optimizer>/<model>.zarr
+        weights            (run, horizon, param) float32   forecast weights
+        runs/store_index   (run,) int64                    position of the run in the trajectory store
+        runs/dataset_seed  (run,) int64
+        attrs: schema_version, complete, kind="forecast", store, model, prefix_end, horizons, skipped_diverged
+
+Usage::
+
+    gfm forecast --params params.yaml --store mlp_regression-sgd --model lstm \\
+        --in data/trajectories/mlp_regression/sgd.zarr --split data/splits/mlp_regression/sgd.json \\
+        --models data/models/mlp_regression/sgd/lstm --out data/forecasts/mlp_regression/sgd/lstm.zarr
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from gfm.config import Params
+from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.forecasters import Trajectories, load_forecaster
+from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
+
+__all__ = ["run", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
+
+
+def read_split(path: Path) -> dict[str, dict[str, list[int]]]:
+    """The ``datasets`` mapping of a split file, or a clear error."""
+    try:
+        return json.loads(Path(path).read_text())["datasets"]
+    except FileNotFoundError:
+        raise GFMError(f"{path}: split file not found (run the split stage)") from None
+    except (ValueError, KeyError, TypeError):
+        raise GFMError(f"{path}: not a split file (expected JSON with 'datasets')") from None
+
+
+def test_runs(split: dict[str, dict[str, list[int]]]) -> tuple[dict[str, list[int]], int]:
+    """Non-diverged test runs per dataset seed, and how many diverged test runs were left out."""
+    out, skipped = {}, 0
+    for seed, entry in split.items():
+        bad = set(entry["diverged"])
+        out[seed] = [r for r in entry["test"] if r not in bad]
+        skipped += len(entry["test"]) - len(out[seed])
+    return out, skipped
+
+
+@dataclass
+class ForecastStore:
+    """Read view of a forecast store."""
+
+    path: Path
+    weights: np.ndarray  # (run, horizon, param)
+    store_index: np.ndarray  # (run,)
+    dataset_seed: np.ndarray  # (run,)
+    attrs: dict
+
+    @property
+    def horizons(self) -> list[int]:
+        return list(self.attrs["horizons"])
+
+
+def open_forecasts(path: str | Path) -> ForecastStore:
+    """Open a finished forecast store (refuses missing, unfinished or foreign ones)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreNotFoundError(f"{path}: no forecast store here")
+    g = zarr.open_group(str(path), mode="r")
+    attrs = dict(g.attrs)
+    if attrs.get("kind") != "forecast" or attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreSchemaError(f"{path}: not a forecast store of schema {SCHEMA_VERSION}")
+    if attrs.get("complete") is not True:
+        raise StoreIncompleteError(f"{path}: forecast store is not complete; re-run the forecast stage")
+    return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs)
+
+
+def run(params: Params, *, store_key: str, model: str, store: Path, split: Path, models: Path,
+        out: Path) -> dict:
+    """Forecast the test runs of ``store`` with the per-seed models under ``models`` into ``out``."""
+    params.lookup_store(store_key)
+    ts = open_trajectories(store)
+    runs_by_seed, skipped = test_runs(read_split(split))
+    fc_cfg = params.forecast
+    horizons = list(fc_cfg.horizons)
+    if horizons[-1] >= ts.n_records:
+        raise GFMError(f"forecast.horizons: {horizons[-1]} is beyond the last recorded step of {store} "
+                       f"({ts.n_records - 1})")
+    preds, index, seeds = [], [], []
+    for seed in sorted(runs_by_seed, key=int):
+        runs = runs_by_seed[seed]
+        if not runs:
+            continue
+        model_dir = models / str(seed)
+        fc = load_forecaster(model_dir)
+        if fc.prefix_end != fc_cfg.prefix_end or not set(horizons) <= set(fc.horizons):
+            raise GFMError(f"{model_dir}: fitted for prefix_end {fc.prefix_end} and horizons {list(fc.horizons)}, "
+                           f"but params ask for {fc_cfg.prefix_end} and {horizons}; re-run the train stage")
+        prefix = Trajectories.from_store(ts, runs, records=fc_cfg.prefix_end + 1)
+        with torch.no_grad():
+            preds.append(fc.forecast(prefix, horizons=horizons).cpu().numpy())
+        index += runs
+        seeds += [int(seed)] * len(runs)
+    if not preds:
+        raise GFMError(f"{split}: no test runs to forecast (all diverged or an empty test split)")
+    weights = np.concatenate(preds).astype(np.float32)
+    tmp = partial_path(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    R, H, P = weights.shape
+    g.create_array("weights", shape=weights.shape, dtype="float32", chunks=(R, 1, P),
+                   dimension_names=("run", "horizon", "param"))[:] = weights
+    g.create_array("runs/store_index", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(index, np.int64)
+    g.create_array("runs/dataset_seed", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(seeds, np.int64)
+    summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
+               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped,
+               "n_runs": R}
+    g.attrs.update({**summary, "complete": True})
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return summary

@@ -1,0 +1,48 @@
+# Stages evaluate (one job per store) and report (one job).
+
+
+def evaluate_config():
+    """The params keys an evaluate job reads (mirrors its DVC stage's `params:`)."""
+    keys = {"seed": config["seed"], "forecast": config.get("forecast", {}),
+            "train.models": train_models(), "evaluate": config.get("evaluate", {})}
+    return json.dumps(keys, sort_keys=True)
+
+
+rule evaluate:
+    """Weight MSE per horizon, downstream loss/accuracy, plot data: every model of one store."""
+    input:
+        store="data/trajectories/{task}/{optimizer}.zarr",
+        split="data/splits/{task}/{optimizer}.json",
+        forecasts="data/forecasts/{task}/{optimizer}/index.json",
+    output:
+        metrics="data/metrics/{task}/{optimizer}.json",
+        plots=directory("data/plots/{task}/{optimizer}"),
+    log:
+        "logs/evaluate/{task}/{optimizer}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{task}/{optimizer}.tsv"
+    params:
+        store="{task}-{optimizer}",
+        forecasts="data/forecasts/{task}/{optimizer}",
+        config=lambda wc: evaluate_config(),
+    shell:
+        "{GFM} evaluate --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
+        "--forecasts {params.forecasts} --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+
+
+rule report:
+    """reports/summary.md + summary.html + figures from every store's metrics."""
+    input:
+        metrics=[metrics_path(t, o) for t, o in STORES.values()],
+        plots=[plots_path(t, o) for t, o in STORES.values()],
+    output:
+        directory("reports"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
+    params:
+        config=lambda wc: json.dumps({"report": config.get("report", {}), "train.models": train_models(),
+                                      "forecast": config.get("forecast", {})}, sort_keys=True),
+    shell:
+        "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --out {output} > {log} 2>&1"
