@@ -14,6 +14,10 @@ from gfm.forecasters.base import (
     register,
 )
 
+# Importing a module registers its forecasters (@register).
+from gfm.forecasters import classical, sequence  # noqa: E402, F401  (baselines)
+from gfm.forecasters import gfm  # noqa: E402, F401  (gfm, gfm_plain)
+
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "Trajectories", "load_forecaster",
     "make_forecaster", "register",

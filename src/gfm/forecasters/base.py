@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -140,12 +140,16 @@ class Forecaster:
     their learned tensors in ``state_tensors`` / ``load_state_tensors`` (an ``nn.Module`` does this for free
     via :attr:`module`).
 
-    ``min_prefix`` is the number of records (0..k) the model needs to see.
+    ``min_prefix`` is the number of records (0..k) the model needs to see. ``neural`` marks models trained
+    by gradient descent on a network big enough to want a GPU (the train stage gives them ``device``'s
+    accelerator and Snakemake a ``gpu`` resource); closed-form and tiny models set it False and run on CPU.
+    ``on_epoch``, when set (the train stage sets it for progress bars), is called with each epoch's log row.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = dataclasses.make_dataclass("EmptyConfig", [], frozen=True)
     min_prefix: int = 1
+    neural: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, *, prefix_end: int, horizons: Sequence[int]):
         self.config = config if config is not None else self.Config()
@@ -156,6 +160,7 @@ class Forecaster:
                                   f"{self.prefix_end}")
         self.module: torch.nn.Module | None = None
         self.extra: dict[str, Any] = {}  # small JSON-able fitted values (normalisation constants, ...)
+        self.on_epoch: Callable[[dict[str, float]], None] | None = None
 
     # --- to implement ----------------------------------------------------------------------------------
     def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
@@ -203,8 +208,13 @@ class Forecaster:
             raise ForecasterError(f"{self.name}: horizons {unknown} were not fitted; fitted: {list(self.horizons)}")
         if self.module is not None:
             self.module.eval()
-        out = self._forecast(prefix.prefix(self.prefix_end), horizons)
-        assert out.shape == (prefix.n_runs, len(horizons), prefix.n_params), f"{self.name}: bad shape {tuple(out.shape)}"
+        # _forecast always gets distinct horizons in increasing order (what an ODE solver's time grid needs);
+        # the caller's order and repeats are restored here.
+        ordered = tuple(sorted(set(horizons)))
+        out = self._forecast(prefix.prefix(self.prefix_end), ordered)
+        assert out.shape == (prefix.n_runs, len(ordered), prefix.n_params), f"{self.name}: bad shape {tuple(out.shape)}"
+        if ordered != horizons:
+            out = out[:, [ordered.index(h) for h in horizons]]
         return out.float()
 
     # --- persistence -----------------------------------------------------------------------------------
