@@ -6,7 +6,7 @@ Commands::
     gfm generate --params P --store KEY --out STORE.zarr   train and record one store
     gfm split    --params P --in STORE.zarr --out SPLIT.json
     gfm train    --params P --store KEY --model NAME --split SPLIT.json --in STORE.zarr --out DIR
-    gfm forecast --params P --store KEY --model NAME --in STORE.zarr --split S.json --models DIR --out F.zarr
+    gfm forecast --params P --store KEY --in STORE.zarr --split S.json --models DIR --out DIR
     gfm evaluate --params P --store KEY --in STORE.zarr --split S.json --forecasts DIR --metrics M.json --plots DIR
     gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
     gfm info     STORE.zarr                                 print a store's summary
@@ -81,9 +81,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     from gfm import forecast
 
     params = load_params(args.params)
-    summary = forecast.run(params, store_key=args.store, model=args.model, store=Path(args.inp),
-                           split=Path(args.split), models=Path(args.models), out=Path(args.out))
-    print(json.dumps(summary, sort_keys=True))
+    summary = forecast.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
+                           models=Path(args.models), out=Path(args.out), names=args.model or None)
+    print(json.dumps({name: s["n_runs"] for name, s in summary.items()}, sort_keys=True))
     return 0
 
 
@@ -179,14 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
-    f = sub.add_parser("forecast", help="forecast the test runs of one store with one trained model")
+    f = sub.add_parser("forecast", help="forecast the test runs of one store with every trained model")
     f.add_argument("--params", default="params.yaml")
     f.add_argument("--store", required=True)
-    f.add_argument("--model", required=True)
+    f.add_argument("--model", action="append", help="only this model (repeatable; default: train.models)")
     f.add_argument("--in", dest="inp", required=True, help="the trajectory store (.zarr)")
     f.add_argument("--split", required=True)
-    f.add_argument("--models", required=True, help="the model directory written by `gfm train`")
-    f.add_argument("--out", required=True, help="forecast store (.zarr) to write")
+    f.add_argument("--models", required=True, help="the store's model directory (holds <model>/<seed>/)")
+    f.add_argument("--out", required=True, help="directory of <model>.zarr forecast stores to write")
     f.set_defaults(func=_cmd_forecast)
 
     e = sub.add_parser("evaluate", help="score every model's forecasts of one store")

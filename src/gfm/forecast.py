@@ -1,8 +1,10 @@
-"""Stage ``forecast``: forecast every test run of a store from its prefix with one trained model.
+"""Stage ``forecast``: forecast every test run of a store from its prefix with every trained model.
 
-For each dataset seed, the model fitted on that seed (``<models>/<seed>/``) sees records 0..prefix_end of the
-seed's test runs and predicts the weights at every horizon. Diverged test runs are skipped and counted.
-Output, a small Zarr v3 store written under ``.partial`` and renamed when complete::
+For each model and dataset seed, the model fitted on that seed (``<models>/<model>/<seed>/``) sees records
+0..prefix_end of the seed's test runs and predicts the weights at every horizon. Diverged test runs are
+skipped and counted. All models of a store are forecast in one process (forecasting takes milliseconds; a
+process start-up with torch takes seconds). Output, one small Zarr v3 store per model, the whole directory
+written under a temporary name and renamed when complete::
 
     data/forecasts/<task>/<optimizer>/<model>.zarr
         weights            (run, horizon, param) float32   forecast weights
@@ -12,9 +14,9 @@ Output, a small Zarr v3 store written under ``.partial`` and renamed when comple
 
 Usage::
 
-    gfm forecast --params params.yaml --store mlp_regression-sgd --model lstm \\
+    gfm forecast --params params.yaml --store mlp_regression-sgd \\
         --in data/trajectories/mlp_regression/sgd.zarr --split data/splits/mlp_regression/sgd.json \\
-        --models data/models/mlp_regression/sgd/lstm --out data/forecasts/mlp_regression/sgd/lstm.zarr
+        --models data/models/mlp_regression/sgd --out data/forecasts/mlp_regression/sgd
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, Store
 from gfm.forecasters import Trajectories, load_forecaster
 from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
 
-__all__ = ["run", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
+__all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
 
 
 def read_split(path: Path) -> dict[str, dict[str, list[int]]]:
@@ -86,17 +88,11 @@ def open_forecasts(path: str | Path) -> ForecastStore:
     return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs)
 
 
-def run(params: Params, *, store_key: str, model: str, store: Path, split: Path, models: Path,
-        out: Path) -> dict:
-    """Forecast the test runs of ``store`` with the per-seed models under ``models`` into ``out``."""
-    params.lookup_store(store_key)
-    ts = open_trajectories(store)
-    runs_by_seed, skipped = test_runs(read_split(split))
+def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_seed: dict[str, list[int]],
+                   skipped: int, models: Path, out: Path) -> dict:
+    """Forecast the test runs with the per-seed fits under ``models`` and write the store ``out``."""
     fc_cfg = params.forecast
     horizons = list(fc_cfg.horizons)
-    if horizons[-1] >= ts.n_records:
-        raise GFMError(f"forecast.horizons: {horizons[-1]} is beyond the last recorded step of {store} "
-                       f"({ts.n_records - 1})")
     preds, index, seeds = [], [], []
     for seed in sorted(runs_by_seed, key=int):
         runs = runs_by_seed[seed]
@@ -112,24 +108,41 @@ def run(params: Params, *, store_key: str, model: str, store: Path, split: Path,
             preds.append(fc.forecast(prefix, horizons=horizons).cpu().numpy())
         index += runs
         seeds += [int(seed)] * len(runs)
-    if not preds:
-        raise GFMError(f"{split}: no test runs to forecast (all diverged or an empty test split)")
     weights = np.concatenate(preds).astype(np.float32)
-    tmp = partial_path(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    g = zarr.open_group(str(out), mode="w", zarr_format=3)
     R, H, P = weights.shape
     g.create_array("weights", shape=weights.shape, dtype="float32", chunks=(R, 1, P),
                    dimension_names=("run", "horizon", "param"))[:] = weights
     g.create_array("runs/store_index", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(index, np.int64)
     g.create_array("runs/dataset_seed", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(seeds, np.int64)
     summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
-               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped,
-               "n_runs": R}
+               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R}
     g.attrs.update({**summary, "complete": True})
+    return summary
+
+
+def run(params: Params, *, store_key: str, store: Path, split: Path, models: Path, out: Path,
+        names: list[str] | None = None) -> dict[str, dict]:
+    """Forecast the test runs of ``store`` with every model in ``names`` (default ``train.models``), reading
+    ``models/<name>/<seed>/`` and writing ``out/<name>.zarr``; ``out`` appears only when all are done."""
+    params.lookup_store(store_key)
+    names = list(params.train.models) if names is None else names
+    ts = open_trajectories(store)
+    runs_by_seed, skipped = test_runs(read_split(split))
+    horizons = list(params.forecast.horizons)
+    if horizons[-1] >= ts.n_records:
+        raise GFMError(f"forecast.horizons: {horizons[-1]} is beyond the last recorded step of {store} "
+                       f"({ts.n_records - 1})")
+    if not any(runs_by_seed.values()):
+        raise GFMError(f"{split}: no test runs to forecast (all diverged or an empty test split)")
+    tmp = partial_path(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    summaries = {name: forecast_model(params, store_key=store_key, model=name, ts=ts, runs_by_seed=runs_by_seed,
+                                      skipped=skipped, models=models / name, out=tmp / f"{name}.zarr")
+                 for name in names}
     if out.exists():
         shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
-    return summary
+    return summaries

@@ -25,10 +25,6 @@ def train_index_path(task, optimizer):
     return f"data/models/{task}/{optimizer}/index.json"
 
 
-def forecast_path(task, optimizer, model):
-    return f"data/forecasts/{task}/{optimizer}/{model}.zarr"
-
-
 def metrics_path(task, optimizer):
     return f"data/metrics/{task}/{optimizer}.json"
 

@@ -13,7 +13,7 @@ rule evaluate:
     input:
         store="data/trajectories/{task}/{optimizer}.zarr",
         split="data/splits/{task}/{optimizer}.json",
-        forecasts="data/forecasts/{task}/{optimizer}/index.json",
+        forecasts="data/forecasts/{task}/{optimizer}",
     output:
         metrics="data/metrics/{task}/{optimizer}.json",
         plots=directory("data/plots/{task}/{optimizer}"),
@@ -23,11 +23,10 @@ rule evaluate:
         "logs/benchmarks/evaluate/{task}/{optimizer}.tsv"
     params:
         store="{task}-{optimizer}",
-        forecasts="data/forecasts/{task}/{optimizer}",
         config=lambda wc: evaluate_config(),
     shell:
         "{GFM} evaluate --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
-        "--forecasts {params.forecasts} --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+        "--forecasts {input.forecasts} --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
 
 
 rule report:

@@ -1,45 +1,25 @@
-# Stage forecast: one job per (task, optimizer, model): forecast the store's test runs from their prefix.
-
-
-def forecast_config():
-    """The params keys a forecast job reads (mirrors its DVC stage's `params:`)."""
-    return json.dumps({"forecast": config.get("forecast", {})}, sort_keys=True)
+# Stage forecast: one job per store forecasts its test runs with every trained model (forecasting takes
+# milliseconds; one process per model would spend its time importing torch).
 
 
 rule forecast:
-    """Forecast every non-diverged test run of one store with one model (one fit per dataset seed)."""
+    """Forecast every non-diverged test run of one store with every model (one fit per dataset seed)."""
     input:
         store="data/trajectories/{task}/{optimizer}.zarr",
         split="data/splits/{task}/{optimizer}.json",
-        models="data/models/{task}/{optimizer}/{model}",
+        models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in train_models()],
     output:
-        directory("data/forecasts/{task}/{optimizer}/{model}.zarr"),
+        directory("data/forecasts/{task}/{optimizer}"),
     log:
-        "logs/forecast/{task}/{optimizer}/{model}.log",
+        "logs/forecast/{task}/{optimizer}.log",
     benchmark:
-        "logs/benchmarks/forecast/{task}/{optimizer}/{model}.tsv"
+        "logs/benchmarks/forecast/{task}/{optimizer}.tsv"
     params:
         store="{task}-{optimizer}",
-        config=lambda wc: forecast_config(),
+        models="data/models/{task}/{optimizer}",
+        config=lambda wc: json.dumps({"forecast": config.get("forecast", {}), "train.models": train_models()},
+                                     sort_keys=True),
     threads: 1
     shell:
-        "{GFM} forecast --params {PARAMS_FILE} --store {params.store} --model {wildcards.model} "
-        "--in {input.store} --split {input.split} --models {input.models} --out {output} > {log} 2>&1"
-
-
-rule forecast_index:
-    """The list of a store's forecasts: the one target of its DVC stage."""
-    input:
-        lambda wc: [forecast_path(wc.task, wc.optimizer, m) for m in train_models()],
-    output:
-        "data/forecasts/{task}/{optimizer}/index.json",
-    log:
-        "logs/forecast/{task}/{optimizer}/index.log",
-    params:
-        models=lambda wc: json.dumps(train_models()),
-    run:
-        index = {"store": f"{wildcards.task}-{wildcards.optimizer}", "models": json.loads(params.models)}
-        with open(output[0], "w") as f:
-            f.write(json.dumps(index, indent=1, sort_keys=True) + "\n")
-        with open(log[0], "w") as f:
-            f.write(f"{len(index['models'])} forecasts\n")
+        "{GFM} forecast --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
+        "--models {params.models} --out {output} > {log} 2>&1"
