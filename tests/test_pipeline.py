@@ -27,13 +27,27 @@ def test_dvc_repro_twice_then_one_store_edit(repo_copy):
     assert "Data and pipelines are up to date" in run_tool(["dvc", "repro"], repo).stdout
     assert stale_stages(repo) == set()
 
-    # Change one optimizer's learning rate: only that store's stages are stale.
+    # DVC sees the metrics and renders the plots.
+    shown = run_tool(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "final_mse" in shown
+    run_tool(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo)
+    assert (repo / "dvc_plots" / "index.html").is_file()
+    assert (repo / "reports" / "summary.md").is_file() and (repo / "reports" / "summary.html").is_file()
+
+    # Changing only an evaluate parameter re-runs only evaluate and report.
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["trajectory_params"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = stale_stages(repo)
+    assert stale and all(s.startswith("evaluate@") or s == "report" for s in stale), stale
+    params["evaluate"]["trajectory_params"] -= 1
+
+    # Change one optimizer's learning rate: only that store's stages are stale.
     params["stores"]["mlp_regression-adam"]["optimizer"]["lr"] = 0.02
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stale = stale_stages(repo)
     assert "generate@mlp_regression-adam" in stale
-    assert all(s.endswith("@mlp_regression-adam") or "@" not in s for s in stale), stale
+    assert all(s.endswith("@mlp_regression-adam") or s == "report" for s in stale), stale
 
 
 def test_snakemake_plans_every_store(repo_copy):

@@ -1,0 +1,114 @@
+"""Forecast, evaluate and report on a tiny store, with oracle forecasts whose scores are known exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import zarr
+
+from gfm import evaluate, forecast, report, split, train
+from gfm.config import ForecastConfig, TrainConfig
+from gfm.errors import GFMError
+from gfm.store import open_trajectories
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_params, tiny_store, tmp_path_factory):
+    """split -> train (last_value, linear) -> forecast for the tiny mlp_regression-adam store."""
+    root = tmp_path_factory.mktemp("eval")
+    params = dataclasses.replace(tiny_params, train=TrainConfig(seed=0, models=["last_value", "linear"]))
+    split_path = root / "split.json"
+    split.run(params.split, store=tiny_store, out=split_path)
+    for name in params.train.models:
+        train.run(params, store_key="mlp_regression-adam", model=name, split=split_path, store=tiny_store,
+                  out=root / "models" / name, progress=False)
+    forecast.run(params, store_key="mlp_regression-adam", store=tiny_store, split=split_path,
+                 models=root / "models", out=root / "forecasts")
+    return params, root, split_path
+
+
+def test_forecast_stores_cover_every_test_run(pipeline, tiny_store):
+    params, root, split_path = pipeline
+    datasets = json.loads(split_path.read_text())["datasets"]
+    expected = sorted(r for e in datasets.values() for r in e["test"] if r not in e["diverged"])
+    for name in params.train.models:
+        fs = forecast.open_forecasts(root / "forecasts" / f"{name}.zarr")
+        assert sorted(fs.store_index.tolist()) == expected
+        assert fs.weights.shape == (len(expected), len(params.forecast.horizons), open_trajectories(tiny_store).n_params)
+    lv = forecast.open_forecasts(root / "forecasts" / "last_value.zarr")
+    ts = open_trajectories(tiny_store)
+    k = params.forecast.prefix_end
+    for i, r in enumerate(lv.store_index):
+        np.testing.assert_array_equal(lv.weights[i, 0], ts.weights[int(r), k])
+
+
+def _with_oracle(root, tiny_store, params, name="oracle"):
+    """Add a forecast store holding the true weights (MSE 0, recovers the whole loss drop)."""
+    ts = open_trajectories(tiny_store)
+    lv = zarr.open_group(str(root / "forecasts" / "last_value.zarr"), mode="r")
+    idx = lv["runs/store_index"][:]
+    truth = np.stack([ts.weights[int(r)][list(params.forecast.horizons)] for r in idx])
+    g = zarr.open_group(str(root / "forecasts" / f"{name}.zarr"), mode="w")
+    g.create_array("weights", data=truth.astype(np.float32))
+    g.create_array("runs/store_index", data=idx)
+    g.create_array("runs/dataset_seed", data=lv["runs/dataset_seed"][:])
+    g.attrs.update({**dict(lv.attrs), "model": name})
+
+
+def test_evaluate_scores_known_forecasts_exactly(pipeline, tiny_store):
+    params, root, split_path = pipeline
+    _with_oracle(root, tiny_store, params)
+    p2 = dataclasses.replace(params, train=TrainConfig(seed=0, models=["last_value", "linear", "oracle"]))
+    m = evaluate.run(p2, store_key="mlp_regression-adam", store=tiny_store, split=split_path,
+                     forecasts=root / "forecasts", metrics=root / "metrics.json", plots=root / "plots")
+    oracle, lv = m["models"]["oracle"], m["models"]["last_value"]
+    assert oracle["final_mse"]["mean"] == 0.0
+    assert oracle["downstream"]["recovered"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert oracle["downstream"]["loss"]["mean"] == pytest.approx(m["reference"]["true_final_loss"]["mean"], rel=1e-4)
+    assert lv["downstream"]["recovered"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert lv["final_xlv"]["mean"] == pytest.approx(1.0)
+    assert lv["final_mse"]["mean"] > 0 and math.isfinite(m["models"]["linear"]["final_mse"]["mean"])
+    assert set(lv["mse_by_horizon"]) == {str(h) for h in params.forecast.horizons}
+    assert m["counts"]["test_runs"] == 6
+    saved = json.loads((root / "metrics.json").read_text())
+    assert saved["models"]["oracle"]["final_mse"]["mean"] == 0.0
+    assert (root / "plots" / "mse_vs_horizon.csv").read_text().startswith("model,horizon,step,mse,mse_std")
+
+
+def test_report_writes_markdown_html_and_figures(pipeline, tiny_store, tmp_path):
+    params, root, split_path = pipeline
+    task, opt = "mlp_regression", "adam"
+    metrics_dir, plots_dir = tmp_path / "metrics", tmp_path / "plots"
+    p1 = dataclasses.replace(params, stores={"mlp_regression-adam": params.stores["mlp_regression-adam"]})
+    evaluate.run(p1, store_key="mlp_regression-adam", store=tiny_store, split=split_path, forecasts=root / "forecasts",
+                 metrics=metrics_dir / task / f"{opt}.json", plots=plots_dir / task / opt)
+    out = report.run(p1, metrics_dir=metrics_dir, plots_dir=plots_dir, out=tmp_path / "reports")
+    md = (out / "summary.md").read_text()
+    assert "| last_value |" in md and "## Downstream" in md and "gfm final MSE ≥ 30% below lstm" in md
+    html = (out / "summary.html").read_text()
+    assert "<table>" in html and 'src="figures/mlp_regression-adam-mse.png"' in html
+    assert (out / "figures" / "mlp_regression-adam-mse.png").read_bytes()[:4] == b"\x89PNG"
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
+    report.update_readme(p1, metrics_dir, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text and "| last_value |" in text
+
+
+def test_forecast_refuses_models_fitted_for_other_horizons(pipeline, tiny_store, tmp_path):
+    params, root, split_path = pipeline
+    other = dataclasses.replace(params, forecast=ForecastConfig(prefix_end=8, horizons=[16, 40]))
+    with pytest.raises(GFMError, match="re-run the train stage"):
+        forecast.run(dataclasses.replace(other, forecast=ForecastConfig(prefix_end=6, horizons=[16, 40])),
+                     store_key="mlp_regression-adam", store=tiny_store, split=split_path, models=root / "models",
+                     out=tmp_path / "f")
+    assert not (tmp_path / "f").exists()
+    with pytest.raises(GFMError, match="beyond the last recorded step"):
+        forecast.run(dataclasses.replace(params, forecast=ForecastConfig(prefix_end=8, horizons=[16, 99])),
+                     store_key="mlp_regression-adam", store=tiny_store, split=split_path, models=root / "models",
+                     out=tmp_path / "f")
