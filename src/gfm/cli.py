@@ -8,6 +8,7 @@ Commands::
     gfm train    --params P --store KEY --model NAME --split SPLIT.json --in STORE.zarr --out DIR
     gfm forecast --params P --store KEY --in STORE.zarr --split S.json --models DIR --out DIR
     gfm evaluate --params P --store KEY --in STORE.zarr --split S.json --forecasts DIR --metrics M.json --plots DIR
+    gfm generalize --params P [--data data --out data/metrics/generalize.json]
     gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
     gfm info     STORE.zarr                                 print a store's summary
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
@@ -94,6 +95,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
                           forecasts=Path(args.forecasts), metrics=Path(args.metrics), plots=Path(args.plots))
     print(json.dumps({n: m["final_mse"] for n, m in result["models"].items()}, sort_keys=True))
+    return 0
+
+
+def _cmd_generalize(args: argparse.Namespace) -> int:
+    from gfm import generalize
+
+    params = load_params(args.params)
+    result = generalize.run(params, data=Path(args.data), out=Path(args.out))
+    print(json.dumps({p["target"]: {n: m["transfer_xlv"]["mean"] for n, m in p["models"].items()}
+                      for p in result["pairs"]}, sort_keys=True))
     return 0
 
 
@@ -198,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics", required=True, help="metrics JSON to write")
     e.add_argument("--plots", required=True, help="directory of plot CSVs to write")
     e.set_defaults(func=_cmd_evaluate)
+
+    gz = sub.add_parser("generalize", help="forecast one store's test runs with models fitted on another")
+    gz.add_argument("--params", default="params.yaml")
+    gz.add_argument("--data", default="data", help="root of trajectories/, splits/, models/")
+    gz.add_argument("--out", default="data/metrics/generalize.json")
+    gz.set_defaults(func=_cmd_generalize)
 
     r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
     r.add_argument("--params", default="params.yaml")

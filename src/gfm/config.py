@@ -22,7 +22,7 @@ from gfm.schema import build, spec
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "Params", "load_params", "parse_params", "config_hash",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS",
 ]
 
@@ -204,6 +204,7 @@ class StoreSpec:
 
     task: str
     optimizer: OptimizerConfig
+    models: list[str] | None = spec(None, doc="forecasters trained on this store (default: train.models)")
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,22 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class PairSpec:
+    """Train on ``source``'s runs, forecast ``target``'s test runs (store keys with the same optimizer)."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class GeneralizeConfig:
+    """Cross-architecture / cross-initialisation experiments (stage generalize)."""
+
+    models: list[str] = spec([], doc="models to transfer; each must be trained on both stores of every pair")
+    pairs: list[PairSpec] = spec([])
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -308,6 +325,7 @@ class Params:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}")
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    generalize: GeneralizeConfig = dataclasses.field(default_factory=GeneralizeConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def _check(self):
@@ -329,11 +347,38 @@ class Params:
         for i, name in enumerate(self.train.models):
             if name not in self.models:
                 out.append((f"train.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none defined in models:)'}"))
+        for key, st in self.stores.items():
+            for i, name in enumerate(st.models or ()):
+                if name not in self.models:
+                    out.append((f"stores.{key}.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+        for i, pair in enumerate(self.generalize.pairs):
+            for end in ("source", "target"):
+                if getattr(pair, end) not in self.stores:
+                    out.append((f"generalize.pairs[{i}].{end}", f"got {getattr(pair, end)!r}; expected a key of stores"))
+            if pair.source in self.stores and pair.target in self.stores:
+                a, b = self.stores[pair.source], self.stores[pair.target]
+                if a.optimizer.name != b.optimizer.name:
+                    out.append((f"generalize.pairs[{i}]", f"source uses {a.optimizer.name}, target {b.optimizer.name}; "
+                                                          "a pair must share the optimizer"))
+                for name in self.generalize.models:
+                    for key in (pair.source, pair.target):
+                        msg = (f"{name!r} is not trained on store {key!r} (add it to train.models or that "
+                               "store's models)")
+                        if name not in self.store_models(key) and ("generalize.models", msg) not in out:
+                            out.append(("generalize.models", msg))
+        for i, name in enumerate(self.generalize.models):
+            if name not in self.models:
+                out.append((f"generalize.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
         shortest = min((t.n_records for t in self.tasks.values()), default=0)
         if self.stores and self.train.models and self.forecast.horizons[-1] >= shortest:
             out.append(("forecast.horizons", f"last horizon {self.forecast.horizons[-1]} is beyond the last recorded "
                                              f"step of the shortest task ({shortest - 1})"))
         return out
+
+    def store_models(self, key: str) -> list[str]:
+        """Forecasters trained on store ``key``: its own ``models`` list, else ``train.models``."""
+        st = self.stores[key]
+        return list(self.train.models if st.models is None else st.models)
 
     def lookup_store(self, key: str) -> tuple[StoreSpec, TaskConfig]:
         """The store spec and its task for a store key ``<task>-<optimizer>``."""

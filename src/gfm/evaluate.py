@@ -67,7 +67,7 @@ def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.n
 
 def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
         plots: Path) -> dict:
-    """Evaluate every model of ``params.train.models`` on one store; write metrics JSON and plot CSVs."""
+    """Evaluate every model trained on one store; write metrics JSON and plot CSVs."""
     spec, task_cfg = params.lookup_store(store_key)
     task = make_task(task_cfg)
     ts = open_trajectories(store)
@@ -106,7 +106,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     plot_run = 0  # first test run of the first seed
     n_show = min(params.evaluate.trajectory_params, ts.n_params)
     show_params = np.unique(np.linspace(0, ts.n_params - 1, n_show).round().astype(int))
-    for name in params.train.models:
+    for name in params.store_models(store_key):
         fs = open_forecasts(forecasts / f"{name}.zarr")
         if fs.horizons != horizons or not np.array_equal(np.sort(fs.store_index), np.sort(runs)):
             raise GFMError(f"{fs.path}: forecasts do not cover the same test runs and horizons; re-run forecast")
@@ -130,7 +130,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         if acc_fc is not None:
             entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
         models[name] = entry
-        for j, h in enumerate(horizons):
+        for h in horizons:
             curves.append({"model": name, "horizon": h, "step": h * ts.record_every,
                            "mse": by_h[str(h)]["mean"], "mse_std": by_h[str(h)]["std"]})
         for p in show_params:

@@ -123,10 +123,10 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
 
 def run(params: Params, *, store_key: str, store: Path, split: Path, models: Path, out: Path,
         names: list[str] | None = None) -> dict[str, dict]:
-    """Forecast the test runs of ``store`` with every model in ``names`` (default ``train.models``), reading
+    """Forecast the test runs of ``store`` with every model in ``names`` (default: the store's models), reading
     ``models/<name>/<seed>/`` and writing ``out/<name>.zarr``; ``out`` appears only when all are done."""
     params.lookup_store(store_key)
-    names = list(params.train.models) if names is None else names
+    names = params.store_models(store_key) if names is None else names
     ts = open_trajectories(store)
     runs_by_seed, skipped = test_runs(read_split(split))
     horizons = list(params.forecast.horizons)

@@ -34,6 +34,8 @@ def load_metrics(params: Params, metrics_dir: Path) -> dict[str, dict]:
     """Metrics JSON of every store of ``params`` (store key -> metrics), in params order."""
     out = {}
     for key, spec in params.stores.items():
+        if not params.store_models(key):
+            continue
         path = metrics_dir / spec.task / f"{spec.optimizer.name}.json"
         out[key] = json.loads(path.read_text())
     return out
@@ -62,7 +64,7 @@ def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
             continue
         mods = m["models"]
 
-        def final(name):
+        def final(name, mods=mods):
             return mods[name]["final_mse"]["mean"] if name in mods else None
 
         g, plain, lstm, tr = final("gfm"), final("gfm_plain"), final("lstm"), final("transformer")
@@ -78,7 +80,16 @@ def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
 
 
 def _model_order(params: Params) -> list[str]:
-    return list(params.train.models)
+    """Every model trained on any store, train.models first."""
+    names = list(params.train.models)
+    for key in params.stores:
+        names += [n for n in params.store_models(key) if n not in names]
+    return names
+
+
+def _cell(m: dict, name: str, fn) -> str:
+    """A table cell for model ``name`` of one store's metrics, ``n/a`` where it was not trained there."""
+    return fn(m["models"][name]) if name in m["models"] else "n/a"
 
 
 def results_block(params: Params, metrics: dict[str, dict]) -> list[str]:
@@ -162,7 +173,29 @@ def _figures(metrics: dict[str, dict], plots_dir: Path, fig_dir: Path) -> dict[s
     return figs
 
 
-def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str]]) -> list[str]:
+def generalize_section(params: Params, metrics_dir: Path) -> list[str]:
+    """Markdown table of the transfer experiments (empty when ``generalize.pairs`` is empty)."""
+    if not params.generalize.pairs:
+        return []
+    data = json.loads((metrics_dir / "generalize.json").read_text())
+    lines = ["## Generalisation across architectures and initialisations", "",
+             "Final-step weight MSE on the target's test runs, as xLV (÷ last_value on the target). `transfer` = "
+             "fitted on the source store's training runs; `in-dist.` = fitted on the target's own training runs.",
+             ""]
+    header = ["source → target", "what changes", *[f"{n} transfer / in-dist." for n in data["models"]]]
+    rows = []
+    for pair in data["pairs"]:
+        cells = []
+        for n in data["models"]:
+            m = pair["models"][n]
+            cells.append(f"{fmt(m['transfer_xlv'], 2)} / {fmt(m['in_distribution_xlv'], 2)}"
+                         + (" (cannot transfer)" if m["error"] else ""))
+        rows.append([f"{pair['source']} → {pair['target']}", pair["label"], *cells])
+    return lines + _table(header, rows) + [""]
+
+
+def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str]],
+              metrics_dir: Path | None = None) -> list[str]:
     lines = [f"# {params.report.title}", "",
              f"Machine: {_machine()}. Config: `params.yaml` (seed {params.seed}, "
              f"{len(params.generate.dataset_seeds)} dataset seeds, prefix 0..{params.forecast.prefix_end}, "
@@ -176,8 +209,8 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
         header = ["model", *[metrics[k]["optimizer"] for k in keys]]
         rows = []
         for name in _model_order(params):
-            rows.append([name, *[fmt(metrics[k]["models"][name]["final_mse"]) + (
-                f" (median run {metrics[k]['models'][name]['final_mse_median_run']:.3g})") for k in keys]])
+            rows.append([name, *[_cell(metrics[k], name, lambda e: fmt(e["final_mse"]) + (
+                f" (median run {e['final_mse_median_run']:.3g})")) for k in keys]])
         lines += _table(header, rows) + [""]
     lines += ["## Downstream: training loss of the forecast final weights", "",
               "`recovered` = (L_prefix − L_forecast) / (L_prefix − L_final): 1 = as good as training to the end, "
@@ -187,15 +220,17 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
     for k, m in metrics.items():
         ref = m["reference"]
         rows.append([k, fmt(ref["prefix_loss"]), fmt(ref["true_final_loss"]),
-                     *[f"{fmt(m['models'][n]['downstream']['loss'])} / {fmt(m['models'][n]['downstream']['recovered'], 2)}"
+                     *[_cell(m, n, lambda e: f"{fmt(e['downstream']['loss'])} / {fmt(e['downstream']['recovered'], 2)}")
                        for n in _model_order(params)]])
     lines += _table(header, rows) + [""]
     acc_rows = [[k, fmt(m["reference"]["prefix_accuracy"]), fmt(m["reference"]["true_final_accuracy"]),
-                 *[fmt(m["models"][n]["downstream"].get("accuracy")) for n in _model_order(params)]]
+                 *[_cell(m, n, lambda e: fmt(e["downstream"].get("accuracy"))) for n in _model_order(params)]]
                 for k, m in metrics.items() if "true_final_accuracy" in m["reference"]]
     if acc_rows:
         lines += ["Accuracy (classification tasks, on each run's training data):", ""]
         lines += _table(["store", "prefix", "true final", *_model_order(params)], acc_rows) + [""]
+    if metrics_dir is not None:
+        lines += generalize_section(params, metrics_dir)
     lines += ["## Runs", ""]
     lines += _table(["store", "runs", "diverged (excluded)", "test runs scored", "diverged test runs skipped"],
                     [[k, str(m["counts"]["runs_in_store"]), str(m["counts"]["diverged_runs_in_store"]),
@@ -253,7 +288,7 @@ def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path) -> Pat
         shutil.rmtree(tmp)
     (tmp / "figures").mkdir(parents=True)
     figs = _figures(metrics, plots_dir, tmp / "figures")
-    lines = _markdown(params, metrics, figs)
+    lines = _markdown(params, metrics, figs, metrics_dir)
     (tmp / "summary.md").write_text("\n".join(lines) + "\n")
     (tmp / "summary.html").write_text(_md_to_html(params.report.title, lines))
     if out.exists():

@@ -33,6 +33,12 @@ def plots_path(task, optimizer):
     return f"data/plots/{task}/{optimizer}"
 
 
+def store_models(task, optimizer):
+    """Forecasters trained on one store: its own `models` list, else train.models (as Params.store_models)."""
+    own = config["stores"][f"{task}-{optimizer}"].get("models")
+    return list(own if own is not None else config.get("train", {}).get("models", []))
+
+
 def generate_config(task, optimizer):
     """The params keys one store is generated from (mirrors its DVC stage's `params:`)."""
     keys = {
@@ -50,8 +56,10 @@ def all_outputs():
     out = []
     for task, optimizer in STORES.values():
         out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
-        if config.get("train", {}).get("models"):
+        if store_models(task, optimizer):
             out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
+    if config.get("generalize", {}).get("pairs"):
+        out.append("data/metrics/generalize.json")
     if config.get("train", {}).get("models"):
         out.append("reports")
     return out

@@ -1,10 +1,11 @@
 # Stages evaluate (one job per store) and report (one job).
 
 
-def evaluate_config():
+def evaluate_config(task, optimizer):
     """The params keys an evaluate job reads (mirrors its DVC stage's `params:`)."""
     keys = {"seed": config["seed"], "forecast": config.get("forecast", {}),
-            "train.models": train_models(), "evaluate": config.get("evaluate", {})}
+            "train.models": train_models(), "stores": config["stores"][f"{task}-{optimizer}"],
+            "evaluate": config.get("evaluate", {})}
     return json.dumps(keys, sort_keys=True)
 
 
@@ -23,7 +24,7 @@ rule evaluate:
         "logs/benchmarks/evaluate/{task}/{optimizer}.tsv"
     params:
         store="{task}-{optimizer}",
-        config=lambda wc: evaluate_config(),
+        config=lambda wc: evaluate_config(wc.task, wc.optimizer),
     shell:
         "{GFM} evaluate --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
         "--forecasts {input.forecasts} --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
@@ -32,8 +33,9 @@ rule evaluate:
 rule report:
     """reports/summary.md + summary.html + figures from every store's metrics."""
     input:
-        metrics=[metrics_path(t, o) for t, o in STORES.values()],
-        plots=[plots_path(t, o) for t, o in STORES.values()],
+        metrics=[metrics_path(t, o) for t, o in STORES.values() if store_models(t, o)],
+        plots=[plots_path(t, o) for t, o in STORES.values() if store_models(t, o)],
+        generalize=["data/metrics/generalize.json"] if config.get("generalize", {}).get("pairs") else [],
     output:
         directory("reports"),
     log:
@@ -42,6 +44,7 @@ rule report:
         "logs/benchmarks/report.tsv"
     params:
         config=lambda wc: json.dumps({"report": config.get("report", {}), "train.models": train_models(),
-                                      "forecast": config.get("forecast", {})}, sort_keys=True),
+                                      "forecast": config.get("forecast", {}),
+                                      "generalize": config.get("generalize", {})}, sort_keys=True),
     shell:
         "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --out {output} > {log} 2>&1"

@@ -7,7 +7,7 @@ rule forecast:
     input:
         store="data/trajectories/{task}/{optimizer}.zarr",
         split="data/splits/{task}/{optimizer}.json",
-        models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in train_models()],
+        models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in store_models(wc.task, wc.optimizer)],
     output:
         directory("data/forecasts/{task}/{optimizer}"),
     log:
@@ -17,8 +17,8 @@ rule forecast:
     params:
         store="{task}-{optimizer}",
         models="data/models/{task}/{optimizer}",
-        config=lambda wc: json.dumps({"forecast": config.get("forecast", {}), "train.models": train_models()},
-                                     sort_keys=True),
+        config=lambda wc: json.dumps({"forecast": config.get("forecast", {}), "train.models": train_models(),
+                                      "stores": config["stores"][f"{wc.task}-{wc.optimizer}"]}, sort_keys=True),
     threads: 1
     shell:
         "{GFM} forecast --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "

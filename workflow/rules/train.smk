@@ -52,7 +52,7 @@ rule train_index:
     """The list of a store's trained models: the one target of its DVC stage (dvc.yaml cannot interpolate
     a list of model directories into `cmd`)."""
     input:
-        lambda wc: [model_path(wc.task, wc.optimizer, m) for m in train_models()],
+        lambda wc: [model_path(wc.task, wc.optimizer, m) for m in store_models(wc.task, wc.optimizer)],
     output:
         "data/models/{task}/{optimizer}/index.json",
     log:
@@ -60,7 +60,8 @@ rule train_index:
     benchmark:
         "logs/benchmarks/train/{task}/{optimizer}/index.tsv"
     params:
-        models=lambda wc: json.dumps({m: config["models"][m]["kind"] for m in train_models()}, sort_keys=True),
+        models=lambda wc: json.dumps({m: config["models"][m]["kind"] for m in store_models(wc.task, wc.optimizer)},
+                                     sort_keys=True),
     run:
         index = {"store": f"{wildcards.task}-{wildcards.optimizer}", "models": json.loads(params.models)}
         with open(output[0], "w") as f:

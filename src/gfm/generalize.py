@@ -1,0 +1,107 @@
+"""Stage ``generalize``: does a forecaster trained on one kind of network forecast another?
+
+The paper claims GFM "generalises across architectures and initialisations". For each pair in
+``generalize.pairs`` (source store -> target store, same optimizer), every model in ``generalize.models``
+that was fitted on the *source* store's training runs (dataset seed d) forecasts the *target* store's test runs
+of the same dataset seed d, and is scored beside the same model fitted on the target itself (in-distribution)
+and beside ``last_value`` on the target. A model whose parameters depend on the network's size (e.g. a joint
+field) cannot transfer across architectures; it is reported as such, not skipped silently.
+
+Output: ``data/metrics/generalize.json``::
+
+    {"pairs": [{"source", "target", "label", "models": {name: {"transfer": {mean, std}, "in_distribution":
+      {...}, "transfer_xlv": {...}, "in_distribution_xlv": {...}, "error": null | str}}}]}
+
+Usage::
+
+    gfm generalize --params params.yaml --out data/metrics/generalize.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gfm.config import Params
+from gfm.errors import GFMError
+from gfm.evaluate import mean_std
+from gfm.forecast import read_split, test_runs
+from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
+from gfm.store import open_trajectories
+
+__all__ = ["run", "pair_label"]
+
+
+def pair_label(params: Params, source: str, target: str) -> str:
+    """What differs between two stores' tasks, e.g. ``hidden [10] -> [20]``."""
+    a, b = params.lookup_store(source)[1], params.lookup_store(target)[1]
+    diffs = []
+    for name in ("hidden", "dim", "init", "n_samples", "batch_size", "kind"):
+        va, vb = getattr(a, name, None), getattr(b, name, None)
+        if va != vb:
+            if hasattr(va, "dist"):
+                va, vb = f"{va.dist} x{va.scale:g}", f"{vb.dist} x{vb.scale:g}"
+            elif isinstance(va, tuple):
+                va, vb = list(va), list(vb)
+            diffs.append(f"{name} {va} -> {vb}")
+    return "; ".join(diffs) or "same task"
+
+
+def _final_mse(model_dir: Path, target: Trajectories, prefix_end: int, final: int) -> float:
+    fc = load_forecaster(model_dir)
+    with torch.no_grad():
+        pred = fc.forecast(target.prefix(prefix_end), horizons=[final])[:, 0]
+    return float(((pred.double() - target.weights[:, final].double()) ** 2).mean())
+
+
+def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
+    """Score every (pair, model) and write ``out`` atomically."""
+    gcfg = params.generalize
+    k, final = params.forecast.prefix_end, params.forecast.horizons[-1]
+    result = {"prefix_end": k, "final": final, "models": list(gcfg.models), "pairs": []}
+    for pair in gcfg.pairs:
+        src_spec, _ = params.lookup_store(pair.source)
+        tgt_spec, _ = params.lookup_store(pair.target)
+        tgt_store = open_trajectories(data / "trajectories" / tgt_spec.task / f"{tgt_spec.optimizer.name}.zarr")
+        by_seed, _ = test_runs(read_split(data / "splits" / tgt_spec.task / f"{tgt_spec.optimizer.name}.json"))
+        entry = {"source": pair.source, "target": pair.target, "label": pair_label(params, pair.source, pair.target),
+                 "models": {}}
+        scores: dict[str, dict[str, list[float]]] = {}
+        errors: dict[str, str] = {}
+        for seed in sorted(by_seed, key=int):
+            runs = by_seed[seed]
+            if not runs:
+                continue
+            target = Trajectories.from_store(tgt_store, runs)
+            for name in ["last_value", *gcfg.models]:
+                row = scores.setdefault(name, {"transfer": [], "in_distribution": []})
+                for what, spec in (("transfer", src_spec), ("in_distribution", tgt_spec)):
+                    model_dir = data / "models" / spec.task / spec.optimizer.name / name / str(seed)
+                    try:
+                        row[what].append(_final_mse(model_dir, target, k, final))
+                    except (ForecasterError, RuntimeError, ValueError) as exc:
+                        # e.g. a joint field sized for another network: a real, reportable limitation
+                        errors[name] = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                        row[what].append(float("nan"))
+        base = np.array(scores["last_value"]["in_distribution"])
+        for name in gcfg.models:
+            row = scores[name]
+            entry["models"][name] = {
+                "transfer": mean_std(row["transfer"]), "in_distribution": mean_std(row["in_distribution"]),
+                "transfer_xlv": mean_std(np.array(row["transfer"]) / base),
+                "in_distribution_xlv": mean_std(np.array(row["in_distribution"]) / base),
+                "error": errors.get(name),
+            }
+        entry["last_value"] = mean_std(base)
+        result["pairs"].append(entry)
+    if not result["pairs"]:
+        raise GFMError("generalize.pairs is empty: nothing to evaluate")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    return result
