@@ -135,3 +135,13 @@ def test_json_schema_agrees_with_params():
     bad["surprise"] = 1
     with pytest.raises(WorkflowError):
         validate(bad, schema)
+
+
+def test_json_schema_names_every_params_section():
+    """The schema and the dataclasses describe the same top-level sections (no silent drift)."""
+    import dataclasses
+
+    from gfm.config import Params
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(Params)}
