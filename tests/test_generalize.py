@@ -1,0 +1,47 @@
+"""Transfer across architectures: a per-parameter model fitted on one MLP width forecasts another width."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+
+from gfm import generalize, generate, split, train
+from gfm.config import parse_params
+
+from conftest import TINY
+
+
+def test_transfer_between_widths(tmp_path):
+    data = yaml.safe_load(TINY.read_text())
+    wide = dict(data["tasks"]["mlp_regression"], hidden=[10], runs_per_dataset=8)
+    data["tasks"]["mlp_regression_w10"] = wide
+    data["stores"] = {"mlp_regression-sgd": data["stores"]["mlp_regression-sgd"],
+                      "mlp_regression_w10-sgd": {"task": "mlp_regression_w10", "optimizer": {"name": "sgd", "lr": 0.05},
+                                                 "models": ["last_value", "linear", "lstm"]}}
+    data["train"]["models"] = ["last_value", "linear", "lstm"]
+    data["generalize"] = {"models": ["linear", "lstm"],
+                          "pairs": [{"source": "mlp_regression-sgd", "target": "mlp_regression_w10-sgd"}]}
+    params = parse_params(data)
+    root = tmp_path / "data"
+    for key, spec in params.stores.items():
+        store = root / "trajectories" / spec.task / f"{spec.optimizer.name}.zarr"
+        sp = root / "splits" / spec.task / f"{spec.optimizer.name}.json"
+        generate.run(params, key, out=store, progress=False)
+        split.run(params.split, store=store, out=sp)
+        for m in params.store_models(key):
+            train.run(params, store_key=key, model=m, split=sp, store=store,
+                      out=root / "models" / spec.task / spec.optimizer.name / m, progress=False)
+    out = tmp_path / "generalize.json"
+    result = generalize.run(params, data=root, out=out)
+    pair = result["pairs"][0]
+    assert pair["label"] == "hidden [6] -> [10]"
+    for name in ("linear", "lstm"):
+        m = pair["models"][name]
+        assert m["error"] is None
+        assert math.isfinite(m["transfer"]["mean"]) and math.isfinite(m["in_distribution"]["mean"])
+        assert m["transfer"]["n"] == 2  # one score per dataset seed
+    # linear extrapolation has no parameters: transfer and in-distribution are the same forecast
+    assert pair["models"]["linear"]["transfer"]["mean"] == pair["models"]["linear"]["in_distribution"]["mean"]
+    assert json.loads(out.read_text())["pairs"][0]["target"] == "mlp_regression_w10-sgd"
