@@ -124,8 +124,16 @@ class Trajectories:
         sorted_runs = runs[order]
         inverse = np.argsort(order)
 
+        # Read each run of consecutive ids as one slice: zarr 3's orthogonal (fancy) selection on a sharded
+        # array was ~30x slower than slicing here (150 of 200 digits runs: 25 s vs 0.8 s).
+        breaks = np.flatnonzero(np.diff(sorted_runs) != 1) + 1
+        segments = [(int(seg[0]), int(seg[-1]) + 1) for seg in np.split(sorted_runs, breaks) if len(seg)]
+
         def read(arr):
-            return torch.from_numpy(np.ascontiguousarray(arr.get_orthogonal_selection((sorted_runs, slice(0, stop)))[inverse]))
+            if not segments:
+                return torch.from_numpy(np.zeros((0, stop, *arr.shape[2:]), dtype=arr.dtype))
+            parts = [arr[a:b, :stop] for a, b in segments]
+            return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)[inverse]))
 
         return cls(
             weights=read(store.weights), lr=read(store.lr), optimizer=store.optimizer["name"],
