@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "open_trajectories"]
+__all__ = ["__version__", "open_trajectories", "record"]
 
 
 def __getattr__(name):
@@ -11,4 +11,8 @@ def __getattr__(name):
         from gfm.store import open_trajectories
 
         return open_trajectories
+    if name == "record":
+        from gfm.recorder import record
+
+        return record
     raise AttributeError(f"module 'gfm' has no attribute {name!r}")

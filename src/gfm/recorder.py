@@ -1,0 +1,416 @@
+"""Record any PyTorch training loop into a trajectory store (the format of ``gfm generate``, store.py).
+
+Usage::
+
+    import gfm
+
+    model, opt = MyNet(), torch.optim.SGD(MyNet.parameters(), lr=0.05, momentum=0.9)
+    with gfm.record("runs/mynet.zarr", model, opt, every=1) as rec:     # record 0 = the weights right now
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            rec.step(loss)                                              # after opt.step() (and scheduler.step())
+    # more runs of the same loop into the same store (one store of many runs is what a forecaster trains on):
+    with gfm.record("runs/mynet.zarr", model2, opt2, mode="a", dataset_seed=0) as rec: ...
+
+What is recorded, per run (R runs, T records, P parameters; record j is after j * ``every`` optimizer steps):
+
+* ``weights`` (run, record, param): every parameter of ``model`` (``named_parameters`` order, which is the
+  ``state_dict`` order of the parameters) flattened into one vector; the layout (name, shape, offset) goes into
+  the root attributes so :meth:`~gfm.store.TrajectoryStore.load_into` can put any record back. Buffers (e.g.
+  BatchNorm running statistics) are not parameters and are not recorded.
+* ``state/<name>``: the optimizer's own state after the updates up to that record (``momentum_buffer``,
+  ``exp_avg``/``exp_avg_sq``, ``square_avg``), zeros where torch has not created it yet.
+* ``lr``: ``param_groups[0]["lr"]`` when the record is taken, i.e. the lr of the update leaving it.
+* ``loss``: with ``evaluate`` (a zero-argument callable returning a number, e.g. the full training-set loss),
+  its value at each record, which is what generated stores hold. Without it, the loss passed to the ``step``
+  that leaves the record (the minibatch loss at the recorded weights), and for the last record the
+  ``final_loss`` given to :meth:`Recorder.finish` or else the last step's loss (attribute ``loss_source``
+  says which).
+
+Supported optimizers are the ones whose update rule ``gfm.optimizers`` knows: ``torch.optim.SGD`` (plain or
+heavy-ball momentum, no Nesterov, no dampening), ``Adam`` (not AMSGrad, not AdamW) and ``RMSprop`` (not
+centred, no momentum), with the same hyper-parameters in every param group. Anything else is refused, because
+an optimizer-aware forecaster would otherwise integrate the wrong rule.
+
+Durability: records are buffered and written ``chunk_steps`` at a time, one whole chunk per write, into
+``<path>.partial``; the store is renamed into place only when the ``with`` block exits cleanly. An exception
+inside the block leaves the ``.partial`` store (readable by zarr, refused by ``open_trajectories``). Appending
+(``mode="a"``) writes the new run to its own partial store and then adds it to the finished store, which is
+flagged incomplete for the few writes that takes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from gfm import __version__
+from gfm.errors import GFMError, StoreSchemaError
+from gfm.optimizers import STATE_NAMES
+from gfm.store import SCHEMA_VERSION, partial_path
+from gfm.tasks.base import ParamSpec, layout_from_shapes
+
+__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
+
+# The per-run hyper-parameters a store holds for each optimizer (runs/<name>); eps is always written.
+HYPER_NAMES: dict[str, tuple[str, ...]] = {
+    "sgd": ("lr", "weight_decay"),
+    "momentum": ("lr", "momentum", "weight_decay"),
+    "adam": ("beta1", "beta2", "lr", "weight_decay"),
+    "rmsprop": ("alpha", "lr", "weight_decay"),
+}
+
+
+class RecordError(GFMError, ValueError):
+    """The model, optimizer or target store cannot be recorded as asked."""
+
+
+def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, float]]:
+    """The store's optimizer name and hyper-parameters for a ``torch.optim`` optimizer.
+
+    Returns:
+        ``(name, hyper)``: name in ``sgd | momentum | adam | rmsprop``; hyper holds the keys of
+        :data:`HYPER_NAMES` plus ``eps``.
+
+    Raises:
+        RecordError: an optimizer (or option) whose update rule gfm.optimizers does not implement, or param
+            groups with different hyper-parameters.
+    """
+    kind = type(optimizer)
+    groups = optimizer.param_groups
+
+    def same(key: str) -> float:
+        values = {float(g[key]) for g in groups}
+        if len(values) > 1:
+            raise RecordError(f"param groups have different {key!r} ({sorted(values)}); a store holds one value "
+                              "per run, so use one param group or equal hyper-parameters")
+        return values.pop()
+
+    def refuse(option: str, value: Any) -> None:
+        raise RecordError(f"{kind.__name__}({option}={value!r}) is not supported: its update rule is not "
+                          f"gfm.optimizers'; expected the default for {option}")
+
+    g0 = groups[0]
+    if kind is torch.optim.SGD:
+        if g0.get("nesterov"):
+            refuse("nesterov", True)
+        if float(g0.get("dampening", 0.0)) != 0.0:
+            refuse("dampening", g0["dampening"])
+        momentum = same("momentum")
+        name = "momentum" if momentum > 0 else "sgd"
+        hyper = {"lr": same("lr"), "weight_decay": same("weight_decay"), "eps": 1e-8}
+        if momentum > 0:
+            hyper["momentum"] = momentum
+    elif kind is torch.optim.Adam:
+        if g0.get("amsgrad"):
+            refuse("amsgrad", True)
+        if g0.get("decoupled_weight_decay"):
+            refuse("decoupled_weight_decay", True)
+        b1 = {float(g["betas"][0]) for g in groups}
+        b2 = {float(g["betas"][1]) for g in groups}
+        if len(b1) > 1 or len(b2) > 1:
+            raise RecordError("param groups have different 'betas'; use one param group or equal betas")
+        name = "adam"
+        hyper = {"lr": same("lr"), "beta1": b1.pop(), "beta2": b2.pop(), "eps": same("eps"),
+                 "weight_decay": same("weight_decay")}
+    elif kind is torch.optim.RMSprop:
+        if g0.get("centered"):
+            refuse("centered", True)
+        if float(g0.get("momentum", 0.0)) != 0.0:
+            refuse("momentum", g0["momentum"])
+        name = "rmsprop"
+        hyper = {"lr": same("lr"), "alpha": same("alpha"), "eps": same("eps"), "weight_decay": same("weight_decay")}
+    else:
+        raise RecordError(f"optimizer {kind.__module__}.{kind.__name__} is not supported; expected "
+                          "torch.optim.SGD (with or without momentum), torch.optim.Adam or torch.optim.RMSprop")
+    if any(g0.get(flag) for flag in ("maximize",)):
+        refuse("maximize", True)
+    return name, hyper
+
+
+def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors]).numpy()
+
+
+class Recorder:
+    """Records one run of a training loop; made by :func:`record`, used as a context manager."""
+
+    def __init__(self, path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                 every: int = 1, mode: str = "w", dataset_seed: int = 0, evaluate: Callable[[], Any] | None = None,
+                 chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False):
+        if mode not in ("w", "a"):
+            raise RecordError(f"mode {mode!r}; expected 'w' (new store) or 'a' (add a run to an existing store)")
+        if not isinstance(every, int) or every < 1:
+            raise RecordError(f"every={every!r}; expected an integer >= 1")
+        if not isinstance(chunk_steps, int) or chunk_steps < 1:
+            raise RecordError(f"chunk_steps={chunk_steps!r}; expected an integer >= 1")
+        self.path = Path(path)
+        if mode == "w" and self.path.exists() and not overwrite:
+            raise RecordError(f"{self.path} exists; pass overwrite=True to replace it or mode='a' to add a run")
+        if mode == "a" and not self.path.exists():
+            raise RecordError(f"{self.path}: no store to add a run to (mode='a'); record the first run with mode='w'")
+        self.model, self.optimizer, self.every, self.mode = model, optimizer, every, mode
+        self.dataset_seed, self.evaluate, self.chunk_steps, self.name = int(dataset_seed), evaluate, chunk_steps, name
+        self.opt_name, self.hyper = optimizer_spec(optimizer)
+        self.params = [p for _, p in model.named_parameters()]
+        ids = {id(p) for p in self.params}
+        stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in ids)
+        if stray:
+            raise RecordError(f"the optimizer updates {stray} tensors that are not parameters of the model; "
+                              "record the module that owns every optimized parameter")
+        self.layout: tuple[ParamSpec, ...] = layout_from_shapes(
+            [(n, tuple(p.shape)) for n, p in model.named_parameters()])
+        if not self.layout:
+            raise RecordError("the model has no parameters")
+        if optimizer.state:
+            warnings.warn("the optimizer already has state: record 0 is not the start of its training (Adam's "
+                          "bias correction and the time axis assume it is)", stacklevel=3)
+        self.n_params = self.layout[-1].offset + self.layout[-1].size
+        self.state_names = STATE_NAMES[self.opt_name]
+        self.tmp = partial_path(self.path) if mode == "w" else self.path.with_name(
+            f"{self.path.name}.run-{uuid.uuid4().hex[:8]}.partial")
+        self.steps = 0  # optimizer steps seen
+        self.n_written = 0  # records flushed to zarr
+        self._buf: dict[str, list] = {"weights": [], "lr": [], **{f"state/{s}": [] for s in self.state_names}}
+        self._loss: list[float] = []  # one per record; NaN until known
+        self._last_step_loss = math.nan
+        self._loss_source = "evaluate" if evaluate is not None else "step"
+        self._group: zarr.Group | None = None
+        self._finite = True  # all recorded weights finite so far (checked as they are flushed)
+        self._closed = False
+
+    # --- context manager -------------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        self._open()
+        self._take_record()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        # on an exception the .partial store is left as it is: never renamed, so never taken for finished
+
+    # --- recording -------------------------------------------------------------------------------------
+    def step(self, loss: float | torch.Tensor | None = None) -> None:
+        """Count one optimizer step; call it right after ``optimizer.step()``.
+
+        Args:
+            loss: the loss this step back-propagated (at the weights before the step). Stored for the record
+                the step leaves unless ``evaluate`` was given.
+        """
+        if self._group is None or self._closed:
+            raise RecordError("Recorder.step() outside its `with` block")
+        value = math.nan if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if self.steps % self.every == 0 and self.evaluate is None:
+            self._loss[-1] = value  # the update leaving the last record: its loss is the record's loss
+        self._last_step_loss = value
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self._take_record()
+
+    @torch.no_grad()
+    def _take_record(self) -> None:
+        self._buf["weights"].append(_flat(self.params))
+        self._buf["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
+        for s in self.state_names:
+            parts = [self.optimizer.state.get(p, {}).get(s) for p in self.params]
+            self._buf[f"state/{s}"].append(_flat([torch.zeros_like(p) if t is None else t
+                                                  for t, p in zip(parts, self.params)]))
+        self._loss.append(float(self.evaluate()) if self.evaluate is not None else math.nan)
+        if len(self._buf["weights"]) == self.chunk_steps:
+            self._flush()
+
+    def _open(self) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        g = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        P, C = self.n_params, self.chunk_steps
+        for name in ("weights", *(f"state/{s}" for s in self.state_names)):
+            g.create_array(name, shape=(1, 0, P), dtype="float32", chunks=(1, C, P), compressors=comp,
+                           fill_value=np.nan, dimension_names=("run", "step", "param"))
+        for name in ("loss", "lr"):
+            g.create_array(name, shape=(1, 0), dtype="float32", chunks=(1, C), compressors=comp,
+                           fill_value=np.nan, dimension_names=("run", "step"))
+        self._group = g
+
+    def _flush(self) -> None:
+        """Append the buffered records: one whole chunk per array (the last one may be partial)."""
+        n = len(self._buf["weights"])
+        if n == 0:
+            return
+        g, start = self._group, self.n_written
+        for name, rows in self._buf.items():
+            arr = g[name]
+            if name == "lr":
+                arr.resize((1, start + n))
+                arr[0, start : start + n] = np.asarray(rows, dtype=np.float32)
+            else:
+                block = np.stack(rows)  # (record, param)
+                if name == "weights":
+                    self._finite &= bool(np.isfinite(block).all())
+                arr.resize((1, start + n, self.n_params))
+                arr[0, start : start + n] = block
+            rows.clear()
+        self.n_written += n
+
+    def finish(self, final_loss: float | torch.Tensor | None = None) -> Path:
+        """Write the last records and put the store (or the new run) in place.
+
+        Args:
+            final_loss: the loss at the last recorded weights, when no ``evaluate`` was given (default: the
+                last step's loss).
+
+        Returns:
+            The store path.
+        """
+        if self._closed:
+            return self.path
+        if self._group is None:
+            raise RecordError("Recorder.finish() before the recording started (use `with gfm.record(...)`)")
+        if self.steps == 0:
+            raise RecordError("no optimizer step was recorded (call rec.step() after every optimizer.step())")
+        dropped = self.steps % self.every
+        if dropped:
+            warnings.warn(f"{self.steps} steps is not a multiple of every={self.every}: the last {dropped} steps "
+                          "are not in the store", stacklevel=2)
+        if self.evaluate is None:
+            if final_loss is not None:
+                self._loss[-1] = float(final_loss.detach() if isinstance(final_loss, torch.Tensor) else final_loss)
+                self._loss_source = "step+final_loss"
+            elif math.isnan(self._loss[-1]):
+                self._loss[-1] = self._last_step_loss
+                self._loss_source = "step+last_step_loss"
+        self._flush()
+        g = self._group
+        T = self.n_written
+        loss = np.asarray(self._loss[:T], dtype=np.float32)
+        g["loss"].resize((1, T))
+        g["loss"][0, :] = loss
+        self._closed = True
+        if self.mode == "w":
+            self._finish_new(g, T, loss)
+        else:
+            self._finish_append(g, T, loss)
+        return self.path
+
+    # --- store assembly --------------------------------------------------------------------------------
+    def _attrs(self, T: int) -> dict[str, Any]:
+        steps = (T - 1) * self.every
+        return {
+            "store": f"{self.name}-{self.opt_name}", "task_name": self.name, "seed": None,
+            "task": {"kind": "recorded", "steps": steps, "record_every": self.every,
+                     "module": f"{type(self.model).__module__}.{type(self.model).__qualname__}"},
+            "optimizer": {"name": self.opt_name, **{k: self.hyper[k] for k in (*HYPER_NAMES[self.opt_name], "eps")},
+                          "schedule": {"kind": "recorded"}},
+            "state_names": list(self.state_names), "loss_source": self._loss_source,
+            "source": "gfm.record", "schema_version": SCHEMA_VERSION, "complete": False,
+            "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in self.layout],
+            "n_records": T, "n_params": self.n_params, "block_runs": 1,
+            "versions": {"gfm": __version__, "torch": torch.__version__.split("+")[0], "zarr": zarr.__version__,
+                         "numpy": np.__version__},
+        }
+
+    def _run_fields(self, loss: np.ndarray, index: int) -> dict[str, np.ndarray]:
+        w_ok = self._finite
+        return {"dataset_seed": np.array([self.dataset_seed], np.int64), "index": np.array([index], np.int64),
+                "lr_scale": np.array([1.0]), "diverged": np.array([not (w_ok and np.isfinite(loss).all())]),
+                **{k: np.array([self.hyper[k]]) for k in (*HYPER_NAMES[self.opt_name], "eps")}}
+
+    def _finish_new(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
+        comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        g.create_array("final/weights", data=g["weights"][:, T - 1], chunks=(1, self.n_params), compressors=comp,
+                       dimension_names=("run", "param"))
+        g.create_array("final/loss", data=loss[None, -1], chunks=(1,), compressors=comp, dimension_names=("run",))
+        for k, v in self._run_fields(loss, 0).items():
+            g.create_array(f"runs/{k}", data=v, chunks=(1,), compressors=comp, dimension_names=("run",))
+        attrs = self._attrs(T)
+        attrs.update({"n_runs": 1, "dataset_seeds": [self.dataset_seed], "complete": True})
+        g.attrs.update(json.loads(json.dumps(attrs)))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.tmp.rename(self.path)
+
+    def _finish_append(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
+        try:
+            main = zarr.open_group(self.path, mode="r+")
+            attrs = dict(main.attrs)
+            mine = json.loads(json.dumps(self._attrs(T)))
+            if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
+                raise StoreSchemaError(f"{self.path}: not a finished trajectory store of schema {SCHEMA_VERSION}")
+            for key, label in (("layout", "parameter layout"), ("n_records", "number of records"),
+                               ("state_names", "optimizer state")):
+                if attrs.get(key) != mine[key]:
+                    raise RecordError(f"{self.path}: this run's {label} ({mine[key]!r:.120}) differs from the "
+                                      f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
+            if attrs["optimizer"]["name"] != self.opt_name or attrs["task"]["record_every"] != self.every:
+                raise RecordError(f"{self.path}: store holds {attrs['optimizer']['name']} runs recorded every "
+                                  f"{attrs['task']['record_every']} steps; this run is {self.opt_name} every {self.every}")
+            R = int(attrs["n_runs"])
+            seeds = main["runs/dataset_seed"][:]
+            fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
+            missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
+            if missing:
+                raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
+                                  "use the same optimizer")
+            main.attrs["complete"] = False  # readers refuse the store while it grows
+            for name in ("weights", *(f"state/{s}" for s in self.state_names)):
+                arr = main[name]
+                arr.resize((R + 1, T, self.n_params))
+                for s in range(0, T, self.chunk_steps):  # bounded memory: one chunk of one run at a time
+                    arr[R, s : s + self.chunk_steps] = g[name][0, s : s + self.chunk_steps]
+            for name in ("loss", "lr"):
+                main[name].resize((R + 1, T))
+                main[name][R] = g[name][0]
+            main["final/weights"].resize((R + 1, self.n_params))
+            main["final/weights"][R] = g["weights"][0, T - 1]
+            main["final/loss"].resize((R + 1,))
+            main["final/loss"][R] = loss[-1]
+            for k, v in fields.items():
+                main[f"runs/{k}"].resize((R + 1,))
+                main[f"runs/{k}"][R] = v[0]
+            seeds_all = sorted({*map(int, seeds), self.dataset_seed})
+            main.attrs.update({"n_runs": R + 1, "dataset_seeds": seeds_all, "complete": True})
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,
+           mode: str = "w", dataset_seed: int = 0, evaluate: Callable[[], Any] | None = None,
+           chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False) -> Recorder:
+    """Record a training loop of ``model`` under ``optimizer`` into the trajectory store at ``path``.
+
+    Args:
+        path: the ``.zarr`` store to write (``mode="w"``) or to add this run to (``mode="a"``).
+        model: the network; every parameter is recorded, in ``named_parameters`` order.
+        optimizer: a ``torch.optim`` SGD, Adam or RMSprop over the model's parameters (see module docstring).
+        every: record every ``every`` optimizer steps (record 0 = the weights when the block is entered).
+        mode: ``w`` a new store of one run; ``a`` add a run to a finished store with the same layout,
+            optimizer, ``every`` and number of records.
+        dataset_seed: groups runs for ``gfm split`` (runs of one dataset seed are split into train/val/test).
+        evaluate: optional zero-argument callable returning the loss to store at each record.
+        chunk_steps: records per chunk, the unit in which records are written.
+        name: the store's task name (its key becomes ``<name>-<optimizer>``).
+        overwrite: with ``mode="w"``, replace an existing store.
+
+    Returns:
+        A :class:`Recorder`; use it in a ``with`` block and call ``rec.step(loss)`` after each optimizer step.
+
+    Raises:
+        RecordError: unsupported optimizer, optimizer parameters outside the model, existing store (without
+            ``overwrite``), or a run that does not match the store it is added to.
+    """
+    return Recorder(path, model, optimizer, every=every, mode=mode, dataset_seed=dataset_seed, evaluate=evaluate,
+                    chunk_steps=chunk_steps, name=name, overwrite=overwrite)
