@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import gfm
+from gfm.config import SplitConfig
 from gfm.errors import StoreNotFoundError
 from gfm.forecasters import Trajectories, make_forecaster
 from gfm.recorder import RecordError
 from gfm.split import make_split
-from gfm.config import SplitConfig
 
 
 class UserNet(nn.Module):
