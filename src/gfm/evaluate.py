@@ -71,7 +71,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     spec, task_cfg = params.lookup_store(store_key)
     task = make_task(task_cfg)
     ts = open_trajectories(store)
-    by_seed, skipped = test_runs(read_split(split))
+    by_seed, skipped = test_runs(read_split(split, ts.n_runs))
     runs = np.array([r for s in sorted(by_seed, key=int) for r in by_seed[s]], dtype=np.int64)
     seed_of = np.array([int(s) for s in sorted(by_seed, key=int) for _ in by_seed[s]], dtype=np.int64)
     if runs.size == 0:
@@ -157,8 +157,9 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
                    "diverged_runs_in_store": int(ts.runs["diverged"].sum()), "runs_in_store": ts.n_runs},
         "reference": reference, "models": models,
     }
-    _write_json(metrics, result)
+    # plots first, metrics last: a metrics file is only ever newer than the plots it summarises
     _write_plots(plots, curves, traj_rows)
+    _write_json(metrics, result)
     return result
 
 

@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,19 +33,15 @@ import zarr
 from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
 from gfm.forecasters import Trajectories, load_forecaster
+from gfm.split import read_split as _read_split
 from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
 
 __all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
 
 
-def read_split(path: Path) -> dict[str, dict[str, list[int]]]:
-    """The ``datasets`` mapping of a split file, or a clear error."""
-    try:
-        return json.loads(Path(path).read_text())["datasets"]
-    except FileNotFoundError:
-        raise GFMError(f"{path}: split file not found (run the split stage)") from None
-    except (ValueError, KeyError, TypeError):
-        raise GFMError(f"{path}: not a split file (expected JSON with 'datasets')") from None
+def read_split(path: Path, n_runs: int | None = None) -> dict[str, dict[str, list[int]]]:
+    """The ``datasets`` mapping of a split file, or a clear error (see :func:`gfm.split.read_split`)."""
+    return _read_split(path, n_runs)
 
 
 def test_runs(split: dict[str, dict[str, list[int]]]) -> tuple[dict[str, list[int]], int]:
@@ -79,7 +74,10 @@ def open_forecasts(path: str | Path) -> ForecastStore:
     path = Path(path)
     if not path.exists():
         raise StoreNotFoundError(f"{path}: no forecast store here")
-    g = zarr.open_group(str(path), mode="r")
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 - anything unreadable is refused with one line
+        raise StoreSchemaError(f"{path}: not a readable Zarr group ({type(exc).__name__})") from None
     attrs = dict(g.attrs)
     if attrs.get("kind") != "forecast" or attrs.get("schema_version") != SCHEMA_VERSION:
         raise StoreSchemaError(f"{path}: not a forecast store of schema {SCHEMA_VERSION}")
@@ -103,9 +101,12 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         if fc.prefix_end != fc_cfg.prefix_end or not set(horizons) <= set(fc.horizons):
             raise GFMError(f"{model_dir}: fitted for prefix_end {fc.prefix_end} and horizons {list(fc.horizons)}, "
                            f"but params ask for {fc_cfg.prefix_end} and {horizons}; re-run the train stage")
-        prefix = Trajectories.from_store(ts, runs, records=fc_cfg.prefix_end + 1)
-        with torch.no_grad():
-            preds.append(fc.forecast(prefix, horizons=horizons).cpu().numpy())
+        # a block of runs at a time: memory holds one block's prefixes, whatever the store's size
+        block = int(ts.attrs["block_runs"])
+        for start in range(0, len(runs), block):
+            prefix = Trajectories.from_store(ts, runs[start : start + block], records=fc_cfg.prefix_end + 1)
+            with torch.no_grad():
+                preds.append(fc.forecast(prefix, horizons=horizons).cpu().numpy())
         index += runs
         seeds += [int(seed)] * len(runs)
     weights = np.concatenate(preds).astype(np.float32)
@@ -127,8 +128,11 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, models: Pat
     ``models/<name>/<seed>/`` and writing ``out/<name>.zarr``; ``out`` appears only when all are done."""
     params.lookup_store(store_key)
     names = params.store_models(store_key) if names is None else names
+    for name in names:  # a name becomes a path (<models>/<name>, <out>/<name>.zarr): only declared models
+        if name not in params.models:
+            raise GFMError(f"--model: got {name!r}; expected one of {', '.join(sorted(params.models)) or '(none)'}")
     ts = open_trajectories(store)
-    runs_by_seed, skipped = test_runs(read_split(split))
+    runs_by_seed, skipped = test_runs(read_split(split, ts.n_runs))
     horizons = list(params.forecast.horizons)
     if horizons[-1] >= ts.n_records:
         raise GFMError(f"forecast.horizons: {horizons[-1]} is beyond the last recorded step of {store} "
@@ -139,9 +143,14 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, models: Pat
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    summaries = {name: forecast_model(params, store_key=store_key, model=name, ts=ts, runs_by_seed=runs_by_seed,
-                                      skipped=skipped, models=models / name, out=tmp / f"{name}.zarr")
-                 for name in names}
+    try:
+        summaries = {name: forecast_model(params, store_key=store_key, model=name, ts=ts,
+                                          runs_by_seed=runs_by_seed, skipped=skipped, models=models / name,
+                                          out=tmp / f"{name}.zarr")
+                     for name in names}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed job leaves nothing beside the output
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

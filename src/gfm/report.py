@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from gfm.config import Params
+from gfm.errors import GFMError
 
 __all__ = ["run", "load_metrics", "claims", "results_block", "update_readme"]
 
@@ -37,7 +38,12 @@ def load_metrics(params: Params, metrics_dir: Path) -> dict[str, dict]:
         if not params.store_models(key):
             continue
         path = metrics_dir / spec.task / f"{spec.optimizer.name}.json"
-        out[key] = json.loads(path.read_text())
+        try:
+            out[key] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GFMError(f"{path}: metrics not found (run the evaluate stage for store {key})") from None
+        except (ValueError, UnicodeDecodeError):
+            raise GFMError(f"{path}: not a metrics JSON file") from None
     return out
 
 
@@ -301,10 +307,12 @@ def update_readme(params: Params, metrics_dir: Path, readme: Path) -> None:
     """Replace the README's generated results block with the current metrics."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no results block (add the lines {README_START!r} and {README_END!r})")
+        raise GFMError(f"{readme}: no results block (add the lines {README_START!r} and {README_END!r})")
     metrics = load_metrics(params, metrics_dir)
     block = [README_START, "", f"Machine: {_machine()}; config: `params.yaml`.", "",
              *results_block(params, metrics), "", README_END]
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
-    readme.write_text(head + "\n".join(block) + tail)
+    tmp = readme.with_name(readme.name + ".tmp")  # never a half-written README
+    tmp.write_text(head + "\n".join(block) + tail)
+    os.replace(tmp, readme)

@@ -19,9 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from gfm.config import SplitConfig
+from gfm.errors import GFMError
 from gfm.store import open_trajectories
 
-__all__ = ["make_split", "run"]
+__all__ = ["make_split", "run", "read_split", "SplitError", "PARTS"]
+
+PARTS = ("train", "val", "test", "diverged")
+
+
+class SplitError(GFMError, ValueError):
+    """The split file is missing, malformed or does not match the store."""
 
 
 def make_split(dataset_seed: np.ndarray, index: np.ndarray, diverged: np.ndarray, cfg: SplitConfig) -> dict:
@@ -60,3 +67,40 @@ def run(cfg: SplitConfig, *, store: Path, out: Path) -> dict:
     tmp.write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, out)
     return split
+
+
+def read_split(path: Path, n_runs: int | None = None) -> dict[str, dict[str, list[int]]]:
+    """The ``datasets`` mapping of a split file, checked before anything trusts it.
+
+    Dataset keys become directory names downstream (``<models>/<seed>/``), so only decimal seeds are
+    accepted: a pulled split file cannot point a stage at ``../`` anything.
+
+    Args:
+        path: the split JSON written by :func:`run`.
+        n_runs: the store's run count; when given, every run id must be in ``0..n_runs - 1``.
+
+    Raises:
+        SplitError: missing file, not JSON, wrong structure, a non-decimal dataset key or a bad run id.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        datasets = data["datasets"]
+    except FileNotFoundError:
+        raise SplitError(f"{path}: split file not found (run the split stage)") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise SplitError(f"{path}: not a split file (expected JSON with 'datasets')") from None
+    if not isinstance(datasets, dict):
+        raise SplitError(f"{path}: 'datasets' must map dataset seeds to their runs")
+    limit = "" if n_runs is None else f" in 0..{n_runs - 1}"
+    for seed, entry in datasets.items():
+        if not (seed.isascii() and seed.isdigit()):
+            raise SplitError(f"{path}: dataset key {seed!r} is not a decimal dataset seed")
+        if not isinstance(entry, dict):
+            raise SplitError(f"{path}: datasets.{seed} must be a mapping with {', '.join(PARTS)}")
+        for part in PARTS:
+            runs = entry.get(part)
+            if not isinstance(runs, list) or any(
+                    isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_runs is not None and r >= n_runs)
+                    for r in runs):
+                raise SplitError(f"{path}: datasets.{seed}.{part} must list run ids{limit}")
+    return datasets

@@ -92,6 +92,8 @@ class StoreWriter:
         return range(b * self.block_runs, min((b + 1) * self.block_runs, self.n_runs))
 
     def done_blocks(self) -> set[int]:
+        if self.group.attrs.get("complete") is True:  # killed inside finish(): every block is written
+            return set(range(self.n_blocks))
         d = self.tmp / _DONE_DIR
         return {int(p.stem) for p in d.glob("*.done")} if d.is_dir() else set()
 
@@ -113,7 +115,7 @@ class StoreWriter:
         if missing:
             raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
         self.group.attrs["complete"] = True
-        shutil.rmtree(self.tmp / _DONE_DIR)
+        shutil.rmtree(self.tmp / _DONE_DIR, ignore_errors=True)
         _fsync_tree(self.tmp)
         if self.path.exists():
             shutil.rmtree(self.path)
@@ -141,7 +143,8 @@ def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, la
     if resume and (tmp / "zarr.json").is_file():
         try:
             group = zarr.open_group(tmp, mode="r+")
-            if dict(group.attrs) == attrs:
+            # "complete": a writer killed inside finish(), between the flag and the rename
+            if {**dict(group.attrs), "complete": False} == attrs:
                 return StoreWriter(path, group, n_runs, block)
         except Exception:  # noqa: BLE001 - any unreadable leftover is simply rebuilt
             pass

@@ -43,16 +43,13 @@ from gfm.config import Params, to_dict
 from gfm.errors import GFMError, ParamsError
 from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
 from gfm.schema import build
+from gfm.split import SplitError, read_split
 from gfm.store import open_trajectories
 
-__all__ = ["run", "fit_seed", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary",
+__all__ = ["run", "fit_seed", "fit_seed_streamed", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary",
            "LOG_COLUMNS"]
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "best_val_loss", "seconds")
-
-
-class SplitError(GFMError, ValueError):
-    """The split file is missing, malformed or does not match the store."""
 
 
 @dataclass
@@ -109,19 +106,7 @@ def resolve_train_device(device: str, cls: type[Forecaster]) -> torch.device:
 
 
 def _read_split(path: Path, n_runs: int) -> dict[str, dict[str, list[int]]]:
-    try:
-        data = json.loads(Path(path).read_text())
-        datasets = data["datasets"]
-    except FileNotFoundError:
-        raise SplitError(f"{path}: split file not found (run the split stage)") from None
-    except (ValueError, KeyError, TypeError):
-        raise SplitError(f"{path}: not a split file (expected JSON with 'datasets')") from None
-    for seed, entry in datasets.items():
-        for part in ("train", "val", "test", "diverged"):
-            runs = entry.get(part)
-            if not isinstance(runs, list) or any(not isinstance(r, int) or not 0 <= r < n_runs for r in runs):
-                raise SplitError(f"{path}: datasets.{seed}.{part} must list run ids in 0..{n_runs - 1}")
-    return datasets
+    return read_split(path, n_runs)  # structure, decimal seeds (they become directory names), run ids
 
 
 def _weight_mse(fc: Forecaster, traj: Trajectories) -> list[float]:
@@ -165,9 +150,69 @@ def fit_seed(fc: Forecaster, train: Trajectories, val: Trajectories, *, rng: tor
             "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
 
 
+STREAM_BYTES = 64 << 20  # read budget of one block when streaming a store (closed-form models)
+
+
+def _block_runs(ts, records: int) -> int:
+    """Runs per streamed block so that one block of ``records`` records (weights + lr + states) fits
+    :data:`STREAM_BYTES`."""
+    per_run = records * ts.n_params * 4 * (1 + len(ts.state_names)) + records * 4
+    return max(1, STREAM_BYTES // per_run)
+
+
+def _streamed_mse(fc: Forecaster, ts, runs: list[int], block: int) -> tuple[list[float], float]:
+    """Forecast MSE over runs and parameters at each fitted horizon, reading ``block`` runs at a time
+    (prefix records and horizon records only). Also returns the seconds spent inside ``fc.forecast``."""
+    horizons = list(fc.horizons)
+    if not runs:
+        return [float("nan")] * len(horizons), 0.0
+    sums = np.zeros(len(horizons))
+    seconds = 0.0
+    for start in range(0, len(runs), block):
+        part = np.asarray(runs[start : start + block], dtype=np.int64)
+        prefix = Trajectories.from_store(ts, part, records=fc.prefix_end + 1)
+        order = np.argsort(part)
+        true = ts.weights.get_orthogonal_selection((part[order], horizons))[np.argsort(order)]  # (run, H, P)
+        t0 = time.perf_counter()
+        pred = fc.forecast(prefix, horizons=horizons)
+        seconds += time.perf_counter() - t0
+        sums += ((pred.double() - torch.from_numpy(true).double()) ** 2).sum(dim=(0, 2)).numpy()
+    return [float(v) for v in sums / (len(runs) * ts.n_params)], seconds
+
+
+def fit_seed_streamed(fc: Forecaster, ts, train_runs: list[int], val_runs: list[int], *, rng: torch.Generator,
+                      out: Path) -> dict:
+    """:func:`fit_seed` for a closed-form forecaster, streaming the store: bounded memory at any size.
+
+    ``fit`` of a closed-form model learns nothing and only checks what it is given, so it sees the prefix of
+    the first train run; the train/val weight MSE are then accumulated block by block.
+    """
+    t0 = time.perf_counter()
+    first = Trajectories.from_store(ts, train_runs[:1], records=fc.prefix_end + 1)
+    log = fc.fit(first, first, rng=rng)
+    fit_seconds = time.perf_counter() - t0
+    block = _block_runs(ts, fc.prefix_end + 1 + len(fc.horizons))
+    train_mse, _ = _streamed_mse(fc, ts, train_runs, block)
+    val_mse, forecast_seconds = _streamed_mse(fc, ts, val_runs, block)
+    if not log:
+        log = [{"epoch": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
+                "best_val_loss": float(np.mean(val_mse)), "seconds": round(fit_seconds, 4)}]
+    fc.save(out)
+    _write_log(out / "train_log.csv", log)
+    best = min((r["val_loss"] for r in log if r["val_loss"] == r["val_loss"]), default=float("nan"))
+    return {"train_runs": len(train_runs), "val_runs": len(val_runs), "epochs": int(log[-1]["epoch"]),
+            "best_val_loss": best, "fit_seconds": round(fit_seconds, 3),
+            "forecasts_per_second": round(len(val_runs) / forecast_seconds, 1) if val_runs and forecast_seconds else None,
+            "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
+
+
 def run(params: Params, *, store_key: str, model: str, split: Path, store: Path, out: Path,
         progress: bool | None = None) -> TrainSummary:
     """Fit model ``model`` for every dataset seed of one store and write ``out`` atomically.
+
+    Memory is bounded by one dataset seed's train + val runs for learned models (seeds are read one at a
+    time), and by one block of runs for closed-form ones (``Forecaster.closed_form``): those learn nothing
+    from data, so their train/val scores are computed block by block from prefixes and horizon records only.
 
     Args:
         params: validated params (``forecast``, ``train.seed``, ``models.<model>``, ``device`` are read).
@@ -197,40 +242,52 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
     device = resolve_train_device(params.device, cls)
     fcst = params.forecast
     ts = open_trajectories(store)
+    if fcst.horizons[-1] >= ts.n_records:
+        raise GFMError(f"forecast.horizons: {fcst.horizons[-1]} is beyond the last recorded step of {store} "
+                       f"({ts.n_records - 1})")
     datasets = _read_split(split, ts.n_runs)
-    # Read the train and val runs of every seed at once (one pass over the store's chunks); test runs are
-    # never read by this stage.
+    # test runs are never read by this stage
     keep = {seed: {part: sorted(set(e[part]) - set(e["diverged"])) for part in ("train", "val")}
             for seed, e in datasets.items()}
-    wanted = sorted({r for e in keep.values() for runs in e.values() for r in runs})
-    pos = {r: i for i, r in enumerate(wanted)}
-    every = Trajectories.from_store(ts, wanted)
+    for seed in sorted(keep, key=int):
+        if not keep[seed]["train"]:
+            raise SplitError(f"{split}: dataset seed {seed} has no non-diverged train runs; cannot fit {model}")
     summary = TrainSummary(store=store_key, model=model, kind=kind, device=str(device))
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    show = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(keep), desc=f"{store_key}/{model}", unit="seed", file=sys.stderr, disable=not show)
-    for seed in sorted(keep, key=int):
-        fc = make_forecaster(kind, spec_, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
-        fc.on_epoch = lambda row, seed=seed: bar.set_postfix(seed=seed, epoch=row["epoch"], val=f"{row['val_loss']:.3g}")
-        train = every.select([pos[r] for r in keep[seed]["train"]])
-        val = every.select([pos[r] for r in keep[seed]["val"]])
-        if train.n_runs == 0:
-            raise SplitError(f"{split}: dataset seed {seed} has no non-diverged train runs; cannot fit {model}")
-        rng = torch.Generator().manual_seed(derive_seed(params.train.seed, store_key, model, seed))
-        entry = fit_seed(fc, train, val, rng=rng, out=tmp / str(seed), device=device)
-        entry["dropped_diverged"] = len(set(datasets[seed]["diverged"]) & set(datasets[seed]["train"] + datasets[seed]["val"]))
-        summary.seeds[str(seed)] = entry
-        bar.update(1)
-    bar.close()
-    summary.seconds = round(time.perf_counter() - t0, 3)
-    meta = {"store": store_key, "model": model, "kind": kind, "options": to_dict(spec_), "device": str(device),
-            "forecast": to_dict(fcst), "train_seed": params.train.seed, "seconds": summary.seconds,
-            "seeds": summary.seeds}
-    (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    try:
+        show = sys.stderr.isatty() if progress is None else progress
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(keep), desc=f"{store_key}/{model}", unit="seed", file=sys.stderr, disable=not show)
+        for seed in sorted(keep, key=int):
+            fc = make_forecaster(kind, spec_, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
+            fc.on_epoch = lambda row, seed=seed: bar.set_postfix(seed=seed, epoch=row["epoch"],
+                                                                 val=f"{row['val_loss']:.3g}")
+            rng = torch.Generator().manual_seed(derive_seed(params.train.seed, store_key, model, seed))
+            train_runs, val_runs = keep[seed]["train"], keep[seed]["val"]
+            if cls.closed_form:
+                entry = fit_seed_streamed(fc, ts, train_runs, val_runs, rng=rng, out=tmp / str(seed))
+            else:  # one seed's runs at a time: memory is bounded by the largest seed, not the store
+                both = Trajectories.from_store(ts, train_runs + val_runs)
+                n = len(train_runs)
+                entry = fit_seed(fc, both.select(range(n)), both.select(range(n, both.n_runs)), rng=rng,
+                                 out=tmp / str(seed), device=device)
+                del both
+            e = datasets[seed]
+            entry["dropped_diverged"] = len(set(e["diverged"]) & set(e["train"] + e["val"]))
+            summary.seeds[str(seed)] = entry
+            bar.update(1)
+        bar.close()
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        meta = {"store": store_key, "model": model, "kind": kind, "options": to_dict(spec_), "device": str(device),
+                "forecast": to_dict(fcst), "train_seed": params.train.seed, "seconds": summary.seconds,
+                "seeds": summary.seeds}
+        (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed fit leaves nothing beside the output
+        raise
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

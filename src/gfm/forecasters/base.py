@@ -152,12 +152,15 @@ class Forecaster:
     by gradient descent on a network big enough to want a GPU (the train stage gives them ``device``'s
     accelerator and Snakemake a ``gpu`` resource); closed-form and tiny models set it False and run on CPU.
     ``on_epoch``, when set (the train stage sets it for progress bars), is called with each epoch's log row.
+    ``closed_form`` marks models whose ``fit`` learns nothing from the runs (it only checks them): the train
+    stage then streams the store block by block instead of reading the train runs into memory.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = dataclasses.make_dataclass("EmptyConfig", [], frozen=True)
     min_prefix: int = 1
     neural: ClassVar[bool] = True
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, *, prefix_end: int, horizons: Sequence[int]):
         self.config = config if config is not None else self.Config()
@@ -340,8 +343,27 @@ def load_forecaster(directory: str | Path) -> Forecaster:
     kind = meta.get("kind")
     if not isinstance(kind, str):
         raise ModelFileError(f"{cfg_path}: 'kind' must be a string")
+    prefix_end, horizons, extra = meta.get("prefix_end"), meta.get("horizons"), meta.get("extra") or {}
+    if not _is_int(prefix_end) or not isinstance(horizons, list) or not all(map(_is_int, horizons)):
+        raise ModelFileError(f"{cfg_path}: 'prefix_end' must be an integer and 'horizons' a list of integers")
+    if not isinstance(extra, dict):
+        raise ModelFileError(f"{cfg_path}: 'extra' must be a mapping")
+    if not isinstance(meta.get("config") or {}, dict):
+        raise ModelFileError(f"{cfg_path}: 'config' must be a mapping")
     _check_safetensors_header(w_path)
-    fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=meta["prefix_end"], horizons=meta["horizons"])
-    fc.extra = dict(meta.get("extra") or {})
-    fc.load_state_tensors(load_file(str(w_path)))
+    fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
+    fc.extra = dict(extra)
+    try:
+        fc.load_state_tensors(load_file(str(w_path)))
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, GFMError):
+            raise
+        # e.g. a tensor of the wrong shape or a missing one: torch's message, first line, names it
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
+        raise ModelFileError(f"{w_path}: tensors do not fit a {kind!r} model ({detail})") from None
     return fc
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -50,6 +50,7 @@ __all__ = [
 
 class _ClosedForm(Forecaster):
     neural = False
+    closed_form = True
 
     def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
         if train.n_records < self.prefix_end + 1:
