@@ -50,67 +50,76 @@ def _stack_hyper(setups: list[RunSetup], device: torch.device) -> dict[str, torc
 
 
 @torch.no_grad()
-def _full_loss(task: Task, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return task.loss(theta, x, y)
-
-
 def simulate(task: Task, opt: OptimizerConfig, setups: list[RunSetup], *, device: torch.device,
              progress: tqdm | None = None) -> dict[str, np.ndarray]:
     """Train the runs of ``setups`` as one stacked model and return their records.
+
+    The inner loop is written for tiny networks, where per-operation overhead, not arithmetic, is the cost
+    (BENCHMARKS.md): the MLP gradient is computed by hand (:meth:`Task.loss_and_grad`, no autograd graph),
+    each epoch's shuffled data is gathered once so that every minibatch is a view, learning rates for every
+    step are computed before the loop, and records are written into preallocated buffers.
 
     Returns:
         ``weights`` (run, record, param), ``loss`` (run, record), ``lr`` (run, record),
         ``state/<name>`` (run, record, param) and ``diverged`` (run,) as numpy arrays.
     """
     cfg: TaskConfig = task.cfg
-    R, P, T = len(setups), task.n_params, cfg.n_records
+    R, P, T, every = len(setups), task.n_params, cfg.n_records, cfg.record_every
     x = torch.stack([s.x for s in setups]).to(device)  # (run, sample, in)
     y = torch.stack([s.y for s in setups]).to(device)  # (run, sample)
+    N = x.shape[1]
     theta = torch.stack([s.w0 for s in setups]).to(device)  # (run, param)
     hp = _stack_hyper(setups, device)
     base_lr = hp["lr"]
-    mults = lr_multipliers(opt.schedule, cfg.steps)
+    # lr in force for the update leaving step k, k = 0..steps: (run, steps + 1); the same products as
+    # computing base_lr * mult inside the loop, done once
+    lrs = torch.cat([base_lr * m for m in lr_multipliers(opt.schedule, cfg.steps)], dim=1)
     state = init_state(opt.name, theta)
     schedule = batch_schedule(cfg)
-    orders = torch.stack([s.orders for s in setups]).to(device) if schedule else None  # (run, epoch, sample)
-    run_index = torch.arange(R, device=device).unsqueeze(1)
+    if schedule:
+        # row of (run r, sample i) in the flattened (run * sample) data, per epoch: (epoch, run * sample)
+        orders = torch.stack([s.orders for s in setups]).to(device)  # (run, epoch, sample)
+        rows = (orders + N * torch.arange(R, device=device).view(R, 1, 1)).transpose(0, 1).reshape(-1, R * N)
+        x_rows, y_rows = x.reshape(R * N, -1), y.reshape(R * N)
 
     rec_w = torch.empty(R, T, P, dtype=torch.float32, device=device)
     rec_s = {n: torch.empty(R, T, P, dtype=torch.float32, device=device) for n in STATE_NAMES[opt.name]}
     rec_loss = torch.empty(R, T, dtype=torch.float32, device=device)
-    rec_lr = torch.empty(R, T, dtype=torch.float32, device=device)
 
-    def record(j: int, k: int, loss: torch.Tensor) -> None:
+    def record(j: int, loss: torch.Tensor) -> None:
         rec_w[:, j] = theta
         for n, s in state.items():
             rec_s[n][:, j] = s
         rec_loss[:, j] = loss
-        rec_lr[:, j] = (base_lr * mults[k]).squeeze(1)
 
+    epoch_now = -1
     for k in range(cfg.steps):
-        theta.requires_grad_(True)
-        if schedule:
+        recorded = k % every == 0
+        if not schedule:  # full batch: the training loss is the recorded loss
+            loss, grad = task.loss_and_grad(theta, x, y)  # (run,), (run, param)
+        elif recorded:  # one forward pass over all samples gives the recorded loss and the minibatch gradient
             epoch, start, stop = schedule[k]
-            idx = orders[:, epoch, start:stop]  # (run, batch)
-            xb, yb = x[run_index, idx], y[run_index, idx]
+            batch_rows = rows[epoch].view(R, N)[:, start:stop].reshape(-1)  # (run * batch,)
+            loss, grad = task.full_loss_and_batch_grad(theta, x, y, batch_rows)
         else:
-            xb, yb = x, y
-        with torch.enable_grad():
-            loss = task.loss(theta, xb, yb)  # (run,)
-            (grad,) = torch.autograd.grad(loss.sum(), theta)
-        theta = theta.detach()
-        if k % cfg.record_every == 0:
-            record(k // cfg.record_every, k, loss.detach() if not schedule else _full_loss(task, theta, x, y))
-        hp["lr"] = base_lr * mults[k]
+            epoch, start, stop = schedule[k]
+            if epoch != epoch_now:  # one gather per epoch; each minibatch is then a slice of it
+                x_ep = x_rows.index_select(0, rows[epoch]).view(R, N, -1)
+                y_ep = y_rows.index_select(0, rows[epoch]).view(R, N)
+                epoch_now = epoch
+            _, grad = task.loss_and_grad(theta, x_ep[:, start:stop], y_ep[:, start:stop])
+        if recorded:
+            record(k // every, loss)
+        hp["lr"] = lrs[:, k : k + 1]
         theta, state = update(opt.name, theta, grad, state, hp, k + 1)
         if progress is not None:
             progress.update(1)
-    record(T - 1, cfg.steps, _full_loss(task, theta, x, y))
-    hp["lr"] = base_lr
+    record(T - 1, task.loss(theta, x, y))
 
     finite_w = torch.isfinite(rec_w).flatten(1).all(1)
     finite_l = torch.isfinite(rec_loss).all(1)
-    out = {"weights": rec_w, "loss": rec_loss, "lr": rec_lr, **{f"state/{n}": v for n, v in rec_s.items()}}
+    out = {"weights": rec_w, "loss": rec_loss, "lr": lrs[:, ::every].contiguous(),
+           **{f"state/{n}": v for n, v in rec_s.items()}}
     result = {k: v.cpu().numpy() for k, v in out.items()}
     result["diverged"] = (~(finite_w & finite_l)).cpu().numpy()
     return result
