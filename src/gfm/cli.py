@@ -11,6 +11,7 @@ Commands::
     gfm generalize --params P [--data data --out data/metrics/generalize.json]
     gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
     gfm info     STORE.zarr                                 print a store's summary
+    gfm import   SRC.npz|SRC.npy DEST.zarr [--meta M]      NumPy trajectories -> a trajectory store
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
 
@@ -121,6 +122,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from gfm.importer import import_trajectories
+
+    chunks = load_params(args.params).store if args.params else None
+    summary = import_trajectories(args.src, args.dest, meta=args.meta, chunks=chunks, overwrite=args.overwrite)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from gfm.store import open_trajectories
 
@@ -223,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="reports")
     r.add_argument("--readme", default=None, help="instead: regenerate this README's results block")
     r.set_defaults(func=_cmd_report)
+
+    im = sub.add_parser("import", help="NumPy trajectories (.npy/.npz + metadata) -> a trajectory store")
+    im.add_argument("src", help=".npy (run, step, param) weights or .npz with weights[, loss, lr, state_<name>]")
+    im.add_argument("dest", help="the .zarr store to write")
+    im.add_argument("--meta", default=None, help="metadata YAML/JSON (default: <src stem>.meta.yaml beside src)")
+    im.add_argument("--params", default=None, help="take Zarr chunking from this params file's `store:`")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    im.set_defaults(func=_cmd_import)
 
     i = sub.add_parser("info", help="summarise a trajectory store")
     i.add_argument("store")
