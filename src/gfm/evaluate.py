@@ -35,7 +35,7 @@ from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.forecast import open_forecasts, read_split, test_runs
 from gfm.runs import RunId, setup_run
-from gfm.store import open_trajectories
+from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
 
 __all__ = ["run", "mean_std", "downstream_losses"]
@@ -45,13 +45,6 @@ def mean_std(values: list[float] | np.ndarray) -> dict[str, float]:
     """Mean and population std over dataset seeds (non-finite values propagate: they are reported, not hidden)."""
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
-
-
-def _read_rows(arr, runs: np.ndarray, cols) -> np.ndarray:
-    """Orthogonal read of rows ``runs`` (any order) and columns ``cols`` of a zarr array."""
-    order = np.argsort(runs)
-    out = arr.get_orthogonal_selection((runs[order], cols))
-    return out[np.argsort(order)]
 
 
 @torch.no_grad()
@@ -78,10 +71,11 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         raise GFMError(f"{split}: no non-diverged test runs to evaluate")
     horizons = list(params.forecast.horizons)
     k = params.forecast.prefix_end
-    truth = _read_rows(ts.weights, runs, horizons)  # (run, horizon, param)
-    w_prefix = _read_rows(ts.weights, runs, [k])[:, 0]
-    true_loss_final = _read_rows(ts.loss, runs, [ts.n_records - 1])[:, 0]
-    loss_prefix = _read_rows(ts.loss, runs, [k])[:, 0]
+    weights = read_runs(ts.weights, runs)  # (run, record, param): whole test runs (also drawn in a plot)
+    truth = weights[:, horizons]  # (run, horizon, param)
+    w_prefix = weights[:, k]
+    losses = read_runs(ts.loss, runs)  # (run, record)
+    true_loss_final, loss_prefix = losses[:, -1], losses[:, k]
     index = ts.runs["index"]
     setups = [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])))
               for i, r in enumerate(runs)]
@@ -144,7 +138,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     for entry in models.values():
         entry.pop("_per_seed_final")
 
-    true_traj = ts.weights[int(runs[plot_run])]  # (record, param): one whole run
+    true_traj = weights[plot_run]  # (record, param): one whole run
     for p in show_params:
         for j in range(ts.n_records):
             traj_rows.append({"param": int(p), "step": j * ts.record_every, "series": "true",

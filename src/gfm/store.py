@@ -40,13 +40,31 @@ from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaErro
 from gfm.tasks.base import ParamSpec
 
 __all__ = [
-    "SCHEMA_VERSION", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
+    "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
     "partial_path",
 ]
 
 SCHEMA_VERSION = 1
 _DONE_DIR = ".blocks_done"
 _NON_HYPER_FIELDS = {"dataset_seed", "index", "diverged", "lr_scale"}  # marker files of finished blocks inside a partial store
+
+
+def read_runs(arr: zarr.Array, runs: np.ndarray | list[int], stop: int | None = None) -> np.ndarray:
+    """Rows ``runs`` (any order, repeats allowed) of a (run, step, ...) array, steps ``:stop``.
+
+    Each stretch of consecutive run ids is read as one slice: zarr 3's orthogonal (fancy) selection on a
+    sharded array was ~30x slower here (150 of 200 digits runs: 25 s vs 0.8 s).
+    """
+    runs = np.asarray(runs, dtype=np.int64)
+    order = np.argsort(runs, kind="stable")
+    sorted_runs = runs[order]
+    if sorted_runs.size == 0:
+        shape = (0, *arr.shape[1:]) if stop is None or arr.ndim < 2 else (0, min(stop, arr.shape[1]), *arr.shape[2:])
+        return np.zeros(shape, dtype=arr.dtype)
+    breaks = np.flatnonzero(np.diff(sorted_runs) != 1) + 1
+    cols = (slice(None, stop),) if arr.ndim > 1 else ()
+    parts = [arr[(slice(int(seg[0]), int(seg[-1]) + 1), *cols)] for seg in np.split(sorted_runs, breaks)]
+    return np.ascontiguousarray(np.concatenate(parts)[np.argsort(order, kind="stable")])
 
 
 def partial_path(path: str | Path) -> Path:
