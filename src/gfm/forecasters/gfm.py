@@ -1,0 +1,354 @@
+"""Gradient Flow Matching forecasters: ``gfm`` (optimizer-aware) and ``gfm_plain`` (the ablation).
+
+Training (conditional flow matching, paper.md §1.2): draw a training run, a time t = (k + omega) dt in the
+forecast window (t_K <= t < 1, dt = record_every / steps) and the point x_t on the run's piecewise-linear
+path (gfm.flow.path); regress the field's velocity on the path's u_t = (w_{k+1} - w_k) / dt, in units of
+the global velocity scale V. The field is conditioned on the run's prefix context (gfm_features) so that a
+field fitted on training runs transfers to unseen runs. Optionally (``unroll`` > 0) a multi-step loss
+integrates the field for ``unroll`` recorded steps from a true point and penalises the distance to the true
+trajectory, in units of S_x: the rollout drift that one-step matching cannot see.
+
+Forecasting: integrate dx/dt = v(x, t | context) with torchdiffeq (gfm.flow.solver) from (w_K, t_K) to each
+horizon; Euler at the recording step by default.
+
+Velocity heads:
+
+* ``gfm_plain``: v = V * B tanh(o / B), the network's bounded output is the velocity.
+* ``gfm`` with ``structure: rule`` (the paper's optimizer-aware field): the bounded output is a gradient
+  surrogate g = G * B tanh(o / B) and the velocity is the optimizer's own rule (gfm.flow.field docstring:
+  sgd, momentum, rmsprop, adam with bias correction), carrying the optimizer state as extra ODE state started
+  from the logged state at the prefix end. ``target`` picks the loss: ``velocity`` (match u_t), ``gradient``
+  (match the logged gradient, recoverable from the logged state: gfm_features.recover_gradient) or ``both``.
+* ``gfm`` with ``structure: state_input``: the plain head, with the logged optimizer state at the prefix end
+  as extra per-parameter inputs (the safe optimizer-aware variant: no division by a learned sqrt(v)).
+
+The learning rate alpha(t) past the prefix end is taken to stay at its last logged value (a forecaster sees
+only the prefix); schedules beyond the prefix are not modelled.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from gfm.flow import (
+    CoordinateField,
+    JointField,
+    PiecewiseLinearPath,
+    optimizer_velocity,
+    sample,
+    sample_segments,
+)
+from gfm.flow.solver import SOLVERS
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.gfm_features import (
+    Context,
+    Scales,
+    build_context,
+    dynamic_features,
+    fit_scales,
+    n_state_features,
+    record_dt,
+    recover_gradient,
+    state_features,
+)
+from gfm.optimizers import STATE_NAMES
+from gfm.schema import spec
+
+__all__ = ["GFM", "GFMPlain", "PlainConfig", "GFMConfig"]
+
+Solver = Literal["euler", "midpoint", "rk4", "dopri5", "bosh3"]
+assert set(SOLVERS) == {"euler", "midpoint", "rk4", "dopri5", "bosh3"}, "keep Solver in step with flow.SOLVERS"
+
+
+@dataclass(frozen=True)
+class PlainConfig:
+    """Options shared by ``gfm`` and ``gfm_plain``."""
+
+    field: Literal["coordinate", "joint"] = spec("coordinate", doc="weight-shared per-parameter field, or one MLP over the flat vector")
+    width: int = spec(64, ge=1, doc="hidden width of the field MLP")
+    depth: int = spec(2, ge=1, doc="hidden layers of the field MLP")
+    run_context: Literal["none", "prefix", "state"] = spec(
+        "prefix", doc="coordinate field: pool an embedding over the run's parameters (prefix features, or "
+                      "prefix + current state) and feed it to every parameter")
+    pool_width: int = spec(16, ge=1, doc="width of the pooled run embedding")
+    velocity_windows: list[int] = spec((1, 5, 10, 20), nonempty=True, ge=1, doc="spans (records) of the prefix-velocity features")
+    anchors: bool = spec(True, doc="w_K, w_0 and w_K - w_0 as features")
+    bound: float = spec(5.0, gt=0, doc="output bound B, in units of the global velocity (or gradient) scale")
+    sigma: float = spec(0.0, ge=0, doc="Gaussian path width, in units of the displacement scale S_x")
+    t_sampling: Literal["uniform", "grid"] = spec("uniform", doc="t ~ U(window), or only recorded times")
+    window: Literal["forecast", "all"] = spec("forecast", doc="train on t >= t_K only, or on the whole run")
+    unroll: int = spec(0, ge=0, doc="recorded steps of the multi-step rollout loss (0 = pure flow matching)")
+    unroll_weight: float = spec(1.0, ge=0, doc="weight of the rollout loss")
+    unroll_batch: int = spec(32, ge=1, doc="rollouts per iteration")
+    solver: Solver = spec("euler", doc="ODE method for forecasting")
+    steps_per_record: int = spec(1, ge=1, doc="fixed-step solvers: steps per recorded interval")
+    rtol: float = spec(1e-5, gt=0, doc="adaptive solvers' relative tolerance")
+    atol: float = spec(1e-7, gt=0, doc="adaptive solvers' absolute tolerance")
+    iterations: int = spec(3000, ge=1, doc="optimizer iterations of the field")
+    batch_size: int = spec(256, ge=1, doc="(run, t) samples per iteration")
+    lr: float = spec(2e-3, gt=0, doc="Adam learning rate of the field")
+    weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
+    grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
+    eval_every: int = spec(100, ge=1, doc="iterations between validation rollouts (one logged 'epoch')")
+    patience: int = spec(10, ge=1, doc="validation rounds without improvement before stopping")
+
+
+@dataclass(frozen=True)
+class GFMConfig(PlainConfig):
+    """``gfm``: the plain options plus the optimizer structure."""
+
+    structure: Literal["rule", "state_input"] = spec(
+        "rule", doc="rule: the net outputs a gradient surrogate and the optimizer's rule makes the velocity; "
+                    "state_input: the plain head with the logged optimizer state as input")
+    target: Literal["velocity", "gradient", "both"] = spec(
+        "velocity", doc="rule: match the path velocity, the logged gradient, or both")
+    state_features: bool = spec(True, doc="rule: the evolving optimizer state as field input")
+
+
+def _snap(n: torch.Tensor) -> torch.Tensor:
+    """Round update indices that float time put a hair off an integer (Euler on the grid is then exact)."""
+    r = torch.round(n)
+    return torch.where((n - r).abs() < 1e-3, r, n)
+
+
+class _Dynamics:
+    """The ODE right-hand side for a batch of runs: features -> field -> velocity.
+
+    Time inside the solver is relative (s = 0 at each row's start ``t0``), so rows starting at different
+    records integrate together (multi-step training).
+    """
+
+    def __init__(self, fc: _GFMBase, ctx: Context, t0: torch.Tensor):
+        self.fc, self.ctx, self.t0 = fc, ctx, t0  # t0: (batch, 1)
+        self.sc: Scales = fc.scales
+        e = fc.extra
+        self.opt, self.m, self.dt = e["optimizer"], float(e["steps"]), float(e["dt"])
+        self.rule = fc.structure == "rule"
+        self.state_names = STATE_NAMES[self.opt] if self.rule else ()
+
+    def evaluate(self, x: torch.Tensor, states: dict[str, torch.Tensor], s: torch.Tensor | float):
+        """Velocity (and state velocity and surrogate gradient for the rule) at relative time ``s``."""
+        cfg, ctx = self.fc.config, self.ctx
+        t_abs = self.t0 + s
+        dyn = dynamic_features(x, t_abs, ctx, self.sc)
+        if self.rule and cfg.state_features:
+            dyn += state_features(self.opt, states, ctx.hp, t_abs * self.m, self.m, self.sc)
+        feats = torch.cat([ctx.static, torch.stack(dyn, -1)], -1)
+        pool = None
+        if cfg.run_context == "prefix":
+            pool = ctx.static
+        elif cfg.run_context == "state":
+            pool = feats
+        out = self.fc.module(feats, ctx.run_feats, pool)[..., 0]  # (batch, param)
+        if not self.rule:
+            return out * self.sc.v, {}, None
+        g = out * self.sc.g
+        j = torch.clamp((t_abs / self.dt + 1e-6).floor().long(), 0, ctx.lr.shape[1] - 1)  # (batch, 1)
+        hp = dict(ctx.hp, lr=torch.gather(ctx.lr, 1, j))
+        v, ds = optimizer_velocity(self.opt, x, g, states, hp, n=_snap(t_abs * self.m + 1), m=self.m)
+        return v, ds, g
+
+    def __call__(self, y, s):
+        if not self.rule:
+            return self.evaluate(y, {}, s)[0]
+        x, *st = y
+        v, ds, _ = self.evaluate(x, dict(zip(self.state_names, st)), s)
+        return (v, *(ds[n] for n in self.state_names))
+
+    def initial(self, x: torch.Tensor, states: dict[str, torch.Tensor]):
+        return (x, *(states[n] for n in self.state_names)) if self.rule else x
+
+
+class _GFMBase(Forecaster):
+    """Shared machinery; subclasses fix the velocity head via ``structure``."""
+
+    min_prefix = 2
+
+    @property
+    def structure(self) -> str:
+        return getattr(self.config, "structure", "none")
+
+    @property
+    def scales(self) -> Scales:
+        return Scales.from_json(self.extra["scales"])
+
+    # --- module ------------------------------------------------------------------------------------------
+    def _build_module(self) -> None:
+        e, cfg = self.extra, self.config
+        zero = self.structure != "rule"
+        if cfg.field == "joint":
+            self.module = JointField(e["n_params"], e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth,
+                                     limit=cfg.bound, zero_init=zero)
+        else:
+            n_pool = {"none": 0, "prefix": e["n_static"], "state": e["n_features"]}[cfg.run_context]
+            self.module = CoordinateField(e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth,
+                                          n_pool=n_pool, pool_width=cfg.pool_width, limit=cfg.bound,
+                                          zero_init=zero)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._build_module()
+        super().load_state_tensors(tensors)
+
+    def _context(self, traj: Trajectories) -> Context:
+        cfg = self.config
+        return build_context(traj, self.prefix_end, self.scales, velocity_windows=tuple(cfg.velocity_windows),
+                             anchors=cfg.anchors, state_input=self.structure == "state_input")
+
+    # --- training ----------------------------------------------------------------------------------------
+    def _check(self, traj: Trajectories, what: str) -> None:
+        if traj.n_records < self.horizons[-1] + 1:
+            raise ForecasterError(f"{self.name}: {what} runs have {traj.n_records} records; the fitted horizons "
+                                  f"need {self.horizons[-1] + 1}")
+        if self.structure == "rule" and getattr(self.config, "target", "velocity") != "velocity" and traj.record_every != 1:
+            raise ForecasterError(f"{self.name}: target {self.config.target!r} needs every step recorded "
+                                  f"(record_every = 1); got {traj.record_every}")
+
+    def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
+        """Flow-matching (plus optional rollout) training; the best validation rollout's weights are kept."""
+        cfg, K = self.config, self.prefix_end
+        self._check(train, "training")
+        if val.n_runs:
+            self._check(val, "validation")
+        n_static = (3 if cfg.anchors else 0) + len(cfg.velocity_windows)
+        if self.structure == "state_input":
+            n_static += n_state_features(train.optimizer)
+        n_dyn = 3 + (n_state_features(train.optimizer) if self.structure == "rule" and cfg.state_features else 0)
+        scales = fit_scales(train, K)
+        self.extra = {"optimizer": train.optimizer, "steps": train.steps, "record_every": train.record_every,
+                      "dt": record_dt(train), "n_params": train.n_params, "n_static": n_static,
+                      "n_features": n_static + n_dyn, "scales": scales.to_json(),
+                      "n_run": len(scales.hyper_mean)}
+        dev = train.weights.device
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._build_module()
+        self.module.to(dev)
+        ctx = self._context(train)
+        ctx.lr = train.lr  # training knows the whole lr schedule of its runs
+        W, T = train.weights, train.n_records
+        first = K if cfg.window == "forecast" else 0
+        path = PiecewiseLinearPath(record_dt(train), sigma=cfg.sigma)
+        rule = self.structure == "rule"
+        target = getattr(cfg, "target", "velocity")
+        g_true = recover_gradient(train) if rule and target != "velocity" else None
+        opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations, eta_min=cfg.lr * 0.05)
+        log: list[dict[str, float]] = []
+        best, best_state, bad, running, t_start = math.inf, None, 0, [], time.perf_counter()
+        skipped = 0
+        for it in range(1, cfg.iterations + 1):
+            self.module.train()
+            runs = torch.randint(0, train.n_runs, (cfg.batch_size,), generator=rng).to(dev)
+            k, om = sample_segments(cfg.batch_size, first, T - 2, mode=cfg.t_sampling, generator=rng)
+            k, om = k.to(dev), om.to(dev)
+            ps = path.sample(W, k, om, runs=runs, generator=rng, scale=scales.x)
+            dyn = _Dynamics(self, ctx.rows(runs), ps.t.unsqueeze(1))
+            states = {n: path.interpolate(train.states[n][runs, k], train.states[n][runs, k + 1], om)
+                      for n in dyn.state_names}
+            v, _, g = dyn.evaluate(ps.x_t, states, 0.0)
+            loss = torch.zeros(())
+            if target in ("velocity", "both"):
+                loss = loss + ((v - ps.dx_t) / scales.v).pow(2).mean()
+            if g_true is not None:
+                loss = loss + ((g - g_true[runs, k]) / scales.g).pow(2).mean()
+            if cfg.unroll:
+                loss = loss + cfg.unroll_weight * self._unroll_loss(train, ctx, first, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            if torch.isfinite(norm):
+                opt.step()
+                running.append(float(loss.detach()))
+            else:  # a rare sqrt(0) in the adaptive rules' backward: skip the step, never poison the weights
+                skipped += 1
+            sched.step()
+            if it % cfg.eval_every == 0 or it == cfg.iterations:
+                row = {"epoch": len(log), "iteration": it, "train_loss": sum(running) / max(len(running), 1),
+                       "skipped": skipped, "seconds": time.perf_counter() - t_start}
+                running = []
+                if val.n_runs:
+                    row.update(self._val_scores(val))
+                    score = row["val_loss"]
+                    if score < best:
+                        best, best_state, bad = score, copy.deepcopy(self.module.state_dict()), 0
+                    else:
+                        bad += 1
+                log.append(row)
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            self.module.load_state_dict(best_state)
+        self.extra["best_val_loss"] = best if math.isfinite(best) else None
+        return log
+
+    def _unroll_loss(self, train: Trajectories, ctx: Context, first: int, rng: torch.Generator) -> torch.Tensor:
+        cfg, sc = self.config, self.scales
+        U = min(cfg.unroll, train.n_records - 1 - first)
+        dev = train.weights.device
+        runs = torch.randint(0, train.n_runs, (cfg.unroll_batch,), generator=rng).to(dev)
+        k0 = torch.randint(first, train.n_records - U, (cfg.unroll_batch,), generator=rng).to(dev)
+        dt = record_dt(train)
+        dyn = _Dynamics(self, ctx.rows(runs), (k0.float() * dt).unsqueeze(1))
+        y0 = dyn.initial(train.weights[runs, k0], {n: train.states[n][runs, k0] for n in dyn.state_names})
+        grid = torch.arange(U + 1, dtype=torch.float32, device=dev) * dt
+        xs = sample(dyn, y0, time_grid=grid, method="euler", step_size=dt)
+        xs = xs[0] if isinstance(xs, tuple) else xs  # (U + 1, batch, param)
+        idx = k0.unsqueeze(0) + torch.arange(U + 1, device=dev).unsqueeze(1)  # (U + 1, batch)
+        truth = train.weights[runs.unsqueeze(0), idx]
+        return ((xs[1:] - truth[1:]) / sc.x).pow(2).mean()
+
+    @torch.no_grad()
+    def _val_scores(self, val: Trajectories) -> dict[str, float]:
+        self.module.eval()
+        pred = self._rollout(val.prefix(self.prefix_end), self.horizons)  # (run, horizon, param)
+        err = (pred - val.weights[:, list(self.horizons)]).pow(2).mean((0, 2))  # (horizon,)
+        mse = float(err.mean())
+        return {"val_loss": mse if math.isfinite(mse) else math.inf, "val_final_mse": float(err[-1])}
+
+    # --- forecasting -------------------------------------------------------------------------------------
+    def _rollout(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
+        cfg, K = self.config, self.prefix_end
+        dt = float(self.extra["dt"])
+        if prefix.optimizer != self.extra["optimizer"] and self.structure != "none":
+            raise ForecasterError(f"{self.name}: fitted on {self.extra['optimizer']} runs, got {prefix.optimizer} runs")
+        ctx = self._context(prefix)
+        dev = prefix.weights.device
+        if self.module is not None:
+            self.module.to(dev)
+        dyn = _Dynamics(self, ctx, torch.full((prefix.n_runs, 1), K * dt, device=dev))
+        y0 = dyn.initial(ctx.w_K, ctx.states_K)
+        grid = torch.tensor([0.0] + [(h - K) * dt for h in horizons], dtype=torch.float32, device=dev)
+        step = dt / cfg.steps_per_record
+        xs = sample(dyn, y0, time_grid=grid, method=cfg.solver, step_size=step, rtol=cfg.rtol, atol=cfg.atol)
+        xs = xs[0] if isinstance(xs, tuple) else xs  # (1 + horizon, run, param)
+        return xs[1:].transpose(0, 1)
+
+    def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
+        if self.module is None:
+            raise ForecasterError(f"{self.name}: not fitted")
+        return self._rollout(prefix, horizons)
+
+
+@register
+class GFMPlain(_GFMBase):
+    """``gfm_plain``: the field outputs the velocity directly (no optimizer structure)."""
+
+    name = "gfm_plain"
+    Config = PlainConfig
+
+
+@register
+class GFM(_GFMBase):
+    """``gfm``: optimizer-aware Gradient Flow Matching (``structure``: rule | state_input)."""
+
+    name = "gfm"
+    Config = GFMConfig
