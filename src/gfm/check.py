@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gfm.errors import GFMError
+from gfm.errors import GFMError, one_line
 
 __all__ = ["Verdict", "check_path", "READ_BYTES"]
 
@@ -62,9 +62,9 @@ class Verdict:
 
     def lines(self) -> list[str]:
         """One line per problem, or one ``ok`` line."""
-        if self.problems:
-            return [f"{self.path}: {self.kind}: {p}" for p in self.problems]
-        return [f"{self.path}: ok ({self.kind}{': ' + self.summary if self.summary else ''})"]
+        if self.problems:  # paths and messages may hold user text: escaped, one line each
+            return [one_line(f"{self.path}: {self.kind}: {p}") for p in self.problems]
+        return [one_line(f"{self.path}: ok ({self.kind}{': ' + self.summary if self.summary else ''})")]
 
 
 def check_path(path: str | Path) -> list[Verdict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "one_line",
     "GFMError",
     "ParamsError",
     "StoreError",
@@ -10,6 +11,12 @@ __all__ = [
     "StoreIncompleteError",
     "StoreSchemaError",
 ]
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped, so that a problem naming a key like ``"a\\nb"``
+    (user input) is still exactly one line of output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class GFMError(Exception):
@@ -20,8 +27,8 @@ class ParamsError(GFMError, ValueError):
     """A params file is missing, unreadable or invalid. ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str] | str, *, source: str = "params"):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.source = source
+        self.problems = [one_line(p) for p in ([problems] if isinstance(problems, str) else problems)]
+        self.source = one_line(source)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
 
 
