@@ -21,7 +21,7 @@ from gfm.schema import build, spec
 
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
-    "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "StoreSpec", "StoreLayoutConfig",
+    "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "CIFAR10Config", "StoreSpec", "StoreLayoutConfig",
     "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS",
 ]
@@ -190,11 +190,34 @@ class DigitsConfig(TaskConfig):
     n_samples: int = spec(256, ge=1, le=1797)
 
 
+@dataclass(frozen=True)
+class CIFAR10Config(TaskConfig):
+    """CIFAR-10 from the official binary batches (``data_dir``/data_batch_*.bin, never the pickled version);
+    each run trains on its own random subset of ``n_samples`` images, average-pooled by ``downsample``; a CNN
+    of 3x3 conv -> ReLU -> 2x2 max-pool per entry of ``channels``, then Linear -> 10, cross-entropy."""
+
+    kind: Literal["cifar10"] = "cifar10"
+    data_dir: str = spec("data/cifar10/cifar-10-batches-bin", doc="directory holding data_batch_1.bin ... _5.bin")
+    n_samples: int = spec(512, ge=1, le=50000)
+    channels: list[int] = spec([8, 16], nonempty=True, ge=1, doc="output channels of each conv block")
+    downsample: int = spec(2, ge=1, le=32, doc="average-pool images by this factor first (2: 16x16)")
+
+    def _check(self):
+        out = super()._check()
+        if 32 % self.downsample:
+            out.append(("downsample", f"got {self.downsample}; expected a divisor of 32 (1, 2, 4, ...)"))
+        elif (32 // self.downsample) % 2 ** len(self.channels):
+            out.append(("channels", f"got {len(self.channels)} conv blocks; {32 // self.downsample}x"
+                                    f"{32 // self.downsample} images cannot be max-pooled by 2 that many times"))
+        return out
+
+
 TASK_KINDS: dict[str, type[TaskConfig]] = {
     "least_squares": LeastSquaresConfig,
     "mlp_regression": MLPRegressionConfig,
     "mlp_classification": MLPClassificationConfig,
     "digits": DigitsConfig,
+    "cifar10": CIFAR10Config,
 }
 
 

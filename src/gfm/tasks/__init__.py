@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gfm.config import TaskConfig
 from gfm.tasks.base import ParamSpec, Task
+from gfm.tasks.cifar10 import CIFAR10Task
 from gfm.tasks.digits import DigitsTask
 from gfm.tasks.least_squares import LeastSquaresTask
 from gfm.tasks.mlp import MLPClassificationTask, MLPRegressionTask
@@ -15,6 +16,7 @@ TASKS: dict[str, type[Task]] = {
     "mlp_regression": MLPRegressionTask,
     "mlp_classification": MLPClassificationTask,
     "digits": DigitsTask,
+    "cifar10": CIFAR10Task,
 }
 
 
