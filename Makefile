@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-full lint smoke dag bench clean
+.PHONY: help venv run test test-full lint smoke dag bench clean adopt pull commit cluster cluster-up cluster-down test-cluster
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,29 @@ dag: $(STAMP)  ## what would run, per driver
 
 bench: $(STAMP)  ## benchmarks behind BENCHMARKS.md
 	$(BIN)/python -m benchmarks.generation
+
+adopt: $(STAMP)  ## after dvc pull/checkout: mark the restored outputs current for Snakemake
+	$(BIN)/gfm adopt
+
+pull: $(STAMP)  ## consumer: dvc pull from the default remote, then adopt
+	$(BIN)/gfm adopt --pull
+
+cluster: $(STAMP)  ## SLURM: check the profile, run the pipeline, record it in DVC (then `dvc push`)
+	$(BIN)/gfm slurm-check --profile profiles/slurm
+	$(BIN)/snakemake --profile profiles/slurm
+	$(BIN)/gfm commit --profile profiles/slurm
+
+commit: $(STAMP)  ## after a direct snakemake run: re-run stale outputs, dvc commit -f
+	$(BIN)/gfm commit
+
+cluster-up:  ## (root) bring up a one-node SLURM cluster on this machine
+	tests/cluster/slurm-up.sh
+
+cluster-down:  ## (root) stop it and drop its job state
+	tests/cluster/slurm-down.sh
+
+test-cluster: $(STAMP)  ## the SLURM tests (brings a cluster up when root and none is running)
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 clean:  ## remove the venv and Snakemake state (not data/)
 	rm -rf $(VENV) .snakemake
