@@ -14,6 +14,7 @@ Commands::
     gfm import   SRC.npz|SRC.npy DEST.zarr [--meta M]      NumPy trajectories -> a trajectory store
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
+    gfm slurm-check [--profile profiles/slurm]              the partitions a profile asks for exist
 
 Every error the user can fix (bad params, missing or unfinished inputs) prints one line per problem to
 stderr and exits with code 2, without a traceback.
@@ -168,6 +169,17 @@ def _cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slurm_check(args: argparse.Namespace) -> int:
+    from gfm import drivers
+
+    problems = drivers.slurm_profile_problems(args.profile)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.profile}: ok (every partition it asks for exists)")
+    return 2 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gfm", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -259,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--push", action="store_true", help="dvc push --run-cache after committing")
     c.add_argument("--repo", default=".", help="repository root")
     c.set_defaults(func=_cmd_commit)
+
+    k = sub.add_parser("slurm-check", help="check a SLURM profile against this cluster (partitions)")
+    k.add_argument("--profile", default="profiles/slurm")
+    k.set_defaults(func=_cmd_slurm_check)
     return p
 
 
