@@ -181,9 +181,10 @@ def _figures(metrics: dict[str, dict], plots_dir: Path, fig_dir: Path) -> dict[s
 
 def generalize_section(params: Params, metrics_dir: Path) -> list[str]:
     """Markdown table of the transfer experiments (empty when ``generalize.pairs`` is empty)."""
-    if not params.generalize.pairs:
+    path = metrics_dir / "generalize.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"pairs": []}
+    if not data["pairs"]:
         return []
-    data = json.loads((metrics_dir / "generalize.json").read_text())
     lines = ["## Generalisation across architectures and initialisations", "",
              "Final-step weight MSE on the target's test runs, as xLV (÷ last_value on the target). `transfer` = "
              "fitted on the source store's training runs; `in-dist.` = fitted on the target's own training runs.",

@@ -58,10 +58,8 @@ def all_outputs():
         out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
         if store_models(task, optimizer):
             out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
-    if config.get("generalize", {}).get("pairs"):
-        out.append("data/metrics/generalize.json")
     if config.get("train", {}).get("models"):
-        out.append("reports")
+        out += ["data/metrics/generalize.json", "reports"]
     return out
 
 

@@ -35,7 +35,7 @@ rule report:
     input:
         metrics=[metrics_path(t, o) for t, o in STORES.values() if store_models(t, o)],
         plots=[plots_path(t, o) for t, o in STORES.values() if store_models(t, o)],
-        generalize=["data/metrics/generalize.json"] if config.get("generalize", {}).get("pairs") else [],
+        generalize="data/metrics/generalize.json",
     output:
         directory("reports"),
     log:
