@@ -12,6 +12,8 @@ Commands::
     gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
     gfm info     STORE.zarr                                 print a store's summary
     gfm import   SRC.npz|SRC.npy DEST.zarr [--meta M]      NumPy trajectories -> a trajectory store
+    gfm accelerate --params P --store KEY --split S.json --models DIR --out A.json   jump-ahead training
+    gfm check    PATH...                                    validate artifacts; one line per problem, exit 1
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
     gfm slurm-check [--profile profiles/slurm]              the partitions a profile asks for exist
@@ -27,10 +29,22 @@ import json
 import sys
 from pathlib import Path
 
-from gfm.config import load_params
-from gfm.errors import GFMError, ParamsError
+from gfm.config import load_params as _load_params_file
+from gfm.errors import GFMError, ParamsError, one_line
 
-__all__ = ["main"]
+__all__ = ["main", "load_params"]
+
+
+def load_params(path: str | Path):
+    """Params as every command sees them (``gfm validate`` included): the file validated, then the options
+    of every entry of ``models:`` against its forecaster, so no stage starts on a file validate refuses."""
+    from gfm.train import model_problems
+
+    params = _load_params_file(path)
+    problems = model_problems(params, sorted(params.models))
+    if problems:
+        raise ParamsError(problems, source=str(path))
+    return params
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -69,10 +83,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     problems = train.model_problems(params, sorted({*params.train.models, args.model} & set(params.models)))
     if problems:
         raise ParamsError(problems, source=args.params)
-    if args.threads:  # Snakemake passes the job's `threads`; torch would otherwise use every core per job
-        import torch
-
-        torch.set_num_threads(args.threads)
     summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
                         out=Path(args.out), progress=False if args.quiet else None)
     print(json.dumps({"store": summary.store, "model": summary.model, "seconds": summary.seconds,
@@ -120,6 +130,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         out = report.run(params, metrics_dir=Path(args.metrics), plots_dir=Path(args.plots), out=Path(args.out))
         print(f"wrote {out / 'summary.md'} and {out / 'summary.html'}")
+    return 0
+
+
+def _cmd_accelerate(args: argparse.Namespace) -> int:
+    from gfm import accelerate
+
+    params = load_params(args.params)
+    result = accelerate.run(params, store_key=args.store, split=Path(args.split), models=Path(args.models),
+                            out=Path(args.out), part=args.runs, progress=not args.quiet)
+    print(json.dumps({name: {k: m[k] for k in ("speedup_steps", "final_loss_mean", "accepted", "rejected")}
+                      for name, m in result["models"].items()}, sort_keys=True))
     return 0
 
 
@@ -178,6 +199,19 @@ def _cmd_slurm_check(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.profile}: ok (every partition it asks for exists)")
     return 2 if problems else 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from gfm.check import check_path
+
+    verdicts = [v for path in args.paths for v in check_path(path)]
+    for v in verdicts:
+        for line in v.lines():
+            print(line)
+    bad = sum(not v.ok for v in verdicts)
+    if bad:
+        print(f"{bad} of {len(verdicts)} artifacts have problems", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--readme", default=None, help="instead: regenerate this README's results block")
     r.set_defaults(func=_cmd_report)
 
+    ac = sub.add_parser("accelerate", help="jump-ahead training with a trained forecaster vs plain training")
+    ac.add_argument("--params", default="params.yaml")
+    ac.add_argument("--store", required=True, help="a key of accelerate.stores")
+    ac.add_argument("--split", required=True, help="the store's split JSON")
+    ac.add_argument("--models", required=True, help="the store's model directory (holds <model>/<seed>/)")
+    ac.add_argument("--out", required=True, help="metrics JSON to write")
+    ac.add_argument("--runs", choices=["test", "val"], default="test",
+                    help="which split runs to re-train (val: for choosing the accelerate settings)")
+    ac.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ac.add_argument("--quiet", action="store_true", help="no per-seed progress lines")
+    ac.set_defaults(func=_cmd_accelerate)
+
     im = sub.add_parser("import", help="NumPy trajectories (.npy/.npz + metadata) -> a trajectory store")
     im.add_argument("src", help=".npy (run, step, param) weights or .npz with weights[, loss, lr, state_<name>]")
     im.add_argument("dest", help="the .zarr store to write")
@@ -275,11 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("slurm-check", help="check a SLURM profile against this cluster (partitions)")
     k.add_argument("--profile", default="profiles/slurm")
     k.set_defaults(func=_cmd_slurm_check)
+
+    ck = sub.add_parser("check", help="validate artifacts (stores, models, forecasts, metrics); exit 1 on problems")
+    ck.add_argument("paths", nargs="+", metavar="PATH", help="an artifact, or a directory to search for them")
+    ck.set_defaults(func=_cmd_check)
+    for name in THREADED:  # every torch-heavy command takes --threads (rules pass their `threads:`)
+        sp = sub.choices.get(name)
+        if sp is not None and not any("--threads" in a.option_strings for a in sp._actions):
+            sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     return p
+
+
+THREADED = ("generate", "train", "forecast", "evaluate", "generalize", "accelerate")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", 0):
+        # Snakemake passes the job's `threads`. Torch would otherwise split every op of these tiny nets over
+        # all cores, and on a loaded machine that made generation 10-25x slower (BENCHMARKS.md).
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except ParamsError as exc:
@@ -288,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except GFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable input, unwritable output, full disk: the message names the path
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -25,9 +25,10 @@ rule evaluate:
     params:
         store="{task}-{optimizer}",
         config=lambda wc: evaluate_config(wc.task, wc.optimizer),
+    threads: 1
     shell:
         "{GFM} evaluate --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
-        "--forecasts {input.forecasts} --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+        "--forecasts {input.forecasts} --metrics {output.metrics} --plots {output.plots} --threads {threads} > {log} 2>&1"
 
 
 rule report:

@@ -22,4 +22,4 @@ rule forecast:
     threads: 1
     shell:
         "{GFM} forecast --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
-        "--models {params.models} --out {output} > {log} 2>&1"
+        "--models {params.models} --out {output} --threads {threads} > {log} 2>&1"

@@ -26,5 +26,6 @@ rule generalize:
     params:
         config=lambda wc: json.dumps({"forecast": config.get("forecast", {}),
                                       "generalize": config.get("generalize", {})}, sort_keys=True),
+    threads: 1
     shell:
-        "{GFM} generalize --params {PARAMS_FILE} --out {output} > {log} 2>&1"
+        "{GFM} generalize --params {PARAMS_FILE} --out {output} --threads {threads} > {log} 2>&1"

@@ -10,10 +10,11 @@ rule generate:
         store="{task}-{optimizer}",
         # The params this store depends on: Snakemake's params trigger re-runs the job when they change.
         config=lambda wc: generate_config(wc.task, wc.optimizer),
+    threads: 1
     resources:
         gpu=0 if config["device"] == "cpu" else 1,
     shell:
-        "{GFM} generate --params {PARAMS_FILE} --store {params.store} --out {output} > {log} 2>&1"
+        "{GFM} generate --params {PARAMS_FILE} --store {params.store} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule split:
