@@ -22,7 +22,7 @@ from gfm.schema import build, spec
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "CIFAR10Config", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "Params", "load_params", "parse_params", "config_hash",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "AccelerateConfig", "AccelerateStore", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS",
 ]
 
@@ -334,6 +334,30 @@ class GeneralizeConfig:
 
 
 @dataclass(frozen=True)
+class AccelerateStore:
+    """A store of the jump-ahead experiment (task and optimizer name repeated so DVC can build its paths)."""
+
+    task: str
+    optimizer: OptimizerName
+
+
+@dataclass(frozen=True)
+class AccelerateConfig:
+    """Jump-ahead training (stage accelerate): every ``every`` optimizer steps, jump to a forecast when the
+    held-out loss does not get worse."""
+
+    stores: dict[str, AccelerateStore] = spec({}, doc="<task>-<optimizer>: {task, optimizer}; empty = stage off")
+    models: list[str] = spec([], doc="forecasters making the jumps; each must be trained on every listed store")
+    every: int = spec(20, ge=1, doc="K: optimizer steps between jump attempts (a multiple of record_every)")
+    horizons: list[int] = spec([200], nonempty=True, ge=1, doc="candidate jump targets (forecast.horizons entries)")
+    holdout: int = spec(64, ge=1, doc="held-out samples per run deciding whether a jump is kept")
+    runs: int = spec(10, ge=0, doc="test runs per dataset seed (0 = all)")
+    budget: int = spec(0, ge=0, doc="optimizer steps per run (0 = the task's steps)")
+    state_after_jump: Literal["keep", "reset"] = spec("keep", doc="optimizer state of a run that jumped")
+    timing: bool = spec(True, doc="report wall-clock (false: outputs are byte-reproducible)")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -349,6 +373,7 @@ class Params:
     models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}")
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     generalize: GeneralizeConfig = dataclasses.field(default_factory=GeneralizeConfig)
+    accelerate: AccelerateConfig = dataclasses.field(default_factory=AccelerateConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def _check(self):
@@ -392,6 +417,29 @@ class Params:
         for i, name in enumerate(self.generalize.models):
             if name not in self.models:
                 out.append((f"generalize.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+        for key, ast in self.accelerate.stores.items():
+            where = f"accelerate.stores.{key}"
+            if key not in self.stores:
+                out.append((where, f"expected a key of stores ({', '.join(sorted(self.stores))})"))
+                continue
+            st = self.stores[key]
+            if (ast.task, ast.optimizer) != (st.task, st.optimizer.name):
+                out.append((where, f"got {{task: {ast.task}, optimizer: {ast.optimizer}}}; the store is "
+                                   f"{{task: {st.task}, optimizer: {st.optimizer.name}}}"))
+            elif self.accelerate.every % self.tasks[st.task].record_every:
+                out.append(("accelerate.every", f"got {self.accelerate.every}; expected a multiple of "
+                                                f"tasks.{st.task}.record_every ({self.tasks[st.task].record_every})"))
+            for name in self.accelerate.models:
+                if name in self.models and name not in self.store_models(key):
+                    out.append(("accelerate.models", f"{name!r} is not trained on store {key!r} (add it to "
+                                                     "train.models or that store's models)"))
+        for i, name in enumerate(self.accelerate.models):
+            if name not in self.models:
+                out.append((f"accelerate.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+        bad = [h for h in self.accelerate.horizons if h not in self.forecast.horizons]
+        if self.accelerate.stores and bad:
+            out.append(("accelerate.horizons", f"got {bad}; expected entries of forecast.horizons "
+                                               f"({list(self.forecast.horizons)})"))
         shortest = min((t.n_records for t in self.tasks.values()), default=0)
         if self.stores and self.train.models and self.forecast.horizons[-1] >= shortest:
             out.append(("forecast.horizons", f"last horizon {self.forecast.horizons[-1]} is beyond the last recorded "

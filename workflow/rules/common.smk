@@ -60,6 +60,7 @@ def all_outputs():
             out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
     if config.get("train", {}).get("models"):
         out += ["data/metrics/generalize.json", "reports"]
+    out += [accelerate_path(t, o) for t, o in accelerate_stores()]  # workflow/rules/accelerate.smk
     return out
 
 

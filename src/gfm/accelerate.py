@@ -1,0 +1,410 @@
+"""Stage ``accelerate``: jump-ahead training. Train a network and, every K optimizer steps, forecast where its
+weights will be with a trained forecaster and jump there, keeping the jump only if the loss on held-out data
+does not get worse.
+
+One job per store of ``accelerate.stores``. For the first ``accelerate.runs`` test runs of every dataset seed
+(runs the forecasters never saw), the run is re-trained from its own seeds (params ``seed``; same init, same
+hyper-parameters) three ways, all runs of one dataset seed stacked as in the generator:
+
+* ``plain``: ``budget`` optimizer steps of the store's optimizer on ``n_samples`` training samples;
+* one loop per model of ``accelerate.models`` (the fit of that dataset seed, ``data/models/...``): the same
+  steps and minibatches, plus, at every K-th step (K = ``accelerate.every``), a jump attempt:
+
+  1. the prefix is the run's last ``prefix_end + 1`` records (every ``record_every`` steps, weights, lr and
+     optimizer state), relabelled as records 0..prefix_end. The forecasters were fitted on prefixes that
+     start at initialisation; later windows are treated as if training had started at the window's first
+     record (exact for a time-homogeneous optimizer such as SGD or momentum with a constant lr, an
+     approximation otherwise). A run that jumped needs ``prefix_end`` new records before its next attempt;
+  2. the forecaster predicts the weights at each candidate horizon of ``accelerate.horizons``;
+  3. the candidate with the lowest loss on ``holdout`` held-out samples of the run's own data distribution
+     (never trained on) is taken if that loss is not above the held-out loss of the current weights; else the
+     run rolls back (keeps its weights) and simply continues;
+  4. after a jump the optimizer state is kept (``state_after_jump: keep``: the momentum direction of the
+     recent steps stays a good direction near the forecast) or zeroed (``reset``: Adam's bias correction
+     restarts); the lr schedule follows the run's virtual step, optimizer steps plus steps jumped over.
+
+Reported per store and per loop (``data/accelerate/<task>/<optimizer>.json``, a DVC metric): optimizer steps
+and wall-clock to reach the plain run's final *training* loss (full training set), the final training loss
+after the same budget, accepted and rejected jumps; the speed-up is plain steps / jump-ahead steps. Wall-clock
+counts the training loop, forecasts and held-out checks, not the per-step monitoring of the training loss.
+
+Usage::
+
+    gfm accelerate --params params.yaml --store mlp_regression-sgd --split data/splits/mlp_regression/sgd.json \\
+                   --models data/models/mlp_regression/sgd --out data/accelerate/mlp_regression/sgd.json
+    gfm accelerate ... --runs val          # the same on validation runs (for choosing K, horizons, holdout)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gfm.config import Params, TaskConfig, to_dict
+from gfm.errors import GFMError
+from gfm.forecasters import Forecaster, Trajectories, load_forecaster
+from gfm.optimizers import init_state, lr_multiplier, update
+from gfm.runs import RunId, epoch_orders, run_ids, setup_run
+from gfm.tasks import Task, make_task
+
+__all__ = ["run", "simulate_jumps", "summarise", "accelerate_section", "AccelerateError", "SPEEDUP_TARGET"]
+
+SPEEDUP_TARGET = 1.3  # issue 7: at least 1.3x fewer optimizer steps to the plain run's final loss
+
+
+class AccelerateError(GFMError, ValueError):
+    """Missing split, model or a forecaster that does not fit the accelerate settings."""
+
+
+def _batch_seed(seed: int, run: RunId) -> int:
+    blob = json.dumps(["accelerate", int(seed), run.dataset_seed, run.index]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdout: int, budget: int) -> dict:
+    """Training data, held-out data, init, hyper-parameters and minibatch order of ``runs``, stacked.
+
+    Each run draws ``n_samples + holdout`` samples from its own data stream: the first ``n_samples`` train it,
+    the rest are held out (for the stock tasks the training samples are then those of the stored run; the
+    synthetic regression target is drawn after the inputs and so differs from the stored run's).
+
+    Returns:
+        x (run, n, ...), y (run, n), xh (run, holdout, ...), yh (run, holdout), w0 (run, param),
+        hyper {name: (run, 1)}, orders (run, epoch, n), the task.
+    """
+    n = task_cfg.n_samples
+    task = make_task(dataclasses.replace(task_cfg, n_samples=n + holdout))
+    setups = [setup_run(task, opt, seed, r) for r in runs]
+    per_epoch = math.ceil(n / task_cfg.batch_size) if task_cfg.batch_size else 1
+    epochs = math.ceil(budget / per_epoch) if task_cfg.batch_size else 0
+    orders = torch.stack([epoch_orders(torch.Generator().manual_seed(_batch_seed(seed, r)), epochs, n) for r in runs])
+    x = torch.stack([s.x for s in setups])
+    y = torch.stack([s.y for s in setups])
+    hyper = {k: torch.tensor([s.hyper[k] for s in setups], dtype=torch.float32).unsqueeze(1) for k in setups[0].hyper}
+    return {"x": x[:, :n], "y": y[:, :n], "xh": x[:, n:], "yh": y[:, n:], "w0": torch.stack([s.w0 for s in setups]),
+            "hyper": hyper, "orders": orders, "task": make_task(task_cfg)}
+
+
+@torch.no_grad()
+def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Forecaster | None, every: int,
+                   horizons: list[int], state_after_jump: str = "keep") -> dict[str, Any]:
+    """Train the runs of ``data`` for ``budget`` optimizer steps, with jump attempts if ``forecaster`` is given.
+
+    Args:
+        task: the task (stacked forward and loss).
+        opt: the store's OptimizerConfig.
+        data: from :func:`setup_runs`.
+        budget: optimizer steps per run.
+        forecaster: a fitted forecaster (its ``prefix_end``; ``horizons`` must be among its fitted ones), or
+            None for plain training.
+        every: K, steps between jump attempts (a multiple of the task's ``record_every``).
+        horizons: candidate horizons, recorded-step indices of the forecaster.
+        state_after_jump: ``keep`` or ``reset`` the optimizer state of a run that jumped.
+
+    Returns:
+        ``loss`` (run, budget + 1) full training loss after k optimizer steps (and the jumps made at k),
+        ``seconds`` (budget + 1,) loop wall-clock up to k, ``accepted``/``rejected`` (run,) jump counts,
+        ``jumped_steps`` (run,) optimizer steps skipped by accepted jumps.
+    """
+    cfg = task.cfg
+    e, R = cfg.record_every, data["w0"].shape[0]
+    x, y, xh, yh, orders = data["x"], data["y"], data["xh"], data["yh"], data["orders"]
+    N, B = x.shape[1], cfg.batch_size
+    theta = data["w0"].clone()
+    hp = dict(data["hyper"])
+    base_lr = hp["lr"]
+    state = init_state(opt.name, theta)
+    n_upd = torch.zeros(R, 1)  # optimizer updates since the state (re)started: Adam's bias correction
+    vstep = torch.zeros(R, dtype=torch.long)  # virtual step: optimizer steps + steps jumped over
+    if forecaster is not None:
+        p = forecaster.prefix_end
+        if every % e:
+            raise AccelerateError(f"accelerate.every: got {every}; expected a multiple of record_every ({e})")
+    hist_w: list[torch.Tensor] = []
+    hist_s: list[dict[str, torch.Tensor]] = []
+    hist_lr: list[torch.Tensor] = []
+    since = torch.zeros(R, dtype=torch.long)  # records in the current window (reset by a jump)
+    accepted = torch.zeros(R, dtype=torch.long)
+    rejected = torch.zeros(R, dtype=torch.long)
+    jumped = torch.zeros(R, dtype=torch.long)
+    loss_curve = torch.empty(R, budget + 1)
+    seconds = np.zeros(budget + 1)
+    hyper_flat = {k: v.view(-1) for k, v in hp.items()}
+    elapsed = 0.0
+
+    def lr_now() -> torch.Tensor:
+        mults = torch.tensor([lr_multiplier(opt.schedule, int(v), cfg.steps) for v in vstep]).view(R, 1)
+        return base_lr * mults
+
+    for k in range(budget + 1):
+        t0 = time.perf_counter()
+        if forecaster is not None and k % e == 0:
+            hist_w.append(theta.clone())
+            hist_s.append({n: s.clone() for n, s in state.items()})
+            hist_lr.append(lr_now().view(-1))
+            del hist_w[: -(p + 1)], hist_s[: -(p + 1)], hist_lr[: -(p + 1)]
+            since += 1
+        if forecaster is not None and 0 < k < budget and k % every == 0:
+            eligible = since >= p + 1
+            if bool(eligible.any()):
+                prefix = Trajectories(
+                    weights=torch.stack(hist_w, 1), lr=torch.stack(hist_lr, 1), optimizer=opt.name, record_every=e,
+                    steps=cfg.steps, states={n: torch.stack([h[n] for h in hist_s], 1) for n in state},
+                    hyper=hyper_flat)
+                pred = forecaster.forecast(prefix, horizons=horizons)  # (run, candidate, param)
+                now = task.loss(theta, xh, yh)  # (run,)
+                cand = torch.stack([task.loss(pred[:, i].contiguous(), xh, yh) for i in range(len(horizons))], 1)
+                cand = torch.where(torch.isfinite(cand) & torch.isfinite(pred).all(2), cand, torch.inf)
+                best_loss, best = cand.min(1)
+                ok = eligible & (best_loss <= now)
+                rejected += (eligible & ~ok).long()
+                if bool(ok.any()):
+                    target = pred[torch.arange(R), best]
+                    theta = torch.where(ok.view(R, 1), target, theta)
+                    if state_after_jump == "reset":
+                        state = {n: torch.where(ok.view(R, 1), torch.zeros_like(s), s) for n, s in state.items()}
+                        n_upd = torch.where(ok.view(R, 1), torch.zeros_like(n_upd), n_upd)
+                    gain = (torch.tensor(horizons)[best] - p) * e
+                    jumped += torch.where(ok, gain, 0)
+                    vstep += torch.where(ok, gain, 0)
+                    accepted += ok.long()
+                    # the jump target starts the run's new window
+                    hist_w[-1] = theta.clone()
+                    hist_s[-1] = {n: s.clone() for n, s in state.items()}
+                    hist_lr[-1] = lr_now().view(-1)
+                    since = torch.where(ok, torch.ones_like(since), since)
+        elapsed += time.perf_counter() - t0
+        seconds[k] = elapsed
+        loss_curve[:, k] = task.loss(theta, x, y)  # after k steps and the jumps at k; monitoring, not timed
+        if k == budget:
+            break
+        t0 = time.perf_counter()
+        if B:
+            per_epoch = math.ceil(N / B)
+            epoch, start = divmod(k, per_epoch)
+            idx = orders[:, epoch, start * B : min(start * B + B, N)]  # (run, batch)
+            xb = torch.gather(x, 1, idx.view(R, -1, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
+            yb = torch.gather(y, 1, idx)
+        else:
+            xb, yb = x, y
+        _, grad = task.loss_and_grad(theta, xb, yb)
+        hp["lr"] = lr_now()
+        n_upd += 1
+        theta, state = update(opt.name, theta, grad, state, hp, n_upd)
+        vstep += 1
+        elapsed += time.perf_counter() - t0
+    return {"loss": loss_curve.numpy(), "seconds": seconds, "accepted": accepted.numpy(),
+            "rejected": rejected.numpy(), "jumped_steps": jumped.numpy()}
+
+
+def _steps_to(curve: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """First k with curve[r, k] <= target[r] (run,), or -1 where never."""
+    hit = curve <= target[:, None]
+    return np.where(hit.any(1), hit.argmax(1), -1)
+
+
+def summarise(plain: dict, loop: dict, *, budget: int, timing: bool) -> dict[str, Any]:
+    """Per-loop statistics against the plain runs (same runs, same order).
+
+    The target of run r is the plain run's final training loss. A run that never reaches it counts ``budget``
+    steps in the sums (so ``speedup_steps`` cannot be inflated by failures) and is reported in ``reached``.
+    """
+    target = plain["loss"][:, -1]
+    k_plain = _steps_to(plain["loss"], target)
+    k_loop = _steps_to(loop["loss"], target)
+    reached = k_loop >= 0
+    k_loop_c = np.where(reached, k_loop, budget)
+    final = loop["loss"][:, -1]
+    ratio = final / np.maximum(target, 1e-30)
+    out = {
+        "runs": int(len(target)),
+        "reached": float(reached.mean()),
+        "steps_to_target_mean": float(k_loop_c.mean()),
+        "steps_to_target_median": float(np.median(k_loop_c)),
+        "plain_steps_to_target_mean": float(k_plain.mean()),
+        "speedup_steps": float(k_plain.sum() / max(k_loop_c.sum(), 1)),
+        "speedup_steps_median_run": float(np.median(k_plain / np.maximum(k_loop_c, 1))),
+        "final_loss_mean": float(final.mean()),
+        "final_loss_median": float(np.median(final)),
+        "final_loss_ratio_median": float(np.median(ratio)),
+        "no_worse_final": float((final <= target * (1 + 1e-6)).mean()),
+        "accepted": int(loop["accepted"].sum()),
+        "rejected": int(loop["rejected"].sum()),
+        "jumped_steps_mean": float(loop["jumped_steps"].mean()),
+    }
+    if timing:
+        # seconds (run, budget + 1): the clock of the run's stacked loop (one per dataset seed) after k steps
+        rows = np.arange(len(target))
+        t_plain = plain["seconds"][rows, k_plain]
+        t_loop = loop["seconds"][rows, k_loop_c]
+        out.update({"seconds_to_target_mean": float(t_loop.mean()), "plain_seconds_to_target_mean": float(t_plain.mean()),
+                    "speedup_wall": float(t_plain.sum() / max(t_loop.sum(), 1e-12)),
+                    "seconds_total_mean": float(loop["seconds"][:, -1].mean()),
+                    "plain_seconds_total_mean": float(plain["seconds"][:, -1].mean())})
+    return out
+
+
+def _read_split_runs(split: Path, part: str) -> dict[str, list[int]]:
+    try:
+        datasets = json.loads(Path(split).read_text())["datasets"]
+        return {d: list(entry[part]) for d, entry in datasets.items()}
+    except FileNotFoundError:
+        raise AccelerateError(f"{split}: split file not found (run the split stage)") from None
+    except (ValueError, KeyError, TypeError):
+        raise AccelerateError(f"{split}: not a split file (expected JSON with datasets.<seed>.{part})") from None
+
+
+def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path, part: str = "test",
+        progress: bool = False) -> dict[str, Any]:
+    """Jump-ahead experiment of one store; writes ``out`` (JSON) and returns it.
+
+    Args:
+        params: validated params (``accelerate``, ``forecast``, the store and its task, ``seed``,
+            ``generate.dataset_seeds``).
+        store_key: ``<task>-<optimizer>``, a key of ``accelerate.stores``.
+        split: the store's split JSON (its ``part`` runs are re-trained).
+        models: the store's model directory (``<model>/<dataset seed>/`` from the train stage).
+        out: JSON path to write.
+        part: ``test`` (the reported experiment) or ``val`` (for choosing the settings).
+        progress: print one line per dataset seed and loop.
+
+    Raises:
+        AccelerateError: unknown store, missing split or model, a horizon the model was not fitted for.
+    """
+    acc = params.accelerate
+    if store_key not in acc.stores:
+        known = ", ".join(sorted(acc.stores)) or "(none: accelerate.stores is empty)"
+        raise AccelerateError(f"--store: got {store_key!r}; expected one of {known}")
+    spec, task_cfg = params.lookup_store(store_key)
+    budget = acc.budget or task_cfg.steps
+    all_runs = run_ids(params.generate.dataset_seeds, task_cfg.runs_per_dataset)
+    chosen = _read_split_runs(split, part)
+    t_start = time.perf_counter()
+    per_model: dict[str, list[dict]] = {"plain": [], **{m: [] for m in acc.models}}
+    for d, ids in sorted(chosen.items(), key=lambda kv: int(kv[0])):
+        ids = ids[: acc.runs] if acc.runs else ids
+        if not ids:
+            continue
+        data = setup_runs(task_cfg, spec.optimizer, params.seed, [all_runs[i] for i in ids], holdout=acc.holdout,
+                          budget=budget)
+        task = data["task"]
+        plain = simulate_jumps(task, spec.optimizer, data, budget=budget, forecaster=None, every=acc.every,
+                               horizons=list(acc.horizons))
+        per_model["plain"].append(plain)
+        for name in acc.models:
+            path = Path(models) / name / str(d)
+            try:
+                fc = load_forecaster(path)
+            except GFMError as exc:
+                raise AccelerateError(f"{path}: {exc} (train model {name!r} for this store first)") from None
+            missing = [h for h in acc.horizons if h not in fc.horizons]
+            if missing:
+                raise AccelerateError(f"{path}: accelerate.horizons {missing} were not fitted; it forecasts "
+                                      f"{list(fc.horizons)}")
+            loop = simulate_jumps(task, spec.optimizer, data, budget=budget, forecaster=fc, every=acc.every,
+                                  horizons=list(acc.horizons), state_after_jump=acc.state_after_jump)
+            per_model[name].append(loop)
+            if progress:
+                print(f"{store_key} seed {d} {name}: accepted {int(loop['accepted'].sum())}, rejected "
+                      f"{int(loop['rejected'].sum())}", flush=True)
+
+    def cat(name: str) -> dict:
+        parts = per_model[name]
+        return {"loss": np.concatenate([p["loss"] for p in parts]),
+                "seconds": np.concatenate([np.broadcast_to(p["seconds"], p["loss"].shape) for p in parts]),
+                "accepted": np.concatenate([p["accepted"] for p in parts]),
+                "rejected": np.concatenate([p["rejected"] for p in parts]),
+                "jumped_steps": np.concatenate([p["jumped_steps"] for p in parts])}
+
+    if not per_model["plain"]:
+        raise AccelerateError(f"{split}: no {part} runs to accelerate")
+    plain = cat("plain")
+    result = {
+        "store": store_key, "task": spec.task, "optimizer": spec.optimizer.name, "part": part,
+        "budget": budget, "record_every": task_cfg.record_every, "prefix_end": params.forecast.prefix_end,
+        "config": to_dict(acc) | {"stores": sorted(acc.stores)},
+        "plain": {"runs": int(plain["loss"].shape[0]), "final_loss_mean": float(plain["loss"][:, -1].mean()),
+                  "final_loss_median": float(np.median(plain["loss"][:, -1])),
+                  "initial_loss_mean": float(plain["loss"][:, 0].mean())},
+        "models": {},
+    }
+    for name in acc.models:
+        loop = cat(name)
+        result["models"][name] = summarise(plain, loop, budget=budget,
+                                           timing=acc.timing)
+        m = result["models"][name]
+        m["meets_target"] = bool(m["speedup_steps"] >= SPEEDUP_TARGET
+                                 and m["final_loss_mean"] <= result["plain"]["final_loss_mean"])
+    if acc.timing:
+        result["seconds"] = round(time.perf_counter() - t_start, 3)
+        result["threads"] = torch.get_num_threads()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    return result
+
+
+
+def _g(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def accelerate_section(params: Params, metrics_dir: Path) -> list[str]:
+    """Markdown lines of the jump-ahead table, one block per store of ``accelerate.stores`` whose JSON exists.
+
+    Args:
+        params: validated params (which stores, the settings quoted above the table).
+        metrics_dir: the directory of ``<task>/<optimizer>.json`` (``data/accelerate``).
+
+    Returns:
+        Markdown lines (empty when no store has results).
+    """
+    acc = params.accelerate
+    found = [(k, Path(metrics_dir) / s.task / f"{s.optimizer}.json") for k, s in acc.stores.items()]
+    found = [(k, p) for k, p in found if p.is_file()]
+    if not found:
+        return []
+    lines = ["## Jump-ahead training (`gfm accelerate`)", "",
+             f"Every {acc.every} optimizer steps each run forecasts its weights at records {list(acc.horizons)} from "
+             f"its last {params.forecast.prefix_end + 1} records and jumps to the best candidate if the loss on "
+             f"{acc.holdout} held-out samples does not get worse (optimizer state after a jump: "
+             f"{acc.state_after_jump}). Target: the plain run's final training loss after the same optimizer-step "
+             f"budget. `steps` = optimizer steps to reach it (runs that never do count the whole budget; `reached` "
+             f"says how many did), speed-up = plain steps / jump-ahead steps (goal: >= {SPEEDUP_TARGET}x with no "
+             "worse final loss). Test runs only; the settings were chosen on validation runs.", ""]
+    for key, path in found:
+        r = json.loads(path.read_text())
+        timing = "seconds" in r
+        header = ["loop", "steps to target", "speed-up (steps)", "reached", "final loss (mean)", "final ≤ plain",
+                  "jumps accepted / rejected"] + (["s to target", "speed-up (wall)"] if timing else [])
+        m0 = next(iter(r["models"].values()), None)
+        plain_row = ["plain", _g(m0["plain_steps_to_target_mean"]) if m0 else "–", "1", "1",
+                     _g(r["plain"]["final_loss_mean"]), "–", "–"]
+        if timing:
+            plain_row += [_g(m0["plain_seconds_to_target_mean"]) if m0 else "–", "1"]
+        rows = [plain_row]
+        for name, m in r["models"].items():
+            row = [name, _g(m["steps_to_target_mean"]), f"{m['speedup_steps']:.2f}x" + (" ✓" if m["meets_target"] else ""),
+                   f"{m['reached']:.0%}", _g(m["final_loss_mean"]), f"{m['no_worse_final']:.0%}",
+                   f"{m['accepted']} / {m['rejected']}"]
+            if timing:
+                row += [_g(m["seconds_to_target_mean"]), f"{m['speedup_wall']:.2f}x"]
+            rows.append(row)
+        lines += [f"### {key} ({r['plain']['runs']} runs, budget {r['budget']} steps)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                  *["| " + " | ".join(row) + " |" for row in rows], ""]
+        met = [n for n, m in r["models"].items() if m["meets_target"]]
+        lines += [f"Target met by: {', '.join(met)}." if met else
+                  f"Target ({SPEEDUP_TARGET}x fewer steps, no worse final loss) not met by any forecaster.", ""]
+    return lines

@@ -1,0 +1,134 @@
+"""Jump-ahead training: rejected jumps change nothing, good forecasts cut optimizer steps, settings are checked."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY
+from gfm import accelerate, generate, split, train
+from gfm.cli import main
+from gfm.config import parse_params
+from gfm.errors import ParamsError
+from gfm.forecasters import Forecaster
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a small shared CPU: one thread avoids OpenMP contention with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_doc(**acc) -> dict:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["accelerate"] = {"stores": {"least_squares_1d_gd-sgd": {"task": "least_squares_1d_gd", "optimizer": "sgd"}},
+                         "models": ["exp_fit", "linear"], "every": 8, "horizons": [16, 40], "holdout": 8, "runs": 3,
+                         "timing": False, **acc}
+    return doc
+
+
+class Wild(Forecaster):
+    """Forecasts weights far from anything sensible: every jump must be rejected."""
+
+    name = "wild_test_only"
+    neural = False
+
+    def _forecast(self, prefix, horizons):
+        return prefix.weights[:, -1:].repeat(1, len(horizons), 1) + 1e3
+
+
+def test_rejected_jumps_leave_training_exactly_as_plain():
+    params = parse_params(tiny_doc())
+    spec, task_cfg = params.lookup_store("mlp_regression-sgd")
+    from gfm.runs import run_ids
+
+    runs = run_ids([1], 3)
+    data = accelerate.setup_runs(task_cfg, spec.optimizer, 0, runs, holdout=8, budget=40)
+    task = data["task"]
+    plain = accelerate.simulate_jumps(task, spec.optimizer, data, budget=40, forecaster=None, every=8, horizons=[16])
+    wild = accelerate.simulate_jumps(task, spec.optimizer, data, budget=40, forecaster=Wild(prefix_end=8, horizons=[16]),
+                                     every=8, horizons=[16])
+    np.testing.assert_array_equal(wild["loss"], plain["loss"])
+    assert wild["accepted"].sum() == 0 and wild["rejected"].sum() == 3 * 4  # attempts at steps 8, 16, 24, 32
+    assert plain["loss"][:, -1].mean() < plain["loss"][:, 0].mean()
+    # the held-out samples are not training samples
+    assert data["xh"].shape[1] == 8 and not any(torch.equal(data["xh"][0, 0], r) for r in data["x"][0])
+
+
+def test_good_forecasts_cut_steps_end_to_end(tmp_path):
+    """Full-batch GD on least squares is geometric decay, which exp_fit forecasts almost exactly: the jumps are
+    taken and the plain run's final loss is reached in far fewer optimizer steps. linear extrapolation overshoots
+    less reliably; both go through generate -> split -> train -> accelerate like the pipeline."""
+    doc = tiny_doc()
+    params = parse_params(doc)
+    store = tmp_path / "ls.zarr"
+    generate.run(params, "least_squares_1d_gd-sgd", out=store, progress=False)
+    split.run(params.split, store=store, out=tmp_path / "split.json")
+    for name in ("exp_fit", "linear"):
+        train.run(params, store_key="least_squares_1d_gd-sgd", model=name, split=tmp_path / "split.json", store=store,
+                  out=tmp_path / "models" / name, progress=False)
+    out = tmp_path / "acc.json"
+    r = accelerate.run(params, store_key="least_squares_1d_gd-sgd", split=tmp_path / "split.json",
+                       models=tmp_path / "models", out=out)
+    assert json.loads(out.read_text()) == r and "seconds" not in r  # timing off: byte-reproducible
+    m = r["models"]["exp_fit"]
+    assert r["plain"]["runs"] == 6 and m["runs"] == 6
+    assert m["accepted"] >= 6 and m["reached"] == 1.0
+    assert m["speedup_steps"] >= accelerate.SPEEDUP_TARGET and m["meets_target"]
+    assert m["final_loss_mean"] <= r["plain"]["final_loss_mean"] and m["no_worse_final"] == 1.0
+    assert m["plain_steps_to_target_mean"] > m["steps_to_target_mean"]
+    # the same settings on validation runs give a different, separate experiment
+    r_val = accelerate.run(params, store_key="least_squares_1d_gd-sgd", split=tmp_path / "split.json",
+                           models=tmp_path / "models", out=tmp_path / "val.json", part="val")
+    assert r_val["part"] == "val" and r_val["plain"]["final_loss_mean"] != r["plain"]["final_loss_mean"]
+    # the report section renders the measured numbers
+    (tmp_path / "acc" / "least_squares_1d_gd").mkdir(parents=True)
+    (tmp_path / "acc" / "least_squares_1d_gd" / "sgd.json").write_text(out.read_text())
+    lines = accelerate.accelerate_section(params, tmp_path / "acc")
+    text = "\n".join(lines)
+    assert "## Jump-ahead training" in text and f"{m['speedup_steps']:.2f}x ✓" in text
+    assert f"| exp_fit | {m['steps_to_target_mean']:.3g} |" in text
+    assert accelerate.accelerate_section(params, tmp_path / "nothing") == []
+    # a model that was not trained for the store is a one-line error
+    bad = parse_params({**doc, "accelerate": {**doc["accelerate"], "models": ["lfd2"]}})
+    with pytest.raises(accelerate.AccelerateError, match="train model 'lfd2'"):
+        accelerate.run(bad, store_key="least_squares_1d_gd-sgd", split=tmp_path / "split.json",
+                       models=tmp_path / "models", out=tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"stores": {"nope-sgd": {"task": "nope", "optimizer": "sgd"}}}, "accelerate.stores.nope-sgd: expected a key"),
+    ({"stores": {"mlp_regression-sgd": {"task": "mlp_regression", "optimizer": "adam"}}}, "the store is"),
+    ({"models": ["gfm"]}, "'gfm' is not trained on store"),
+    ({"models": ["nope"]}, r"accelerate.models\[0\]: got 'nope'"),
+    ({"horizons": [17]}, r"accelerate.horizons: got \[17\]"),
+    ({"state_after_jump": "drop"}, "accelerate.state_after_jump"),
+])
+def test_settings_are_checked(edit, match):
+    doc = tiny_doc(**edit)
+    with pytest.raises(ParamsError, match=match):
+        parse_params(doc)
+
+
+def test_every_must_be_a_multiple_of_record_every():
+    doc = tiny_doc(every=3)
+    doc = copy.deepcopy(doc)
+    doc["tasks"]["least_squares_1d_gd"]["record_every"] = 2
+    with pytest.raises(ParamsError, match="accelerate.every: got 3; expected a multiple"):
+        parse_params(doc)
+
+
+def test_cli_refuses_unknown_store(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(tiny_doc()))
+    rc = main(["accelerate", "--params", str(p), "--store", "mlp_regression-adam", "--split", "s.json",
+               "--models", "m", "--out", str(tmp_path / "o.json")])
+    assert rc == 2 and "expected one of least_squares_1d_gd-sgd" in capsys.readouterr().err
