@@ -13,15 +13,32 @@ from conftest import REPO_ITEMS, ROOT, TINY, run_tool
 __all__ = ["make_repo", "shrink", "tree"]
 
 
+def _cut(params: dict, stores: int | None, models: int | None) -> dict:
+    out = dict(params)
+    if stores is not None:
+        out["stores"] = dict(list(params["stores"].items())[:stores])
+    if models is not None and isinstance(params.get("train"), dict) and isinstance(params["train"].get("models"), list):
+        out["train"] = {**params["train"], "models": params["train"]["models"][:models]}
+    return out
+
+
 def shrink(params: dict, *, stores: int = 2, models: int = 1) -> dict:
     """The tiny study cut further, with the same DAG shape: the first ``stores`` stores and the first
     ``models`` trained models. Every stage and every foreach item kind stays; each job costs ~10-30 s of
-    process start-up on a loaded 2-core machine, so the number of jobs is what sets these tests' time."""
-    out = dict(params)
-    out["stores"] = dict(list(params["stores"].items())[:stores])
-    if isinstance(params.get("train"), dict) and isinstance(params["train"].get("models"), list):
-        out["train"] = {**params["train"], "models": params["train"]["models"][:models]}
-    return out
+    process start-up on a loaded 2-core machine, so the number of jobs is what sets these tests' time.
+    Params that refer across sections (a stage naming a store or a model) may not allow a cut: the first
+    cut that still validates is used, down to no cut at all."""
+    from gfm.config import parse_params
+    from gfm.errors import ParamsError
+
+    for cut in ((stores, models), (None, models), (stores, None), (None, None)):
+        doc = _cut(params, *cut)
+        try:
+            parse_params(doc, source="shrunk")
+        except ParamsError:
+            continue
+        return doc
+    return params
 
 
 def make_repo(dest: Path, *, params: Path = TINY, small: bool = True, dvc_config: bool = True) -> Path:

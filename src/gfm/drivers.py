@@ -510,10 +510,14 @@ def commit_cluster_run(root: str | Path = ".", *, profile: str | None = None, dr
     if not status:
         return CommitResult(verdicts, forced, committed=False, pushed=_push(root) if push else False)
     if forced:
+        # A DVC out may be a directory holding several Snakemake outputs (one per model, an index): force
+        # the Snakemake outputs inside the stale stages' outs, and ask for every stage's own targets.
         by_name = {s.name: s for s in stages}
         stale_outs = [o for n in forced for o in by_name[n].outs]
-        all_outs = [o for s in stages for o in s.outs]
-        _snakemake(root, ["--forcerun", *stale_outs, "--", *all_outs], profile=profile,
+        made = [p for job in snakemake_jobs(root) for p in job["output"]]
+        force = sorted({p for p in made if any(p == o or p.startswith(o.rstrip("/") + "/") for o in stale_outs)})
+        targets = list(dict.fromkeys(t for s in stages for t in (s.targets or s.outs)))
+        _snakemake(root, ["--forcerun", *force, "--", *targets], profile=profile,
                    what="snakemake (re-running stale outputs)", stream=True)
     # -f: DVC asks for confirmation on a terminal otherwise; we decided above that the outputs are current.
     _run([_tool("dvc"), "commit", "-f", "-q"], root, what="dvc commit")
