@@ -10,6 +10,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreIncompleteError",
     "StoreSchemaError",
+    "StoreLockedError",
 ]
 
 
@@ -46,3 +47,7 @@ class StoreIncompleteError(StoreError, ValueError):
 
 class StoreSchemaError(StoreError, ValueError):
     """The store was written with another schema version or does not have the expected layout."""
+
+
+class StoreLockedError(StoreError, RuntimeError):
+    """Another live process is writing the same store."""

@@ -21,6 +21,7 @@ carry ``schema_version``, ``complete``, the generating config, the parameter lay
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from gfm.config import StoreLayoutConfig
-from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.errors import StoreIncompleteError, StoreLockedError, StoreNotFoundError, StoreSchemaError
 from gfm.tasks.base import ParamSpec
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _DONE_DIR = ".blocks_done"
+_LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
 _NON_HYPER_FIELDS = {"dataset_seed", "index", "diverged", "lr_scale"}  # marker files of finished blocks inside a partial store
 
 
@@ -77,6 +79,8 @@ def _fsync_tree(root: Path) -> None:
     """Flush every file under ``root`` and the directories themselves, so a finished block survives a crash."""
     for dirpath, _, files in os.walk(root):
         for f in files:
+            if f == _LOCK_FILE:  # closing any descriptor of a POSIX-locked file drops the lock: never touch it
+                continue
             fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -97,6 +101,7 @@ class StoreWriter:
     group: zarr.Group
     n_runs: int
     block_runs: int
+    lock_fd: int | None = None
 
     @property
     def tmp(self) -> Path:
@@ -134,11 +139,37 @@ class StoreWriter:
             raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
         self.group.attrs["complete"] = True
         shutil.rmtree(self.tmp / _DONE_DIR, ignore_errors=True)
+        (self.tmp / _LOCK_FILE).unlink(missing_ok=True)  # the lock is held until this process exits or closes it
         _fsync_tree(self.tmp)
         if self.path.exists():
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
         return self.path
+
+
+def _lock_writer(tmp: Path, path: Path) -> int:
+    """Take the writer's lock of a partial store, or refuse: two writers of one store would overwrite each
+    other's blocks and race to rename. A POSIX lock (``lockf``) is released by the kernel when its process
+    dies, so a SIGKILLed writer never leaves a stale lock; within one process it can be re-taken (an
+    interrupted run resumed in the same interpreter)."""
+    fd = os.open(tmp / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreLockedError(f"{path}: another process is writing this store (it holds {tmp / _LOCK_FILE}); "
+                               "wait for it to finish, or stop it and re-run to resume") from None
+    return fd
+
+
+def _empty(directory: Path, *, keep: str) -> None:
+    for child in directory.iterdir():
+        if child.name == keep:
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, layout: tuple[ParamSpec, ...],
@@ -158,21 +189,34 @@ def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, la
              "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
              "n_runs": n_runs, "n_records": n_records, "n_params": n_params, "block_runs": block}
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. exactly as zarr will store them
+    tmp.mkdir(parents=True, exist_ok=True)
+    lock = _lock_writer(tmp, path)
+    try:
+        return _open_writer(path, tmp, lock, n_runs=n_runs, n_records=n_records, n_params=n_params, block=block,
+                            state_names=state_names, run_fields=run_fields, chunks=chunks, attrs=attrs,
+                            resume=resume)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: int, n_params: int, block: int,
+                 state_names: tuple[str, ...], run_fields: dict[str, np.dtype], chunks: StoreLayoutConfig,
+                 attrs: dict[str, Any], resume: bool) -> StoreWriter:
     if resume and (tmp / "zarr.json").is_file():
         try:
             group = zarr.open_group(tmp, mode="r+")
             # "complete": a writer killed inside finish(), between the flag and the rename
             if {**dict(group.attrs), "complete": False} == attrs:
-                return StoreWriter(path, group, n_runs, block)
+                return StoreWriter(path, group, n_runs, block, lock)
         except Exception:  # noqa: BLE001 - any unreadable leftover is simply rebuilt
             pass
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    group = zarr.open_group(tmp, mode="w", zarr_format=3)
+    _empty(tmp, keep=_LOCK_FILE)  # not rmtree: the lock file must stay the one we hold
+    group = zarr.open_group(tmp, mode="a", zarr_format=3)
     comp = BloscCodec(cname=chunks.cname, clevel=chunks.clevel, shuffle=chunks.shuffle)
     step_chunk = min(chunks.chunk_steps, n_records)
     padded_steps = math.ceil(n_records / step_chunk) * step_chunk
-    run_chunk = min(chunks.chunk_runs, block)
+    run_chunk = math.gcd(chunks.chunk_runs, block)  # a shard must hold whole chunks (12 runs, chunks of 8 -> 4)
     for name in ("weights", *(f"state/{s}" for s in state_names)):
         group.create_array(name, shape=(n_runs, n_records, n_params), dtype="float32",
                            chunks=(run_chunk, step_chunk, n_params), shards=(block, padded_steps, n_params),
@@ -188,7 +232,7 @@ def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, la
         group.create_array(f"runs/{name}", shape=(n_runs,), dtype=dtype, chunks=(block,), compressors=comp,
                            fill_value=0, dimension_names=("run",))
     group.attrs.update(attrs)
-    return StoreWriter(path, group, n_runs, block)
+    return StoreWriter(path, group, n_runs, block, lock)
 
 
 class TrajectoryStore:
