@@ -23,7 +23,7 @@ hyper-parameters) three ways, all runs of one dataset seed stacked as in the gen
      recent steps stays a good direction near the forecast) or zeroed (``reset``: Adam's bias correction
      restarts); the lr schedule follows the run's virtual step, optimizer steps plus steps jumped over.
 
-Reported per store and per loop (``data/accelerate/<task>/<optimizer>.json``, a DVC metric): optimizer steps
+Reported per store and per loop (``data/metrics/accelerate/<task>/<optimizer>.json``, a DVC metric): optimizer steps
 and wall-clock to reach the plain run's final *training* loss (full training set), the final training loss
 after the same budget, accepted and rejected jumps; the speed-up is plain steps / jump-ahead steps. Wall-clock
 counts the training loop, forecasts and held-out checks, not the per-step monitoring of the training loss.
@@ -31,7 +31,7 @@ counts the training loop, forecasts and held-out checks, not the per-step monito
 Usage::
 
     gfm accelerate --params params.yaml --store mlp_regression-sgd --split data/splits/mlp_regression/sgd.json \\
-                   --models data/models/mlp_regression/sgd --out data/accelerate/mlp_regression/sgd.json
+                   --models data/models/mlp_regression/sgd --out data/metrics/accelerate/mlp_regression/sgd.json
     gfm accelerate ... --runs val          # the same on validation runs (for choosing K, horizons, holdout)
 """
 
@@ -365,7 +365,7 @@ def accelerate_section(params: Params, metrics_dir: Path) -> list[str]:
 
     Args:
         params: validated params (which stores, the settings quoted above the table).
-        metrics_dir: the directory of ``<task>/<optimizer>.json`` (``data/accelerate``).
+        metrics_dir: the directory of ``<task>/<optimizer>.json`` (``data/metrics/accelerate``).
 
     Returns:
         Markdown lines (empty when no store has results).

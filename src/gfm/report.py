@@ -7,7 +7,7 @@ metrics by ``gfm report --readme README.md``.
 
 Usage::
 
-    gfm report --params params.yaml --metrics data/metrics --plots data/plots --out reports
+    gfm report --params params.yaml --metrics data/metrics --plots data/plots --accelerate data/metrics/accelerate --out reports
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def generalize_section(params: Params, metrics_dir: Path) -> list[str]:
 
 
 def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str]],
-              metrics_dir: Path | None = None) -> list[str]:
+              metrics_dir: Path | None = None, accelerate_dir: Path | None = None) -> list[str]:
     lines = [f"# {params.report.title}", "",
              f"Machine: {_machine()}. Config: `params.yaml` (seed {params.seed}, "
              f"{len(params.generate.dataset_seeds)} dataset seeds, prefix 0..{params.forecast.prefix_end}, "
@@ -238,6 +238,10 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
         lines += _table(["store", "prefix", "true final", *_model_order(params)], acc_rows) + [""]
     if metrics_dir is not None:
         lines += generalize_section(params, metrics_dir)
+    if accelerate_dir is not None:
+        from gfm.accelerate import accelerate_section
+
+        lines += accelerate_section(params, accelerate_dir)
     lines += ["## Runs", ""]
     lines += _table(["store", "runs", "diverged (excluded)", "test runs scored", "diverged test runs skipped"],
                     [[k, str(m["counts"]["runs_in_store"]), str(m["counts"]["diverged_runs_in_store"]),
@@ -287,7 +291,8 @@ def _md_to_html(title: str, lines: list[str]) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path) -> Path:
+def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
+        accelerate_dir: Path | None = None) -> Path:
     """Write ``out/summary.md``, ``out/summary.html`` and ``out/figures/`` atomically (temp dir + rename)."""
     metrics = load_metrics(params, metrics_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -295,7 +300,7 @@ def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path) -> Pat
         shutil.rmtree(tmp)
     (tmp / "figures").mkdir(parents=True)
     figs = _figures(metrics, plots_dir, tmp / "figures")
-    lines = _markdown(params, metrics, figs, metrics_dir)
+    lines = _markdown(params, metrics, figs, metrics_dir, accelerate_dir)
     (tmp / "summary.md").write_text("\n".join(lines) + "\n")
     (tmp / "summary.html").write_text(_md_to_html(params.report.title, lines))
     if out.exists():

@@ -1,14 +1,5 @@
 # Stage accelerate: jump-ahead training with trained forecasters (src/gfm/accelerate.py), one job per store of
-# `accelerate.stores`; writes data/accelerate/<task>/<optimizer>.json (a DVC metric read by the report).
-
-
-def accelerate_stores():
-    """(task, optimizer) of every store of the jump-ahead experiment."""
-    return [(s["task"], s["optimizer"]) for s in config.get("accelerate", {}).get("stores", {}).values()]
-
-
-def accelerate_path(task, optimizer):
-    return f"data/accelerate/{task}/{optimizer}.json"
+# `accelerate.stores`; writes data/metrics/accelerate/<task>/<optimizer>.json (a DVC metric read by the report).
 
 
 def accelerate_config(task, optimizer):
@@ -32,7 +23,7 @@ rule accelerate:
             model_path(wc.task, wc.optimizer, m) for m in config.get("accelerate", {}).get("models", [])
         ],
     output:
-        "data/accelerate/{task}/{optimizer}.json",
+        "data/metrics/accelerate/{task}/{optimizer}.json",
     log:
         "logs/accelerate/{task}/{optimizer}.log",
     benchmark:

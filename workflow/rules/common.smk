@@ -33,6 +33,15 @@ def plots_path(task, optimizer):
     return f"data/plots/{task}/{optimizer}"
 
 
+def accelerate_stores():
+    """(task, optimizer) of every store of the jump-ahead experiment."""
+    return [(s["task"], s["optimizer"]) for s in config.get("accelerate", {}).get("stores", {}).values()]
+
+
+def accelerate_path(task, optimizer):
+    return f"data/metrics/accelerate/{task}/{optimizer}.json"
+
+
 def store_models(task, optimizer):
     """Forecasters trained on one store: its own `models` list, else train.models (as Params.store_models)."""
     own = config["stores"][f"{task}-{optimizer}"].get("models")

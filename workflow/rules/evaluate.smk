@@ -37,6 +37,7 @@ rule report:
         metrics=[metrics_path(t, o) for t, o in STORES.values() if store_models(t, o)],
         plots=[plots_path(t, o) for t, o in STORES.values() if store_models(t, o)],
         generalize="data/metrics/generalize.json",
+        accelerate=[accelerate_path(t, o) for t, o in accelerate_stores()],
     output:
         directory("reports"),
     log:
@@ -46,6 +47,7 @@ rule report:
     params:
         config=lambda wc: json.dumps({"report": config.get("report", {}), "train.models": train_models(),
                                       "forecast": config.get("forecast", {}),
-                                      "generalize": config.get("generalize", {})}, sort_keys=True),
+                                      "generalize": config.get("generalize", {}),
+                                      "accelerate": config.get("accelerate", {})}, sort_keys=True),
     shell:
-        "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --out {output} > {log} 2>&1"
+        "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --accelerate data/metrics/accelerate --out {output} > {log} 2>&1"
