@@ -107,7 +107,6 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
 @pytest.mark.parametrize("edit, match", [
     ({"stores": {"nope-sgd": {"task": "nope", "optimizer": "sgd"}}}, "accelerate.stores.nope-sgd: expected a key"),
     ({"stores": {"mlp_regression-sgd": {"task": "mlp_regression", "optimizer": "adam"}}}, "the store is"),
-    ({"models": ["gfm"]}, "'gfm' is not trained on store"),
     ({"models": ["nope"]}, r"accelerate.models\[0\]: got 'nope'"),
     ({"horizons": [17]}, r"accelerate.horizons: got \[17\]"),
     ({"state_after_jump": "drop"}, "accelerate.state_after_jump"),
@@ -115,6 +114,13 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
 def test_settings_are_checked(edit, match):
     doc = tiny_doc(**edit)
     with pytest.raises(ParamsError, match=match):
+        parse_params(doc)
+
+
+def test_jump_models_must_be_trained_on_the_store():
+    doc = copy.deepcopy(tiny_doc(models=["wnn"]))
+    doc["train"]["models"] = [m for m in doc["train"]["models"] if m != "wnn"]
+    with pytest.raises(ParamsError, match="'wnn' is not trained on store"):
         parse_params(doc)
 
 
