@@ -129,7 +129,7 @@ def test_coordinate_field_forecasts_a_network_size_it_never_saw():
 
 
 @pytest.mark.parametrize("options", [{"field": "joint", "structure": "rule"}, {"structure": "state_input"},
-                                     {"solver": "rk4", "steps_per_record": 2, "run_context": "state"}])
+                                     {"solver": "rk4", "steps_per_record": 2, "run_context": "state", "param_sample": 2}])
 def test_variants_round_trip_through_save_and_load(options, tmp_path):
     train, _ = _quadratic_runs("adam", 12, 1)
     fc = make_forecaster("gfm", {**options, "iterations": 20, "eval_every": 10}, prefix_end=5, horizons=[20, 50])

@@ -92,6 +92,8 @@ class PlainConfig:
     atol: float = spec(1e-7, gt=0, doc="adaptive solvers' absolute tolerance")
     iterations: int = spec(3000, ge=1, doc="optimizer iterations of the field")
     batch_size: int = spec(256, ge=1, doc="(run, t) samples per iteration")
+    param_sample: int = spec(0, ge=0, doc="coordinate field: parameters drawn per iteration (0 = all); bounds the "
+                                          "cost of an iteration on large networks")
     lr: float = spec(2e-3, gt=0, doc="Adam learning rate of the field")
     weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
     grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
@@ -115,6 +117,14 @@ def _snap(n: torch.Tensor) -> torch.Tensor:
     """Round update indices that float time put a hair off an integer (Euler on the grid is then exact)."""
     r = torch.round(n)
     return torch.where((n - r).abs() < 1e-3, r, n)
+
+
+def _columns(ctx: Context, cols: torch.Tensor | None) -> Context:
+    """The context restricted to parameters ``cols`` (all when None)."""
+    if cols is None:
+        return ctx
+    return Context(ctx.w_K[:, cols], ctx.static[:, cols], ctx.run_feats, ctx.hp,
+                   {k: v[:, cols] for k, v in ctx.states_K.items()}, ctx.lr, ctx.t_K)
 
 
 class _Dynamics:
@@ -248,16 +258,25 @@ class _GFMBase(Forecaster):
             runs = torch.randint(0, train.n_runs, (cfg.batch_size,), generator=rng).to(dev)
             k, om = sample_segments(cfg.batch_size, first, T - 2, mode=cfg.t_sampling, generator=rng)
             k, om = k.to(dev), om.to(dev)
-            ps = path.sample(W, k, om, runs=runs, generator=rng, scale=scales.x)
-            dyn = _Dynamics(self, ctx.rows(runs), ps.t.unsqueeze(1))
+            cols = None
+            if cfg.field == "coordinate" and 0 < cfg.param_sample < train.n_params:
+                # a random subset of coordinates: the per-parameter field does not care, the pooled run context
+                # becomes a subsample mean
+                cols = torch.randperm(train.n_params, generator=rng)[: cfg.param_sample].to(dev)
+            Wc = W if cols is None else W[:, :, cols]
+            ps = path.sample(Wc, k, om, runs=runs, generator=rng, scale=scales.x)
+            dyn = _Dynamics(self, _columns(ctx.rows(runs), cols), ps.t.unsqueeze(1))
             states = {n: path.interpolate(train.states[n][runs, k], train.states[n][runs, k + 1], om)
                       for n in dyn.state_names}
+            if cols is not None:
+                states = {n: v[:, cols] for n, v in states.items()}
             v, _, g = dyn.evaluate(ps.x_t, states, 0.0)
             loss = torch.zeros(())
             if target in ("velocity", "both"):
                 loss = loss + ((v - ps.dx_t) / scales.v).pow(2).mean()
             if g_true is not None:
-                loss = loss + ((g - g_true[runs, k]) / scales.g).pow(2).mean()
+                gt = g_true[runs, k] if cols is None else g_true[runs, k][:, cols]
+                loss = loss + ((g - gt) / scales.g).pow(2).mean()
             if cfg.unroll:
                 loss = loss + cfg.unroll_weight * self._unroll_loss(train, ctx, first, rng)
             opt.zero_grad(set_to_none=True)
