@@ -2,15 +2,15 @@
 
 
 def generalize_inputs():
-    g = config.get("generalize", {})
+    """Every store's trajectories, split and trained models: the job reads the pairs' subset, but its DVC
+    stage depends on the parent directories (dvc.yaml cannot list pair-dependent paths), so both drivers
+    wait for the same things."""
     out = []
-    for pair in g.get("pairs", []):
-        for key in (pair["source"], pair["target"]):
-            task, optimizer = STORES[key]
-            out += [model_path(task, optimizer, m) for m in ["last_value", *g.get("models", [])]]
-        task, optimizer = STORES[pair["target"]]
+    for task, optimizer in STORES.values():
         out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
-    return sorted(set(out))
+        if store_models(task, optimizer):
+            out.append(train_index_path(task, optimizer))
+    return out
 
 
 rule generalize:
