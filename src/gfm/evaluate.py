@@ -71,9 +71,17 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         raise GFMError(f"{split}: no non-diverged test runs to evaluate")
     horizons = list(params.forecast.horizons)
     k = params.forecast.prefix_end
-    weights = read_runs(ts.weights, runs)  # (run, record, param): whole test runs (also drawn in a plot)
-    truth = weights[:, horizons]  # (run, horizon, param)
-    w_prefix = weights[:, k]
+    # whole test runs, one write block at a time, keeping only the horizon and prefix-end records: memory is
+    # bounded by a block, not by the test set (BENCHMARKS.md "Bounded memory")
+    block = int(ts.attrs["block_runs"])
+    truth_parts, prefix_parts = [], []
+    for start in range(0, runs.size, block):
+        w = read_runs(ts.weights, runs[start : start + block])  # (block, record, param)
+        truth_parts.append(w[:, horizons])
+        prefix_parts.append(w[:, k])
+        del w
+    truth = np.concatenate(truth_parts)  # (run, horizon, param)
+    w_prefix = np.concatenate(prefix_parts)  # (run, param)
     losses = read_runs(ts.loss, runs)  # (run, record)
     true_loss_final, loss_prefix = losses[:, -1], losses[:, k]
     index = ts.runs["index"]
@@ -138,7 +146,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     for entry in models.values():
         entry.pop("_per_seed_final")
 
-    true_traj = weights[plot_run]  # (record, param): one whole run
+    true_traj = read_runs(ts.weights, runs[plot_run : plot_run + 1])[0]  # (record, param): one whole run
     for p in show_params:
         for j in range(ts.n_records):
             traj_rows.append({"param": int(p), "step": j * ts.record_every, "series": "true",
