@@ -333,3 +333,23 @@ def test_split_keys_and_model_names_cannot_escape(tiny_store, staged, tmp_path, 
         assert code == 2 and err.count("\n") == 1 and ("decimal dataset seed" in err or "--model" in err), err
     assert not (tmp_path / "escaped").exists() and not list(tmp_path.rglob("*escaped*"))
     assert not (tmp_path / "m").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_is_one_line(tmp_path, capsys):
+    data = yaml.safe_load(TINY.read_text())
+    data["device"] = "cuda"
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(data))
+    code, err = _cli(["generate", "--params", str(params), "--store", "mlp_regression-sgd", "--out",
+                      str(tmp_path / "s.zarr"), "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "device: cuda was asked for" in err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_an_unwritable_output_is_one_line(tiny_store, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where a directory is needed: an OSError on any machine, root or not
+    code, err = _cli(["split", "--params", str(TINY), "--in", str(tiny_store), "--out", str(blocker / "s.json")],
+                     capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from gfm import __version__
 from gfm.config import OptimizerConfig, Params, TaskConfig, to_dict
+from gfm.errors import GFMError
 from gfm.optimizers import STATE_NAMES, init_state, lr_multipliers, update
 from gfm.runs import RunSetup, batch_schedule, run_ids, setup_run
 from gfm.store import create_trajectory_store
@@ -38,7 +39,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
+        # a machine fact the user can fix (params or node): a one-line CLI error, not a traceback
+        raise GFMError("device: cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
     return torch.device(device)
 
 
