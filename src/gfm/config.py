@@ -426,7 +426,7 @@ class Params:
             if (ast.task, ast.optimizer) != (st.task, st.optimizer.name):
                 out.append((where, f"got {{task: {ast.task}, optimizer: {ast.optimizer}}}; the store is "
                                    f"{{task: {st.task}, optimizer: {st.optimizer.name}}}"))
-            elif self.accelerate.every % self.tasks[st.task].record_every:
+            elif st.task in self.tasks and self.accelerate.every % self.tasks[st.task].record_every:  # (a missing task is reported at stores.<key>.task)
                 out.append(("accelerate.every", f"got {self.accelerate.every}; expected a multiple of "
                                                 f"tasks.{st.task}.record_every ({self.tasks[st.task].record_every})"))
             for name in self.accelerate.models:
