@@ -35,10 +35,10 @@ def _files(root: Path) -> dict[Path, bytes]:
 # --- 1. resumable generation under SIGKILL ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_params_file(tmp_path_factory) -> Path:
-    """The tiny study with 6 blocks of 4 runs and 1600 steps per run: each block takes about a second."""
+    """The tiny study with 6 blocks of 4 runs and 4000 steps per run: each block takes about a second."""
     data = yaml.safe_load(TINY.read_text())
     data["store"].update(shard_runs=4, chunk_runs=4)
-    data["tasks"]["mlp_regression"].update(steps=1600, record_every=8)
+    data["tasks"]["mlp_regression"].update(steps=4000, record_every=8)
     path = tmp_path_factory.mktemp("slow") / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
