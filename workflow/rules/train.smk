@@ -11,13 +11,15 @@ def model_gpus(model):
     return 0 if config["device"] == "cpu" or kind in CPU_KINDS else 1
 
 
-def train_config(model):
-    """The params keys one train job reads (its DVC stage lists their sections): the params trigger."""
+def train_config(task, optimizer, model):
+    """The params keys one train job reads (its DVC stage lists their sections): the params trigger.
+    The store's entry is included whole, as in DVC (which cannot list its optional `models` key alone)."""
     keys = {
         "device": config["device"],
         "forecast": config.get("forecast", {}),
         "train.seed": config.get("train", {}).get("seed", 0),
         f"models.{model}": config["models"][model],
+        "stores": config["stores"][f"{task}-{optimizer}"],
     }
     return json.dumps(keys, sort_keys=True)
 
@@ -39,7 +41,7 @@ rule train:
         "logs/benchmarks/train/{task}/{optimizer}/{model}.tsv"
     params:
         store="{task}-{optimizer}",
-        config=lambda wc: train_config(wc.model),
+        config=lambda wc: train_config(wc.task, wc.optimizer, wc.model),
     threads: 1
     resources:
         gpu=lambda wc: model_gpus(wc.model),
