@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,19 +57,6 @@ def run_tool(args: list[str], cwd: Path, *, check: bool = True, timeout: float =
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A fresh git + DVC repository holding this project's pipeline files and the tiny params as params.yaml."""
-    dest = tmp_path / "repo"
-    dest.mkdir()
-    for item in REPO_ITEMS:
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            shutil.copy2(src, dest / item)
-    shutil.copy2(TINY, dest / "params.yaml")
-    (dest / "data").mkdir()
-    shutil.copy2(ROOT / "data" / ".gitignore", dest / "data" / ".gitignore")
-    run_tool(["git", "init", "-q"], dest)
-    run_tool(["dvc", "init", "-q"], dest)
-    run_tool(["git", "add", "-A"], dest)
-    run_tool(["git", "commit", "-qm", "init"], dest)
-    return dest
+    from repo_helpers import make_repo
+
+    return make_repo(tmp_path / "repo", small=False, dvc_config=False)
