@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -112,3 +114,28 @@ def test_forecast_refuses_models_fitted_for_other_horizons(pipeline, tiny_store,
         forecast.run(dataclasses.replace(params, forecast=ForecastConfig(prefix_end=8, horizons=[16, 99])),
                      store_key="mlp_regression-adam", store=tiny_store, split=split_path, models=root / "models",
                      out=tmp_path / "f")
+
+
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium to run this)")
+def test_html_report_renders_in_headless_chromium(pipeline, tiny_store, tmp_path):
+    """The HTML report opens in a real browser: the screenshot has the table and figures (not a blank page)."""
+    import matplotlib.image
+
+    params, root, split_path = pipeline
+    p1 = dataclasses.replace(params, stores={"mlp_regression-adam": params.stores["mlp_regression-adam"]})
+    evaluate.run(p1, store_key="mlp_regression-adam", store=tiny_store, split=split_path, forecasts=root / "forecasts",
+                 metrics=tmp_path / "m" / "mlp_regression" / "adam.json", plots=tmp_path / "p" / "mlp_regression" / "adam")
+    out = report.run(p1, metrics_dir=tmp_path / "m", plots_dir=tmp_path / "p", out=tmp_path / "reports")
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
+                    f"--screenshot={shot}", (out / "summary.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    img = matplotlib.image.imread(shot)
+    assert img.shape[0] >= 2000 and img.shape[1] >= 1000
+    ink = (img[..., :3].mean(axis=2) < 0.5).mean()  # share of dark pixels: text, table rules, plot lines
+    assert 0.005 < ink < 0.5, ink
