@@ -32,6 +32,7 @@ from conftest import ROOT, run_tool
 from gfm import drivers
 from gfm.config import parse_params
 from gfm.errors import ParamsError
+from gfm.train import model_problems
 from repo_helpers import make_repo
 
 pytestmark = pytest.mark.timeout(1800)
@@ -177,8 +178,10 @@ def perturb(doc: dict, keys: list[str], names: set[str]) -> tuple[dict, list[str
             trial = copy.deepcopy(out)
             _set(trial, leaf, cand)
             try:
-                parse_params(trial, source="perturbed")
+                params = parse_params(trial, source="perturbed")
             except ParamsError:
+                continue
+            if model_problems(params, sorted(params.models)):  # the stage CLIs check model options too
                 continue
             out = trial
             changed.append(leaf)
