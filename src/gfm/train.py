@@ -6,10 +6,11 @@ fitted in one process, because the default study has hundreds of small fits and 
 costs more than most of them. Output (written to a temporary sibling, then renamed into place)::
 
     data/models/<task>/<optimizer>/<model>/
-        summary.json                 kind, options, per seed: runs used, epochs, fit seconds, val weight MSE
+        summary.json                 kind, options, per seed: runs used, epochs, val weight MSE (no timings:
+                                 they go to the job log, so the artifact is byte-reproducible)
         <dataset_seed>/config.json   \\ the forecaster (load_forecaster(dir))
         <dataset_seed>/weights.safetensors
-        <dataset_seed>/train_log.csv epoch,train_loss,val_loss,best_val_loss,seconds (losses in the model's
+        <dataset_seed>/train_log.csv epoch,train_loss,val_loss,best_val_loss (losses in the model's
                                      own normalised units; one epoch-0 row of weight MSE for closed-form models)
 
 Usage::
@@ -49,7 +50,10 @@ from gfm.store import open_trajectories, read_runs
 __all__ = ["run", "fit_seed", "fit_seed_streamed", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary",
            "LOG_COLUMNS"]
 
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "best_val_loss", "seconds")
+# No wall-clock column: artifacts must be byte-identical across machines and schedulers (a SLURM run and a
+# local run are compared byte for byte); timings go to the job's log (stderr) and Snakemake's benchmark TSV.
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "best_val_loss")
+TIMING_KEYS = ("fit_seconds", "forecasts_per_second")
 
 
 @dataclass
@@ -280,9 +284,14 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
             bar.update(1)
         bar.close()
         summary.seconds = round(time.perf_counter() - t0, 3)
+        for seed, entry in summary.seeds.items():
+            print(f"{store_key}/{model} seed {seed}: " + ", ".join(f"{k} {entry.get(k)}" for k in TIMING_KEYS),
+                  file=sys.stderr)
+        print(f"{store_key}/{model}: {summary.seconds} s", file=sys.stderr)
         meta = {"store": store_key, "model": model, "kind": kind, "options": to_dict(spec_), "device": str(device),
-                "forecast": to_dict(fcst), "train_seed": params.train.seed, "seconds": summary.seconds,
-                "seeds": summary.seeds}
+                "forecast": to_dict(fcst), "train_seed": params.train.seed,
+                "seeds": {seed: {k: v for k, v in e.items() if k not in TIMING_KEYS}
+                          for seed, e in summary.seeds.items()}}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed fit leaves nothing beside the output
