@@ -123,6 +123,7 @@ def test_generated_store_from_params(cifar_dir, tmp_path):
     data["tasks"] = {"cifar10": {"kind": "cifar10", "data_dir": str(cifar_dir), "n_samples": 32, "batch_size": 8,
                                  "channels": [4], "downsample": 4, "steps": 40, "runs_per_dataset": 4}}
     data["stores"] = {"cifar10-momentum": {"task": "cifar10", "optimizer": {"name": "momentum", "lr": 0.01}}}
+    data["accelerate"]["stores"] = {}  # the tiny study's jump-ahead store is not in this study
     params = parse_params(data)
     generate.run(params, "cifar10-momentum", out=tmp_path / "c.zarr", progress=False)
     ts = open_trajectories(tmp_path / "c.zarr")
