@@ -5,7 +5,7 @@ def evaluate_config(task, optimizer):
     """The params keys an evaluate job reads (mirrors its DVC stage's `params:`)."""
     keys = {"seed": config["seed"], "forecast": config.get("forecast", {}),
             "train.models": train_models(), "stores": config["stores"][f"{task}-{optimizer}"],
-            "evaluate": config.get("evaluate", {})}
+            "tasks": config["tasks"][task], "evaluate": config.get("evaluate", {})}
     return json.dumps(keys, sort_keys=True)
 
 
@@ -46,7 +46,9 @@ rule report:
         "logs/benchmarks/report.tsv"
     params:
         config=lambda wc: json.dumps({"report": config.get("report", {}), "train.models": train_models(),
-                                      "forecast": config.get("forecast", {}),
+                                      "seed": config["seed"],
+                                      "generate.dataset_seeds": config["generate"]["dataset_seeds"],
+                                      "stores": config["stores"], "forecast": config.get("forecast", {}),
                                       "generalize": config.get("generalize", {}),
                                       "accelerate": config.get("accelerate", {})}, sort_keys=True),
     shell:

@@ -25,7 +25,8 @@ rule generalize:
         "logs/benchmarks/generalize.tsv"
     params:
         config=lambda wc: json.dumps({"forecast": config.get("forecast", {}),
-                                      "generalize": config.get("generalize", {})}, sort_keys=True),
+                                      "generalize": config.get("generalize", {}),
+                                      "tasks": config["tasks"], "stores": config["stores"]}, sort_keys=True),
     threads: 1
     shell:
         "{GFM} generalize --params {PARAMS_FILE} --out {output} --threads {threads} > {log} 2>&1"
