@@ -21,6 +21,7 @@ def test_transfer_between_widths(tmp_path):
                       "mlp_regression_w10-sgd": {"task": "mlp_regression_w10", "optimizer": {"name": "sgd", "lr": 0.05},
                                                  "models": ["last_value", "linear", "lstm"]}}
     data["train"]["models"] = ["last_value", "linear", "lstm"]
+    data["accelerate"]["stores"] = {}  # not part of this study
     data["generalize"] = {"models": ["linear", "lstm"],
                           "pairs": [{"source": "mlp_regression-sgd", "target": "mlp_regression_w10-sgd"}]}
     params = parse_params(data)

@@ -87,7 +87,7 @@ class OptimizerConfig:
     @classmethod
     def _dispatch(cls, data, path, problems):
         name = data.get("name")
-        if name in _OPTIMIZER_KEYS:
+        if isinstance(name, str) and name in _OPTIMIZER_KEYS:  # a list here must be a problem, not a crash
             allowed = _OPTIMIZER_KEYS[name] | {"name", "schedule"}
             for key in data:
                 if key not in allowed and key in {f.name for f in dataclasses.fields(cls)}:
@@ -125,7 +125,7 @@ class TaskConfig:
     @classmethod
     def _dispatch(cls, data, path, problems):
         kind = data.get("kind")
-        if kind not in TASK_KINDS:
+        if not isinstance(kind, str) or kind not in TASK_KINDS:
             problems.append(f"{path}.kind: got {kind!r}; expected one of {', '.join(sorted(TASK_KINDS))}")
             return None
         return TASK_KINDS[kind]

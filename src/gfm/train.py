@@ -81,7 +81,7 @@ def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
     for name in params.train.models if names is None else names:
         spec_ = params.models[name]
         kind = spec_.get("kind") if isinstance(spec_, dict) else None
-        if kind not in FORECASTERS:
+        if not isinstance(kind, str) or kind not in FORECASTERS:
             problems.append(f"models.{name}.kind: got {kind!r}; expected one of {', '.join(sorted(FORECASTERS))}")
             continue
         options = {k: v for k, v in spec_.items() if k != "kind"}

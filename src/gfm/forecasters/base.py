@@ -269,7 +269,7 @@ def _to_jsonable(obj: Any) -> Any:
 def _lookup(kind: str) -> type[Forecaster]:
     import gfm.forecasters  # noqa: F401  (fills the registry)
 
-    if kind not in FORECASTERS:
+    if not isinstance(kind, str) or kind not in FORECASTERS:
         raise ForecasterError(f"unknown forecaster {kind!r}; expected one of {', '.join(sorted(FORECASTERS))}")
     return FORECASTERS[kind]
 
