@@ -7,10 +7,9 @@ import math
 
 import yaml
 
+from conftest import TINY
 from gfm import generalize, generate, split, train
 from gfm.config import parse_params
-
-from conftest import TINY
 
 
 def test_transfer_between_widths(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DEVICES, ROOT, TINY
 from gfm import generate
 from gfm.config import OptimizerConfig, Range, ScheduleConfig, load_params, parse_params
 from gfm.generate import simulate
@@ -15,8 +16,6 @@ from gfm.reference import train_reference
 from gfm.runs import run_ids, setup_run
 from gfm.store import open_trajectories
 from gfm.tasks import make_task
-
-from conftest import DEVICES, ROOT, TINY
 
 DEFAULT = load_params(ROOT / "params.yaml")
 

@@ -3,6 +3,12 @@
 Importing this package fills the registry ``FORECASTERS`` (name in params -> class).
 """
 
+# Importing a module registers its forecasters (@register).
+from gfm.forecasters import (  # noqa: E402, F401  (baselines)
+    classical,
+    gfm,  # noqa: E402, F401  (gfm, gfm_plain)
+    sequence,
+)
 from gfm.forecasters.base import (
     FORECASTERS,
     Forecaster,
@@ -13,10 +19,6 @@ from gfm.forecasters.base import (
     make_forecaster,
     register,
 )
-
-# Importing a module registers its forecasters (@register).
-from gfm.forecasters import classical, sequence  # noqa: E402, F401  (baselines)
-from gfm.forecasters import gfm  # noqa: E402, F401  (gfm, gfm_plain)
 
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "Trajectories", "load_forecaster",
