@@ -390,14 +390,10 @@ def _remote_objects(root: Path) -> dict[str, str]:
     return objects
 
 
-def _explain_pull_failure(root: Path, url: str, output: str) -> str:
-    """Say why ``dvc pull`` failed. DVC refuses an object whose content does not match its hash, but then
-    calls it "missing" (the mismatch is only in its debug log); for a local remote, re-hash the objects
-    ``dvc.lock`` needs to tell a corrupted remote from an incomplete one."""
+def _audit_local_remote(root: Path, url: str) -> tuple[list[str], list[str]]:
+    """Re-hash the objects ``dvc.lock`` needs on a local remote: (corrupted, missing) descriptions."""
     import hashlib
 
-    if "://" in url:
-        return "dvc pull failed: " + " ".join(output.strip().splitlines()[-8:])
     remote = (root / ".dvc" / url).resolve()
     corrupted, missing = [], []
     todo = list(_remote_objects(root).items())
@@ -414,14 +410,22 @@ def _explain_pull_failure(root: Path, url: str, output: str) -> str:
             corrupted.append(f"{obj} for {path} (expected md5 {digest}, content hashes to {got})")
         elif h.endswith(".dir"):
             todo += [(e["md5"], f"{path}/{e['relpath']}") for e in json.loads(data)]
+    return corrupted, missing
+
+
+def _explain_pull_failure(root: Path, url: str, output: str) -> str:
+    """Say why ``dvc pull`` failed: for a local remote, tell a corrupted remote from an incomplete one."""
+    if "://" in url:
+        return "dvc pull failed: " + " ".join(output.strip().splitlines()[-8:])
+    corrupted, missing = _audit_local_remote(root, url)
     parts = []
     if corrupted:
         parts.append(f"hash mismatch: {len(corrupted)} objects on the remote are corrupted: "
                      + "; ".join(corrupted[:5]) + "; nothing was checked out from them; re-push them "
                      "from a good copy (`dvc push`)")
     if missing:
-        parts.append(f"{len(missing)} objects are missing on the remote {remote}: {', '.join(missing[:5])}; "
-                     "ask whoever produced them to `dvc push`")
+        parts.append(f"{len(missing)} objects are missing on the remote {(root / '.dvc' / url).resolve()}: "
+                     f"{', '.join(missing[:5])}; ask whoever produced them to `dvc push`")
     if not parts:
         parts.append(" ".join(output.strip().splitlines()[-8:]))
     return "dvc pull failed: " + " | ".join(parts)
@@ -453,6 +457,14 @@ def adopt(root: str | Path = ".", *, pull: bool = False, remote: str | None = No
     root = Path(root)
     if pull:
         url = check_remote(root, remote)
+        if "://" not in url:
+            # Audit a local remote before pulling: DVC (verify = true) refuses a corrupted object but then
+            # deletes it from the remote and calls it "missing", which destroys the evidence.
+            corrupted, _ = _audit_local_remote(root, url)
+            if corrupted:
+                raise DriverError(f"dvc pull refused: hash mismatch: {len(corrupted)} objects on the remote are "
+                                  "corrupted: " + "; ".join(corrupted[:5]) + "; nothing was pulled; re-push them "
+                                  "from a good copy (`dvc push`)")
         args = [_tool("dvc"), "pull"] + (["-r", remote] if remote else [])
         proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:

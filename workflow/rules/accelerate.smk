@@ -22,6 +22,7 @@ rule accelerate:
         models=lambda wc: [
             model_path(wc.task, wc.optimizer, m) for m in config.get("accelerate", {}).get("models", [])
         ],
+        index="data/models/{task}/{optimizer}/index.json",  # see rule forecast
     output:
         "data/metrics/accelerate/{task}/{optimizer}.json",
     log:

@@ -8,6 +8,9 @@ rule forecast:
         store="data/trajectories/{task}/{optimizer}.zarr",
         split="data/splits/{task}/{optimizer}.json",
         models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in store_models(wc.task, wc.optimizer)],
+        # index.json is written into the models directory last: waiting for it keeps that directory's
+        # mtime older than the forecasts (else `gfm commit` sees the forecasts as stale)
+        index="data/models/{task}/{optimizer}/index.json",
     output:
         directory("data/forecasts/{task}/{optimizer}"),
     log:
