@@ -6,6 +6,13 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# PRESET=<name>: run params.<name>.yaml in build/<name>/ instead of params.yaml here (`make run PRESET=quick`)
+PRESET ?=
+# DRIVER=snakemake: one Snakemake run over the whole DAG, so jobs of different stages share the cores and
+# Snakemake starts once, then `gfm commit` records the outputs in dvc.lock (dvc status clean afterwards).
+# DRIVER=dvc: `dvc repro`, which runs stages one after another, one Snakemake start each (BENCHMARKS.md).
+DRIVER ?= snakemake
+RUN_DIR := $(if $(PRESET),build/$(PRESET),.)
 
 .PHONY: help venv run test test-full lint smoke dag bench clean adopt pull commit cluster cluster-up cluster-down test-cluster
 
@@ -22,8 +29,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create/update .venv with the pinned versions
 
-run: $(STAMP)  ## run the pipeline on params.yaml (dvc repro)
-	$(BIN)/dvc repro
+run: $(STAMP)  ## run the pipeline on params.yaml; PRESET=quick: params.quick.yaml in build/quick/; DRIVER=dvc
+	$(if $(filter $(DRIVER),snakemake dvc),,$(error DRIVER=$(DRIVER): expected snakemake or dvc))
+ifneq ($(PRESET),)
+	$(BIN)/gfm workspace build/$(PRESET) --params params.$(PRESET).yaml
+endif
+ifeq ($(DRIVER),dvc)
+	cd $(RUN_DIR) && $(BIN)/dvc repro
+else
+	cd $(RUN_DIR) && $(BIN)/snakemake --cores all && $(BIN)/gfm commit
+endif
+	@echo "report: $(RUN_DIR)/reports/summary.md"
 
 test: $(STAMP)  ## run the test suite (not slow, not gpu)
 	$(BIN)/python -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)

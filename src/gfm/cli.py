@@ -202,6 +202,14 @@ def _cmd_slurm_check(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _cmd_workspace(args: argparse.Namespace) -> int:
+    from gfm.workspace import sync_workspace
+
+    dest = sync_workspace(args.dest, args.params, repo=args.repo)
+    print(f"{dest}: workspace ready for {args.params}; run it with: cd {dest} && dvc repro")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from gfm.check import check_path
 
@@ -323,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("slurm-check", help="check a SLURM profile against this cluster (partitions)")
     k.add_argument("--profile", default="profiles/slurm")
     k.set_defaults(func=_cmd_slurm_check)
+
+    w = sub.add_parser("workspace", help="create/sync build/<preset>/: the pipeline on another params file "
+                                         "(e.g. params.quick.yaml), apart from this repository's outputs")
+    w.add_argument("dest", help="workspace directory, e.g. build/quick")
+    w.add_argument("--params", required=True, help="the preset's params file, e.g. params.quick.yaml")
+    w.add_argument("--repo", default=".", help="the pipeline repository (default: here)")
+    w.set_defaults(func=_cmd_workspace)
 
     ck = sub.add_parser("check", help="validate artifacts (stores, models, forecasts, metrics); exit 1 on problems")
     ck.add_argument("paths", nargs="+", metavar="PATH", help="an artifact, or a directory to search for them")

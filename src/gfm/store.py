@@ -29,16 +29,18 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import zarr
 from zarr.codecs import BloscCodec
 
 from gfm.config import StoreLayoutConfig
 from gfm.errors import StoreIncompleteError, StoreLockedError, StoreNotFoundError, StoreSchemaError
-from gfm.tasks.base import ParamSpec
+from gfm.layout import ParamSpec
+
+if TYPE_CHECKING:  # torch is imported where it is used: `gfm split` and `gfm check` never need it (~1 s)
+    import torch
 
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
@@ -328,6 +330,8 @@ class TrajectoryStore:
 
     def unflatten(self, flat: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat (param,) vector -> {tensor name: tensor} following the layout."""
+        import torch
+
         t = torch.as_tensor(np.asarray(flat, dtype=np.float32))
         return {s.name: t[s.offset : s.offset + s.size].reshape(s.shape).clone() for s in self.layout}
 

@@ -9,41 +9,16 @@ A task's network is represented two ways that must agree (a test checks it):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from gfm.config import InitConfig, TaskConfig
+from gfm.layout import ParamSpec, layout_from_shapes
 
-__all__ = ["ParamSpec", "Task", "mlp_layout", "mlp_forward", "mlp_forward_cached", "mlp_backward", "mlp_module",
-           "init_weights"]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One tensor of the network inside the flat parameter vector."""
-
-    name: str
-    shape: tuple[int, ...]
-    offset: int
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def fan_in(self) -> int:
-        return self.shape[1] if len(self.shape) > 1 else self.shape[0]
-
-
-def layout_from_shapes(named_shapes: list[tuple[str, tuple[int, ...]]]) -> tuple[ParamSpec, ...]:
-    out, offset = [], 0
-    for name, shape in named_shapes:
-        out.append(ParamSpec(name, tuple(shape), offset))
-        offset += math.prod(shape)
-    return tuple(out)
+__all__ = ["ParamSpec", "Task", "layout_from_shapes", "mlp_layout", "mlp_forward", "mlp_forward_cached",
+           "mlp_backward", "mlp_module", "init_weights"]
 
 
 def mlp_layout(dims: list[int], *, bias: bool = True) -> tuple[ParamSpec, ...]:
