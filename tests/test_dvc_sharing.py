@@ -172,3 +172,19 @@ def test_commit_after_direct_snakemake_run_reruns_stale_outputs(producer, tmp_pa
     run_tool(["dvc", "remote", "add", "--local", "-f", "-d", "mine", str(tmp_path / "remote")], repo)
     run_tool(["dvc", "push"], repo)
     assert any((tmp_path / "remote").rglob("*"))
+
+
+def test_make_run_path_records_what_dvc_repro_would(producer, tmp_path):
+    """`make run` = one `snakemake --cores all` over the whole DAG, then `gfm commit`: on a fresh repository
+    nothing is re-run, `dvc status` is clean, `dvc repro` has nothing to do, and the outputs are byte for byte
+    the ones `dvc repro` made in the producer."""
+    repo = make_repo(tmp_path / "make-run")
+    run_tool(["snakemake", "--cores", "all"], repo, timeout=1200)
+    dry = run_tool(["gfm", "commit", "--dry-run"], repo)
+    assert "would re-run 0 stages" in dry.stdout and "re-run " not in dry.stdout.replace("would re-run", ""), dry.stdout
+    run_tool(["gfm", "commit"], repo)
+    assert json.loads(run_tool(["dvc", "status", "--json"], repo).stdout) == {}
+    plan = run_tool(["dvc", "repro", "--dry"], repo)
+    assert "Running stage" not in plan.stdout, plan.stdout
+    outs = _outs(repo)
+    assert outs and tree(repo, outs) == tree(producer, outs)
