@@ -413,16 +413,17 @@ def _audit_local_remote(root: Path, url: str) -> tuple[list[str], list[str]]:
     return corrupted, missing
 
 
+def _corrupted_message(corrupted: list[str], outcome: str) -> str:
+    return (f"hash mismatch: {len(corrupted)} objects on the remote are corrupted: " + "; ".join(corrupted[:5])
+            + f"; {outcome}; re-push them from a good copy (`dvc push`)")
+
+
 def _explain_pull_failure(root: Path, url: str, output: str) -> str:
     """Say why ``dvc pull`` failed: for a local remote, tell a corrupted remote from an incomplete one."""
     if "://" in url:
         return "dvc pull failed: " + " ".join(output.strip().splitlines()[-8:])
     corrupted, missing = _audit_local_remote(root, url)
-    parts = []
-    if corrupted:
-        parts.append(f"hash mismatch: {len(corrupted)} objects on the remote are corrupted: "
-                     + "; ".join(corrupted[:5]) + "; nothing was checked out from them; re-push them "
-                     "from a good copy (`dvc push`)")
+    parts = [_corrupted_message(corrupted, "nothing was checked out from them")] if corrupted else []
     if missing:
         parts.append(f"{len(missing)} objects are missing on the remote {(root / '.dvc' / url).resolve()}: "
                      f"{', '.join(missing[:5])}; ask whoever produced them to `dvc push`")
@@ -462,9 +463,7 @@ def adopt(root: str | Path = ".", *, pull: bool = False, remote: str | None = No
             # deletes it from the remote and calls it "missing", which destroys the evidence.
             corrupted, _ = _audit_local_remote(root, url)
             if corrupted:
-                raise DriverError(f"dvc pull refused: hash mismatch: {len(corrupted)} objects on the remote are "
-                                  "corrupted: " + "; ".join(corrupted[:5]) + "; nothing was pulled; re-push them "
-                                  "from a good copy (`dvc push`)")
+                raise DriverError("dvc pull refused: " + _corrupted_message(corrupted, "nothing was pulled"))
         args = [_tool("dvc"), "pull"] + (["-r", remote] if remote else [])
         proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from gfm.errors import GFMError
@@ -78,15 +76,9 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
         params_out.write_bytes(text)
     (dest / "data").mkdir(exist_ok=True)
     if not (dest / ".dvc").is_dir():
-        _dvc(["init", "--no-scm", "-q"], dest)
+        from gfm.drivers import _run, _tool
+
+        _run([_tool("dvc"), "init", "--no-scm", "-q"], dest, what=f"dvc init in {dest}")
     (dest / MARKER).write_text(json.dumps({"repository": str(repo), "params": str(params.resolve())}, indent=1) + "\n")
     return dest
 
-
-def _dvc(args: list[str], cwd: Path) -> None:
-    exe = Path(sys.executable).parent / "dvc"
-    cmd = [str(exe) if exe.exists() else "dvc", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise WorkspaceError(f"{cwd}: `dvc {' '.join(args)}` failed (exit {proc.returncode}): "
-                             f"{(proc.stdout + proc.stderr).strip()[-500:]}")

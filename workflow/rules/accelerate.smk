@@ -22,7 +22,7 @@ rule accelerate:
         models=lambda wc: [
             model_path(wc.task, wc.optimizer, m) for m in config.get("accelerate", {}).get("models", [])
         ],
-        index="data/models/{task}/{optimizer}/index.json",  # see rule forecast
+        index=lambda wc: train_index_path(wc.task, wc.optimizer),  # see rule forecast
     output:
         "data/metrics/accelerate/{task}/{optimizer}.json",
     log:

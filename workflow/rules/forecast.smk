@@ -10,7 +10,7 @@ rule forecast:
         models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in store_models(wc.task, wc.optimizer)],
         # index.json is written into the models directory last: waiting for it keeps that directory's
         # mtime older than the forecasts (else `gfm commit` sees the forecasts as stale)
-        index="data/models/{task}/{optimizer}/index.json",
+        index=lambda wc: train_index_path(wc.task, wc.optimizer),
     output:
         directory("data/forecasts/{task}/{optimizer}"),
     log:
