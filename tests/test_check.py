@@ -122,7 +122,8 @@ def test_model_forecast_metrics_split_and_csv_damage(staged, tmp_path, capsys): 
     text = "\n".join(lines)
     for expected in ("seeds ['1', '2'], the directory holds ['1']", "expected (run, 2, param)",
                      "last_value.zarr: forecast store: no completion flag", "negative MSE",
-                     "train, val and test share runs", "2 fields; the header has 5", "lstm.tmp: leftover",
+                     "train and test share runs (0); test runs would leak into training",
+                     "2 fields; the header has 5", "lstm.tmp: leftover",
                      "notes.pkl: file: not an artifact"):
         assert expected in text, (expected, text)
     ok = [line for line in lines if ": ok (" in line]

@@ -31,8 +31,8 @@ Usage::
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,16 @@ from typing import Any
 import numpy as np
 
 from gfm.errors import GFMError, one_line
+from gfm.inputs import (
+    MAX_JSON_BYTES,
+    array_meta_problems,
+    chunk_file_limit,
+    file_problem,
+    foreign_files,
+    inspect_trajectory_store,
+    read_json,
+    tree_problems,
+)
 
 __all__ = ["Verdict", "check_path", "READ_BYTES"]
 
@@ -68,8 +78,16 @@ class Verdict:
 
 
 def check_path(path: str | Path) -> list[Verdict]:
-    """Check the artifact at ``path``, or every artifact under a directory that is not one itself."""
+    """Check the artifact at ``path``, or every artifact under a directory that is not one itself.
+
+    Nothing is read that could not be part of an artifact: under a directory, a symbolic link whose target
+    leaves it, and anywhere a FIFO, device or socket, is a problem named unread (a FIFO would block the
+    check, ``/dev/zero`` never ends); every read is bounded (``gfm.inputs``)."""
     path = Path(path)
+    return _check_under(path, Path(os.path.realpath(path)) if path.is_dir() else None)
+
+
+def _check_under(path: Path, root: Path | None) -> list[Verdict]:
     if not path.exists() and not path.is_symlink():
         return [Verdict(path, "missing", ["no such file or directory"])]
     if path.name.endswith(_LEFTOVER_SUFFIXES):
@@ -77,22 +95,41 @@ def check_path(path: str | Path) -> list[Verdict]:
                                            "(generate resumes from it) or delete it"])]
     if path.is_symlink() and not path.exists():
         return [Verdict(path, "broken link", ["symbolic link to nothing"])]
-    kind = _kind(path)
+    if path.is_symlink() and root is not None and not _inside(path, root):
+        return [Verdict(path, "link", [f"symbolic link leaving {root} (to {os.path.realpath(path)}); not followed"])]
+    if not path.is_dir() and not path.is_file():
+        return [Verdict(path, "special file", [f"{file_problem(path)}; not read"])]
+    try:
+        kind = _kind(path)
+    except GFMError as exc:  # a zarr.json / config.json that cannot even be classified
+        return [Verdict(path, "directory", [str(exc).removeprefix(f"{path}/")])]
     if kind is None:
         if path.is_dir():
+            # a linked directory inside the walked root is walked where it lives (no loops)
             found = [v for child in sorted(path.iterdir()) if not child.name.startswith(".")
-                     for v in check_path(child)]
+                     and not (child.is_symlink() and child.is_dir() and root is not None and _inside(child, root))
+                     for v in _check_under(child, root)]
             return found or [Verdict(path, "directory", ["no artifact of this pipeline found here"])]
         return [Verdict(path, "file", [f"not an artifact of this pipeline (expected .zarr, .json, .csv, "
                                        f"a model directory or a report; got {path.suffix or 'no suffix'})"])]
     verdict = Verdict(path, kind)
     try:
+        if path.is_dir() and kind != "trajectory store":  # the store inspection walks its own tree
+            unsafe, _ = tree_problems(path)
+            if unsafe:
+                verdict.problems += unsafe
+                return [verdict]
         _CHECKS[kind](path, verdict)
     except GFMError as exc:
         verdict.problems.append(str(exc).removeprefix(f"{path}: "))
     except Exception as exc:  # noqa: BLE001 - a malformed artifact gets a verdict, never a traceback
         verdict.problems.append(f"malformed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
     return [verdict]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    target = os.path.realpath(path)
+    return target == str(root) or target.startswith(str(root).rstrip(os.sep) + os.sep)
 
 
 def _kind(path: Path) -> str | None:
@@ -118,17 +155,16 @@ def _kind(path: Path) -> str | None:
 
 
 def _zarr_attrs(path: Path) -> Any:
+    """The root attributes of a Zarr directory, or None when its zarr.json is not a readable JSON object."""
     try:
-        return json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (ValueError, OSError, AttributeError):
+        meta = read_json(path / "zarr.json", limit=MAX_JSON_BYTES, root=path)
+    except GFMError:
         return None
+    return meta.get("attributes", {}) if isinstance(meta, dict) else None
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GFMError(f"not valid JSON ({type(exc).__name__})") from None
+    return read_json(path, error=GFMError)
 
 
 def _is_int(v: Any) -> bool:
@@ -144,56 +180,22 @@ def _runs_text(runs: np.ndarray, limit: int = 5) -> str:
 def _check_trajectory_store(path: Path, v: Verdict) -> None:
     import zarr
 
-    from gfm.optimizers import STATE_NAMES
-    from gfm.store import SCHEMA_VERSION
-
-    attrs = _zarr_attrs(path)
-    if not isinstance(attrs, dict):
-        v.problems.append("zarr.json is not readable JSON")
+    # Structure first, with the stages' own rules (gfm.inputs): files, attributes, array metadata.
+    inspection = inspect_trajectory_store(path)
+    v.problems += inspection.problems
+    if inspection.foreign:
+        v.problems.append(_foreign_line(inspection.foreign))
+    if inspection.problems:
         return
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        v.problems.append(f"schema_version {attrs.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
-        return
-    if attrs.get("complete") is not True:
-        v.problems.append("no completion flag: the writer did not finish; re-run the generate stage")
-        return
-    sizes = {k: attrs.get(k) for k in ("n_runs", "n_records", "n_params", "block_runs")}
-    bad = [k for k, n in sizes.items() if not _is_int(n) or n < 1]
-    if bad:
-        v.problems.append(f"attributes {', '.join(bad)} must be positive integers")
-        return
-    R, T, P = sizes["n_runs"], sizes["n_records"], sizes["n_params"]
-    _check_layout(attrs.get("layout"), P, v)
-    opt = (attrs.get("optimizer") or {}).get("name") if isinstance(attrs.get("optimizer"), dict) else None
-    states = attrs.get("state_names")
-    if opt not in STATE_NAMES:
-        v.problems.append(f"optimizer.name {opt!r}; expected one of {', '.join(sorted(STATE_NAMES))}")
-        return
-    if states != list(STATE_NAMES[opt]):
-        v.problems.append(f"state_names {states!r}; optimizer {opt} keeps {list(STATE_NAMES[opt])}")
-        return
+    attrs = inspection.attrs
+    R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
+    opt = attrs["optimizer"]["name"]
     try:
         g = zarr.open_group(str(path), mode="r")
+        arrays = {name: g[name] for name in ("weights", "loss", "lr", "final/weights", "final/loss",
+                                            "runs/diverged", *(f"state/{s}" for s in attrs["state_names"]))}
     except Exception as exc:  # noqa: BLE001 - any failure to open is the verdict
         v.problems.append(f"not a readable Zarr group ({type(exc).__name__})")
-        return
-    expected = {"weights": ((R, T, P), "float32"), "loss": ((R, T), "float32"), "lr": ((R, T), "float32"),
-                "final/weights": ((R, P), "float32"), "final/loss": ((R,), "float32"),
-                "runs/dataset_seed": ((R,), "int64"), "runs/index": ((R,), "int64"),
-                "runs/diverged": ((R,), "bool"),
-                **{f"state/{s}": ((R, T, P), "float32") for s in states}}
-    arrays = {}
-    for name, (shape, dtype) in expected.items():
-        try:
-            arr = g[name]
-        except (KeyError, ValueError):
-            v.problems.append(f"array {name} is missing")
-            continue
-        if tuple(arr.shape) != shape or str(arr.dtype) != dtype:
-            v.problems.append(f"array {name} is {tuple(arr.shape)} {arr.dtype}; the layout says {shape} {dtype}")
-            continue
-        arrays[name] = arr
-    if v.problems:
         return
     try:
         diverged = arrays["runs/diverged"][:].astype(bool)
@@ -203,34 +205,24 @@ def _check_trajectory_store(path: Path, v: Verdict) -> None:
     except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
         v.problems.append(f"runs/*: chunk data unreadable ({type(exc).__name__})")
         return
-    _check_trajectory_data(arrays, diverged, R, T, P, v)
+    no_loss = attrs.get("loss_source") == "none"
+    _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
     v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
-                 "every chunk read")
+                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read")
 
 
-def _check_layout(layout: Any, n_params: int, v: Verdict) -> None:
-    import re
-
-    if not isinstance(layout, list) or not layout:
-        v.problems.append("attribute layout must be a non-empty list")
-        return
-    offset = 0
-    for i, spec in enumerate(layout):
-        ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
-              and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.]*", spec["name"]) is not None
-              and isinstance(spec.get("shape"), list) and all(_is_int(n) and n > 0 for n in spec["shape"])
-              and spec.get("offset") == offset)
-        if not ok:
-            v.problems.append(f"layout[{i}] must be {{name, shape, offset}} with offset {offset} (the sum of the "
-                              f"sizes before it); got {spec!r}")
-            return
-        offset += math.prod(spec["shape"])
-    if offset != n_params:
-        v.problems.append(f"layout covers {offset} parameters; n_params is {n_params}")
+def _foreign_line(foreign: list[str]) -> str:
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return f"files that are not part of the store: {shown} (an interrupted writer's or a stranger's; delete them)"
 
 
-def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P: int, v: Verdict) -> None:
-    """Decode every chunk, a bounded block of runs at a time, checking values as they stream past."""
+def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P: int, v: Verdict, *,
+                           loss_recorded: bool = True) -> None:
+    """Decode every chunk, a bounded block of runs at a time, checking values as they stream past.
+
+    ``loss_recorded`` False (attribute ``loss_source: none``: ``gfm import`` of weights without a loss) means
+    the loss arrays hold NaN by design, the honest value for "not measured" (a made-up number would be
+    scored by evaluate as if it were a loss); they must then hold nothing else."""
     n_state = sum(1 for n in arrays if n.startswith("state/"))
     block = max(1, READ_BYTES // (T * P * 4 * (1 + n_state)))
     nonfinite: dict[str, list[int]] = {}
@@ -248,9 +240,12 @@ def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P
             continue
         ok = ~diverged[sl]
         runs = np.arange(sl.start, sl.stop)
-        for name, a in (("weights", w), ("loss", loss), *states.items()):
+        for name, a in (("weights", w), *((("loss", loss),) if loss_recorded else ()), *states.items()):
             bad = ok & ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
             nonfinite.setdefault(name, []).extend(runs[bad].tolist())
+        if not loss_recorded:
+            held = ~np.isnan(loss).all(axis=1) | ~np.isnan(fl)
+            mismatch.setdefault("loss (loss_source none)", []).extend(runs[held].tolist())
         bad_lr = ~np.isfinite(lr).all(axis=1) | (lr < 0).any(axis=1)
         nonfinite.setdefault("lr", []).extend(runs[bad_lr].tolist())
         for name, got, last in (("final/weights", fw, w[:, -1]), ("final/loss", fl, loss[:, -1])):
@@ -263,7 +258,10 @@ def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P
             v.problems.append(f"{name}: {_runs_text(np.asarray(runs))} not flagged diverged hold {what}"
                               if name != "lr" else f"lr: {_runs_text(np.asarray(runs))} hold {what} values")
     for name, runs in mismatch.items():
-        if runs:
+        if runs and name.startswith("loss"):
+            v.problems.append(f"loss: {_runs_text(np.asarray(runs))} hold values although the attributes say no "
+                              "loss was recorded (loss_source none)")
+        elif runs:
             v.problems.append(f"{name}: {_runs_text(np.asarray(runs))} differ from the last recorded step")
 
 
@@ -274,60 +272,81 @@ def _check_forecast_store(path: Path, v: Verdict) -> None:
     from gfm.store import SCHEMA_VERSION
 
     attrs = _zarr_attrs(path)
+    if not isinstance(attrs, dict):
+        v.problems.append("zarr.json is not readable JSON")
+        return
     if attrs.get("schema_version") != SCHEMA_VERSION:
-        v.problems.append(f"schema_version {attrs.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
+        v.problems.append(f"schema_version {attrs.get('schema_version')!r:.40}; this code reads {SCHEMA_VERSION}")
         return
     if attrs.get("complete") is not True:
         v.problems.append("no completion flag: re-run the forecast stage")
         return
     horizons, k = attrs.get("horizons"), attrs.get("prefix_end")
     if not _is_int(k) or not isinstance(horizons, list) or not horizons or not all(_is_int(h) and h > k for h in horizons):
-        v.problems.append(f"prefix_end {k!r} / horizons {horizons!r}: expected an integer and integers after it")
+        v.problems.append(f"prefix_end {k!r:.40} / horizons {horizons!r:.80}: expected an integer and integers after it")
         return
+    metas = {}
+    for name, dtype in (("weights", "float32"), ("runs/store_index", "int64"), ("runs/dataset_seed", "int64")):
+        try:
+            meta = read_json(path / name / "zarr.json", limit=1 << 20, root=path)
+        except GFMError as exc:
+            v.problems.append(f"array {name}: {str(exc).removeprefix(str(path / name / 'zarr.json') + ': ')}")
+            continue
+        bad = array_meta_problems(meta, f"array {name}", None, dtype)
+        v.problems += bad
+        if not bad:
+            metas[name] = meta
+    if v.problems:
+        return
+    shape = metas["weights"]["shape"]
+    R = shape[0] if len(shape) == 3 else None
+    if (len(shape) != 3 or shape[1] != len(horizons) or metas["runs/store_index"]["shape"] != [R]
+            or metas["runs/dataset_seed"]["shape"] != [R]):
+        v.problems.append(f"weights {tuple(shape)}, store_index {tuple(metas['runs/store_index']['shape'])}: "
+                          f"expected (run, {len(horizons)}, param) and (run,)")
+        return
+    if attrs.get("n_runs") not in (None, R):
+        v.problems.append(f"attribute n_runs {attrs.get('n_runs')!r:.40} but {R} forecast runs")
+    _, files = tree_problems(path)
+    big = [f"{rel} ({size} bytes)" for name, meta in metas.items() for rel, size in files.items()
+           if rel.startswith(name + "/") and rel != f"{name}/zarr.json" and size > chunk_file_limit(meta)]
+    if big:
+        v.problems.append(f"chunk files larger than their chunk can encode to (refused unread): {', '.join(big[:5])}")
+        return
+    foreign = foreign_files(files, {"", "runs"}, metas)
+    if foreign:
+        v.problems.append(_foreign_line(foreign))
     try:
         g = zarr.open_group(str(path), mode="r")
         w, idx, seeds = g["weights"], g["runs/store_index"], g["runs/dataset_seed"]
     except Exception as exc:  # noqa: BLE001
         v.problems.append(f"arrays weights, runs/store_index, runs/dataset_seed not all readable ({type(exc).__name__})")
         return
-    if w.ndim != 3 or w.shape[1] != len(horizons) or idx.shape != (w.shape[0],) or seeds.shape != (w.shape[0],):
-        v.problems.append(f"weights {tuple(w.shape)}, store_index {tuple(idx.shape)}: expected (run, {len(horizons)}, "
-                          "param) and (run,)")
-        return
-    if attrs.get("n_runs") not in (None, w.shape[0]):
-        v.problems.append(f"attribute n_runs {attrs.get('n_runs')} but {w.shape[0]} forecast runs")
     R, H, P = w.shape
     block = max(1, READ_BYTES // max(1, H * P * 4))
-    n_nonfinite = 0
+    nonfinite: list[int] = []
     try:
         index = idx[:]
         seeds[:]
         for start in range(0, R, block):
             part = w[start : start + block]
-            n_nonfinite += int((~np.isfinite(part.reshape(part.shape[0], -1)).all(axis=1)).sum())
+            bad_rows = ~np.isfinite(part.reshape(part.shape[0], -1)).all(axis=1)
+            nonfinite += (np.flatnonzero(bad_rows) + start).tolist()
     except Exception as exc:  # noqa: BLE001
         v.problems.append(f"chunk data unreadable ({type(exc).__name__})")
         return
     if len(np.unique(index)) != len(index) or (index < 0).any():
         v.problems.append("runs/store_index must be distinct non-negative run ids")
-    v.summary = (f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
-                 + (f", {n_nonfinite} runs with non-finite forecasts (scored as such by evaluate)" if n_nonfinite else ""))
+    elif nonfinite:  # the forecast stage refuses to write these; a store holding them is not its output
+        v.problems.append(f"weights: non-finite forecasts of {_runs_text(index[nonfinite])} (store runs)")
+    v.summary = f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
 
 
 # --- models ------------------------------------------------------------------------------------------
 def _check_model(path: Path, v: Verdict) -> None:
-    import torch
-
     from gfm.forecasters import load_forecaster
 
-    try:
-        fc = load_forecaster(path)
-    except GFMError as exc:
-        v.problems.append(str(exc))
-        return
-    bad = [n for n, t in fc.state_tensors().items() if not torch.isfinite(t).all()]
-    if bad:
-        v.problems.append(f"tensors {', '.join(sorted(bad)[:5])} hold non-finite values")
+    fc = load_forecaster(path)  # refuses what the stages refuse: headers, shapes, non-finite tensors
     if (path / "train_log.csv").is_file():
         sub = Verdict(path / "train_log.csv", "csv")
         _check_csv(path / "train_log.csv", sub)
@@ -346,9 +365,12 @@ def _check_trained_models(path: Path, v: Verdict) -> None:
         v.problems.append(f"summary.json lists seeds {sorted(listed)}, the directory holds {sorted(present)}")
     for seed in sorted(listed & present):
         sub = Verdict(path / seed, "model")
-        _check_model(path / seed, sub)
+        try:
+            _check_model(path / seed, sub)
+        except GFMError as exc:
+            sub.problems.append(str(exc).removeprefix(f"{path / seed}/"))
         v.problems += [f"{seed}/: {p}" for p in sub.problems]
-        if sub.ok and json.loads((path / seed / "config.json").read_text()).get("kind") != summary["kind"]:
+        if sub.ok and _read_json(path / seed / "config.json").get("kind") != summary["kind"]:
             v.problems.append(f"{seed}/: kind differs from summary.json's {summary['kind']!r}")
     v.summary = f"{summary['kind']}, {len(listed)} dataset seeds"
 
@@ -384,17 +406,11 @@ def _check_json(path: Path, v: Verdict) -> None:
 
 
 def _check_split(path: Path, data: dict, v: Verdict) -> None:
-    from gfm.split import read_split
+    from gfm.split import read_split_structure, split_problems
 
-    datasets = read_split(path)
-    n = 0
-    for seed, e in datasets.items():
-        parts = [set(e[p]) for p in ("train", "val", "test")]
-        if sum(map(len, parts)) != len(set().union(*parts)):
-            v.problems.append(f"datasets.{seed}: train, val and test share runs")
-        if not set(e["diverged"]) <= set().union(*parts):
-            v.problems.append(f"datasets.{seed}.diverged lists runs outside train/val/test")
-        n += len(set().union(*parts))
+    datasets = read_split_structure(path)
+    v.problems += split_problems(datasets)  # the stages refuse the same (gfm.split.read_split)
+    n = len({r for e in datasets.values() for p in ("train", "val", "test") for r in e[p]})
     v.summary = f"{len(datasets)} dataset seeds, {n} runs"
 
 
@@ -434,35 +450,47 @@ _TEXT_COLUMNS = {"model", "series"}
 
 
 def _check_csv(path: Path, v: Verdict) -> None:
+    """Rows are streamed (memory: one row; csv's field size limit bounds a line without newlines)."""
+    regular = file_problem(path, path.parent)
+    if regular:
+        v.problems.append(f"{regular}; not read")
+        return
+    n = 0
     try:
         with path.open(newline="") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                v.problems.append("empty (no header)")
+                return
+            if len(set(header)) != len(header) or not all(header):
+                v.problems.append(f"header {header!r:.200} must name distinct columns")
+                return
+            for i, row in enumerate(reader, start=2):
+                n += 1
+                problem = _csv_row_problem(header, row)
+                if problem:
+                    v.problems.append(f"line {i}: {problem}")
+                    return
     except (UnicodeDecodeError, csv.Error) as exc:
         v.problems.append(f"not a readable CSV ({type(exc).__name__})")
         return
-    if not rows:
-        v.problems.append("empty (no header)")
-        return
-    header, body = rows[0], rows[1:]
-    if len(set(header)) != len(header) or not all(header):
-        v.problems.append(f"header {header!r} must name distinct columns")
-        return
-    for i, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            v.problems.append(f"line {i}: {len(row)} fields; the header has {len(header)}")
-            return
-        for col, cell in zip(header, row, strict=True):
-            if col in _TEXT_COLUMNS or cell == "":
-                continue
-            try:
-                value = float(cell)
-            except ValueError:
-                v.problems.append(f"line {i}: column {col} holds {cell!r}; expected a number")
-                return
-            if col in _INT_COLUMNS and not (math.isfinite(value) and value == int(value)):
-                v.problems.append(f"line {i}: column {col} holds {cell!r}; expected an integer")
-                return
-    v.summary = f"{len(body)} rows, columns {', '.join(header)}"
+    v.summary = f"{n} rows, columns {', '.join(header)}"
+
+
+def _csv_row_problem(header: list[str], row: list[str]) -> str | None:
+    if len(row) != len(header):
+        return f"{len(row)} fields; the header has {len(header)}"
+    for col, cell in zip(header, row, strict=True):
+        if col in _TEXT_COLUMNS or cell == "":
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            return f"column {col} holds {cell!r:.80}; expected a number"
+        if col in _INT_COLUMNS and not (math.isfinite(value) and value == int(value)):
+            return f"column {col} holds {cell!r:.80}; expected an integer"
+    return None
 
 
 def _check_report(path: Path, v: Verdict) -> None:

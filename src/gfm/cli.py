@@ -157,6 +157,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from gfm.store import open_trajectories
 
+    # open_trajectories checks the store's structure (gfm.inputs): every attribute read below is present and
+    # of its type, and a damaged store is one `error:` line, exit 2
     ts = open_trajectories(args.store)
     runs = ts.runs
     print(json.dumps({
@@ -164,6 +166,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "optimizer": ts.optimizer["name"], "task": ts.attrs["task"]["kind"],
         "diverged": int(runs["diverged"].sum()), "state": list(ts.state_names),
         "layout": [(s.name, list(s.shape)) for s in ts.layout],
+        "loss_recorded": ts.attrs.get("loss_source") != "none",
     }, indent=1))
     return 0
 

@@ -64,7 +64,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     spec, task_cfg = params.lookup_store(store_key)
     task = make_task(task_cfg)
     ts = open_trajectories(store)
-    by_seed, skipped = test_runs(read_split(split, ts.n_runs))
+    by_seed, skipped = test_runs(read_split(split, store=ts))
     runs = np.array([r for s in sorted(by_seed, key=int) for r in by_seed[s]], dtype=np.int64)
     seed_of = np.array([int(s) for s in sorted(by_seed, key=int) for _ in by_seed[s]], dtype=np.int64)
     if runs.size == 0:

@@ -33,14 +33,18 @@ import zarr
 from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
 from gfm.forecasters import Trajectories, load_forecaster
+from gfm.inputs import tree_problems
 from gfm.split import read_split as _read_split
 from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
 
 __all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
 
 
-def read_split(path: Path, n_runs: int | None = None) -> dict[str, dict[str, list[int]]]:
-    """The ``datasets`` mapping of a split file, or a clear error (see :func:`gfm.split.read_split`)."""
+def read_split(path: Path, n_runs: int | None = None, *, store=None) -> dict[str, dict[str, list[int]]]:
+    """The ``datasets`` mapping of a split file, or a clear error (see :func:`gfm.split.read_split`); given
+    the opened trajectory ``store``, its run ids must also be the store's and within their dataset seed."""
+    if store is not None:
+        return _read_split(path, run_seeds=store.runs["dataset_seed"])
     return _read_split(path, n_runs)
 
 
@@ -74,6 +78,9 @@ def open_forecasts(path: str | Path) -> ForecastStore:
     path = Path(path)
     if not path.exists():
         raise StoreNotFoundError(f"{path}: no forecast store here")
+    unsafe, _ = tree_problems(path)  # links leaving it, FIFOs, devices: refused unread (gfm.inputs)
+    if unsafe:
+        raise StoreSchemaError(f"{path}: {unsafe[0]}")
     try:
         g = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - anything unreadable is refused with one line
@@ -106,7 +113,14 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         for start in range(0, len(runs), block):
             prefix = Trajectories.from_store(ts, runs[start : start + block], records=fc_cfg.prefix_end + 1)
             with torch.no_grad():
-                preds.append(fc.forecast(prefix, horizons=horizons).cpu().numpy())
+                pred = fc.forecast(prefix, horizons=horizons).cpu().numpy()
+            bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
+            if bad.any():  # never written as a complete forecast: `gfm check` and evaluate would have to guess
+                first = [int(r) for r in np.asarray(runs[start : start + block])[bad][:5]]
+                raise GFMError(f"{model_dir}: model {model} forecasts non-finite weights (NaN or Inf) for store "
+                               f"run{'s' if len(first) > 1 else ''} {', '.join(map(str, first))} of dataset seed "
+                               f"{seed}; nothing was written (check the model with `gfm check {model_dir}`)")
+            preds.append(pred)
         index += runs
         seeds += [int(seed)] * len(runs)
     weights = np.concatenate(preds).astype(np.float32)
@@ -132,7 +146,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, models: Pat
         if name not in params.models:
             raise GFMError(f"--model: got {name!r}; expected one of {', '.join(sorted(params.models)) or '(none)'}")
     ts = open_trajectories(store)
-    runs_by_seed, skipped = test_runs(read_split(split, ts.n_runs))
+    runs_by_seed, skipped = test_runs(read_split(split, store=ts))
     horizons = list(params.forecast.horizons)
     if horizons[-1] >= ts.n_records:
         raise GFMError(f"forecast.horizons: {horizons[-1]} is beyond the last recorded step of {store} "

@@ -31,13 +31,21 @@ Missing pieces are filled the way the rest of the pipeline expects, and said so 
 ``lr`` = the run's ``lr`` at every step; a missing momentum buffer is reconstructed exactly from the weights
 when ``record_every`` is 1 (w_k = w_{k-1} - lr_{k-1} b_k); other missing state is an error unless
 ``missing_state: zeros``; a missing ``loss`` is NaN (``loss_source: none``), and then ``diverged`` only looks
-at the weights.
+at the weights (and state).
+
+Why NaN for a loss that was not recorded: any number would be a lie that evaluate would score as a training
+loss; NaN cannot be mistaken for one, and the attribute ``loss_source: none`` tells readers (and ``gfm
+check``, which accepts NaN loss only under that attribute, and then requires it to be NaN everywhere) that
+no loss exists. The forecasters never read the loss.
+
+Hostile inputs: the source is opened only if it is a regular file, with ``allow_pickle=False`` (an object
+array is refused, never unpickled); every array's dtype and shape are checked before a value is converted,
+and the metadata file is read bounded in size and nesting depth (``gfm.inputs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +96,22 @@ def default_meta_path(src: Path) -> Path | None:
 
 
 def _load_meta_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    from gfm.inputs import MAX_JSON_DEPTH, json_depth, parse_json, read_bytes
+
+    if not path.exists() and not path.is_symlink():
         raise TrajectoryImportError(f"{path}: metadata file not found")
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (ValueError, yaml.YAMLError) as exc:
-        raise TrajectoryImportError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                           f"({str(exc).splitlines()[0]})") from None
+    raw = read_bytes(path, 1 << 20, error=TrajectoryImportError)  # metadata is a few lines
+    if path.suffix == ".json":
+        data = parse_json(raw, str(path), error=TrajectoryImportError)
+    else:
+        try:
+            data = yaml.safe_load(raw)
+        except RecursionError:
+            raise TrajectoryImportError(f"{path}: YAML nested deeper than {MAX_JSON_DEPTH} levels") from None
+        except (ValueError, yaml.YAMLError) as exc:
+            raise TrajectoryImportError(f"{path}: not valid YAML ({str(exc).splitlines()[0][:120]})") from None
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise TrajectoryImportError(f"{path}: YAML nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(data, dict):
         raise TrajectoryImportError(f"{path}: expected a mapping with at least `optimizer: {{name: ..., lr: ...}}`")
     return data
@@ -147,7 +164,11 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
     size = sum(s.size for s in layout)
     if size != n_params:
         raise TrajectoryImportError(f"{source}: layout: its tensors hold {size} values; the arrays have {n_params} parameters")
-    seeds = np.broadcast_to(np.asarray(data.get("dataset_seed", 0)), (n_runs,)).astype(np.int64)
+    seed_value = data.get("dataset_seed", 0)
+    seeds = _seeds(seed_value, n_runs)
+    if seeds is None:
+        raise TrajectoryImportError(f"{source}: dataset_seed: got {seed_value!r:.80}; expected an integer >= 0 or a "
+                                    f"list of {n_runs} (one per run)")
     missing_state = data.get("missing_state", "error")
     if missing_state not in ("error", "zeros"):
         raise TrajectoryImportError(f"{source}: missing_state: got {missing_state!r}; expected error or zeros")
@@ -157,10 +178,24 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
     return ImportMeta(name, hyper, every, steps, layout, seeds, store_name, missing_state)
 
 
+def _seeds(value: Any, n_runs: int) -> np.ndarray | None:
+    """Dataset seeds (run,) int64 from an integer or a list of integers >= 0 (they become directory names)."""
+    values = value if isinstance(value, list) else [value] * n_runs
+    if len(values) != n_runs or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+                                        for v in values):
+        return None
+    return np.asarray(values, dtype=np.int64)
+
+
 def _open_source(src: Path) -> dict[str, Any]:
     """The source arrays by name (``weights``, optional ``loss``, ``lr``, ``state/<name>``, ``dataset_seed``)."""
-    if not src.is_file():
+    from gfm.inputs import file_problem
+
+    problem = file_problem(src)
+    if problem == "missing":
         raise TrajectoryImportError(f"{src}: file not found")
+    if problem:
+        raise TrajectoryImportError(f"{src}: {problem}")
     try:
         if src.suffix == ".npy":
             return {"weights": np.load(src, mmap_mode="r", allow_pickle=False)}
@@ -176,8 +211,9 @@ def _open_source(src: Path) -> dict[str, Any]:
                     raise TrajectoryImportError(f"{src}: unknown array {key!r}; expected weights, loss, lr, dataset_seed or "
                                        "state_<name>")
             return out
-    except (ValueError, OSError) as exc:
-        raise TrajectoryImportError(f"{src}: not a readable NumPy file ({str(exc).splitlines()[0]})") from None
+    except (ValueError, OSError, EOFError) as exc:  # truncated, object dtype (never unpickled), not NumPy
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise TrajectoryImportError(f"{src}: not a readable NumPy file ({first})") from None
     raise TrajectoryImportError(f"{src}: expected a .npy or .npz file")
 
 
@@ -223,6 +259,18 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
     for key, want in (("loss", (R, T)), ("lr", (R, T)), ("dataset_seed", (R,))):
         if key in arrays and arrays[key].shape != want:
             raise TrajectoryImportError(f"{src}: {key}: got shape {arrays[key].shape}; expected {want}")
+    for key, a in arrays.items():
+        kinds = "iu" if key == "dataset_seed" else "f"
+        if a.dtype.kind not in kinds:
+            raise TrajectoryImportError(f"{src}: {key}: got dtype {a.dtype}; expected "
+                                        f"{'integers' if kinds == 'iu' else 'floats'}")
+    if "dataset_seed" in arrays and (arrays["dataset_seed"] < 0).any():
+        raise TrajectoryImportError(f"{src}: dataset_seed: negative values; dataset seeds are integers >= 0")
+    if "lr" in arrays:
+        bad = ~(np.isfinite(arrays["lr"]) & (arrays["lr"] >= 0)).all(axis=1)
+        if bad.any():
+            raise TrajectoryImportError(f"{src}: lr: runs {np.flatnonzero(bad)[:5].tolist()} hold non-finite or "
+                                        "negative learning rates")
     seeds = arrays["dataset_seed"].astype(np.int64) if "dataset_seed" in arrays else m.dataset_seed
     state_names = STATE_NAMES[m.optimizer]
     unexpected = sorted(k for k in arrays if k.startswith("state/") and k[6:] not in state_names)
@@ -295,6 +343,8 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         finite = np.isfinite(w).reshape(len(rows), -1).all(1)
         if "loss" in arrays:
             finite &= np.isfinite(loss).all(1)
+        for s in state_names:  # a run whose state is not finite cannot be forecast from: flag it like check does
+            finite &= np.isfinite(block[f"state/{s}"]).reshape(len(rows), -1).all(1)
         block.update({"runs/dataset_seed": seeds[sl], "runs/index": index[sl], "runs/lr_scale": np.ones(len(rows)),
                       "runs/diverged": ~finite, **{f"runs/{h}": m.hyper[h][sl] for h in hyper_names}})
         writer.write_block(b, block)

@@ -13,16 +13,17 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from gfm.config import SplitConfig
 from gfm.errors import GFMError
+from gfm.outputs import SPLIT, write_text_output
 from gfm.store import open_trajectories
 
-__all__ = ["make_split", "run", "read_split", "SplitError", "PARTS"]
+__all__ = ["make_split", "run", "read_split", "read_split_structure", "split_problems", "SplitError", "PARTS"]
 
 PARTS = ("train", "val", "test", "diverged")
 
@@ -62,33 +63,49 @@ def run(cfg: SplitConfig, *, store: Path, out: Path) -> dict:
     ts = open_trajectories(store)
     runs = ts.runs
     split = make_split(runs["dataset_seed"], runs["index"], runs["diverged"].astype(bool), cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_output(out, SPLIT, json.dumps(split, indent=1, sort_keys=True) + "\n")
     return split
 
 
-def read_split(path: Path, n_runs: int | None = None) -> dict[str, dict[str, list[int]]]:
+def read_split(path: Path, n_runs: int | None = None, *, run_seeds: np.ndarray | None = None
+               ) -> dict[str, dict[str, list[int]]]:
     """The ``datasets`` mapping of a split file, checked before anything trusts it.
 
     Dataset keys become directory names downstream (``<models>/<seed>/``), so only decimal seeds are
-    accepted: a pulled split file cannot point a stage at ``../`` anything.
+    accepted: a pulled split file cannot point a stage at ``../`` anything. The rules ``gfm check`` applies
+    to a split (:func:`split_problems`) are enforced here too: a stage never trains on test runs.
 
     Args:
         path: the split JSON written by :func:`run`.
         n_runs: the store's run count; when given, every run id must be in ``0..n_runs - 1``.
+        run_seeds: the store's ``runs/dataset_seed`` (implies ``n_runs``); when given, every run listed under
+            a dataset seed must belong to that seed.
 
     Raises:
-        SplitError: missing file, not JSON, wrong structure, a non-decimal dataset key or a bad run id.
+        SplitError: missing file, not JSON, wrong structure, a non-decimal dataset key, a bad run id, parts
+            that share runs, a run listed twice, or a run of another dataset seed.
     """
-    try:
-        data = json.loads(Path(path).read_text())
-        datasets = data["datasets"]
-    except FileNotFoundError:
-        raise SplitError(f"{path}: split file not found (run the split stage)") from None
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise SplitError(f"{path}: not a split file (expected JSON with 'datasets')") from None
+    if run_seeds is not None:
+        n_runs = len(run_seeds)
+    datasets = read_split_structure(path, n_runs)
+    problems = split_problems(datasets, run_seeds)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems: gfm check {path})" if len(problems) > 1 else ""
+        raise SplitError(f"{path}: {problems[0]}{more}")
+    return datasets
+
+
+def read_split_structure(path: Path, n_runs: int | None = None) -> dict[str, dict[str, list[int]]]:
+    """The ``datasets`` mapping with its structure checked (keys, parts, run ids), not its semantics."""
+    from gfm.inputs import read_json
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise SplitError(f"{path}: split file not found (run the split stage)")
+    data = read_json(path, error=SplitError)
+    datasets = data.get("datasets") if isinstance(data, dict) else None
+    if datasets is None:
+        raise SplitError(f"{path}: not a split file (expected JSON with 'datasets')")
     if not isinstance(datasets, dict):
         raise SplitError(f"{path}: 'datasets' must map dataset seeds to their runs")
     limit = "" if n_runs is None else f" in 0..{n_runs - 1}"
@@ -104,3 +121,39 @@ def read_split(path: Path, n_runs: int | None = None) -> dict[str, dict[str, lis
                     for r in runs):
                 raise SplitError(f"{path}: datasets.{seed}.{part} must list run ids{limit}")
     return datasets
+
+
+def _ids(runs: list[int], limit: int = 5) -> str:
+    return ", ".join(map(str, runs[:limit])) + (", ..." if len(runs) > limit else "")
+
+
+def split_problems(datasets: dict[str, dict[str, list[int]]], run_seeds: np.ndarray | None = None) -> list[str]:
+    """What is wrong with a structurally sound split, one line each (``gfm check`` lists them all, a stage
+    refuses on the first): a run listed twice in one part, parts sharing runs (test runs would leak into
+    training), diverged runs outside the parts, the same run under two dataset seeds and, given the store's
+    ``runs/dataset_seed``, runs listed under a seed they do not belong to."""
+    problems: list[str] = []
+    owner: dict[int, str] = {}
+    for seed, e in datasets.items():
+        for part in PARTS:
+            dup = sorted(r for r, c in Counter(e[part]).items() if c > 1)
+            if dup:
+                problems.append(f"datasets.{seed}.{part} lists runs more than once ({_ids(dup)})")
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = sorted(set(e[a]) & set(e[b]))
+            if shared:
+                problems.append(f"datasets.{seed}: {a} and {b} share runs ({_ids(shared)}); "
+                                f"{'test runs would leak into training' if 'train' in (a, b) else 'parts must be disjoint'}")
+        union = set(e["train"]) | set(e["val"]) | set(e["test"])
+        outside = sorted(set(e["diverged"]) - union)
+        if outside:
+            problems.append(f"datasets.{seed}.diverged lists runs outside train/val/test ({_ids(outside)})")
+        twice = sorted(r for r in union if owner.setdefault(r, seed) != seed)
+        if twice:
+            problems.append(f"datasets.{seed} lists runs also listed under another dataset seed ({_ids(twice)})")
+        if run_seeds is not None:
+            foreign = sorted(r for r in union if str(int(run_seeds[r])) != seed)
+            if foreign:
+                problems.append(f"datasets.{seed} lists runs of another dataset seed ({_ids(foreign)}: seed "
+                                f"{int(run_seeds[foreign[0]])} in the store)")
+    return problems

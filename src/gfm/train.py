@@ -109,8 +109,10 @@ def resolve_train_device(device: str, cls: type[Forecaster]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _read_split(path: Path, n_runs: int) -> dict[str, dict[str, list[int]]]:
-    return read_split(path, n_runs)  # structure, decimal seeds (they become directory names), run ids
+def _read_split(path: Path, ts) -> dict[str, dict[str, list[int]]]:
+    # what `gfm check` asks of a split (structure, decimal seeds: they become directory names, disjoint parts,
+    # no repeats), plus what only the store can say: run ids within it and within their dataset seed
+    return read_split(path, run_seeds=ts.runs["dataset_seed"])
 
 
 def _weight_mse(fc: Forecaster, traj: Trajectories) -> list[float]:
@@ -248,7 +250,7 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
     if fcst.horizons[-1] >= ts.n_records:
         raise GFMError(f"forecast.horizons: {fcst.horizons[-1]} is beyond the last recorded step of {store} "
                        f"({ts.n_records - 1})")
-    datasets = _read_split(split, ts.n_runs)
+    datasets = _read_split(split, ts)
     # test runs are never read by this stage
     keep = {seed: {part: sorted(set(e[part]) - set(e["diverged"])) for part in ("train", "val")}
             for seed, e in datasets.items()}

@@ -1,0 +1,479 @@
+"""Cheap structural checks of the artifacts a stage reads, shared by the stages and ``gfm check``.
+
+A stage must not compute on an input that ``gfm check`` refuses. ``gfm check`` also decodes every chunk (a
+full data scan); the stages cannot afford that on every start, so they run the *structural* level, which
+reads only metadata and directory entries:
+
+* files: every file of an artifact is a regular file inside it. A symbolic link whose target leaves the
+  artifact (``/dev/zero``, ``/etc/passwd``, another user's data) and any FIFO, device or socket is refused
+  by name before anything is opened: a FIFO would block a reader forever and ``/dev/zero`` never ends.
+  (A DVC cache configured with ``cache.type = symlink`` makes every output a link into ``.dvc/cache`` and is
+  therefore refused; this project's DVC config keeps the default reflink/copy.)
+* sizes: metadata JSON is read at most :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH` deep; a chunk file
+  larger than its array's chunk can encode to (:func:`chunk_file_limit`) is refused, so no read is
+  unbounded.
+* trajectory stores (:func:`inspect_trajectory_store`): schema version, completion flag, attributes (sizes,
+  layout adding up to ``n_params``, optimizer state names, task record_every / steps), and every array's
+  ``zarr.json`` against them: shape, dtype (float32 data), regular chunk grid, only codecs of
+  :data:`KNOWN_CODECS`. Files that are not the store's own (:func:`foreign_files`) are listed for
+  ``gfm check``; they do not stop a stage (zarr never reads them).
+
+Each rule is written once, here; ``gfm check`` reports every problem, a stage raises on the first one
+(a :class:`~gfm.errors.GFMError` subclass naming the file: one ``error: ...`` line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gfm.errors import GFMError, StoreError, StoreIncompleteError, StoreSchemaError
+
+__all__ = [
+    "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "file_problem", "regular_file",
+    "read_bytes", "read_json", "json_depth", "tree_problems", "array_meta_problems", "chunk_file_limit",
+    "StoreInspection", "inspect_trajectory_store", "foreign_files", "first_problem",
+]
+
+MAX_JSON_BYTES = 64 << 20  # a metadata / split / metrics JSON larger than this is refused unread
+MAX_JSON_DEPTH = 64  # nesting deeper than this is refused (our own files are < 10 deep)
+KNOWN_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"})
+_DTYPE_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
+                "int64": 8, "uint64": 8, "float16": 2, "float32": 4, "float64": 8}
+_RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
+_MAX_LISTED = 5  # problems of one kind named before "and N more"
+# A generator's own bookkeeping inside a (partial) store; mirrors store._DONE_DIR / store._LOCK_FILE.
+_WRITER_FILES = re.compile(r"\.blocks_done/\d+\.done|\.writer\.lock")
+
+
+class UnsafeInputError(GFMError, ValueError):
+    """A file of an artifact is a link leaving it, not a regular file, too large or nested too deep."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def file_problem(path: Path, root: Path | None = None, *, want_dir: bool = False) -> str | None:
+    """Why ``path`` must not be read (a link leaving ``root``, a broken link, a FIFO/device/socket, missing),
+    or None. Nothing is opened: ``lstat``/``stat`` do not block on a FIFO."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(path)
+        if root is not None and not _inside(target, os.path.realpath(root)):
+            return f"a symbolic link leaving {root} (to {target})"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"a symbolic link to nothing ({target})"
+    if want_dir:
+        return None if stat.S_ISDIR(st.st_mode) else "not a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return _kind_of(st.st_mode) + ", not a regular file"
+    return None
+
+
+def regular_file(path: Path, root: Path | None = None, *, error: type[GFMError] = UnsafeInputError) -> None:
+    """Raise ``error`` naming ``path`` unless it is a regular file (inside ``root`` when given)."""
+    problem = file_problem(path, root)
+    if problem:
+        raise error(f"{path}: {problem}")
+
+
+def read_bytes(path: Path, limit: int, *, root: Path | None = None, error: type[GFMError] = UnsafeInputError) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``; a larger file is refused, not truncated.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` after opening, so a FIFO swapped in between the
+    check and the open cannot block the reader."""
+    regular_file(path, root, error=error)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {_kind_of(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise error(f"{path}: {st.st_size} bytes; more than the {limit} allowed for this file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{path}: more than the {limit} bytes allowed for this file")
+    return data
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            depth = max(depth, d)
+            if d > MAX_JSON_DEPTH:
+                return d
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return depth
+
+
+def parse_json(raw: bytes | str, where: str, *, error: type[GFMError] = UnsafeInputError) -> Any:
+    """``json.loads`` that turns every failure (bad bytes, bad JSON, nesting too deep) into ``error``."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise error(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{where}: not valid JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise error(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def read_json(path: Path, *, limit: int = MAX_JSON_BYTES, root: Path | None = None,
+              error: type[GFMError] = UnsafeInputError) -> Any:
+    """A JSON file, bounded in size and depth; any failure is ``error`` naming ``path``."""
+    return parse_json(read_bytes(path, limit, root=root, error=error), str(path), error=error)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every entry under ``root`` (relative path, entry), links not followed."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / rel if rel else root), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            sub = f"{rel}/{e.name}" if rel else e.name
+            yield sub, e
+            if e.is_dir(follow_symlinks=False):
+                stack.append(sub)
+
+
+def _listed(items: list[str], what: str) -> str:
+    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"{what}: {', '.join(items[:_MAX_LISTED])}{more}"
+
+
+def tree_problems(root: Path) -> tuple[list[str], dict[str, int]]:
+    """Walk a directory artifact without following links or opening anything.
+
+    Returns:
+        (problems, files): one line per kind of unsafe entry (links leaving ``root``, links to nothing,
+        FIFOs/devices/sockets), and the regular files by relative path with their sizes.
+    """
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    leaving, broken, special, files = [], [], [], {}
+    for rel, e in _walk(root):
+        try:
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(root / rel)
+                if not _inside(target, real_root):
+                    leaving.append(f"{rel} -> {target}")
+                    continue
+                try:
+                    st = os.stat(root / rel)
+                except OSError:
+                    broken.append(rel)
+                    continue
+        except OSError:
+            broken.append(rel)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files[rel] = st.st_size
+        elif not stat.S_ISDIR(st.st_mode):
+            special.append(f"{rel} ({_kind_of(st.st_mode)})")
+    problems = []
+    if leaving:
+        problems.append(_listed(leaving, "symbolic links leaving the artifact (refused unread)"))
+    if broken:
+        problems.append(_listed(broken, "symbolic links to nothing"))
+    if special:
+        problems.append(_listed(special, "not regular files (refused unread)"))
+    return problems, files
+
+
+# --- Zarr v3 array metadata ------------------------------------------------------------------------------
+def _codec_problems(codecs: Any, where: str, chunk: list[int]) -> list[str]:
+    if not isinstance(codecs, list) or not codecs:
+        return [f"{where}: codecs must be a non-empty list"]
+    out = []
+    for c in codecs:
+        name = c.get("name") if isinstance(c, dict) else None
+        if name not in KNOWN_CODECS:
+            out.append(f"{where}: unknown codec {name!r:.60}; this code reads {', '.join(sorted(KNOWN_CODECS))}")
+            continue
+        conf = c.get("configuration", {})
+        if not isinstance(conf, dict):
+            out.append(f"{where}: codec {name} configuration must be a mapping")
+        elif name == "sharding_indexed":
+            inner = conf.get("chunk_shape")
+            if (not isinstance(inner, list) or len(inner) != len(chunk) or not all(_is_int(n) and n > 0 for n in inner)
+                    or any(o % i for o, i in zip(chunk, inner, strict=True))):
+                out.append(f"{where}: shard inner chunk_shape {inner!r:.60} must be positive integers dividing "
+                           f"{chunk}")
+            else:
+                out += _codec_problems(conf.get("codecs"), where, inner)
+                out += _codec_problems(conf.get("index_codecs"), where, [1] * len(chunk))
+    return out
+
+
+def array_meta_problems(meta: Any, where: str, shape: tuple[int, ...] | None, dtype: str | set[str]) -> list[str]:
+    """Problems of one array's ``zarr.json`` (parsed) against the shape and dtype the store's layout says."""
+    if not isinstance(meta, dict) or meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+        return [f"{where}: not a Zarr v3 array (node_type / zarr_format)"]
+    got, dt = meta.get("shape"), meta.get("data_type")
+    if not isinstance(got, list) or not all(_is_int(n) and n >= 0 for n in got):
+        return [f"{where}: shape {got!r:.80} must be a list of non-negative integers"]
+    ok_dtype = dt in dtype if isinstance(dtype, set) else dt == dtype
+    if (shape is not None and tuple(got) != tuple(shape)) or not ok_dtype:
+        want = f"{shape} " if shape is not None else ""
+        return [f"{where}: array is {tuple(got)} {dt!r:.40}; the store's layout says "
+                f"{want}{dtype if isinstance(dtype, str) else ' or '.join(sorted(dtype))}"]
+    grid = meta.get("chunk_grid")
+    chunk = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) and isinstance(
+        grid.get("configuration"), dict) else None
+    if (not isinstance(grid, dict) or grid.get("name") != "regular" or not isinstance(chunk, list)
+            or len(chunk) != len(got) or not all(_is_int(n) and n > 0 for n in chunk)):
+        return [f"{where}: chunk_grid must be regular with {len(got)} positive chunk sizes"]
+    enc = meta.get("chunk_key_encoding")
+    sep = enc.get("configuration", {}).get("separator", "/") if isinstance(enc, dict) and isinstance(
+        enc.get("configuration", {}), dict) else None
+    if not isinstance(enc, dict) or enc.get("name") not in ("default", "v2") or sep not in ("/", "."):
+        return [f"{where}: chunk_key_encoding must be default or v2 with separator / or ."]
+    if meta.get("storage_transformers") not in (None, []):
+        return [f"{where}: storage transformers are not supported"]
+    return _codec_problems(meta.get("codecs"), where, chunk)
+
+
+def chunk_file_limit(meta: dict) -> int:
+    """The largest a chunk (or shard) file of a checked array can be: its raw bytes, plus what the known
+    codecs may add (blosc and zstd at most a few bytes per block, generously 10%), plus a shard index."""
+    chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    raw = math.prod(chunk) * _DTYPE_SIZES.get(meta["data_type"], 8)
+    inner = 1
+    for c in meta["codecs"]:
+        if c.get("name") == "sharding_indexed":
+            inner = math.prod(o // i for o, i in zip(chunk, c["configuration"]["chunk_shape"], strict=True))
+    return int(raw * 1.1) + 1024 * inner + 16 * inner + 4096
+
+
+def _chunk_key_re(meta: dict) -> re.Pattern:
+    ndim = len(meta["shape"])
+    enc = meta["chunk_key_encoding"]
+    sep = re.escape(enc.get("configuration", {}).get("separator", "/"))
+    if enc["name"] == "default":
+        return re.compile("c" + (sep + r"(\d+)") * ndim if ndim else r"c")
+    return re.compile(sep.join([r"(\d+)"] * ndim) if ndim else "0")
+
+
+def _is_chunk_key(meta: dict, key: str) -> bool:
+    m = _chunk_key_re(meta).fullmatch(key)
+    if not m:
+        return False
+    grid = [max(1, math.ceil(s / c)) for s, c in zip(meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"],
+                                                      strict=True)]
+    return all(int(i) < n for i, n in zip(m.groups(), grid, strict=True))
+
+
+def foreign_files(files: dict[str, int], groups: set[str], arrays: dict[str, dict]) -> list[str]:
+    """Files of a Zarr directory that are not its own: anything but the ``zarr.json`` of the root, a group
+    or a declared array, a chunk key within a declared array's grid, or a generator's done-marker / lock.
+
+    Args:
+        files: relative path -> size (from :func:`tree_problems`).
+        groups: relative paths of the groups ("" = root).
+        arrays: relative path -> parsed, checked ``zarr.json`` of each declared array.
+    """
+    out = []
+    for rel in sorted(files):
+        parent, _, name = rel.rpartition("/")
+        if name == "zarr.json" and (parent in groups or parent in arrays):
+            continue
+        if _WRITER_FILES.fullmatch(rel):
+            continue
+        owner = next((a for a in arrays if rel.startswith(a + "/")), None)
+        if owner is not None and _is_chunk_key(arrays[owner], rel[len(owner) + 1:]):
+            continue
+        out.append(rel)
+    return out
+
+
+# --- trajectory stores ------------------------------------------------------------------------------------
+@dataclass
+class StoreInspection:
+    """What :func:`inspect_trajectory_store` found: problems (empty = the stages may read it), the type of
+    error the first problem raises, and what was read on the way."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    error: type[StoreError] = StoreSchemaError
+    attrs: dict | None = None
+    arrays: dict[str, dict] = field(default_factory=dict)  # relative path -> zarr.json of each own array
+    foreign: list[str] = field(default_factory=list)  # files that are not the store's (not fatal)
+
+    def raise_first(self) -> None:
+        if self.problems:
+            raise self.error(first_problem(self.path, self.problems))
+
+
+def first_problem(path: Path, problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more problems: gfm check {path})" if len(problems) > 1 else ""
+    return f"{path}: {problems[0]}{more}"
+
+
+def _layout_problems(layout: Any, n_params: int) -> list[str]:
+    if not isinstance(layout, list) or not layout:
+        return ["attribute layout must be a non-empty list"]
+    offset = 0
+    for i, spec in enumerate(layout):
+        ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+              and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.]*", spec["name"]) is not None
+              and isinstance(spec.get("shape"), list) and all(_is_int(n) and n > 0 for n in spec["shape"])
+              and spec.get("offset") == offset)
+        if not ok:
+            return [f"layout[{i}] must be {{name, shape, offset}} with offset {offset} (the sum of the sizes "
+                    f"before it); got {spec!r:.120}"]
+        offset += math.prod(spec["shape"])
+    return [] if offset == n_params else [f"layout covers {offset} parameters; n_params is {n_params}"]
+
+
+def _attr_problems(attrs: dict) -> list[str]:
+    from gfm.optimizers import STATE_NAMES
+
+    sizes = {k: attrs.get(k) for k in ("n_runs", "n_records", "n_params", "block_runs")}
+    bad = [k for k, n in sizes.items() if not _is_int(n) or n < 1]
+    if bad:
+        return [f"attributes {', '.join(bad)} must be positive integers"]
+    problems = _layout_problems(attrs.get("layout"), sizes["n_params"])
+    opt = attrs.get("optimizer")
+    name = opt.get("name") if isinstance(opt, dict) else None
+    if name not in STATE_NAMES:
+        return [*problems, f"optimizer.name {name!r:.40}; expected one of {', '.join(sorted(STATE_NAMES))}"]
+    if attrs.get("state_names") != list(STATE_NAMES[name]):
+        problems.append(f"state_names {attrs.get('state_names')!r:.80}; optimizer {name} keeps {list(STATE_NAMES[name])}")
+    task = attrs.get("task")
+    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _is_int(task.get("record_every"))
+            or task["record_every"] < 1 or not _is_int(task.get("steps"))
+            or task["steps"] != (sizes["n_records"] - 1) * task["record_every"]):
+        problems.append(f"attribute task must hold kind, record_every >= 1 and steps = (n_records - 1) * "
+                        f"record_every; got {task!r:.120}")
+    if not isinstance(attrs.get("store"), str):
+        problems.append("attribute store (the store's key) must be a string")
+    return problems
+
+
+def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreInspection:
+    """Structural check of a trajectory store: no data chunk is read (see the module docstring).
+
+    Args:
+        path: the ``.zarr`` directory.
+        tree: also walk its files (links, special files, chunk sizes, foreign files).
+    """
+    from gfm.store import SCHEMA_VERSION
+
+    path = Path(path)
+    out = StoreInspection(path)
+    p = out.problems
+    where = file_problem(path, want_dir=True)
+    if where:
+        p.append(f"store directory is {where}")
+        return out
+    files: dict[str, int] = {}
+    if tree:
+        unsafe, files = tree_problems(path)
+        if unsafe:
+            p += unsafe
+            return out
+    try:
+        root = read_json(path / "zarr.json", limit=MAX_JSON_BYTES, root=path, error=StoreSchemaError)
+    except StoreSchemaError as exc:
+        p.append(f"zarr.json is not readable JSON ({str(exc).removeprefix(str(path / 'zarr.json') + ': ')})")
+        return out
+    attrs = root.get("attributes") if isinstance(root, dict) else None
+    if not isinstance(root, dict) or root.get("node_type") != "group" or not isinstance(attrs, dict):
+        p.append("zarr.json is not a Zarr group with attributes")
+        return out
+    out.attrs = attrs
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        p.append(f"schema_version {attrs.get('schema_version')!r:.40}; this code reads {SCHEMA_VERSION}")
+        return out
+    if attrs.get("complete") is not True:
+        out.error = StoreIncompleteError
+        p.append("store is not complete (no completion flag); re-run the generate stage")
+        return out
+    p += _attr_problems(attrs)
+    if p:
+        return out
+    R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
+    expected: dict[str, tuple[tuple[int, ...] | None, str | set[str]]] = {
+        "weights": ((R, T, P), "float32"), "loss": ((R, T), "float32"), "lr": ((R, T), "float32"),
+        "final/weights": ((R, P), "float32"), "final/loss": ((R,), "float32"),
+        "runs/dataset_seed": ((R,), "int64"), "runs/index": ((R,), "int64"), "runs/diverged": ((R,), "bool"),
+        **{f"state/{s}": ((R, T, P), "float32") for s in attrs["state_names"]}}
+    runs_dir = path / "runs"
+    if runs_dir.is_dir():
+        for e in sorted(os.scandir(runs_dir), key=lambda e: e.name):
+            if f"runs/{e.name}" not in expected and (runs_dir / e.name / "zarr.json").is_file():
+                expected[f"runs/{e.name}"] = ((R,), _RUN_FIELD_DTYPES)
+    for name, (shape, dtype) in expected.items():
+        meta_path = path / name / "zarr.json"
+        if not meta_path.is_file():
+            p.append(f"array {name} is missing")
+            continue
+        try:
+            meta = read_json(meta_path, limit=1 << 20, root=path, error=StoreSchemaError)
+        except StoreSchemaError as exc:
+            p.append(f"{name}/zarr.json: {str(exc).removeprefix(str(meta_path) + ': ')}")
+            continue
+        bad = array_meta_problems(meta, f"array {name}", shape, dtype)
+        if bad:
+            p += bad
+        else:
+            out.arrays[name] = meta
+    for group in ("final", "runs", "state"):
+        meta_path = path / group / "zarr.json"
+        if meta_path.is_file():
+            try:
+                meta = read_json(meta_path, limit=1 << 20, root=path, error=StoreSchemaError)
+            except StoreSchemaError as exc:
+                p.append(f"{group}/zarr.json: {str(exc).removeprefix(str(meta_path) + ': ')}")
+                continue
+            if not isinstance(meta, dict) or meta.get("node_type") != "group":
+                p.append(f"{group}/zarr.json is not a Zarr group")
+    if tree and not p:
+        big = []
+        for name, meta in out.arrays.items():
+            limit = chunk_file_limit(meta)
+            big += [f"{rel} ({size} bytes > {limit})" for rel, size in files.items()
+                    if rel.startswith(name + "/") and rel != f"{name}/zarr.json" and size > limit]
+        if big:
+            p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
+        out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
+    return out
