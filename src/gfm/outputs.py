@@ -1,0 +1,388 @@
+"""What a stage may replace: its own earlier artifact, or nothing (RELIABILITY.md, "outputs").
+
+Every stage writes its output beside the target (``<out>.tmp`` / ``<out>.partial``) and renames it into place.
+Before anything is written, and again right before the rename, :func:`claim_output` decides whether the path
+may be replaced:
+
+* never a dangerous location, whatever it holds: an empty path or ``.``, ``/``, the home directory, the current
+  directory or any directory above it, a repository root (a directory holding ``.git``, ``dvc.yaml`` or a
+  ``Snakefile``), or a path below a file;
+* absent, or an empty directory: fine (Snakemake and DVC delete declared outputs before a job runs, so this
+  is the pipeline's normal case);
+* this stage's own artifact (recognised by its markers, see :data:`KINDS`, and holding nothing else): fine;
+  a symbolic link to one: the link is replaced, its target is left alone;
+* anything else (user files, another stage's artifact, a link to anything else) is refused with an
+  :class:`OutputError` naming the path and what it holds, and left untouched.
+
+A leftover temporary path of an interrupted run is removed only if it is recognisably this stage's own (the
+:data:`TMP_MARKER` file written into every temporary directory, or the stage's artifact); anything else
+there is refused the same way.
+
+Usage (every stage)::
+
+    tmp = open_temp_dir(out, MODELS)        # refuses, or an empty temporary directory beside out
+    ...write into tmp...
+    replace_output(tmp, out, MODELS)        # checks out again, removes the old artifact, renames
+
+    write_text_output(out, SPLIT, text)     # file outputs: checked, written beside out, renamed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gfm.errors import GFMError, one_line
+
+__all__ = [
+    "OutputError", "Kind", "KINDS", "TMP_MARKER", "claim_output", "unsafe_location", "open_temp_dir",
+    "replace_output", "remove_output", "write_text_output", "discard_temp",
+    "TRAJECTORY_STORE", "FORECASTS", "MODELS", "MODEL", "PLOTS", "REPORT", "SPLIT", "METRICS", "GENERALIZE",
+    "ACCELERATE", "WORKSPACE",
+]
+
+TMP_MARKER = ".gfm-writing"  # inside every temporary output directory until the rename: "this one is ours"
+SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
+_COUNT_LIMIT = 10_000  # files counted in a refused directory before "more than"
+
+
+class OutputError(GFMError, ValueError):
+    """An output path this stage must not replace (the message names it and what it holds)."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of stage output: ``own(path)`` is None for this stage's artifact, else what is there instead."""
+
+    name: str
+    is_dir: bool
+    own: Callable[[Path], str | None]
+
+
+# --- recognisers --------------------------------------------------------------------------------------------
+def _count(paths: list[Path], root: Path) -> tuple[int, str | None]:
+    """Files (links and special files included, links not followed) at or under ``paths``, up to a limit,
+    and the first one relative to ``root``."""
+    n, first = 0, None
+    for top in paths:
+        if top.is_dir() and not top.is_symlink():
+            for dirpath, dirs, files in os.walk(top):
+                dirs.sort()
+                for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(dirpath, d))):
+                    n += 1
+                    first = first or os.path.relpath(os.path.join(dirpath, name), root)
+                    if n > _COUNT_LIMIT:
+                        return n, first
+        else:
+            n += 1
+            first = first or os.path.relpath(top, root)
+        if n > _COUNT_LIMIT:
+            break
+    return n, first
+
+
+def _holds(paths: list[Path], root: Path, what: str) -> str:
+    n, first = _count(paths, root)
+    if n == 0:
+        return f"holds directories that are not {what} (e.g. {os.path.relpath(paths[0], root)})"
+    count = f"more than {_COUNT_LIMIT} files" if n > _COUNT_LIMIT else f"{n} file{'s' if n != 1 else ''}"
+    return f"holds {count} that {'is' if n == 1 else 'are'} not {what} (e.g. {first})"
+
+
+def _entries(path: Path, what: str, legit: Callable[[Path], bool], required: str | None = None) -> str | None:
+    """A directory artifact judged by its entries: None if every entry is ``legit`` (Snakemake's timestamp
+    aside) and ``required`` is there, else what is wrong."""
+    bad = [e for e in sorted(path.iterdir()) if e.name != SNAKEMAKE_STAMP and not legit(e)]
+    if bad:
+        return _holds(bad, path, what)
+    if required is not None and not (path / required).is_file():
+        return f"holds no {required}, so it is not {what}"
+    return None
+
+
+def _plain_file(p: Path, names: set[str] | None = None) -> bool:
+    return (names is None or p.name in names) and p.is_file() and not p.is_symlink()
+
+
+def _plain_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
+def _zarr_attrs(path: Path) -> dict | None:
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _zarr_artifact(path: Path, what: str, forecast: bool) -> str | None:
+    from gfm.store import foreign_files
+
+    attrs = _zarr_attrs(path)
+    if attrs is None or not isinstance(attrs.get("schema_version"), int) \
+            or (attrs.get("kind") == "forecast") != forecast or (not forecast and "layout" not in attrs):
+        found = _describe(path)
+        return f"holds {found}, not {what}" if found else _holds(sorted(path.iterdir()), path, what)
+    foreign = foreign_files(path)
+    if foreign:
+        n = len(foreign)
+        return (f"holds {what} and {n} file{'s' if n != 1 else ''} that {'is' if n == 1 else 'are'} not part of "
+                f"it (e.g. {foreign[0].relative_to(path)})")
+    return None
+
+
+def _describe(path: Path) -> str | None:
+    """Another artifact of this pipeline at ``path`` (gfm check's recognition), as a phrase, or None."""
+    from gfm.check import _kind
+
+    try:
+        kind = _kind(path)
+    except OSError:
+        return None
+    return None if kind is None else f"a {kind}"
+
+
+def _own_trajectory_store(path: Path) -> str | None:
+    return _zarr_artifact(path, "a trajectory store", forecast=False)
+
+
+def _own_forecasts(path: Path) -> str | None:
+    """forecast --out: a directory of ``<model>.zarr`` forecast stores."""
+    return _entries(path, "forecast stores (<model>.zarr)", lambda e: e.name.endswith(".zarr") and _plain_dir(e)
+                    and _zarr_artifact(e, "a forecast store", forecast=True) is None)
+
+
+_MODEL_FILES = {"config.json", "weights.safetensors", "train_log.csv"}
+
+
+def _own_model(path: Path) -> str | None:
+    return _entries(path, "a model directory (config.json, weights.safetensors, train_log.csv)",
+                    lambda e: _plain_file(e, _MODEL_FILES), required="config.json")
+
+
+def _own_models(path: Path) -> str | None:
+    """train --out: summary.json and one model directory per dataset seed."""
+    return _entries(path, "trained models (summary.json and <seed>/ model directories)",
+                    lambda e: _plain_file(e, {"summary.json"})
+                    or (e.name.isdigit() and _plain_dir(e) and _own_model(e) is None), required="summary.json")
+
+
+def _own_plots(path: Path) -> str | None:
+    names = {"mse_vs_horizon.csv", "trajectory.csv"}
+    return _entries(path, "evaluate's plot data (mse_vs_horizon.csv, trajectory.csv)",
+                    lambda e: _plain_file(e, names))
+
+
+def _own_report(path: Path) -> str | None:
+    def legit(e: Path) -> bool:
+        if e.name == "figures":
+            return _plain_dir(e) and all(f.suffix in (".png", ".svg") and _plain_file(f) for f in e.iterdir())
+        return _plain_file(e, {"summary.md", "summary.html", "claims.json"})
+
+    return _entries(path, "a report (summary.md, summary.html, claims.json, figures/)", legit, required="summary.md")
+
+
+def _own_workspace(path: Path) -> str | None:
+    from gfm.workspace import MARKER
+
+    return None if (path / MARKER).is_file() else _holds(sorted(path.iterdir()), path, "a gfm workspace")
+
+
+def _json_kind(what: str, keys: set[str]) -> Callable[[Path], str | None]:
+    def own(path: Path) -> str | None:
+        try:
+            if path.stat().st_size > 256 << 20:
+                raise ValueError("too large")
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return f"is a file that is not {what} (not JSON)"
+        if not isinstance(data, dict) or not keys <= set(data):
+            shown = ", ".join(sorted(data)[:4]) if isinstance(data, dict) else type(data).__name__
+            return f"is a JSON file that is not {what} (keys {shown or 'none'})"
+        return None
+    return own
+
+
+TRAJECTORY_STORE = Kind("trajectory store", True, _own_trajectory_store)
+FORECASTS = Kind("forecast directory", True, _own_forecasts)
+MODELS = Kind("trained-models directory", True, _own_models)
+MODEL = Kind("model directory", True, _own_model)
+PLOTS = Kind("plot-data directory", True, _own_plots)
+REPORT = Kind("report directory", True, _own_report)
+WORKSPACE = Kind("gfm workspace", True, _own_workspace)
+SPLIT = Kind("split JSON", False, _json_kind("a split JSON", {"datasets"}))
+METRICS = Kind("metrics JSON", False, _json_kind("a metrics JSON", {"models", "counts"}))
+GENERALIZE = Kind("generalisation metrics JSON", False, _json_kind("a generalisation metrics JSON", {"pairs"}))
+ACCELERATE = Kind("accelerate metrics JSON", False, _json_kind("an accelerate metrics JSON", {"plain", "models"}))
+KINDS = {k.name: k for k in (TRAJECTORY_STORE, FORECASTS, MODELS, MODEL, PLOTS, REPORT, WORKSPACE, SPLIT, METRICS,
+                             GENERALIZE, ACCELERATE)}
+
+
+# --- the checks --------------------------------------------------------------------------------------------
+def unsafe_location(path: str | Path, *, repository_ok: bool = False) -> str | None:
+    """Why ``path`` may never be replaced by a stage whatever it holds, or None. ``repository_ok``: a
+    directory holding ``.git`` / ``dvc.yaml`` / ``Snakefile`` is not refused for that (a gfm workspace is one)."""
+    text = os.fspath(path)
+    if text in ("", "."):
+        return "is empty or '.', the current directory"
+    p = Path(text)
+    absolute = Path(os.path.abspath(p))
+    real = p.resolve()
+    how = "is" if absolute == real else f"resolves to {real}:"
+    if absolute == Path(absolute.anchor) or real == Path(real.anchor):
+        return f"{how} the root directory"
+    home = Path.home()
+    if real == home.resolve() or absolute == home:
+        return f"{how} your home directory"
+    cwd = Path.cwd().resolve()
+    if real == cwd or absolute == Path(os.getcwd()):
+        return f"{how} the current directory"
+    if real in cwd.parents or absolute in Path(os.getcwd()).parents:
+        return f"{how} a directory above the current one"
+    for marker in () if repository_ok else (".git", "dvc.yaml", "Snakefile"):
+        if (real / marker).exists():
+            return f"{how} a repository root (it holds {marker})"
+    for parent in p.parents:  # the first existing directory above it must be a directory
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"is below {parent}, which is a file, not a directory"
+            break
+    return None
+
+
+def _refuse(path: Path, why: str) -> OutputError:
+    return OutputError(one_line(f"{path}: output path {why}; refusing to replace it (move it away or choose "
+                                "another path)"))
+
+
+def claim_output(path: str | Path, kind: Kind) -> Path:
+    """Check that this stage may (re)place ``path`` with a new ``kind`` artifact; returns it as a Path.
+
+    Raises:
+        OutputError: a dangerous location, or something at ``path`` that is not this stage's own artifact.
+    """
+    why = unsafe_location(path)
+    p = Path(path)
+    if why is None:
+        why = _what_blocks(p, kind)
+    if why is not None:
+        raise _refuse(p, why)
+    return p
+
+
+def _what_blocks(p: Path, kind: Kind) -> str | None:
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be inspected ({exc.strerror})"
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(p)
+            if not p.exists():
+                return f"is a symbolic link to {target}, which does not exist"
+            inner = _what_blocks(p.resolve(), kind)
+            return None if inner is None else f"is a symbolic link to {target}, which {inner}"
+        if stat.S_ISDIR(st.st_mode):
+            if not kind.is_dir:
+                n, _ = _count([p], p)
+                held = f"more than {_COUNT_LIMIT} files" if n > _COUNT_LIMIT else f"{n} file{'s' if n != 1 else ''}"
+                return f"is a directory (holding {held}), not a {kind.name}"
+            if not any(p.iterdir()):
+                return None
+            return kind.own(p)
+        if not stat.S_ISREG(st.st_mode):
+            return f"is not a regular file or directory (a {_special(st.st_mode)}), not a {kind.name}"
+        if kind.is_dir:
+            return f"is a file ({p.name}, {st.st_size} bytes), not a {kind.name}"
+        return kind.own(p)
+    except OSError as exc:  # unreadable: never replaced
+        return f"cannot be inspected ({exc.strerror or exc})"
+
+
+def _special(mode: int) -> str:
+    return "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+
+
+def remove_output(path: str | Path, kind: Kind) -> None:
+    """Remove ``path`` after claiming it: this stage's own artifact, an empty directory or a link to an own
+    artifact (only the link goes). Nothing at ``path`` is fine."""
+    p = claim_output(path, kind)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+
+
+def _clear_leftover(tmp: Path, kind: Kind) -> None:
+    """Remove a temporary path left by an interrupted run, only if it is recognisably ours."""
+    if not tmp.exists() and not tmp.is_symlink():
+        return
+    if tmp.is_dir() and not tmp.is_symlink() and (
+            (tmp / TMP_MARKER).is_file() or not any(tmp.iterdir()) or kind.own(tmp) is None):
+        shutil.rmtree(tmp)
+        return
+    why = _what_blocks(tmp, kind) or f"is not a temporary {kind.name} of this stage"
+    raise OutputError(one_line(f"{tmp}: temporary path of the output {why}; refusing to remove it (move it "
+                               "away or choose another output path)"))
+
+
+def open_temp_dir(out: str | Path, kind: Kind, *, suffix: str = ".tmp") -> Path:
+    """Claim ``out`` and return an empty temporary directory ``<out><suffix>`` beside it (a leftover of an
+    interrupted run of this stage is removed first), marked with :data:`TMP_MARKER` until the rename."""
+    out = claim_output(out, kind)
+    tmp = out.with_name(out.name + suffix)
+    _clear_leftover(tmp, kind)
+    tmp.mkdir(parents=True)
+    (tmp / TMP_MARKER).touch()
+    return tmp
+
+
+def discard_temp(tmp: str | Path) -> None:
+    """Remove a temporary directory this run created (after a failure)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_output(tmp: str | Path, out: str | Path, kind: Kind, *, keep_tmp_on_refusal: bool = False) -> Path:
+    """Put the finished ``tmp`` at ``out``: claim ``out`` again (it may have changed while the stage ran),
+    remove the old artifact there and rename. A refused ``out`` raises :class:`OutputError` and the
+    temporary output is discarded (unless ``keep_tmp_on_refusal``: a resumable store keeps it)."""
+    tmp, out = Path(tmp), Path(out)
+    try:
+        remove_output(out, kind)
+    except OutputError:
+        if not keep_tmp_on_refusal:
+            discard_temp(tmp)
+        raise
+    (tmp / TMP_MARKER).unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def write_text_output(out: str | Path, kind: Kind, text: str) -> Path:
+    """Write a file output: claim ``out``, write a hidden temporary file beside it (a fresh name: nothing is
+    ever overwritten), flush it and rename it over ``out``."""
+    out = claim_output(out, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        claim_output(out, kind)  # again: it may have changed while the stage ran
+        os.replace(name, out)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return out
