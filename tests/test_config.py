@@ -145,3 +145,123 @@ def test_json_schema_names_every_params_section():
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
     assert set(schema["properties"]) == {f.name for f in dataclasses.fields(Params)}
+
+
+# ------------------------------------------------------------------------------- sizes, limits, references
+
+TASK_VARIANTS = [
+    {"kind": "least_squares", "dim": 7},
+    {"kind": "mlp_regression", "dim": 3, "hidden": [5, 4]},
+    {"kind": "mlp_classification", "dim": 2, "classes": 4, "hidden": [6]},
+    {"kind": "digits", "hidden": [10, 3]},
+    {"kind": "cifar10", "channels": [8, 16], "downsample": 2},
+    {"kind": "cifar10", "channels": [4], "downsample": 4},
+    {"kind": "cifar10", "channels": [2, 3, 4], "downsample": 1},
+]
+
+
+@pytest.mark.parametrize("fields", TASK_VARIANTS, ids=lambda f: f"{f['kind']}-{len(str(f))}")
+def test_param_count_from_the_config_matches_the_task_layout(fields):
+    """Validation counts parameters without torch; the count must be the layout the generator uses."""
+    from gfm.config import TASK_KINDS
+    from gfm.tasks import make_task
+
+    cfg = TASK_KINDS[fields["kind"]](**{k: v for k, v in fields.items() if k != "kind"})
+    task = make_task(cfg)
+    assert cfg.n_params() == task.n_params
+    if cfg.kind != "cifar10":  # (its data are files)
+        import torch
+
+        x, _ = task.sample_data(torch.Generator().manual_seed(0))
+        assert x.shape[1] == cfg.input_width()
+
+
+def test_every_task_of_the_default_params_counts_like_its_layout():
+    from gfm.tasks import make_task
+
+    for name, cfg in load_params(ROOT / "params.yaml").tasks.items():  # cifar10 included (no store uses it)
+        assert cfg.n_params() == make_task(cfg).n_params, name
+
+
+def test_state_array_counts_match_the_optimizers():
+    from gfm.config import OPTIMIZER_STATE_ARRAYS
+    from gfm.optimizers import STATE_NAMES
+
+    assert OPTIMIZER_STATE_ARRAYS == {k: len(v) for k, v in STATE_NAMES.items()}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_block_estimate_counts_exactly_what_simulate_records(optimizer):
+    import torch
+
+    from gfm.config import OptimizerConfig, estimate_store
+    from gfm.generate import simulate
+    from gfm.runs import run_ids, setup_run
+    from gfm.tasks import make_task
+
+    cfg = load_params(ROOT / "tests" / "params.tiny.yaml").tasks["mlp_regression"]
+    opt = OptimizerConfig(name=optimizer, lr=0.01)
+    task = make_task(cfg)
+    import inspect
+
+    named = {"task_name": "mlp_regression"} if "task_name" in inspect.signature(setup_run).parameters else {}
+    setups = [setup_run(task, opt, 0, r, **named) for r in run_ids([1], 3)]
+    rec = simulate(task, opt, setups, device=torch.device("cpu"))
+    e = estimate_store(cfg, optimizer, n_seeds=1, shard_runs=3)
+    recorded = sum(v.nbytes for k, v in rec.items() if k != "diverged")
+    assert e.block_runs == 3 and e.record_bytes == recorded
+    assert e.store_bytes == cfg.runs_per_dataset * recorded // 3
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params.quick.yaml", "tests/params.tiny.yaml"])
+def test_presets_fit_the_default_limits(name):
+    from gfm.config import LimitsConfig
+
+    p = load_params(ROOT / name)
+    assert p.limits == LimitsConfig()  # the files spell out the defaults
+
+
+def test_limits_refuse_and_a_raised_limit_accepts():
+    def big(d):
+        d["tasks"]["digits"]["runs_per_dataset"] = 100_000
+    probs = problems_of(big)
+    assert any(p.startswith("stores.digits-adam: the store needs") and "limits.max_store_bytes = 200.0 GiB" in p
+               for p in probs), probs
+    data = copy.deepcopy(DEFAULT)
+    big(data)
+    data["limits"] = {"max_store_bytes": 10**15, "max_total_steps": 10**15}
+    parse_params(data)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["report"].update(target_task="cifar10"), "report.target_task: got 'cifar10'; expected a task some store trains:"),
+    (lambda d: d["report"].update(target_task="nope"), "least_squares_1d_gd, least_squares_1d_sgd"),
+    (lambda d: d.pop("stores"), "stores: missing; expected a mapping of store keys"),
+    (lambda d: d["train"].update(models=["lstm", "gfm", "lstm"]), "train.models: ['lstm'] listed more than once"),
+    (lambda d: d["tasks"]["digits"].update(runs_per_dataset=1), "tasks.digits.runs_per_dataset: got 1; the split"),
+    (lambda d: d["generate"].update(dataset_seeds=[1, 2**63]), "generate.dataset_seeds[1]: got 9223372036854775808"),
+    (lambda d: d["train"].update(seed=-1), "train.seed: got -1"),
+    (lambda d: d["tasks"]["mlp_regression"].update(steps=1e3), "got 1000.0; expected an integer (write 1000"),
+])
+def test_cross_references_and_ranges(mutate, expected):
+    probs = problems_of(mutate)
+    assert any(expected in p for p in probs), probs
+
+
+def test_an_empty_params_file_is_refused(tmp_path):
+    for text in ("{}\n", ""):
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        with pytest.raises(ParamsError) as exc:
+            load_params(path)
+        assert exc.value.problems in (["tasks: missing; expected a mapping of task names to tasks",
+                                       "stores: missing; expected a mapping of store keys to stores (at least one: a "
+                                       "study with no store has nothing to run)"],
+                                      ["<top>: got None; expected a mapping"])
+
+
+def test_an_unused_task_may_record_fewer_steps_than_the_horizons():
+    """forecast.horizons is checked against the tasks forecasters are trained on, not an unused entry."""
+    data = copy.deepcopy(DEFAULT)
+    data["tasks"]["cifar10"]["steps"] = 20
+    parse_params(data)

@@ -10,20 +10,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from gfm.errors import ParamsError
+from gfm.errors import ParamsError, shorten
+from gfm.params_yaml import YAMLRefused, parse_yaml, read_params_text
 from gfm.schema import build, spec
 
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "CIFAR10Config", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "AccelerateConfig", "AccelerateStore", "Params", "load_params", "parse_params", "config_hash",
-    "OPTIMIZER_NAMES", "TASK_KINDS",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "AccelerateConfig", "AccelerateStore", "LimitsConfig", "Params", "load_params", "parse_params", "config_hash",
+    "OPTIMIZER_NAMES", "TASK_KINDS", "OPTIMIZER_STATE_ARRAYS", "StoreEstimate", "estimate_store",
 ]
 
 OptimizerName = Literal["sgd", "momentum", "adam", "rmsprop"]
@@ -41,7 +41,7 @@ class Range:
     def _check(self):
         out = []
         if self.high < self.low:
-            out.append(("high", f"got {self.high!r}; expected a value >= low ({self.low!r})"))
+            out.append(("high", f"got {shorten(self.high)}; expected a value >= low ({shorten(self.low)})"))
         if self.log and self.low <= 0:
             out.append(("low", f"got {self.low!r}; a log range needs low > 0"))
         return out
@@ -59,6 +59,10 @@ class ScheduleConfig:
     gamma: float = spec(0.5, gt=0, le=1)
     min_ratio: float = spec(0.0, ge=0, le=1, doc="cosine: floor as a fraction of the base lr")
 
+
+# How many (run, param) state arrays each optimizer carries and records (gfm.optimizers.STATE_NAMES; a test
+# checks the two agree). Kept here so that validating params never imports torch.
+OPTIMIZER_STATE_ARRAYS: dict[str, int] = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
 
 # Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting.
 _OPTIMIZER_KEYS = {
@@ -126,7 +130,7 @@ class TaskConfig:
     def _dispatch(cls, data, path, problems):
         kind = data.get("kind")
         if not isinstance(kind, str) or kind not in TASK_KINDS:
-            problems.append(f"{path}.kind: got {kind!r}; expected one of {', '.join(sorted(TASK_KINDS))}")
+            problems.append(f"{path}.kind: got {shorten(kind)}; expected one of {', '.join(sorted(TASK_KINDS))}")
             return None
         return TASK_KINDS[kind]
 
@@ -143,6 +147,25 @@ class TaskConfig:
         """Recorded points per run: step 0 (initialisation) and every ``record_every`` steps after it."""
         return self.steps // self.record_every + 1
 
+    # Sizes, from the config alone (no torch): the parameter count must equal the task's layout
+    # (gfm.tasks.make_task(cfg).n_params; tests/test_config.py checks every kind).
+    def layer_dims(self) -> list[int]:
+        """Widths of the network's layers, input first (an MLP's ``dims``)."""
+        raise NotImplementedError
+
+    def n_params(self) -> int:
+        """Length of the flat parameter vector (one run's weights)."""
+        dims = self.layer_dims()
+        return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+
+    def input_width(self) -> int:
+        """Features of one training sample."""
+        return self.layer_dims()[0]
+
+    def activation_width(self) -> int:
+        """Values one sample produces in a forward pass (every layer's output), for memory estimates."""
+        return sum(self.layer_dims()[1:])
+
 
 @dataclass(frozen=True)
 class LeastSquaresConfig(TaskConfig):
@@ -154,6 +177,12 @@ class LeastSquaresConfig(TaskConfig):
     noise: float = spec(0.0, ge=0)
     lr_scale: Literal["none", "inverse_lambda_max"] = spec(
         "none", doc="inverse_lambda_max: lr is divided by the largest eigenvalue of X^T X (LFD-2 GD)")
+
+    def layer_dims(self) -> list[int]:
+        return [self.dim, 1]
+
+    def n_params(self) -> int:  # weight (1, dim), no bias
+        return self.dim
 
 
 @dataclass(frozen=True)
@@ -167,6 +196,9 @@ class MLPRegressionConfig(TaskConfig):
     target: Literal["linear", "sin"] = "linear"
     noise: float = spec(0.0, ge=0)
 
+    def layer_dims(self) -> list[int]:
+        return [self.dim, *self.hidden, 1]
+
 
 @dataclass(frozen=True)
 class MLPClassificationConfig(TaskConfig):
@@ -179,6 +211,9 @@ class MLPClassificationConfig(TaskConfig):
     hidden: list[int] = spec([16], nonempty=True, ge=1)
     separation: float = spec(2.0, gt=0)
 
+    def layer_dims(self) -> list[int]:
+        return [self.dim, *self.hidden, self.classes]
+
 
 @dataclass(frozen=True)
 class DigitsConfig(TaskConfig):
@@ -188,6 +223,9 @@ class DigitsConfig(TaskConfig):
     kind: Literal["digits"] = "digits"
     hidden: list[int] = spec([16], nonempty=True, ge=1)
     n_samples: int = spec(256, ge=1, le=1797)
+
+    def layer_dims(self) -> list[int]:
+        return [64, *self.hidden, 10]
 
 
 @dataclass(frozen=True)
@@ -201,6 +239,22 @@ class CIFAR10Config(TaskConfig):
     n_samples: int = spec(512, ge=1, le=50000)
     channels: list[int] = spec([8, 16], nonempty=True, ge=1, doc="output channels of each conv block")
     downsample: int = spec(2, ge=1, le=32, doc="average-pool images by this factor first (2: 16x16)")
+
+    def layer_dims(self) -> list[int]:
+        """Input features, each conv block's output (before pooling), the 10 logits."""
+        size = 32 // self.downsample
+        dims = [3 * size * size]
+        for c in self.channels:
+            dims.append(c * size * size)
+            size //= 2
+        return [*dims, 10]
+
+    def n_params(self) -> int:
+        size, c_in, n = 32 // self.downsample, 3, 0
+        for c in self.channels:  # 3x3 conv with bias, then a 2x2 max-pool
+            n += c_in * c * 9 + c
+            c_in, size = c, size // 2
+        return n + c_in * size * size * 10 + 10  # Linear -> 10
 
     def _check(self):
         out = super()._check()
@@ -253,7 +307,8 @@ class StoreLayoutConfig:
 class GenerateConfig:
     """Trajectory generation."""
 
-    dataset_seeds: list[int] = spec([1, 2, 3, 4, 5], nonempty=True, ge=0)
+    dataset_seeds: list[int] = spec([1, 2, 3, 4, 5], nonempty=True, ge=0, lt=2**63,
+                                    doc="NumPy SeedSequence entries, stored as int64: 0 <= seed < 2**63")
     progress: bool = True
 
     def _check(self):
@@ -357,6 +412,74 @@ class AccelerateConfig:
     timing: bool = spec(True, doc="report wall-clock (false: outputs are byte-reproducible)")
 
 
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one store may cost, checked by `gfm validate` and every stage before anything runs. The defaults fit a
+    laptop as well as a cluster node: a study that needs more says so by raising a limit here. Estimates are
+    float32 and uncompressed (DESIGN.md §6); see :func:`estimate_store`."""
+
+    max_params: int = spec(10_000_000, ge=1, doc="parameters of one task's network")
+    max_run_steps: int = spec(10_000_000, ge=1, doc="optimizer steps of one run (tasks.*.steps, accelerate.budget)")
+    max_total_steps: int = spec(10_000_000_000, ge=1, doc="runs x steps of one store (time)")
+    max_block_bytes: int = spec(8 * GiB, ge=1, doc="memory of one write block (store.shard_runs runs at once)")
+    max_store_bytes: int = spec(200 * GiB, ge=1, doc="uncompressed size of one store")
+
+
+@dataclass(frozen=True)
+class StoreEstimate:
+    """What generating one store costs (uncompressed float32), from the params alone."""
+
+    runs: int            # runs of the store (dataset seeds x runs_per_dataset)
+    block_runs: int      # runs of one write block: min(store.shard_runs, runs)
+    records: int         # recorded points per run
+    params: int          # parameters per run
+    arrays: int          # (run, record, param) arrays: weights + the optimizer's state arrays
+    record_bytes: int    # one block's recorded arrays
+    work_bytes: int      # one block's data, batch orders, activations and live weights/state
+    store_bytes: int     # the whole store's recorded arrays
+    total_steps: int     # runs x steps
+
+    @property
+    def block_bytes(self) -> int:
+        return self.record_bytes + self.work_bytes
+
+
+def estimate_store(task: TaskConfig, optimizer: str, n_seeds: int, shard_runs: int) -> StoreEstimate:
+    """Memory of one generation block (gfm.generate.simulate: records preallocated as (run, record, param)
+    float32 for the weights and each optimizer state array, the runs' data and its per-epoch gather, the int64
+    batch orders, a forward pass over every sample) and the size of the whole store. Python integers: no
+    overflow whatever the params say."""
+    runs = n_seeds * task.runs_per_dataset
+    block = min(shard_runs, runs)
+    T, P, S = task.n_records, task.n_params(), OPTIMIZER_STATE_ARRAYS[optimizer]
+    N, B = task.n_samples, task.batch_size
+    epochs = math.ceil(task.steps / math.ceil(N / B)) if B else 0
+    data = 3 * N * (task.input_width() + 1) * 4            # x, y; the flat view and one epoch's gather
+    orders = 2 * epochs * N * 8                            # epoch orders and their row indices (int64)
+    acts = 2 * N * task.activation_width() * 4             # forward cache + backward, all samples
+    live = (3 + S) * P * 4 + 2 * (task.steps + 1) * 4      # weights, gradient, update, state; lr and loss rows
+    per_run_records = T * P * 4 * (1 + S) + 2 * T * 4      # + loss and lr per record
+    return StoreEstimate(runs=runs, block_runs=block, records=T, params=P, arrays=1 + S,
+                         record_bytes=block * per_run_records, work_bytes=block * (data + orders + acts + live),
+                         store_bytes=runs * per_run_records, total_steps=runs * task.steps)
+
+
+def _size(n: float) -> str:
+    """Bytes as text: 37.2 GiB, 512.0 MiB, 12 KiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}" if n < 10**6 * scale else f"{n / scale:.2e} {unit}"
+    return f"{int(n)} B"
+
+
+def _count(n: int) -> str:
+    """A count as text: 97,000,000; 1.0e+30 when it would be longer than 15 digits."""
+    return f"{n:,}" if n < 10**15 else f"{float(n):.1e}" if n < 10**300 else "more than 1e300"
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
@@ -365,6 +488,7 @@ class Params:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     generate: GenerateConfig = dataclasses.field(default_factory=GenerateConfig)
     store: StoreLayoutConfig = dataclasses.field(default_factory=StoreLayoutConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     tasks: dict[str, TaskConfig] = spec({}, nonempty=True)
     stores: dict[str, StoreSpec] = spec({}, nonempty=True)
@@ -380,7 +504,7 @@ class Params:
         out = []
         for key, st in self.stores.items():
             if st.task not in self.tasks:
-                out.append((f"stores.{key}.task", f"got {st.task!r}; expected one of {', '.join(sorted(self.tasks))}"))
+                out.append((f"stores.{key}.task", f"got {shorten(st.task)}; expected one of {', '.join(sorted(self.tasks))}"))
             expected = f"{st.task}-{st.optimizer.name}"
             if key != expected:
                 out.append((f"stores.{key}", f"store keys are '<task>-<optimizer>'; expected {expected!r}"))
@@ -391,14 +515,14 @@ class Params:
             if not name.replace("_", "").isalnum() or not name[:1].isalpha():
                 out.append((f"models.{name}", "model names use letters, digits and '_' and start with a letter"))
             if not isinstance(m, dict) or not isinstance(m.get("kind"), str):
-                out.append((f"models.{name}", f"got {m!r}; expected a mapping with a 'kind' (a forecaster name)"))
+                out.append((f"models.{name}", f"got {shorten(m)}; expected a mapping with a 'kind' (a forecaster name)"))
         for i, name in enumerate(self.train.models):
             if name not in self.models:
-                out.append((f"train.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none defined in models:)'}"))
+                out.append((f"train.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none defined in models:)'}"))
         for key, st in self.stores.items():
             for i, name in enumerate(st.models or ()):
                 if name not in self.models:
-                    out.append((f"stores.{key}.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+                    out.append((f"stores.{key}.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
         for i, pair in enumerate(self.generalize.pairs):
             for end in ("source", "target"):
                 if getattr(pair, end) not in self.stores:
@@ -416,7 +540,7 @@ class Params:
                             out.append(("generalize.models", msg))
         for i, name in enumerate(self.generalize.models):
             if name not in self.models:
-                out.append((f"generalize.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+                out.append((f"generalize.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
         for key, ast in self.accelerate.stores.items():
             where = f"accelerate.stores.{key}"
             if key not in self.stores:
@@ -435,15 +559,102 @@ class Params:
                                                      "train.models or that store's models)"))
         for i, name in enumerate(self.accelerate.models):
             if name not in self.models:
-                out.append((f"accelerate.models[{i}]", f"got {name!r}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
+                out.append((f"accelerate.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))
         bad = [h for h in self.accelerate.horizons if h not in self.forecast.horizons]
         if self.accelerate.stores and bad:
             out.append(("accelerate.horizons", f"got {bad}; expected entries of forecast.horizons "
                                                f"({list(self.forecast.horizons)})"))
-        shortest = min((t.n_records for t in self.tasks.values()), default=0)
-        if self.stores and self.train.models and self.forecast.horizons[-1] >= shortest:
-            out.append(("forecast.horizons", f"last horizon {self.forecast.horizons[-1]} is beyond the last recorded "
-                                             f"step of the shortest task ({shortest - 1})"))
+        trained = [(key, st.task) for key, st in self.stores.items() if st.task in self.tasks and self.store_models(key)]
+        if trained:  # forecasters need every horizon recorded on every store they are trained on
+            key, name = min(trained, key=lambda kt: self.tasks[kt[1]].n_records)
+            last = self.tasks[name].n_records - 1
+            if self.forecast.horizons[-1] > last:
+                out.append(("forecast.horizons", f"last horizon {self.forecast.horizons[-1]} is beyond the last recorded "
+                                                 f"step of task {name!r} ({last}), which store {key!r} trains models on"))
+        out += self._reference_problems()
+        out += self._size_problems()
+        return out
+
+    def _reference_problems(self) -> list[tuple[str, str]]:
+        """Names that must refer to something (beyond stores -> tasks and the model lists above)."""
+        out = []
+        trained_tasks = sorted({st.task for st in self.stores.values() if st.task in self.tasks})
+        if self.stores and self.report.target_task not in trained_tasks:  # (no stores: reported as such)
+            out.append(("report.target_task", f"got {shorten(self.report.target_task)}; expected a task some store "
+                                              f"trains: {', '.join(trained_tasks) or '(none)'}"))
+        lists = [("train.models", self.train.models), ("generalize.models", self.generalize.models),
+                 ("accelerate.models", self.accelerate.models), ("accelerate.horizons", self.accelerate.horizons),
+                 *((f"stores.{k}.models", st.models or ()) for k, st in self.stores.items())]
+        for where, names in lists:
+            repeated = sorted({n for n in names if list(names).count(n) > 1}, key=str)
+            if repeated:
+                out.append((where, f"{shorten(repeated)} listed more than once; list each once"))
+        fractions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
+        for name in sorted({st.task for key, st in self.stores.items() if st.task in self.tasks}):
+            n = self.tasks[name].runs_per_dataset
+            n_train, n_val = int(round(self.split.train * n)), int(round(self.split.val * n))
+            counts = {"train": n_train, "val": n_val, "test": n - n_train - n_val}
+            empty = [part for part, frac in fractions.items() if frac > 0 and counts[part] <= 0]
+            if empty:
+                out.append((f"tasks.{name}.runs_per_dataset",
+                            f"got {n}; the split ({self.split.train:g} / {self.split.val:g} / {self.split.test:g}) "
+                            f"leaves no {' or '.join(empty)} runs per dataset seed; raise it"))
+        return out
+
+    def _size_problems(self) -> list[tuple[str, str]]:
+        """What would run out of memory, disk or time, from estimates (refused before anything runs)."""
+        lim, out = self.limits, []
+        for name, task in self.tasks.items():
+            n = task.n_params()
+            if n > lim.max_params:
+                out.append((f"tasks.{name}", f"the network has {_count(n)} parameters, above limits.max_params = "
+                                             f"{_count(lim.max_params)}; use a smaller network or raise the limit"))
+            if task.steps > lim.max_run_steps:
+                out.append((f"tasks.{name}.steps", f"got {_count(task.steps)}; above limits.max_run_steps = "
+                                                   f"{_count(lim.max_run_steps)}; lower it or raise the limit"))
+        for key, st in self.stores.items():
+            task = self.tasks.get(st.task)
+            if task is None or task.n_params() > lim.max_params:
+                continue
+            e = estimate_store(task, st.optimizer.name, len(self.generate.dataset_seeds), self.store.shard_runs)
+            shape = (f"{_count(e.block_runs)} runs x {_count(e.records)} records x {_count(e.params)} params x 4 B x "
+                     f"{e.arrays} array{'s' if e.arrays > 1 else ''}")
+            if e.block_bytes > lim.max_block_bytes:
+                more = f" or tasks.{st.task}.n_samples" if e.work_bytes > e.record_bytes else ""
+                out.append((f"stores.{key}", f"a write block needs {_size(e.block_bytes)} ({shape} = "
+                                             f"{_size(e.record_bytes)}, plus {_size(e.work_bytes)} of data and working "
+                                             f"memory), above limits.max_block_bytes = {_size(lim.max_block_bytes)}; "
+                                             f"lower store.shard_runs{more} or raise the limit"))
+            if e.store_bytes > lim.max_store_bytes:
+                out.append((f"stores.{key}", f"the store needs {_size(e.store_bytes)} uncompressed ({_count(e.runs)} runs x "
+                                             f"{_count(e.records)} records x {_count(e.params)} params x 4 B x {e.arrays}), "
+                                             f"above limits.max_store_bytes = {_size(lim.max_store_bytes)}; lower "
+                                             f"tasks.{st.task}.runs_per_dataset or steps, raise record_every, or raise "
+                                             "the limit"))
+            if e.total_steps > lim.max_total_steps:
+                out.append((f"stores.{key}", f"{_count(e.runs)} runs x {_count(task.steps)} steps = "
+                                             f"{_count(e.total_steps)} optimizer steps, above limits.max_total_steps = "
+                                             f"{_count(lim.max_total_steps)}; lower tasks.{st.task}.runs_per_dataset "
+                                             "or steps, or raise the limit"))
+        acc = self.accelerate
+        if acc.budget > lim.max_run_steps:
+            out.append(("accelerate.budget", f"got {_count(acc.budget)}; above limits.max_run_steps = "
+                                             f"{_count(lim.max_run_steps)}; lower it or raise the limit"))
+        for key, ast in acc.stores.items():
+            task = self.tasks.get(ast.task)
+            if task is None or key not in self.stores or task.n_params() > lim.max_params:
+                continue
+            runs = (acc.runs or task.runs_per_dataset)  # per dataset seed, one stacked job each
+            budget = acc.budget or task.steps
+            need = runs * ((task.n_samples + acc.holdout) * (task.input_width() + 1) * 4 * 3
+                           + 2 * (task.n_samples + acc.holdout) * task.activation_width() * 4
+                           + (budget + 1) * 4 * 2 + (4 + OPTIMIZER_STATE_ARRAYS[ast.optimizer]) * task.n_params() * 4)
+            if need > lim.max_block_bytes:
+                out.append((f"accelerate.stores.{key}", f"a jump-ahead job needs {_size(need)} ({_count(runs)} runs x "
+                                                        f"{_count(task.n_samples + acc.holdout)} samples, "
+                                                        f"{_count(budget)} steps), above limits.max_block_bytes = "
+                                                        f"{_size(lim.max_block_bytes)}; lower accelerate.runs or "
+                                                        "holdout, or raise the limit"))
         return out
 
     def store_models(self, key: str) -> list[str]:
@@ -459,25 +670,37 @@ class Params:
         return st, self.tasks[st.task]
 
 
+_REQUIRED = {"tasks": "a mapping of task names to tasks", "stores": "a mapping of store keys to stores (at least "
+                                                                     "one: a study with no store has nothing to run)"}
+
+
 def parse_params(data: Any, *, source: str = "params") -> Params:
-    """Validate a parsed params mapping; raise ParamsError listing every problem."""
+    """Validate a parsed params mapping, sizes included (``limits:``); raise ParamsError listing every problem."""
     problems: list[str] = []
-    params = build(Params, data, "", problems)
+    if isinstance(data, dict):
+        problems += [f"{key}: missing; expected {what}" for key, what in _REQUIRED.items() if key not in data]
+    try:
+        params = build(Params, data, "", problems)
+    except RecursionError:  # only from data built in Python: load_params bounds the nesting of files
+        problems.append("<top>: nested too deeply to be params")
     if problems:
         raise ParamsError(problems, source=source)
     return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (YAML, safe loader)."""
+    """Read and validate a params file: YAML through :func:`gfm.params_yaml.parse_yaml` (the safe loader with
+    bounded aliases and nesting, duplicate keys refused, ``1e-5`` read as a number), then :func:`parse_params`."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"file not found: {path}", source=str(path))
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ParamsError(f"not valid YAML ({first})", source=str(path)) from None
+        data = parse_yaml(read_params_text(path))
+    except FileNotFoundError:
+        raise ParamsError(f"file not found: {path}", source=str(path)) from None
+    except YAMLRefused as exc:
+        raise ParamsError(exc.problems, source=str(path)) from None
+    except OSError as exc:  # unreadable: permissions, an I/O error
+        raise ParamsError(f"cannot read the file ({shorten(exc.strerror or exc, 120, quote=False)})",
+                          source=str(path)) from None
     return parse_params(data, source=str(path))
 
 

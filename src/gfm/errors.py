@@ -4,6 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "one_line",
+    "bound_problems",
+    "shorten",
+    "MAX_PROBLEM_CHARS",
+    "MAX_PROBLEMS",
     "GFMError",
     "ParamsError",
     "StoreError",
@@ -20,6 +24,55 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+MAX_PROBLEM_CHARS = 400
+"""Longest problem line a ParamsError keeps (longer ones are cut, ending in "…")."""
+MAX_PROBLEMS = 50
+"""Most problem lines a ParamsError keeps; the rest are counted in one last line."""
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
+
+
+def _int_text(value: int) -> str:
+    """An integer as text, without ever formatting thousands of digits (Python refuses past 4,300)."""
+    if -10**40 < value < 10**40:
+        return repr(value)
+    digits = int(abs(value).bit_length() * 0.30103) + 1
+    return f"{'-' if value < 0 else ''}an integer of about {digits:,} digits"
+
+
+def shorten(value, limit: int = 80, *, quote: bool = True) -> str:
+    """``repr(value)`` (``str`` when not ``quote``) as one line of at most ``limit`` characters, ending in "…"
+    when cut. Cheap on huge values: containers show their first few items, long strings their start, huge
+    integers their number of digits. Use it for every user value printed in a message."""
+    import reprlib
+
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return _clip(_int_text(value), limit)
+    if isinstance(value, str) and not quote:
+        return _clip(one_line(value[: limit + 1]), limit)
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlong, r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = (
+        max(limit, 10), max(limit, 10), 40, 3, 6, 6, 4, 6)
+    r.repr_int = lambda x, level: _int_text(x)  # also inside containers
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still shown as something
+        text = f"<{type(value).__name__}>"
+    return _clip(one_line(text), limit)
+
+
+def bound_problems(problems: list[str]) -> list[str]:
+    """At most :data:`MAX_PROBLEMS` one-line problems of at most :data:`MAX_PROBLEM_CHARS` characters each."""
+    lines = [_clip(one_line(p), MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"... and {len(problems) - MAX_PROBLEMS:,} more problems (the first {MAX_PROBLEMS} are shown)")
+    return lines
+
+
 class GFMError(Exception):
     """Base class of every error this package raises on purpose. The CLI turns these into exit code 2."""
 
@@ -28,8 +81,8 @@ class ParamsError(GFMError, ValueError):
     """A params file is missing, unreadable or invalid. ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str] | str, *, source: str = "params"):
-        self.problems = [one_line(p) for p in ([problems] if isinstance(problems, str) else problems)]
-        self.source = one_line(source)
+        self.problems = bound_problems([problems] if isinstance(problems, str) else list(problems))
+        self.source = _clip(one_line(source), MAX_PROBLEM_CHARS)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
 
 

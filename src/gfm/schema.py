@@ -12,9 +12,23 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from gfm.errors import shorten
+
 __all__ = ["spec", "build", "describe_type"]
 
 _MISSING = dataclasses.MISSING
+INT_BOUND = 2**63
+"""Every integer field fits a signed 64-bit integer (NumPy, Zarr and torch store them as int64)."""
+
+
+def _show(value: Any) -> str:
+    """A user value in a message: its repr, one line, at most 80 characters."""
+    return shorten(value, 80)
+
+
+def _key(key: Any) -> str:
+    """A mapping key as a path component: at most 60 characters, one line."""
+    return shorten(key, 60, quote=False) if isinstance(key, str) else shorten(key, 60)
 
 
 def spec(default: Any = _MISSING, *, ge: float | None = None, gt: float | None = None,
@@ -61,7 +75,11 @@ def _range_problem(value: Any, meta: dict) -> str | None:
     active = [(op, ok, meta[k]) for k, (op, ok) in checks.items() if meta.get(k) is not None]
     if all(ok(bound) for _, ok, bound in active):
         return None
-    return "expected a value " + " and ".join(f"{op} {bound}" for op, _, bound in active)
+    return "expected a value " + " and ".join(f"{op} {_bound_text(bound)}" for op, _, bound in active)
+
+
+def _bound_text(bound: float) -> str:
+    return "2**63" if bound == INT_BOUND else str(bound)
 
 
 def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) -> Any:
@@ -81,40 +99,50 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) ->
             for opt in options:
                 if dataclasses.is_dataclass(opt):
                     return _convert(value, opt, path, problems, meta)
-        problems.append(f"{path}: got {value!r}; expected {describe_type(tp)}")
+        problems.append(f"{path}: got {_show(value)}; expected {describe_type(tp)}")
         return None
     if tp is type(None):
         if value is not None:
-            problems.append(f"{path}: got {value!r}; expected null")
+            problems.append(f"{path}: got {_show(value)}; expected null")
         return None
     if tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"{path}: got {value!r}; expected true or false")
+            problems.append(f"{path}: got {_show(value)}; expected true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{path}: got {value!r}; expected an integer")
+            hint = ""
+            if isinstance(value, float) and value.is_integer() and abs(value) < INT_BOUND:
+                hint = f" (write {int(value)}, without a decimal point or exponent)"
+            problems.append(f"{path}: got {_show(value)}; expected an integer{hint}")
+            return value
+        if not -INT_BOUND <= value < INT_BOUND:
+            problems.append(f"{path}: got {_show(value)}; expected an integer of at most 63 bits (below 2**63)")
             return value
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{path}: got {value!r}; expected a number")
+            problems.append(f"{path}: got {_show(value)}; expected a number")
             return value
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            problems.append(f"{path}: got {_show(value)}; expected a finite number")
+            return value
         if value != value or value in (float("inf"), float("-inf")):
-            problems.append(f"{path}: got {value!r}; expected a finite number")
+            problems.append(f"{path}: got {_show(value)}; expected a finite number")
             return value
     elif tp is str:
         if not isinstance(value, str):
-            problems.append(f"{path}: got {value!r}; expected a string")
+            problems.append(f"{path}: got {_show(value)}; expected a string")
             return value
     elif origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-            problems.append(f"{path}: got {value!r}; expected one of {', '.join(map(repr, allowed))}")
+            problems.append(f"{path}: got {_show(value)}; expected one of {', '.join(map(repr, allowed))}")
         return value
     elif origin in (list, tuple):
         if not isinstance(value, list):
-            problems.append(f"{path}: got {value!r}; expected {describe_type(tp)}")
+            problems.append(f"{path}: got {_show(value)}; expected {describe_type(tp)}")
             return value
         (item_tp,) = typing.get_args(tp)[:1]
         if meta.get("nonempty") and not value:
@@ -123,7 +151,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) ->
         return tuple(items)
     elif origin is dict:
         if not isinstance(value, dict):
-            problems.append(f"{path}: got {value!r}; expected a mapping")
+            problems.append(f"{path}: got {_show(value)}; expected a mapping")
             return value
         _, val_tp = typing.get_args(tp)
         if meta.get("nonempty") and not value:
@@ -131,9 +159,9 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) ->
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                problems.append(f"{path}: key {k!r} is not a string")
+                problems.append(f"{path}: key {_show(k)} is not a string")
                 continue
-            out[k] = _convert(v, val_tp, f"{path}.{k}", problems, {})
+            out[k] = _convert(v, val_tp, f"{path}.{_key(k)}", problems, {})
         return out
     elif dataclasses.is_dataclass(tp):
         return build(tp, value, path, problems)
@@ -141,7 +169,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str], meta: dict) ->
         raise TypeError(f"unsupported annotation {tp!r} at {path}")
     msg = _range_problem(value, meta)
     if msg:
-        problems.append(f"{path}: got {value!r}; {msg}")
+        problems.append(f"{path}: got {_show(value)}; {msg}")
     return value
 
 
@@ -152,7 +180,7 @@ def build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     list[(key, message)]`` for cross-field rules.
     """
     if not isinstance(data, dict):
-        problems.append(f"{path or '<top>'}: got {data!r}; expected a mapping")
+        problems.append(f"{path or '<top>'}: got {_show(data)}; expected a mapping")
         return None
     dispatch = getattr(cls, "_dispatch", None)
     if dispatch is not None:
@@ -165,7 +193,7 @@ def build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key; allowed keys are {', '.join(sorted(fields))}")
+            problems.append(f"{prefix}{_key(key)}: unknown key; allowed keys are {', '.join(sorted(fields))}")
     kwargs = {}
     n_before = len(problems)
     for name, f in fields.items():
