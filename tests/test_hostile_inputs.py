@@ -118,8 +118,12 @@ class Run:
 def closed_params(tmp_path_factory) -> Path:
     """The tiny study with only the closed-form models the staged run trains (a params file the CLI reads)."""
     data = yaml.safe_load(TINY.read_text())
-    data["models"] = {k: v for k, v in data["models"].items() if k in ("last_value", "linear")}
-    data["train"]["models"] = ["last_value", "linear"]
+    keep = ("last_value", "linear")
+    data["models"] = {k: v for k, v in data["models"].items() if k in keep}
+    data["train"]["models"] = list(keep)
+    space = (data["train"].get("tuning") or {}).get("space")
+    if isinstance(space, dict):  # search spaces of the learned models dropped above
+        data["train"]["tuning"]["space"] = {k: v for k, v in space.items() if k in keep}
     data["accelerate"]["models"] = ["linear"]
     data["report"]["claims"] = []
     path = tmp_path_factory.mktemp("params") / "params.yaml"

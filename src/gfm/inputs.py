@@ -49,8 +49,9 @@ _DTYPE_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int3
                 "int64": 8, "uint64": 8, "float16": 2, "float32": 4, "float64": 8}
 _RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
 _MAX_LISTED = 5  # problems of one kind named before "and N more"
-# A generator's own bookkeeping inside a (partial) store; mirrors store._DONE_DIR / store._LOCK_FILE.
-_WRITER_FILES = re.compile(r"\.blocks_done/\d+\.done|\.writer\.lock")
+# A generator's own bookkeeping inside a (partial) store (store._DONE_DIR / store._LOCK_FILE), and the stamp
+# `snakemake --touch` (gfm adopt) leaves in a directory output.
+_WRITER_FILES = re.compile(r"\.blocks_done/\d+\.done|\.writer\.lock|\.snakemake_timestamp")
 
 
 class UnsafeInputError(GFMError, ValueError):
