@@ -4,6 +4,7 @@ the partial store), Snakemake (its working-directory lock) and DVC (its reposito
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -106,3 +107,40 @@ def test_a_second_dvc_repro_is_refused(slow_repo):
         _finish(first)
     _sound(slow_repo / TARGET)
     assert "up to date" in run_tool(["dvc", "status", stage], slow_repo).stdout
+
+
+def test_a_second_generate_in_the_finish_window_cannot_touch_the_finished_store(tmp_path, monkeypatch):
+    """The last window of a writer: the store is flagged complete, then renamed into place. A second
+    `gfm generate` of the same store started while the flagged store is still at its partial path is refused
+    (the lock is held through the rename; it used to be released first, and the second writer reused the
+    flagged store, removed the first one's and renamed a store holding only zarr.json). One started right
+    after the rename, while the first still holds its lock, starts a new store and replaces the first
+    (identical) one. Both end with a store that checks clean, byte-identical to an undisturbed run."""
+    from gfm import generate, store
+    from gfm.config import load_params
+    from test_hostile_outputs import KEY, _params_file
+    from test_reliability import _files
+
+    params_file = _params_file(tmp_path / "params.yaml")
+    params = load_params(params_file)
+    ref = tmp_path / "ref.zarr"
+    generate.run(params, KEY, out=ref, progress=False)
+    out = tmp_path / "s.zarr"
+    seen: dict[str, subprocess.CompletedProcess] = {}
+
+    def second_writer(stage: str, writer) -> None:
+        seen[stage] = subprocess.run(
+            [sys.executable, "-m", "gfm", "generate", "--params", str(params_file), "--store", KEY, "--out",
+             str(out), "--quiet"], env=tool_env(), capture_output=True, text=True, timeout=300)
+
+    monkeypatch.setattr(store, "_finish_hook", second_writer)
+    generate.run(params, KEY, out=out, progress=False)
+    flagged, renamed = seen["flagged"], seen["renamed"]
+    assert flagged.returncode == 2 and flagged.stderr.strip().splitlines() == [
+        f"error: {out}: another process is writing this store (it holds {partial_path(out)}/.writer.lock); "
+        "wait for it to finish, or stop it and re-run to resume"], flagged.stderr
+    assert renamed.returncode == 0, renamed.stderr
+    assert json.loads(renamed.stdout)["blocks_reused"] == 0  # a new store, not the first one's
+    _sound(out)
+    assert _files(out) == _files(ref)
+    assert not partial_path(out).exists() and not (out / ".writer.lock").exists()

@@ -21,8 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +32,9 @@ from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
 from gfm.forecasters import Trajectories, load_forecaster
 from gfm.inputs import tree_problems
+from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
 from gfm.split import read_split as _read_split
-from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
+from gfm.store import SCHEMA_VERSION, open_trajectories
 
 __all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
 
@@ -153,19 +152,14 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, models: Pat
                        f"({ts.n_records - 1})")
     if not any(runs_by_seed.values()):
         raise GFMError(f"{split}: no test runs to forecast (all diverged or an empty test split)")
-    tmp = partial_path(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = open_temp_dir(out, FORECASTS, suffix=".partial")  # refuses an --out that is not earlier forecasts
     try:
         summaries = {name: forecast_model(params, store_key=store_key, model=name, ts=ts,
                                           runs_by_seed=runs_by_seed, skipped=skipped, models=models / name,
                                           out=tmp / f"{name}.zarr")
                      for name in names}
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed job leaves nothing beside the output
+        discard_temp(tmp)  # a failed job leaves nothing beside the output
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_output(tmp, out, FORECASTS)
     return summaries

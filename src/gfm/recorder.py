@@ -59,7 +59,8 @@ from zarr.codecs import BloscCodec
 from gfm import __version__
 from gfm.errors import GFMError, StoreSchemaError
 from gfm.optimizers import STATE_NAMES
-from gfm.store import SCHEMA_VERSION, partial_path
+from gfm.outputs import TRAJECTORY_STORE, claim_output, replace_output
+from gfm.store import SCHEMA_VERSION, _claim_partial, partial_path
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
@@ -159,6 +160,8 @@ class Recorder:
         self.path = Path(path)
         if mode == "w" and self.path.exists() and not overwrite:
             raise RecordError(f"{self.path} exists; pass overwrite=True to replace it or mode='a' to add a run")
+        if mode == "w":  # only ever replaces a trajectory store (gfm.outputs), whatever ``overwrite`` says
+            claim_output(self.path, TRAJECTORY_STORE)
         if mode == "a" and not self.path.exists():
             raise RecordError(f"{self.path}: no store to add a run to (mode='a'); record the first run with mode='w'")
         self.model, self.optimizer, self.every, self.mode = model, optimizer, every, mode
@@ -233,7 +236,8 @@ class Recorder:
             self._flush()
 
     def _open(self) -> None:
-        if self.tmp.exists():
+        if self.tmp.exists() or self.tmp.is_symlink():
+            _claim_partial(self.tmp)  # a writer's leftover, or refused untouched
             shutil.rmtree(self.tmp)
         g = zarr.open_group(self.tmp, mode="w", zarr_format=3)
         comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
@@ -339,9 +343,7 @@ class Recorder:
         attrs = self._attrs(T)
         attrs.update({"n_runs": 1, "dataset_seeds": [self.dataset_seed], "complete": True})
         g.attrs.update(json.loads(json.dumps(attrs)))
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.tmp.rename(self.path)
+        replace_output(self.tmp, self.path, TRAJECTORY_STORE, keep_tmp_on_refusal=True)
 
     def _finish_append(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
         try:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `gfm split` and `gfm ch
 
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
-    "partial_path",
+    "partial_path", "foreign_files",
 ]
 
 SCHEMA_VERSION = 1
@@ -80,6 +80,105 @@ def partial_path(path: str | Path) -> Path:
     """Where a store is built before it is renamed into place."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
+
+
+_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
+
+
+def _chunk_key_ok(meta: dict, key: str) -> bool:
+    """``key`` (relative to an array's directory) names a chunk (or shard) inside the array's chunk grid;
+    True for any key of a grid or key encoding this code does not model (never discard what is not understood)."""
+    try:
+        shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        name = enc["name"]
+        sep = (enc.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
+        if meta["chunk_grid"]["name"] != "regular" or name not in ("default", "v2") or len(chunk) != len(shape):
+            return True
+        grid = [math.ceil(s / c) for s, c in zip(shape, chunk)]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
+        return True
+    if name == "default":
+        if not shape:
+            return key == "c"
+        if not key.startswith("c" + sep):
+            return False
+        key = key[2:]
+    elif not shape:
+        return key == "0"
+    parts = key.split(sep)
+    return len(parts) == len(grid) and all(
+        p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < n for p, n in zip(parts, grid))
+
+
+def foreign_files(path: str | Path) -> list[Path]:
+    """Files under the Zarr store ``path`` (finished or partial) that are not the store's own, sorted.
+
+    A store's own files are the ``zarr.json`` of its root and of every group and array below it, the chunk
+    (or shard) keys inside each array's chunk grid, and at the root the writer's bookkeeping (``.writer.lock``,
+    ``.blocks_done/<n>.done``) and Snakemake's ``.snakemake_timestamp``. Everything else is foreign: the
+    ``*.partial`` temporary file of a chunk write that was killed, stray or planted files, links. Pure: reads
+    only ``zarr.json`` files and directory entries. Used by a resumed writer (foreign files are discarded, so
+    a resumed store is byte-identical to an uninterrupted one), by stages deciding whether an output is theirs
+    to replace (:mod:`gfm.outputs`) and by ``gfm check``.
+    """
+    root = Path(path)
+    found: list[Path] = []
+
+    def meta_of(d: Path) -> dict | None:
+        f = d / "zarr.json"
+        if not f.is_file() or f.is_symlink():
+            return None
+        try:
+            meta = json.loads(f.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("node_type") in ("group", "array") else None
+
+    def everything(d: Path) -> None:
+        for dirpath, dirs, files in os.walk(d):
+            found.extend(Path(dirpath, n) for n in files)
+            found.extend(Path(dirpath, n) for n in dirs if os.path.islink(os.path.join(dirpath, n)))
+
+    def node(d: Path, meta: dict | None, at_root: bool) -> None:
+        for child in d.iterdir():
+            name = child.name
+            if name == "zarr.json" and meta is not None and child.is_file() and not child.is_symlink():
+                continue
+            if at_root and (name in (_LOCK_FILE, _STAMP) and child.is_file() and not child.is_symlink()):
+                continue
+            if at_root and name == _DONE_DIR and child.is_dir() and not child.is_symlink():
+                for m in child.iterdir():
+                    if not (m.suffix == ".done" and m.stem.isdigit() and m.is_file() and not m.is_symlink()):
+                        everything(m) if m.is_dir() and not m.is_symlink() else found.append(m)
+                continue
+            if child.is_symlink() or not child.is_dir():
+                if meta is not None and meta.get("node_type") == "array" and not child.is_symlink() \
+                        and _chunk_key_ok(meta, name):
+                    continue
+                found.append(child)
+                continue
+            if meta is not None and meta.get("node_type") == "array":  # chunk key directories (c/0/1/...)
+                for dirpath, dirs, files in os.walk(child):
+                    for n in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
+                        f = Path(dirpath, n)
+                        if f.is_symlink() or not _chunk_key_ok(meta, f.relative_to(d).as_posix()):
+                            found.append(f)
+                continue
+            sub = meta_of(child) if meta is not None and meta.get("node_type") == "group" else None
+            if sub is None:
+                everything(child)
+            else:
+                node(child, sub, at_root=False)
+
+    if root.is_dir() and not root.is_symlink():
+        node(root, meta_of(root), at_root=True)
+    return sorted(found)
+
+
+def _finish_hook(stage: str, writer: StoreWriter) -> None:
+    """No-op; tests replace it to act inside :meth:`StoreWriter.finish` (``"flagged"``: the store is flagged
+    complete and flushed, not yet renamed; ``"renamed"``: renamed, the lock still held)."""
 
 
 def _fsync_tree(root: Path) -> None:
@@ -140,36 +239,97 @@ class StoreWriter:
         _fsync_tree(marker_dir)
 
     def finish(self) -> Path:
-        """Mark complete, drop the block markers and rename ``.partial`` into place (atomic on one fs)."""
+        """Mark complete, drop the block markers and rename ``.partial`` into place (atomic on one fs).
+
+        The writer's lock is held until the store is in place: a POSIX lock belongs to the open file, and the
+        rename moves the lock file along with the store, so a second writer started at any moment before the
+        rename is refused (it can neither reuse this flagged store nor remove what the rename puts in place),
+        and one started after it finds no partial store and starts a new one. The lock file is removed from
+        the finished store only after the rename; a writer killed in between leaves an empty ``.writer.lock``
+        in it, which :func:`foreign_files` counts as the store's own.
+        """
+        from gfm.outputs import TRAJECTORY_STORE, replace_output
+
         missing = set(range(self.n_blocks)) - self.done_blocks()
         if missing:
             raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
         self.group.attrs["complete"] = True
         shutil.rmtree(self.tmp / _DONE_DIR, ignore_errors=True)
-        (self.tmp / _LOCK_FILE).unlink(missing_ok=True)  # the lock is held until this process exits or closes it
         _fsync_tree(self.tmp)
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
+        _finish_hook("flagged", self)
+        # an old store at the path is removed only if it is a trajectory store (gfm.outputs); anything else
+        # there is refused and the flagged partial store is kept, so a re-run after moving it away only renames
+        replace_output(self.tmp, self.path, TRAJECTORY_STORE, keep_tmp_on_refusal=True)
+        _fsync_dir(self.path.parent)
+        _finish_hook("renamed", self)
+        (self.path / _LOCK_FILE).unlink(missing_ok=True)
+        _fsync_dir(self.path)
+        self.release()
+        return self.path
+
+    def release(self) -> None:
+        """Drop the writer's lock (closing its descriptor); :meth:`finish` does it once the store is in place."""
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
-        return self.path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _lock_writer(tmp: Path, path: Path) -> int:
     """Take the writer's lock of a partial store, or refuse: two writers of one store would overwrite each
     other's blocks and race to rename. A POSIX lock (``lockf``) is released by the kernel when its process
     dies, so a SIGKILLed writer never leaves a stale lock; within one process it can be re-taken (an
-    interrupted run resumed in the same interpreter)."""
-    fd = os.open(tmp / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    interrupted run resumed in the same interpreter).
+
+    The lock is only good if the file it is on is still the one at ``tmp``: a writer finishing between our
+    open and our lock renames the file away with its store (or removes it). Then the lock guards nothing here,
+    so it is dropped and the lock at ``tmp`` is taken again (a new partial store if the old one is gone)."""
+    for _ in range(5):
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(tmp / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # renamed away between the mkdir and the open
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreLockedError(f"{path}: another process is writing this store (it holds {tmp / _LOCK_FILE}); "
+                                   "wait for it to finish, or stop it and re-run to resume") from None
+        mine = os.fstat(fd)
+        try:
+            there = os.stat(tmp / _LOCK_FILE)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
         os.close(fd)
-        raise StoreLockedError(f"{path}: another process is writing this store (it holds {tmp / _LOCK_FILE}); "
-                               "wait for it to finish, or stop it and re-run to resume") from None
-    return fd
+    raise StoreLockedError(f"{path}: another process keeps finishing and restarting this store ({tmp}); "
+                           "wait for it to finish")
+
+
+def _claim_partial(tmp: Path) -> None:
+    """A leftover ``<store>.partial`` is reused or emptied only if it is a writer's: an empty directory, one
+    holding the writer's lock file, or a Zarr group. Anything else at that path is refused untouched."""
+    from gfm.outputs import OutputError
+
+    if not tmp.exists() and not tmp.is_symlink():
+        return
+    if tmp.is_dir() and not tmp.is_symlink():
+        entries = {c.name for c in tmp.iterdir()}
+        if not entries or _LOCK_FILE in entries or (tmp / "zarr.json").is_file():
+            return
+    what = "is a symbolic link" if tmp.is_symlink() else "is not a directory" if not tmp.is_dir() else \
+        f"holds {len(list(tmp.iterdir()))} entries and no {_LOCK_FILE} or zarr.json"
+    raise OutputError(f"{tmp}: the store's partial path {what}, so it is not a leftover of a writer; refusing to "
+                      "remove it (move it away or choose another output path)")
 
 
 def _empty(directory: Path, *, keep: str) -> None:
@@ -188,15 +348,17 @@ def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, la
     Resuming keeps the finished blocks of an earlier, interrupted writer, but only if its attributes equal
     ``attrs`` (same config, same layout); anything else is wiped and started over.
     """
-    path = Path(path)
+    from gfm.outputs import TRAJECTORY_STORE, claim_output
+
+    path = claim_output(path, TRAJECTORY_STORE)  # a store (to be replaced) or nothing: refused before any write
     tmp = partial_path(path)
+    _claim_partial(tmp)
     n_params = layout[-1].offset + layout[-1].size
     block = min(chunks.shard_runs, n_runs)
     attrs = {**attrs, "schema_version": SCHEMA_VERSION, "complete": False,
              "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
              "n_runs": n_runs, "n_records": n_records, "n_params": n_params, "block_runs": block}
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. exactly as zarr will store them
-    tmp.mkdir(parents=True, exist_ok=True)
     lock = _lock_writer(tmp, path)
     try:
         return _open_writer(path, tmp, lock, n_runs=n_runs, n_records=n_records, n_params=n_params, block=block,
@@ -215,6 +377,11 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
             group = zarr.open_group(tmp, mode="r+")
             # "complete": a writer killed inside finish(), between the flag and the rename
             if {**dict(group.attrs), "complete": False} == attrs:
+                # A writer killed inside zarr's own write of a chunk leaves its temporary file (`*.partial`)
+                # beside the chunk; any such file would be renamed into the finished store. Only the store's
+                # own files are kept, so a resumed store is byte-identical to an uninterrupted one.
+                for f in foreign_files(tmp):
+                    f.unlink()
                 return StoreWriter(path, group, n_runs, block, lock)
         except Exception:  # noqa: BLE001 - any unreadable leftover is simply rebuilt
             pass

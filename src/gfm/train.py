@@ -29,8 +29,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from tqdm import tqdm
 from gfm.config import Params, to_dict
 from gfm.errors import GFMError, ParamsError
 from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
+from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.schema import build
 from gfm.split import SplitError, read_split
 from gfm.store import open_trajectories, read_runs
@@ -258,10 +257,7 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         if not keep[seed]["train"]:
             raise SplitError(f"{split}: dataset seed {seed} has no non-diverged train runs; cannot fit {model}")
     summary = TrainSummary(store=store_key, model=model, kind=kind, device=str(device))
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = open_temp_dir(out, MODELS)  # refuses an --out that is not an earlier model directory (gfm.outputs)
     try:
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
@@ -296,10 +292,7 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
                           for seed, e in summary.seeds.items()}}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed fit leaves nothing beside the output
+        discard_temp(tmp)  # a failed fit leaves nothing beside the output
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    replace_output(tmp, out, MODELS)
     return summary

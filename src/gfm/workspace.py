@@ -42,6 +42,7 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
     """Create ``dest`` as a DVC project running ``repo``'s pipeline on ``params``, or bring an existing one up
     to date (pipeline files and params replaced, outputs kept). ``params`` is validated first. Returns ``dest``."""
     from gfm.config import load_params
+    from gfm.outputs import unsafe_location
 
     repo, dest, params = Path(repo).resolve(), Path(dest), Path(params)
     if not params.is_file():
@@ -53,6 +54,9 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
     dest_abs = dest.resolve()
     if dest_abs == repo or repo.is_relative_to(dest_abs):
         raise WorkspaceError(f"{dest}: a workspace cannot be the repository or contain it")
+    why = unsafe_location(dest, repository_ok=True)  # /, ~, '.', '..': never made or synced into (gfm.outputs)
+    if why is not None:
+        raise WorkspaceError(f"{dest}: workspace path {why}; refusing to use it (choose e.g. build/<preset>)")
     if dest.exists() and not (dest / MARKER).exists():
         if not dest.is_dir() or any(dest.iterdir()):
             raise WorkspaceError(f"{dest}: exists and is not a gfm workspace (no {MARKER}); choose another path "

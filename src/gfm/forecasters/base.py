@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gfm.errors import GFMError
+from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
     "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
@@ -224,10 +225,16 @@ class Forecaster:
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``weights.safetensors`` to ``directory`` atomically (temp dir + rename)."""
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = open_temp_dir(directory, MODEL)  # refuses a directory that is not an earlier model (gfm.outputs)
+        try:
+            self._save_into(tmp, directory)
+        except BaseException:
+            discard_temp(tmp)
+            raise
+        replace_output(tmp, directory, MODEL)
+        return directory
+
+    def _save_into(self, tmp: Path, directory: Path) -> None:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.name,
                 "config": _to_jsonable(self.config), "prefix_end": self.prefix_end,
                 "horizons": list(self.horizons), "extra": self.extra}
@@ -237,13 +244,9 @@ class Forecaster:
                 raise ModelFileError(f"{self.name}: tensor name {k!r} is not a plain identifier")
         save_file({k: v.float() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        keep = [p for p in ("train_log.csv",) if (directory / p).exists()]
+        keep = [p for p in ("train_log.csv",) if (directory / p).is_file()]
         for p in keep:
             shutil.copy2(directory / p, tmp / p)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-        return directory
 
 
 FORECASTERS: dict[str, type[Forecaster]] = {}
