@@ -78,7 +78,7 @@ def pick_runs(params: Params, key: str, n: int) -> list[tuple[int, int]]:
 def build(params: Params, key: str, runs: list[tuple[int, int]]) -> tuple[Task, object, list[RunSetup]]:
     spec, task_cfg = params.lookup_store(key)
     task = make_task(task_cfg)
-    setups = [setup_run(task, spec.optimizer, params.seed, RunId(d, i)) for d, i in runs]
+    setups = [setup_run(task, spec.optimizer, params.seed, RunId(d, i), task_name=spec.task) for d, i in runs]
     return task, spec.optimizer, setups
 
 

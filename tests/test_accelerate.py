@@ -53,7 +53,7 @@ def test_rejected_jumps_leave_training_exactly_as_plain():
     from gfm.runs import run_ids
 
     runs = run_ids([1], 3)
-    data = accelerate.setup_runs(task_cfg, spec.optimizer, 0, runs, holdout=8, budget=40)
+    data = accelerate.setup_runs(task_cfg, spec.optimizer, 0, runs, holdout=8, budget=40, task_name=spec.task)
     task = data["task"]
     plain = accelerate.simulate_jumps(task, spec.optimizer, data, budget=40, forecaster=None, every=8, horizons=[16])
     wild = accelerate.simulate_jumps(task, spec.optimizer, data, budget=40, forecaster=Wild(prefix_end=8, horizons=[16]),

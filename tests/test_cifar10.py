@@ -84,7 +84,7 @@ def test_refuses_missing_or_malformed_data(tmp_path):
 
 def test_stacked_forward_equals_each_run_module(cifar_dir):
     task = make_task(task_cfg(cifar_dir))
-    setups = [setup_run(task, OptimizerConfig(name="sgd", lr=0.1), 0, r) for r in run_ids([1], 3)]
+    setups = [setup_run(task, OptimizerConfig(name="sgd", lr=0.1), 0, r, task_name="cifar10") for r in run_ids([1], 3)]
     theta = torch.stack([s.w0 for s in setups])
     x = torch.stack([s.x[:16] for s in setups])
     out = task.forward(theta, x)
@@ -108,7 +108,7 @@ def test_stacked_cnn_equals_independent_torch_optim_runs(cifar_dir, name):
     assert not task.manual_backward
     lr = {"sgd": 0.05, "momentum": 0.02, "adam": 0.003, "rmsprop": 0.001}[name]
     opt = OptimizerConfig(name=name, lr=lr, weight_decay=1e-4)
-    setups = [setup_run(task, opt, 0, r) for r in run_ids([1, 2], 2)]
+    setups = [setup_run(task, opt, 0, r, task_name="cifar10") for r in run_ids([1, 2], 2)]
     rec = simulate(task, opt, setups, device=torch.device("cpu"))
     for i, s in enumerate(setups):
         ref = train_reference(task, opt, s)
@@ -123,6 +123,7 @@ def test_generated_store_from_params(cifar_dir, tmp_path):
     data["tasks"] = {"cifar10": {"kind": "cifar10", "data_dir": str(cifar_dir), "n_samples": 32, "batch_size": 8,
                                  "channels": [4], "downsample": 4, "steps": 40, "runs_per_dataset": 4}}
     data["stores"] = {"cifar10-momentum": {"task": "cifar10", "optimizer": {"name": "momentum", "lr": 0.01}}}
+    data["report"]["target_task"] = "cifar10"  # report.target_task must be a task some store trains
     data["accelerate"]["stores"] = {}  # the tiny study's jump-ahead store is not in this study
     params = parse_params(data)
     generate.run(params, "cifar10-momentum", out=tmp_path / "c.zarr", progress=False)

@@ -96,10 +96,12 @@ def test_report_writes_markdown_html_and_figures(pipeline, tiny_store, tmp_path)
     assert (out / "figures" / "mlp_regression-adam-mse.png").read_bytes()[:4] == b"\x89PNG"
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
+    readme.write_text(f"intro\n{report.README_START}\nstale block\n{report.README_END}\nrest\n")
     report.update_readme(p1, metrics_dir, readme)
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text and "| last_value |" in text
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "stale block" not in text and "| last_value |" in text
+    assert "t interval on the log ratios" in text and "ratio [interval]" in text  # claims carry their interval
+    (tmp_path / "summary.md.txt").write_text(md)
 
 
 def test_forecast_refuses_models_fitted_for_other_horizons(pipeline, tiny_store, tmp_path):

@@ -42,6 +42,11 @@ def test_transfer_between_widths(tmp_path):
         assert m["error"] is None
         assert math.isfinite(m["transfer"]["mean"]) and math.isfinite(m["in_distribution"]["mean"])
         assert m["transfer"]["n"] == 2  # one score per dataset seed
+        # per-seed values for the report's paired comparisons, in generate.dataset_seeds order
+        assert len(m["transfer"]["per_seed"]) == len(m["in_distribution"]["per_seed"]) == 2
+        assert sum(m["transfer"]["per_seed"]) / 2 == m["transfer"]["mean"]
+    assert pair["dataset_seeds"] == list(params.generate.dataset_seeds)
+    assert len(pair["last_value"]["per_seed"]) == 2
     # linear extrapolation has no parameters: transfer and in-distribution are the same forecast
     assert pair["models"]["linear"]["transfer"]["mean"] == pair["models"]["linear"]["in_distribution"]["mean"]
     assert json.loads(out.read_text())["pairs"][0]["target"] == "mlp_regression_w10-sgd"

@@ -20,8 +20,8 @@ from gfm.tasks import make_task
 DEFAULT = load_params(ROOT / "params.yaml")
 
 
-def max_diff_vs_reference(task, opt, n_runs=6, seed=0, device="cpu"):
-    setups = [setup_run(task, opt, seed, r) for r in run_ids([1, 2], n_runs // 2)]
+def max_diff_vs_reference(task, opt, task_name, n_runs=6, seed=0, device="cpu"):
+    setups = [setup_run(task, opt, seed, r, task_name=task_name) for r in run_ids([1, 2], n_runs // 2)]
     rec = simulate(task, opt, setups, device=torch.device(device))
     diffs = []
     for i, s in enumerate(setups):
@@ -38,7 +38,7 @@ def max_diff_vs_reference(task, opt, n_runs=6, seed=0, device="cpu"):
 def test_stacked_equals_independent_torch_optim_runs(store):
     spec, task_cfg = DEFAULT.lookup_store(store)
     assert task_cfg.steps == 200
-    diff, rec = max_diff_vs_reference(make_task(task_cfg), spec.optimizer)
+    diff, rec = max_diff_vs_reference(make_task(task_cfg), spec.optimizer, spec.task)
     assert diff <= 1e-5, diff
     assert rec["weights"].shape[1] == 201
     # the runs really trained (a frozen generator would also match a frozen reference)
@@ -51,7 +51,7 @@ def test_equivalence_on_digits_classification_with_schedule_and_sampled_hyper(na
     task_cfg = dataclasses.replace(task_cfg, steps=200, n_samples=96, batch_size=32)
     opt = OptimizerConfig(name=name, lr=Range(0.002, 0.02, log=True), weight_decay=1e-3,
                           schedule=ScheduleConfig(kind="cosine", min_ratio=0.1))
-    diff, rec = max_diff_vs_reference(make_task(task_cfg), opt, n_runs=4)
+    diff, rec = max_diff_vs_reference(make_task(task_cfg), opt, "digits", n_runs=4)
     assert diff <= 1e-5, diff
     assert len(set(np.round(rec["lr"][:, 0], 8))) == 4  # hyper-parameters really differ per run
 
@@ -60,7 +60,7 @@ def test_run_does_not_depend_on_its_block(tiny_params):
     """A run's trajectory is the same whether trained with 2 or 8 others (blocks can be redone)."""
     spec, task_cfg = tiny_params.lookup_store("mlp_regression-adam")
     task = make_task(task_cfg)
-    setups = [setup_run(task, spec.optimizer, 0, r) for r in run_ids([1], 8)]
+    setups = [setup_run(task, spec.optimizer, 0, r, task_name=spec.task) for r in run_ids([1], 8)]
     big = simulate(task, spec.optimizer, setups, device=torch.device("cpu"))
     small = simulate(task, spec.optimizer, setups[5:7], device=torch.device("cpu"))
     np.testing.assert_allclose(big["weights"][5:7], small["weights"], rtol=0, atol=1e-6)
@@ -97,7 +97,7 @@ def test_diverging_runs_are_flagged_and_the_stage_completes(tmp_path):
 def test_cuda_generation_matches_cpu():
     spec, task_cfg = DEFAULT.lookup_store("mlp_regression-adam")
     task = make_task(task_cfg)
-    setups = [setup_run(task, spec.optimizer, 0, r) for r in run_ids([1], 16)]
+    setups = [setup_run(task, spec.optimizer, 0, r, task_name=spec.task) for r in run_ids([1], 16)]
     cpu = simulate(task, spec.optimizer, setups, device=torch.device("cpu"))
     gpu = simulate(task, spec.optimizer, setups, device=torch.device("cuda"))
     np.testing.assert_allclose(gpu["weights"], cpu["weights"], rtol=1e-4, atol=1e-5)

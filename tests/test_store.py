@@ -42,7 +42,7 @@ def test_layout_loads_any_step_back_into_the_network(tiny_store, tiny_params):
     task = make_task(task_cfg)
     runs = run_ids(tiny_params.generate.dataset_seeds, task_cfg.runs_per_dataset)
     for run, step in [(0, 0), (3, 17), (23, ts.n_records - 1)]:
-        setup = setup_run(task, spec.optimizer, tiny_params.seed, runs[run])
+        setup = setup_run(task, spec.optimizer, tiny_params.seed, runs[run], task_name=spec.task)
         net = ts.load_into(task.build_module(), run=run, step=step)
         with torch.no_grad():
             loss = float(task.module_loss(net, setup.x, setup.y))

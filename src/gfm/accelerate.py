@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,6 @@ from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
-from gfm.outputs import ACCELERATE, claim_output, write_text_output
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.tasks import Task, make_task
 
@@ -65,33 +65,50 @@ class AccelerateError(GFMError, ValueError):
     """Missing split, model or a forecaster that does not fit the accelerate settings."""
 
 
-def _batch_seed(seed: int, run: RunId) -> int:
-    blob = json.dumps(["accelerate", int(seed), run.dataset_seed, run.index]).encode()
+def _batch_seed(seed: int, task_name: str, run: RunId) -> int:
+    blob = json.dumps(["accelerate", int(seed), task_name, run.dataset_seed, run.index]).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
 
 
-def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdout: int, budget: int) -> dict:
+def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdout: int, budget: int,
+               task_name: str) -> dict:
     """Training data, held-out data, init, hyper-parameters and minibatch order of ``runs``, stacked.
 
-    Each run draws ``n_samples + holdout`` samples from its own data stream: the first ``n_samples`` train it,
-    the rest are held out (for the stock tasks the training samples are then those of the stored run; the
-    synthetic regression target is drawn after the inputs and so differs from the stored run's).
+    Each run draws one pool of ``n_samples + holdout`` samples from its own data stream (``task_name``'s
+    streams, gfm.runs): the first ``n_samples`` train it, the last ``holdout`` are held out -- never in a
+    minibatch, only deciding whether a jump is kept. One draw of the task, so the held-out samples come from the
+    run's own distribution (its regression target, class means or image set: "drawn like its training data")
+    while occupying a disjoint segment of the stream: independent samples given that distribution, and for
+    image tasks (a permutation of the image set) never the same image. Why not a separate stream: the tasks
+    draw their target function and their samples from one generator, so a second generator would also draw a
+    second target. The learning-rate scale (least squares' 1 / lambda_max) is computed on the training samples
+    only. Initial weights and hyper-parameters are the stored run's; so are the training samples of image tasks
+    (a prefix of the same permutation); for the synthetic regression the target is drawn after the inputs, so
+    it differs from the stored run's. tests/test_leakage.py checks the held-out rows against both.
 
     Returns:
         x (run, n, ...), y (run, n), xh (run, holdout, ...), yh (run, holdout), w0 (run, param),
         hyper {name: (run, 1)}, orders (run, epoch, n), the task.
     """
     n = task_cfg.n_samples
-    task = make_task(dataclasses.replace(task_cfg, n_samples=n + holdout))
-    setups = [setup_run(task, opt, seed, r) for r in runs]
+    task = make_task(task_cfg)
+    pool_task = make_task(dataclasses.replace(task_cfg, n_samples=n + holdout))
+    setups = [setup_run(pool_task, opt, seed, r, task_name=task_name) for r in runs]
     per_epoch = math.ceil(n / task_cfg.batch_size) if task_cfg.batch_size else 1
     epochs = math.ceil(budget / per_epoch) if task_cfg.batch_size else 0
-    orders = torch.stack([epoch_orders(torch.Generator().manual_seed(_batch_seed(seed, r)), epochs, n) for r in runs])
-    x = torch.stack([s.x for s in setups])
-    y = torch.stack([s.y for s in setups])
-    hyper = {k: torch.tensor([s.hyper[k] for s in setups], dtype=torch.float32).unsqueeze(1) for k in setups[0].hyper}
-    return {"x": x[:, :n], "y": y[:, :n], "xh": x[:, n:], "yh": y[:, n:], "w0": torch.stack([s.w0 for s in setups]),
-            "hyper": hyper, "orders": orders, "task": make_task(task_cfg)}
+    orders = torch.stack([epoch_orders(torch.Generator().manual_seed(_batch_seed(seed, task_name, r)), epochs, n)
+                          for r in runs])
+    x = torch.stack([s.x[:n] for s in setups])
+    y = torch.stack([s.y[:n] for s in setups])
+    hyper: dict[str, list[float]] = {k: [] for k in setups[0].hyper}
+    for s, xi, yi in zip(setups, x, y):
+        scale = task.lr_scale(xi, yi)  # training samples only: the held-out ones must not set the step size
+        for k, v in s.hyper.items():
+            hyper[k].append(v / s.lr_scale * scale if k == "lr" and scale != s.lr_scale else v)
+    return {"x": x, "y": y, "xh": torch.stack([s.x[n:] for s in setups]), "yh": torch.stack([s.y[n:] for s in setups]),
+            "w0": torch.stack([s.w0 for s in setups]),
+            "hyper": {k: torch.tensor(v, dtype=torch.float32).unsqueeze(1) for k, v in hyper.items()},
+            "orders": orders, "task": task}
 
 
 @torch.no_grad()
@@ -280,7 +297,6 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     Raises:
         AccelerateError: unknown store, missing split or model, a horizon the model was not fitted for.
     """
-    claim_output(out, ACCELERATE)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     acc = params.accelerate
     if store_key not in acc.stores:
         known = ", ".join(sorted(acc.stores)) or "(none: accelerate.stores is empty)"
@@ -296,7 +312,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         if not ids:
             continue
         data = setup_runs(task_cfg, spec.optimizer, params.seed, [all_runs[i] for i in ids], holdout=acc.holdout,
-                          budget=budget)
+                          budget=budget, task_name=spec.task)
         task = data["task"]
         plain = simulate_jumps(task, spec.optimizer, data, budget=budget, forecaster=None, every=acc.every,
                                horizons=list(acc.horizons))
@@ -349,7 +365,10 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         result["seconds"] = round(time.perf_counter() - t_start, 3)
         result["threads"] = torch.get_num_threads()
     out = Path(out)
-    write_text_output(out, ACCELERATE, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)
     return result
 
 

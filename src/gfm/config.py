@@ -22,7 +22,7 @@ from gfm.schema import build, spec
 __all__ = [
     "Range", "ScheduleConfig", "OptimizerConfig", "InitConfig", "TaskConfig", "LeastSquaresConfig",
     "MLPRegressionConfig", "MLPClassificationConfig", "DigitsConfig", "CIFAR10Config", "StoreSpec", "StoreLayoutConfig",
-    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "PairSpec", "GeneralizeConfig", "AccelerateConfig", "AccelerateStore", "LimitsConfig", "Params", "load_params", "parse_params", "config_hash",
+    "GenerateConfig", "SplitConfig", "ForecastConfig", "TrainConfig", "EvaluateConfig", "ReportConfig", "ClaimSpec", "PairSpec", "GeneralizeConfig", "AccelerateConfig", "AccelerateStore", "LimitsConfig", "Params", "load_params", "parse_params", "config_hash",
     "OPTIMIZER_NAMES", "TASK_KINDS", "OPTIMIZER_STATE_ARRAYS", "StoreEstimate", "estimate_store",
 ]
 
@@ -365,11 +365,34 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ClaimSpec:
+    """A claim checked by the report on ``report.target_task``: final-step MSE of ``model`` / ``baseline`` <
+    ``threshold`` (paired over dataset seeds; gfm.stats)."""
+
+    model: str
+    baseline: str
+    threshold: float = spec(gt=0, doc="the claim is ratio < threshold, e.g. 0.7 = at least 30% below")
+    text: str = spec("", doc="the claim as the report prints it (default: '<model> / <baseline> < <threshold>')")
+
+    def _check(self):
+        return [("baseline", f"got {self.baseline!r}; a claim compares two different models")] \
+            if self.model == self.baseline else []
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """The generated report (reports/summary.md + .html)."""
 
     title: str = "GFM pipeline: forecasting final weights from the first steps of training"
     target_task: str = spec("mlp_regression", doc="task on which the paper's claims are checked")
+    claims: list[ClaimSpec] = spec([], doc="claims checked on target_task's stores (reports/claims.json)")
+    level: float = spec(0.95, gt=0, lt=1, doc="confidence level of the paired intervals")
+
+    def check_models(self, models) -> list[tuple[str, str]]:
+        """Claims naming a model that ``models:`` does not define (called by Params._check)."""
+        return [(f"report.claims[{i}].{end}", f"got {getattr(c, end)!r}; expected one of "
+                                              f"{', '.join(sorted(models)) or '(none defined in models:)'}")
+                for i, c in enumerate(self.claims) for end in ("model", "baseline") if getattr(c, end) not in models]
 
 
 @dataclass(frozen=True)
@@ -538,6 +561,7 @@ class Params:
                                "store's models)")
                         if name not in self.store_models(key) and ("generalize.models", msg) not in out:
                             out.append(("generalize.models", msg))
+        out += self.report.check_models(self.models)
         for i, name in enumerate(self.generalize.models):
             if name not in self.models:
                 out.append((f"generalize.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none)'}"))

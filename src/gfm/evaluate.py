@@ -4,7 +4,9 @@ Per (task, optimizer, model), on the non-diverged test runs of each dataset seed
 
 * weight MSE (mean over parameters and runs) at every horizon, then mean ± std over dataset seeds;
 * final-step MSE, also as a ratio to ``last_value`` on the same runs (xLV; < 1 beats "stop here") and as the
-  median over runs (a few exploding forecasts dominate a mean);
+  median over runs (a few exploding forecasts dominate a mean); ``final_mse.per_seed`` keeps the per-seed
+  values (one per entry of ``dataset_seeds``, in that order, which is ``generate.dataset_seeds`` order) for
+  the report's paired comparisons (gfm.stats);
 * downstream: the forecast final weights are loaded into the task's network and its training loss (and
   accuracy for classification) is measured on each run's own data (regenerated from the run's seeds);
   reported beside the truly trained final loss, the prefix-end loss, and the share of the remaining loss drop
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +36,6 @@ import torch
 from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.forecast import open_forecasts, read_split, test_runs
-from gfm.outputs import (
-    METRICS,
-    PLOTS,
-    claim_output,
-    discard_temp,
-    open_temp_dir,
-    replace_output,
-    write_text_output,
-)
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
@@ -68,8 +63,6 @@ def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.n
 def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
         plots: Path) -> dict:
     """Evaluate every model trained on one store; write metrics JSON and plot CSVs."""
-    claim_output(plots, PLOTS)  # before any work: outputs this stage may not replace are refused (gfm.outputs)
-    claim_output(metrics, METRICS)
     spec, task_cfg = params.lookup_store(store_key)
     task = make_task(task_cfg)
     ts = open_trajectories(store)
@@ -94,9 +87,12 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     losses = read_runs(ts.loss, runs)  # (run, record)
     true_loss_final, loss_prefix = losses[:, -1], losses[:, k]
     index = ts.runs["index"]
-    setups = [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])))
+    setups = [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])),
+                        task_name=spec.task)
               for i, r in enumerate(runs)]
-    seeds = sorted(set(seed_of.tolist()))
+    present = set(seed_of.tolist())
+    seeds = [int(s) for s in params.generate.dataset_seeds if int(s) in present]  # params order: per_seed lists
+    seeds += sorted(present - set(seeds))
     masks = {s: seed_of == s for s in seeds}
 
     def per_seed(v: np.ndarray) -> list[float]:
@@ -130,7 +126,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         drop_true = np.array(per_seed(loss_prefix)) - np.array(per_seed(true_loss_final))
         drop_fc = np.array(per_seed(loss_prefix)) - np.array(per_seed(loss_fc))
         entry = {
-            "final_mse": mean_std(per_seed(final_se)),
+            "final_mse": {**mean_std(per_seed(final_se)), "per_seed": per_seed(final_se)},
             "final_mse_median_run": float(np.median(final_se)),
             "mse_by_horizon": by_h,
             "nonfinite_runs": int((~np.isfinite(final_se)).sum()),
@@ -175,7 +171,10 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_text_output(path, METRICS, json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -187,11 +186,12 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _write_plots(directory: Path, curves: list[dict], traj: list[dict]) -> None:
-    tmp = open_temp_dir(directory, PLOTS)
-    try:
-        _write_csv(tmp / "mse_vs_horizon.csv", curves, ["model", "horizon", "step", "mse", "mse_std"])
-        _write_csv(tmp / "trajectory.csv", traj, ["param", "step", "series", "value"])
-    except BaseException:
-        discard_temp(tmp)
-        raise
-    replace_output(tmp, directory, PLOTS)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _write_csv(tmp / "mse_vs_horizon.csv", curves, ["model", "horizon", "step", "mse", "mse_std"])
+    _write_csv(tmp / "trajectory.csv", traj, ["param", "step", "series", "value"])
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)

@@ -9,8 +9,12 @@ field) cannot transfer across architectures; it is reported as such, not skipped
 
 Output: ``data/metrics/generalize.json``::
 
-    {"pairs": [{"source", "target", "label", "models": {name: {"transfer": {mean, std}, "in_distribution":
-      {...}, "transfer_xlv": {...}, "in_distribution_xlv": {...}, "error": null | str}}}]}
+    {"pairs": [{"source", "target", "label", "dataset_seeds": [...], "models": {name: {"transfer": {mean, std,
+      n, per_seed}, "in_distribution": {...}, "transfer_xlv": {...}, "in_distribution_xlv": {...},
+      "error": null | str}}, "last_value": {mean, std, n, per_seed}}]}
+
+``per_seed`` lists are in ``dataset_seeds`` order (``generate.dataset_seeds`` order), one value per seed with
+test runs, so the report can compare two models, or transfer with in-distribution, paired by seed (gfm.stats).
 
 Usage::
 
@@ -20,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,6 @@ from gfm.config import Params
 from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
 from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
-from gfm.outputs import GENERALIZE, claim_output, write_text_output
 from gfm.store import open_trajectories
 
 __all__ = ["run", "pair_label"]
@@ -60,7 +64,6 @@ def _final_mse(model_dir: Path, target: Trajectories, prefix_end: int, final: in
 def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
     """Score every (pair, model) and write ``out`` atomically (an empty ``pairs`` list writes no rows: the
     stage exists in every study so that Snakemake and DVC keep one DAG)."""
-    claim_output(out, GENERALIZE)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     gcfg = params.generalize
     k, final = params.forecast.prefix_end, params.forecast.horizons[-1]
     result = {"prefix_end": k, "final": final, "models": list(gcfg.models), "pairs": []}
@@ -73,10 +76,13 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
                  "models": {}}
         scores: dict[str, dict[str, list[float]]] = {}
         errors: dict[str, str] = {}
-        for seed in sorted(by_seed, key=int):
+        order = {int(d): i for i, d in enumerate(params.generate.dataset_seeds)}
+        seeds_used = []
+        for seed in sorted(by_seed, key=lambda d: (order.get(int(d), len(order)), int(d))):
             runs = by_seed[seed]
             if not runs:
                 continue
+            seeds_used.append(int(seed))
             target = Trajectories.from_store(tgt_store, runs)
             for name in ["last_value", *gcfg.models]:
                 row = scores.setdefault(name, {"transfer": [], "in_distribution": []})
@@ -89,15 +95,20 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
                         errors[name] = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                         row[what].append(float("nan"))
         base = np.array(scores["last_value"]["in_distribution"])
+        entry["dataset_seeds"] = seeds_used
         for name in gcfg.models:
             row = scores[name]
             entry["models"][name] = {
-                "transfer": mean_std(row["transfer"]), "in_distribution": mean_std(row["in_distribution"]),
+                "transfer": {**mean_std(row["transfer"]), "per_seed": list(row["transfer"])},
+                "in_distribution": {**mean_std(row["in_distribution"]), "per_seed": list(row["in_distribution"])},
                 "transfer_xlv": mean_std(np.array(row["transfer"]) / base),
                 "in_distribution_xlv": mean_std(np.array(row["in_distribution"]) / base),
                 "error": errors.get(name),
             }
-        entry["last_value"] = mean_std(base)
+        entry["last_value"] = {**mean_std(base), "per_seed": base.tolist()}
         result["pairs"].append(entry)
-    write_text_output(out, GENERALIZE, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)
     return result

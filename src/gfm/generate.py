@@ -178,7 +178,7 @@ def run(params: Params, key: str, *, out: Path, progress: bool | None = None) ->
                mininterval=0.5)
     for b in todo:
         rows = writer.block_range(b)
-        setups = [setup_run(task, opt, params.seed, runs[r]) for r in rows]
+        setups = [setup_run(task, opt, params.seed, runs[r], task_name=spec.task) for r in rows]
         rec = simulate(task, opt, setups, device=device, progress=bar)
         arrays = {
             "weights": rec["weights"], "loss": rec["loss"], "lr": rec["lr"],
