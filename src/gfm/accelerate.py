@@ -41,7 +41,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
+from gfm.outputs import ACCELERATE, claim_output, write_text_output
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.tasks import Task, make_task
 
@@ -297,6 +297,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     Raises:
         AccelerateError: unknown store, missing split or model, a horizon the model was not fitted for.
     """
+    claim_output(out, ACCELERATE)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     acc = params.accelerate
     if store_key not in acc.stores:
         known = ", ".join(sorted(acc.stores)) or "(none: accelerate.stores is empty)"
@@ -365,10 +366,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         result["seconds"] = round(time.perf_counter() - t_start, 3)
         result["threads"] = torch.get_num_threads()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_output(out, ACCELERATE, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
 
 

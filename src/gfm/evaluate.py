@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,15 @@ import torch
 from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.forecast import open_forecasts, read_split, test_runs
+from gfm.outputs import (
+    METRICS,
+    PLOTS,
+    claim_output,
+    discard_temp,
+    open_temp_dir,
+    replace_output,
+    write_text_output,
+)
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
@@ -63,6 +70,8 @@ def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.n
 def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
         plots: Path) -> dict:
     """Evaluate every model trained on one store; write metrics JSON and plot CSVs."""
+    claim_output(plots, PLOTS)  # before any work: outputs this stage may not replace are refused (gfm.outputs)
+    claim_output(metrics, METRICS)
     spec, task_cfg = params.lookup_store(store_key)
     task = make_task(task_cfg)
     ts = open_trajectories(store)
@@ -171,10 +180,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_text_output(path, METRICS, json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -186,12 +192,11 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _write_plots(directory: Path, curves: list[dict], traj: list[dict]) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _write_csv(tmp / "mse_vs_horizon.csv", curves, ["model", "horizon", "step", "mse", "mse_std"])
-    _write_csv(tmp / "trajectory.csv", traj, ["param", "step", "series", "value"])
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    tmp = open_temp_dir(directory, PLOTS)
+    try:
+        _write_csv(tmp / "mse_vs_horizon.csv", curves, ["model", "horizon", "step", "mse", "mse_std"])
+        _write_csv(tmp / "trajectory.csv", traj, ["param", "step", "series", "value"])
+    except BaseException:
+        discard_temp(tmp)
+        raise
+    replace_output(tmp, directory, PLOTS)

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from gfm.config import Params
 from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
 from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
+from gfm.outputs import GENERALIZE, claim_output, write_text_output
 from gfm.store import open_trajectories
 
 __all__ = ["run", "pair_label"]
@@ -64,6 +64,7 @@ def _final_mse(model_dir: Path, target: Trajectories, prefix_end: int, final: in
 def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
     """Score every (pair, model) and write ``out`` atomically (an empty ``pairs`` list writes no rows: the
     stage exists in every study so that Snakemake and DVC keep one DAG)."""
+    claim_output(out, GENERALIZE)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     gcfg = params.generalize
     k, final = params.forecast.prefix_end, params.forecast.horizons[-1]
     result = {"prefix_end": k, "final": final, "models": list(gcfg.models), "pairs": []}
@@ -107,8 +108,5 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
             }
         entry["last_value"] = {**mean_std(base), "per_seed": base.tolist()}
         result["pairs"].append(entry)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_output(out, GENERALIZE, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result

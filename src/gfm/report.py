@@ -23,11 +23,11 @@ import math
 import os
 import platform
 import re
-import shutil
 from pathlib import Path
 
 from gfm.config import Params
 from gfm.errors import GFMError
+from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
 from gfm.stats import METHOD, paired_ratio, verdict
 
 __all__ = ["run", "load_metrics", "claims", "results_block", "update_readme", "paired", "paired_section",
@@ -433,19 +433,20 @@ def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
         accelerate_dir: Path | None = None) -> Path:
     """Write ``out/summary.md``, ``out/summary.html``, ``out/claims.json`` and ``out/figures/`` atomically (temp
     dir + rename)."""
+    claim_output(out, REPORT)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     metrics = load_metrics(params, metrics_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "figures").mkdir(parents=True)
-    figs = _figures(metrics, plots_dir, tmp / "figures")
-    lines = _markdown(params, metrics, figs, metrics_dir, accelerate_dir)
-    (tmp / "summary.md").write_text("\n".join(lines) + "\n")
-    (tmp / "summary.html").write_text(_md_to_html(params.report.title, lines))
-    write_claims(tmp / "claims.json", claims(params, metrics))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    tmp = open_temp_dir(out, REPORT)
+    try:
+        (tmp / "figures").mkdir()
+        figs = _figures(metrics, plots_dir, tmp / "figures")
+        lines = _markdown(params, metrics, figs, metrics_dir, accelerate_dir)
+        (tmp / "summary.md").write_text("\n".join(lines) + "\n")
+        (tmp / "summary.html").write_text(_md_to_html(params.report.title, lines))
+        write_claims(tmp / "claims.json", claims(params, metrics))
+    except BaseException:
+        discard_temp(tmp)  # a failed report leaves nothing beside the output
+        raise
+    replace_output(tmp, out, REPORT)
     return out
 
 
