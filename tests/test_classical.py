@@ -72,7 +72,7 @@ def test_exp_fit_forecasts_stay_bounded_on_a_growing_trajectory():
 def test_learned_baselines_beat_last_value_on_held_out_geometric_runs():
     train, val, test = (traj(geometric(n, 4, seed=s)) for n, s in ((40, 1), (10, 2), (20, 3)))
     base = mse(make_forecaster("last_value", {}, prefix_end=K, horizons=H), test)
-    fit = {"max_epochs": 60, "epoch_batches": 0, "patience": 60, "batch_size": 64}
+    fit = {"steps": 600, "eval_every": 3, "patience": 200, "batch_size": 64}  # 3 minibatches = one pass
     # lfd2: w_h is exactly linear in (w_0, w_K) for each q, so a linear farcaster can do well on a narrow q range
     for kind, opts in (("lfd2", {"loss": "mse", "lr": 0.02}), ("introspection", {"lr": 0.01}),
                        ("wnn", {"lr": 0.005})):

@@ -18,11 +18,11 @@ KINDS = sorted(FORECASTERS)
 
 # Options that let each neural kind overfit one trajectory quickly (full batch, no early stop).
 OVERFIT = {
-    "lstm": {"hidden": 32, "lr": 0.01, "max_epochs": 400, "epoch_batches": 0, "patience": 400},
-    "transformer": {"d_model": 32, "heads": 2, "ff": 64, "lr": 0.005, "max_epochs": 400, "epoch_batches": 0,
+    "lstm": {"hidden": 32, "lr": 0.01, "steps": 400, "eval_every": 1, "patience": 400},
+    "transformer": {"d_model": 32, "heads": 2, "ff": 64, "lr": 0.005, "steps": 400, "eval_every": 1,
                     "patience": 400},
-    "wnn": {"lr": 0.005, "max_epochs": 400, "epoch_batches": 0, "patience": 400, "bound": 8.0},
-    "introspection": {"hidden": 64, "lr": 0.01, "max_epochs": 600, "epoch_batches": 0, "patience": 600},
+    "wnn": {"lr": 0.005, "steps": 1200, "eval_every": 1, "patience": 1200, "bound": 8.0},
+    "introspection": {"hidden": 64, "lr": 0.01, "steps": 1200, "eval_every": 1, "patience": 1200},
 }
 
 

@@ -77,7 +77,7 @@ def test_optimizer_aware_gfm_recovers_the_field_of_a_fixed_quadratic():
     test, grads = _quadratic_runs("sgd", 16, 3)
     horizons = [10, 25, 50]
     fc = make_forecaster("gfm", {"field": "joint", "width": 32, "depth": 1, "bound": 20.0, "t_sampling": "grid",
-                                 "iterations": 1500, "eval_every": 300, "lr": 0.005}, prefix_end=5, horizons=horizons)
+                                 "steps": 1500, "eval_every": 300, "lr": 0.005}, prefix_end=5, horizons=horizons)
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))
     pred = fc.forecast(test, horizons=horizons)
     mse = float((pred - test.weights[:, horizons]).pow(2).mean())
@@ -93,7 +93,7 @@ def tiny_sgd_gd(tiny_params, tmp_path_factory) -> Path:
     return out
 
 
-OVERFIT = {"iterations": 800, "eval_every": 10, "patience": 1000, "lr": 0.005, "width": 128, "depth": 3,
+OVERFIT = {"steps": 800, "eval_every": 10, "patience": 1000, "lr": 0.005, "width": 128, "depth": 3,
            "batch_size": 64, "t_sampling": "grid"}
 
 
@@ -122,7 +122,7 @@ def test_rule_head_overfits_a_single_tiny_gradient_descent_trajectory(target, ti
 def test_coordinate_field_forecasts_a_network_size_it_never_saw():
     train, _ = _quadratic_runs("momentum", 16, 1, P=3)
     other, _ = _quadratic_runs("momentum", 4, 2, P=7)
-    fc = make_forecaster("gfm", {"iterations": 20, "eval_every": 10}, prefix_end=5, horizons=[20, 50])
+    fc = make_forecaster("gfm", {"steps": 20, "eval_every": 10}, prefix_end=5, horizons=[20, 50])
     fc.fit(train, train, rng=torch.Generator().manual_seed(0))
     pred = fc.forecast(other, horizons=[20, 50])
     assert pred.shape == (4, 2, 7) and torch.isfinite(pred).all()
@@ -132,9 +132,9 @@ def test_coordinate_field_forecasts_a_network_size_it_never_saw():
                                      {"solver": "rk4", "steps_per_record": 2, "run_context": "state", "param_sample": 2}])
 def test_variants_round_trip_through_save_and_load(options, tmp_path):
     train, _ = _quadratic_runs("adam", 12, 1)
-    fc = make_forecaster("gfm", {**options, "iterations": 20, "eval_every": 10}, prefix_end=5, horizons=[20, 50])
+    fc = make_forecaster("gfm", {**options, "steps": 20, "eval_every": 10}, prefix_end=5, horizons=[20, 50])
     log = fc.fit(train, train, rng=torch.Generator().manual_seed(0))
-    assert [r["iteration"] for r in log] == [10, 20] and all("val_loss" in r for r in log)
+    assert [r["step"] for r in log] == [10, 20] and all("val_loss" in r for r in log)
     pred = fc.forecast(train, horizons=[20, 50])
     loaded = load_forecaster(fc.save(tmp_path / "m"))
     assert loaded.config == fc.config and torch.equal(loaded.forecast(train, horizons=[20, 50]), pred)
@@ -151,7 +151,7 @@ def test_bad_options_and_inputs_are_clear_errors():
     fc = make_forecaster("gfm", {"target": "gradient"}, prefix_end=5, horizons=[10])
     with pytest.raises(ForecasterError, match="needs every step recorded"):
         fc.fit(coarse, coarse, rng=torch.Generator().manual_seed(0))
-    fc = make_forecaster("gfm", {"iterations": 2, "eval_every": 1}, prefix_end=5, horizons=[10])
+    fc = make_forecaster("gfm", {"steps": 2, "eval_every": 1}, prefix_end=5, horizons=[10])
     fc.fit(train, train, rng=torch.Generator().manual_seed(0))
     adam, _ = _quadratic_runs("adam", 4, 1)
     with pytest.raises(ForecasterError, match="fitted on sgd runs, got adam runs"):

@@ -146,7 +146,7 @@ def test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run(tmp_path):
     test = [r for d in split["datasets"].values() for r in d["test"]]
     assert len(train) == 12 and len(test) == 6
     tr, va, te = (Trajectories.from_store(ts, ids) for ids in (train, val, test))
-    fc = make_forecaster("gfm", {"width": 16, "iterations": 80, "eval_every": 40}, prefix_end=8,
+    fc = make_forecaster("gfm", {"width": 16, "steps": 80, "eval_every": 40}, prefix_end=8,
                          horizons=[16, 24, 40])
     fc.fit(tr, va, rng=torch.Generator().manual_seed(0))
     pred = fc.forecast(te.prefix(8), horizons=[40])

@@ -151,7 +151,7 @@ def lstm_dir(tiny_store, tmp_path_factory) -> Path:
     """A genuine saved LSTM forecaster (it has tensors to tamper with)."""
     ts = open_trajectories(tiny_store)
     traj = Trajectories.from_store(ts, list(range(12)))
-    fc = make_forecaster("lstm", {"hidden": 8, "max_epochs": 1, "batch_size": 64}, prefix_end=8, horizons=[16, 24, 32, 40])
+    fc = make_forecaster("lstm", {"hidden": 8, "steps": 8, "batch_size": 64}, prefix_end=8, horizons=[16, 24, 32, 40])
     fc.fit(traj.select(range(8)), traj.select(range(8, 12)), rng=torch.Generator().manual_seed(0))
     return fc.save(tmp_path_factory.mktemp("models") / "lstm")
 

@@ -14,6 +14,7 @@ from gfm.forecasters.features import (
     sequence_features,
     to_rows,
 )
+from gfm.forecasters.fitting import val_scores
 from test_classical import H, K, geometric, mse, traj
 
 
@@ -54,7 +55,7 @@ def test_features_use_one_global_scale_and_the_last_observed_value():
 def test_sequence_models_beat_last_value_on_held_out_geometric_runs(kind, opts):
     train, val, test = (traj(geometric(n, 4, seed=s)) for n, s in ((40, 1), (10, 2), (20, 3)))
     base = mse(make_forecaster("last_value", {}, prefix_end=K, horizons=H), test)
-    fc = make_forecaster(kind, {**opts, "lr": 0.01, "max_epochs": 60, "epoch_batches": 0, "patience": 60,
+    fc = make_forecaster(kind, {**opts, "lr": 0.01, "steps": 180, "eval_every": 3, "patience": 60,
                                 "batch_size": 64}, prefix_end=K, horizons=H)
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))
     err = mse(fc, test)
@@ -63,17 +64,13 @@ def test_sequence_models_beat_last_value_on_held_out_geometric_runs(kind, opts):
 
 def test_early_stopping_keeps_the_best_validation_state():
     train, val = traj(geometric(20, 3, seed=1)), traj(geometric(5, 3, seed=2))
-    fc = make_forecaster("lstm", {"hidden": 8, "lr": 0.05, "max_epochs": 30, "patience": 3, "epoch_batches": 1,
+    fc = make_forecaster("lstm", {"hidden": 8, "lr": 0.05, "steps": 30, "patience": 3, "eval_every": 1,
                                   "batch_size": 16}, prefix_end=K, horizons=H)
     log = fc.fit(train, val, rng=torch.Generator().manual_seed(0))
     best = min(r["val_loss"] for r in log)
     assert log[-1]["best_val_loss"] == best
     # the kept state scores the best validation loss, not the last epoch's
-    k = fc.prefix_end
-    with torch.no_grad():
-        pred = fc.module(sequence_features(val.prefix(k), fc.extra["scales"]))
-    val_loss = float(((pred - residual_targets(val, k, fc.horizons, fc.extra["scales"])) ** 2).mean())
-    assert val_loss == pytest.approx(best, rel=1e-4)
+    assert val_scores(fc, val)["val_loss"] == pytest.approx(best, rel=1e-4)
     if len(log) < 30:  # stopped early: exactly `patience` epochs after the best one
         assert [r["val_loss"] for r in log].index(best) == len(log) - 1 - 3
 

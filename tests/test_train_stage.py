@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,10 +62,10 @@ def test_one_model_per_dataset_seed_with_logs_and_summary(tiny_params, tiny_stor
 def test_refit_is_byte_identical_and_replaces_the_old_directory(tiny_params, tiny_store, split_file, tmp_path):
     a, b = tmp_path / "a" / "lstm", tmp_path / "b" / "lstm"
     _run(tiny_params, tiny_store, split_file, a)
-    b.mkdir(parents=True)
-    (b / "stale.txt").write_text("from an older run")
+    shutil.copytree(a, b)  # an older fit of this stage, with a dataset seed the new split no longer has
+    shutil.copytree(a / "1", b / "7")
     _run(tiny_params, tiny_store, split_file, b)
-    assert not (b / "stale.txt").exists()
+    assert not (b / "7").exists()
     for seed in ("1", "2"):
         assert (a / seed / "weights.safetensors").read_bytes() == (b / seed / "weights.safetensors").read_bytes()
 
@@ -101,13 +102,13 @@ def _tiny_with(tmp_path, **models) -> Path:
 
 
 def test_cli_rejects_unknown_model_options_with_one_line_each(tmp_path, capsys):
-    params = _tiny_with(tmp_path, lstm={"kind": "lstm", "hiddn": 4, "patience": 0})
+    params = _tiny_with(tmp_path, lstm={"kind": "lstm", "hiddn": 4, "lr": -1.0})
     code = cli.main(["train", "--params", str(params), "--store", STORE, "--model", "lstm", "--split", "x.json",
                      "--in", "x.zarr", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 2, err
     assert "models.lstm.hiddn: unknown key; allowed keys are" in err[0] + err[1]
-    assert "models.lstm.patience: got 0; expected a value >= 1" in err[0] + err[1]
+    assert "models.lstm.lr: got -1.0; expected a value > 0" in err[0] + err[1]
     assert not (tmp_path / "out").exists()
 
 

@@ -129,7 +129,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"updated the results block of {args.readme}")
     else:
         out = report.run(params, metrics_dir=Path(args.metrics), plots_dir=Path(args.plots), out=Path(args.out),
-                         accelerate_dir=Path(args.accelerate))
+                         accelerate_dir=Path(args.accelerate),
+                         models_dir=Path(args.models) if args.models else None)
         print(f"wrote {out / 'summary.md'} and {out / 'summary.html'}")
     return 0
 
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics", default="data/metrics")
     r.add_argument("--plots", default="data/plots")
     r.add_argument("--accelerate", default="data/metrics/accelerate", help="jump-ahead results (a missing dir = none)")
+    r.add_argument("--models", default=None, help="trained models (data/models): the training-protocol tables and "
+                                                  "validation curves (omitted: left out of the report)")
     r.add_argument("--out", default="reports")
     r.add_argument("--readme", default=None, help="instead: regenerate this README's results block")
     r.set_defaults(func=_cmd_report)

@@ -350,11 +350,34 @@ class ForecastConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Forecaster training: which models every store gets, and the seed of their randomness."""
+class BudgetConfig:
+    """The budget and stopping rule of every learned forecaster: one rule for all of them (a fair bench).
+    The train stage writes these into each learned model's options; ``models:`` entries may not set them."""
 
-    seed: int = spec(0, ge=0)
+    steps: int = spec(400, ge=1, le=10_000_000, doc="optimizer updates per fit")
+    eval_every: int = spec(25, ge=1, doc="updates between validation scores (weight MSE of the val forecasts)")
+    patience: int = spec(4, ge=1, doc="validation scores without improvement before stopping")
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Validation-only search over each learned model's options, the same number of trials for every model."""
+
+    trials: int = spec(0, ge=0, le=1000, doc="option sets tried per learned model and store (0 = no search)")
+    dataset_seed: int | None = spec(None, doc="the dataset seed whose train/val runs the trials use (default: the "
+                                              "first of generate.dataset_seeds); the choice is reused for every seed")
+    space: dict[str, dict[str, list[Any]]] = spec({}, doc="model name -> option -> values to draw from")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Forecaster training: which models every store gets, the seed of their randomness, the shared budget and
+    the tuning protocol."""
+
+    seed: int = spec(0, ge=0, lt=2**63)
     models: list[str] = spec([], doc="names from `models:` trained for every store")
+    budget: BudgetConfig = dataclasses.field(default_factory=BudgetConfig)
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
 
 
 @dataclass(frozen=True)
@@ -542,6 +565,13 @@ class Params:
         for i, name in enumerate(self.train.models):
             if name not in self.models:
                 out.append((f"train.models[{i}]", f"got {shorten(name)}; expected one of {', '.join(sorted(self.models)) or '(none defined in models:)'}"))
+        for name in self.train.tuning.space:
+            if name not in self.models:
+                out.append((f"train.tuning.space.{name}", f"expected a name from models: ({', '.join(sorted(self.models)) or '(none)'})"))
+        seed = self.train.tuning.dataset_seed
+        if seed is not None and seed not in self.generate.dataset_seeds:
+            out.append(("train.tuning.dataset_seed", f"got {seed}; expected one of generate.dataset_seeds "
+                                                     f"({list(self.generate.dataset_seeds)})"))
         for key, st in self.stores.items():
             for i, name in enumerate(st.models or ()):
                 if name not in self.models:

@@ -28,6 +28,7 @@ from pathlib import Path
 from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
+from gfm.protocol import protocol_section, val_curve_figures
 from gfm.stats import METHOD, paired_ratio, verdict
 
 __all__ = ["run", "load_metrics", "claims", "results_block", "update_readme", "paired", "paired_section",
@@ -339,7 +340,8 @@ def _paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: fl
 
 
 def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str]],
-              metrics_dir: Path | None = None, accelerate_dir: Path | None = None) -> list[str]:
+              metrics_dir: Path | None = None, accelerate_dir: Path | None = None,
+              models_dir: Path | None = None, curves: dict[str, str] | None = None) -> list[str]:
     lines = [f"# {params.report.title}", "",
              f"Machine: {_machine()}. Config: `params.yaml` (seed {params.seed}, "
              f"{len(params.generate.dataset_seeds)} dataset seeds, prefix 0..{params.forecast.prefix_end}, "
@@ -374,6 +376,8 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
         lines += ["Accuracy (classification tasks, on each run's training data):", ""]
         lines += _table(["store", "prefix", "true final", *_model_order(params)], acc_rows) + [""]
     lines += paired_section(params, metrics)
+    if models_dir is not None:
+        lines += protocol_section(params, models_dir)
     if metrics_dir is not None:
         lines += generalize_section(params, metrics_dir)
     if accelerate_dir is not None:
@@ -387,7 +391,10 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
                      for k, m in metrics.items()]) + [""]
     lines += ["## Figures", ""]
     for k, names in figs.items():
-        lines += [f"![{k}: error vs horizon](figures/{names[0]})", f"![{k}: trajectory](figures/{names[1]})", ""]
+        lines += [f"![{k}: error vs horizon](figures/{names[0]})", f"![{k}: trajectory](figures/{names[1]})"]
+        if k in (curves or {}):
+            lines += [f"![{k}: validation curves](figures/{curves[k]})"]
+        lines += [""]
     return lines
 
 
@@ -430,7 +437,7 @@ def _md_to_html(title: str, lines: list[str]) -> str:
 
 
 def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
-        accelerate_dir: Path | None = None) -> Path:
+        accelerate_dir: Path | None = None, models_dir: Path | None = None) -> Path:
     """Write ``out/summary.md``, ``out/summary.html``, ``out/claims.json`` and ``out/figures/`` atomically (temp
     dir + rename)."""
     claim_output(out, REPORT)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
@@ -439,7 +446,8 @@ def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
     try:
         (tmp / "figures").mkdir()
         figs = _figures(metrics, plots_dir, tmp / "figures")
-        lines = _markdown(params, metrics, figs, metrics_dir, accelerate_dir)
+        curves = val_curve_figures(params, models_dir, tmp / "figures") if models_dir is not None else {}
+        lines = _markdown(params, metrics, figs, metrics_dir, accelerate_dir, models_dir, curves)
         (tmp / "summary.md").write_text("\n".join(lines) + "\n")
         (tmp / "summary.html").write_text(_md_to_html(params.report.title, lines))
         write_claims(tmp / "claims.json", claims(params, metrics))

@@ -29,6 +29,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,13 +47,14 @@ from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.schema import build
 from gfm.split import SplitError, read_split
 from gfm.store import open_trajectories, read_runs
+from gfm.tuning import budget_problems, choose, draw_trials, grid_size, learned_options, tuning_seed
 
 __all__ = ["run", "fit_seed", "fit_seed_streamed", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary",
            "LOG_COLUMNS"]
 
 # No wall-clock column: artifacts must be byte-identical across machines and schedulers (a SLURM run and a
 # local run are compared byte for byte); timings go to the job's log (stderr) and Snakemake's benchmark TSV.
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "best_val_loss")
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_final_mse", "best_val_loss")
 TIMING_KEYS = ("fit_seconds", "forecasts_per_second")
 
 
@@ -68,7 +71,9 @@ class TrainSummary:
 
 
 def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
-    """Validate ``models.<name>`` entries against their forecaster's ``Config``; one line per problem.
+    """Validate ``models.<name>`` entries against their forecaster's ``Config``, and the fair-comparison
+    protocol (gfm.tuning): no per-model budget, a search space of valid options with at least
+    ``train.tuning.trials`` points for every learned model. One line per problem.
 
     Args:
         params: validated params.
@@ -77,6 +82,7 @@ def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
     import gfm.forecasters  # noqa: F401  (fills the registry)
 
     problems: list[str] = []
+    tuning = params.train.tuning
     for name in params.train.models if names is None else names:
         spec_ = params.models[name]
         kind = spec_.get("kind") if isinstance(spec_, dict) else None
@@ -84,13 +90,36 @@ def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
             problems.append(f"models.{name}.kind: got {kind!r}; expected one of {', '.join(sorted(FORECASTERS))}")
             continue
         options = {k: v for k, v in spec_.items() if k != "kind"}
-        cfg = build(FORECASTERS[kind].Config, options, f"models.{name}", problems)
-        if cfg is not None:
-            try:
-                make_forecaster(kind, cfg, prefix_end=params.forecast.prefix_end, horizons=params.forecast.horizons)
-            except GFMError as exc:  # e.g. a window longer than the prefix
-                problems.append(f"models.{name}: {exc}")
-    return problems
+        cls = FORECASTERS[kind]
+        space = tuning.space.get(name)
+        if not cls.closed_form:
+            problems += budget_problems(name, options, space)
+            options = learned_options(options, params.train.budget)
+            if tuning.trials and space is None:
+                problems.append(f"train.tuning.space.{name}: missing; with train.tuning.trials = {tuning.trials} "
+                                "every learned model needs a search space (option -> list of values)")
+            elif tuning.trials and grid_size(space) < tuning.trials:
+                problems.append(f"train.tuning.space.{name}: {grid_size(space)} option sets; "
+                                f"train.tuning.trials = {tuning.trials} needs at least as many")
+        elif space:
+            problems.append(f"train.tuning.space.{name}: {kind} is fitted in closed form and is not tuned")
+        trial_sets = [{}]
+        for key, values in (space or {}).items():
+            if not values:
+                problems.append(f"train.tuning.space.{name}.{key}: empty; expected a list of values")
+            trial_sets += [{key: v} for v in values]
+        for trial in trial_sets:
+            where = f"models.{name}" if not trial else f"train.tuning.space.{name}.{next(iter(trial))}"
+            before = len(problems)
+            cfg = build(cls.Config, {**options, **trial}, where, problems)
+            if cfg is not None and len(problems) == before:
+                try:
+                    make_forecaster(kind, cfg, prefix_end=params.forecast.prefix_end, horizons=params.forecast.horizons)
+                except GFMError as exc:  # e.g. a window longer than the prefix
+                    problems.append(f"{where}: {exc}")
+            if len(problems) > before and not trial:
+                break  # the base options are wrong: trial lines would repeat the same problem
+    return list(dict.fromkeys(problems))
 
 
 def derive_seed(train_seed: int, store: str, model: str, dataset_seed: int | str) -> int:
@@ -141,8 +170,9 @@ def fit_seed(fc: Forecaster, train: Trajectories, val: Trajectories, *, rng: tor
     train_mse = _weight_mse(fc, train)
     val_mse = _weight_mse(fc, val)
     if not log:  # closed form: record how it does, in weight units, so every model has a log
-        log = [{"epoch": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
-                "best_val_loss": float(np.mean(val_mse)), "seconds": round(fit_seconds, 4)}]
+        log = [{"epoch": 0, "step": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
+                "val_final_mse": val_mse[-1], "best_val_loss": float(np.mean(val_mse)),
+                "seconds": round(fit_seconds, 4)}]
     fc.save(out)
     _write_log(out / "train_log.csv", log)
     t1 = time.perf_counter()
@@ -150,6 +180,7 @@ def fit_seed(fc: Forecaster, train: Trajectories, val: Trajectories, *, rng: tor
     forecast_seconds = time.perf_counter() - t1
     best = min((r["val_loss"] for r in log if r["val_loss"] == r["val_loss"]), default=float("nan"))
     return {"train_runs": train.n_runs, "val_runs": val.n_runs, "epochs": int(log[-1]["epoch"]),
+            "steps_used": int(log[-1].get("step", 0)),
             "best_val_loss": best, "fit_seconds": round(fit_seconds, 3),
             "forecasts_per_second": round(val.n_runs / forecast_seconds, 1) if val.n_runs and forecast_seconds else None,
             "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
@@ -199,12 +230,14 @@ def fit_seed_streamed(fc: Forecaster, ts, train_runs: list[int], val_runs: list[
     train_mse, _ = _streamed_mse(fc, ts, train_runs, block)
     val_mse, forecast_seconds = _streamed_mse(fc, ts, val_runs, block)
     if not log:
-        log = [{"epoch": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
-                "best_val_loss": float(np.mean(val_mse)), "seconds": round(fit_seconds, 4)}]
+        log = [{"epoch": 0, "step": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
+                "val_final_mse": val_mse[-1], "best_val_loss": float(np.mean(val_mse)),
+                "seconds": round(fit_seconds, 4)}]
     fc.save(out)
     _write_log(out / "train_log.csv", log)
     best = min((r["val_loss"] for r in log if r["val_loss"] == r["val_loss"]), default=float("nan"))
     return {"train_runs": len(train_runs), "val_runs": len(val_runs), "epochs": int(log[-1]["epoch"]),
+            "steps_used": 0,
             "best_val_loss": best, "fit_seconds": round(fit_seconds, 3),
             "forecasts_per_second": round(len(val_runs) / forecast_seconds, 1) if val_runs and forecast_seconds else None,
             "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
@@ -243,6 +276,9 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
     spec_ = dict(params.models[model])
     kind = spec_.pop("kind")
     cls = FORECASTERS[kind]
+    learned = not cls.closed_form
+    if learned:  # the shared budget and stopping rule (gfm.tuning)
+        spec_ = learned_options(spec_, params.train.budget)
     device = resolve_train_device(params.device, cls)
     fcst = params.forecast
     ts = open_trajectories(store)
@@ -262,32 +298,66 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
         bar = tqdm(total=len(keep), desc=f"{store_key}/{model}", unit="seed", file=sys.stderr, disable=not show)
-        for seed in sorted(keep, key=int):
-            fc = make_forecaster(kind, spec_, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
-            fc.on_epoch = lambda row, seed=seed: bar.set_postfix(seed=seed, epoch=row["epoch"],
-                                                                 val=f"{row['val_loss']:.3g}")
+
+        def fit(seed: str, options: dict, out_dir: Path) -> dict:
+            fc = make_forecaster(kind, options, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
+            fc.on_epoch = lambda row: bar.set_postfix(seed=seed, epoch=row["epoch"], val=f"{row['val_loss']:.3g}")
             rng = torch.Generator().manual_seed(derive_seed(params.train.seed, store_key, model, seed))
             train_runs, val_runs = keep[seed]["train"], keep[seed]["val"]
             if cls.closed_form:
-                entry = fit_seed_streamed(fc, ts, train_runs, val_runs, rng=rng, out=tmp / str(seed))
-            else:  # one seed's runs at a time: memory is bounded by the largest seed, not the store
-                both = Trajectories.from_store(ts, train_runs + val_runs)
-                n = len(train_runs)
-                entry = fit_seed(fc, both.select(range(n)), both.select(range(n, both.n_runs)), rng=rng,
-                                 out=tmp / str(seed), device=device)
-                del both
+                return fit_seed_streamed(fc, ts, train_runs, val_runs, rng=rng, out=out_dir)
+            # one seed's runs at a time: memory is bounded by the largest seed, not the store
+            both = Trajectories.from_store(ts, train_runs + val_runs)
+            n = len(train_runs)
+            return fit_seed(fc, both.select(range(n)), both.select(range(n, both.n_runs)), rng=rng, out=out_dir,
+                            device=device)
+
+        tuning = None
+        chosen = spec_
+        if learned and params.train.tuning.trials:
+            # validation-only search on one dataset seed; the chosen trial's fit is that seed's final fit
+            tune_on = tuning_seed(params.train.tuning.dataset_seed, list(keep))
+            trials = draw_trials(params.train.tuning.space[model], params.train.tuning.trials,
+                                 seed=params.train.seed, model=model)
+            rows = []
+            for i, trial in enumerate(trials):
+                entry = fit(tune_on, {**spec_, **trial}, tmp / "trials" / str(i))
+                rows.append({"options": trial, "val_final_mse": entry["val_weight_mse"][str(fcst.horizons[-1])],
+                             "val_loss": entry["best_val_loss"], "steps_used": entry["steps_used"], "entry": entry})
+                print(f"{store_key}/{model} trial {i} {trial}: val final MSE {rows[-1]['val_final_mse']:.6g}",
+                      file=sys.stderr)
+            try:
+                best = choose([r["val_final_mse"] for r in rows])
+            except ValueError as exc:
+                raise GFMError(f"{store_key}/{model}: tuning on dataset seed {tune_on}: {exc}") from None
+            chosen = {**spec_, **trials[best]}
+            os.replace(tmp / "trials" / str(best), tmp / tune_on)
+            shutil.rmtree(tmp / "trials")
+            summary.seeds[tune_on] = rows[best]["entry"]
+            tuning = {"dataset_seed": int(tune_on), "metric": "val weight MSE at the final horizon",
+                      "chosen": best, "chosen_options": trials[best],
+                      "trials": [{k: v for k, v in r.items() if k != "entry"} for r in rows]}
+            bar.update(1)
+        for seed in sorted(keep, key=int):
+            if seed in summary.seeds:
+                continue
+            summary.seeds[seed] = fit(seed, chosen, tmp / seed)
+            bar.update(1)
+        for seed, entry in summary.seeds.items():
             e = datasets[seed]
             entry["dropped_diverged"] = len(set(e["diverged"]) & set(e["train"] + e["val"]))
-            summary.seeds[str(seed)] = entry
-            bar.update(1)
+        summary.seeds = dict(sorted(summary.seeds.items(), key=lambda kv: int(kv[0])))
         bar.close()
         summary.seconds = round(time.perf_counter() - t0, 3)
         for seed, entry in summary.seeds.items():
             print(f"{store_key}/{model} seed {seed}: " + ", ".join(f"{k} {entry.get(k)}" for k in TIMING_KEYS),
                   file=sys.stderr)
         print(f"{store_key}/{model}: {summary.seconds} s", file=sys.stderr)
-        meta = {"store": store_key, "model": model, "kind": kind, "options": to_dict(spec_), "device": str(device),
+        meta = {"store": store_key, "model": model, "kind": kind, "options": to_dict(chosen), "device": str(device),
                 "forecast": to_dict(fcst), "train_seed": params.train.seed,
+                "budget_steps": params.train.budget.steps if learned else None,
+                "budget": to_dict(params.train.budget) if learned else None,
+                "tuning": tuning,
                 "seeds": {seed: {k: v for k, v in e.items() if k not in TIMING_KEYS}
                           for seed, e in summary.seeds.items()}}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

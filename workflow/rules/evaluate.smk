@@ -38,6 +38,7 @@ rule report:
         plots=[plots_path(t, o) for t, o in STORES.values() if store_models(t, o)],
         generalize="data/metrics/generalize.json",
         accelerate=[accelerate_path(t, o) for t, o in accelerate_stores()],
+        models=[train_index_path(t, o) for t, o in STORES.values() if store_models(t, o)],  # budgets, tuning, val curves
     output:
         directory("reports"),
     log:
@@ -45,11 +46,11 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv"
     params:
-        config=lambda wc: json.dumps({"report": config.get("report", {}), "train.models": train_models(),
+        config=lambda wc: json.dumps({"report": config.get("report", {}), "train": config.get("train", {}),
                                       "seed": config["seed"],
                                       "generate.dataset_seeds": config["generate"]["dataset_seeds"],
                                       "stores": config["stores"], "forecast": config.get("forecast", {}),
                                       "generalize": config.get("generalize", {}),
                                       "accelerate": config.get("accelerate", {})}, sort_keys=True),
     shell:
-        "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --accelerate data/metrics/accelerate --out {output} > {log} 2>&1"
+        "{GFM} report --params {PARAMS_FILE} --metrics data/metrics --plots data/plots --accelerate data/metrics/accelerate --models data/models --out {output} > {log} 2>&1"

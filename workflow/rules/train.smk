@@ -18,6 +18,8 @@ def train_config(task, optimizer, model):
         "device": config["device"],
         "forecast": config.get("forecast", {}),
         "train.seed": config.get("train", {}).get("seed", 0),
+        "train.budget": config.get("train", {}).get("budget", {}),
+        "train.tuning": config.get("train", {}).get("tuning", {}),
         f"models.{model}": config["models"][model],
         "stores": config["stores"][f"{task}-{optimizer}"],
     }

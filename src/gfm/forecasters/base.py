@@ -294,6 +294,9 @@ def make_forecaster(kind: str, config: dict[str, Any] | Any = None, *, prefix_en
     return cls(cfg, prefix_end=prefix_end, horizons=horizons)
 
 
+_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 def _check_safetensors_header(path: Path, root: Path | None = None) -> dict[str, tuple[int, ...]]:
     """Check a safetensors file before any tensor is read; return its tensor shapes by name.
 

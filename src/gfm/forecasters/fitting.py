@@ -1,19 +1,30 @@
-"""Training loop with early stopping, and the template for direct multi-output per-parameter models.
+"""The training recipe every learned forecaster shares, and the template for direct per-parameter models.
 
-:func:`fit_rows` trains any module on row tensors (Adam, shuffled minibatches drawn with the caller's
-``torch.Generator``), evaluates the validation loss after every epoch, keeps the best state, stops after
-``patience`` epochs without improvement and restores the best state. An "epoch" is at most
-``epoch_batches`` minibatches: the default study has hundreds of small fits of 10^3-10^5 rows, and a fixed
-number of optimizer steps per validation keeps every fit's cost predictable on a 2-core CPU.
+Fair comparison: every learned forecaster (LSTM, Transformer, WNN, Introspection, LFD-2 and every GFM
+variant) trains under the same budget and the same stopping rule, set once for all of them by
+``train.budget`` in params.yaml (the train stage writes it into each model's ``steps``, ``eval_every`` and
+``patience``):
 
-:class:`DirectForecaster` is the shared shape of the learned baselines: build per-parameter inputs from the
-prefix, predict every horizon at once, decode back to weights. Subclasses override ``_build``,
-``_inputs`` and, when their target differs from the default residual ``(w_h - w_K) / s_h``, ``_targets``
-and ``_decode``.
+* **budget**: ``steps`` optimizer updates (AdamW, cosine decay to 5% of ``lr`` over the budget, gradient
+  norm clipped at ``grad_clip``). Updates, not samples, are the unit because a "sample" means a different
+  thing to each model (an LSTM row is one parameter's whole prefix, a GFM sample is one (run, time) point of
+  every parameter): the number of parameter updates is what all of them spend.
+* **validation score**: every ``eval_every`` updates the model forecasts its validation runs from their
+  prefix and is scored by the weight MSE averaged over the forecast horizons (:func:`val_scores`), the same
+  quantity for every model, in weight units (not each model's own loss).
+* **early stopping** (:class:`EarlyStopping`): the best-scoring state is kept, training stops after
+  ``patience`` scores without improvement, and the best state is restored.
+
+:func:`fit_rows` runs this recipe on row tensors. :class:`DirectForecaster` is the shared shape of the
+learned baselines: build per-parameter inputs from the prefix, predict every horizon at once, decode back to
+weights. Subclasses override ``_build``, ``_inputs`` and, when their target differs from the default
+residual ``(w_h - w_K) / s_h``, ``_targets`` and ``_decode``.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,22 +36,110 @@ from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories
 from gfm.forecasters.features import decode_residual, fit_scales, residual_targets
 from gfm.schema import spec
 
-__all__ = ["FitOptions", "fit_rows", "seeded", "DirectForecaster", "predict_rows"]
+__all__ = ["FitOptions", "BUDGET_KEYS", "AdamW", "EarlyStopping", "make_optimizer", "val_scores", "fit_rows", "seeded",
+           "DirectForecaster", "predict_rows"]
 
 Rows = tuple[torch.Tensor, ...]
+
+#: Options of every learned forecaster that ``train.budget`` sets for all of them at once.
+BUDGET_KEYS = ("steps", "eval_every", "patience")
 
 
 @dataclass(frozen=True)
 class FitOptions:
     """Optimisation and early-stopping options shared by every learned baseline."""
 
-    lr: float = spec(3e-3, gt=0, doc="Adam learning rate")
+    lr: float = spec(3e-3, gt=0, doc="AdamW learning rate (cosine-decayed to 5% over the budget)")
     weight_decay: float = spec(0.0, ge=0)
     batch_size: int = spec(256, ge=1, doc="rows (run x parameter) per minibatch")
-    max_epochs: int = spec(40, ge=1)
-    epoch_batches: int = spec(8, ge=0, doc="minibatches per epoch (0 = one full pass over the rows)")
-    patience: int = spec(6, ge=1, doc="stop after this many epochs without a lower validation loss")
-    val_rows: int = spec(8192, ge=0, doc="validation rows scored per epoch (a fixed random subset; 0 = all)")
+    grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
+    steps: int = spec(400, ge=1, doc="optimizer updates: the budget (the train stage sets it from train.budget)")
+    eval_every: int = spec(25, ge=1, doc="updates between validation scores")
+    patience: int = spec(4, ge=1, doc="stop after this many validation scores without improvement")
+
+
+class AdamW:
+    """AdamW (decoupled weight decay, bias-corrected moments; torch.optim.AdamW's defaults) with the learning
+    rate decayed on a cosine from ``lr`` to ``eta_min`` over ``steps`` updates, as ``CosineAnnealingLR`` does.
+
+    Why not ``torch.optim.AdamW``: constructing any ``torch.optim`` optimizer imports ``torch._dynamo``, 1-3 s
+    of CPU per process on the 2-core machine, and every learned train job of the default study (about 110)
+    would pay it for fits of a few seconds. The update is the same arithmetic (tests/test_tuning.py compares
+    the two to 1e-6 over 50 steps).
+    """
+
+    def __init__(self, params, *, lr: float, weight_decay: float, steps: int, eta_min_ratio: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr0, self.eta_min, self.steps = lr, lr * eta_min_ratio, max(int(steps), 1)
+        self.wd, (self.b1, self.b2), self.eps = weight_decay, betas, eps
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    def lr(self) -> float:
+        """The learning rate of the next update: cosine over the budget (CosineAnnealingLR's closed form)."""
+        return self.eta_min + (self.lr0 - self.eta_min) * (1 + math.cos(math.pi * min(self.t, self.steps) / self.steps)) / 2
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.lr()
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            p.mul_(1 - lr * self.wd)
+            m.lerp_(g, 1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+
+    def skip(self) -> None:
+        """An update that was not taken (a non-finite gradient) still advances the schedule."""
+        self.t += 1
+
+
+def make_optimizer(params, *, lr: float, weight_decay: float, steps: int) -> AdamW:
+    """The one optimiser recipe of every learned model: AdamW, cosine decay to 5% of ``lr`` over ``steps``."""
+    return AdamW(params, lr=lr, weight_decay=weight_decay, steps=steps)
+
+
+class EarlyStopping:
+    """Keep the best-scoring state of ``module``; say when ``patience`` scores in a row did not improve it."""
+
+    def __init__(self, module: nn.Module, patience: int):
+        self.module, self.patience = module, patience
+        self.best, self.best_state, self.since, self.best_step = math.inf, None, 0, 0
+
+    def update(self, score: float, step: int) -> bool:
+        """Record one validation score (NaN/inf never improve); True when training should stop."""
+        if math.isfinite(score) and score < self.best:
+            self.best, self.since, self.best_step = score, 0, step
+            self.best_state = copy.deepcopy(self.module.state_dict())
+        else:
+            self.since += 1
+        return self.since >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+
+@torch.no_grad()
+def val_scores(fc: Forecaster, val: Trajectories) -> dict[str, float]:
+    """Weight MSE of ``fc``'s forecasts of the validation runs: averaged over the fitted horizons
+    (``val_loss``, the early-stopping score) and at the last horizon (``val_final_mse``, the tuning score).
+    Non-finite forecasts score ``inf``."""
+    pred = fc._forecast(val.prefix(fc.prefix_end), tuple(fc.horizons))
+    err = (pred.double() - val.weights[:, list(fc.horizons)].double().to(pred.device)).pow(2).mean((0, 2))
+    mean, final = float(err.mean()), float(err[-1])
+    return {"val_loss": mean if math.isfinite(mean) else math.inf,
+            "val_final_mse": final if math.isfinite(final) else math.inf}
 
 
 def seeded(build: Callable[[], nn.Module], rng: torch.Generator) -> nn.Module:
@@ -56,77 +155,67 @@ def _take(rows: Rows, idx: torch.Tensor) -> Rows:
     return tuple(r[idx] for r in rows)
 
 
-@torch.no_grad()
-def _mean_loss(loss_of: Callable[[Rows], torch.Tensor], rows: Rows, chunk: int) -> float:
-    n = rows[0].shape[0]
-    if n == 0:
-        return float("nan")
-    total = 0.0
-    for start in range(0, n, chunk):
-        part = tuple(r[start : start + chunk] for r in rows)
-        total += float(loss_of(part)) * part[0].shape[0]
-    return total / n
-
-
-def fit_rows(module: nn.Module, loss_of: Callable[[Rows], torch.Tensor], train: Rows, val: Rows,
-             opts: FitOptions, *, rng: torch.Generator,
+def fit_rows(module: nn.Module, loss_of: Callable[[Rows], torch.Tensor], train: Rows,
+             score: Callable[[], dict[str, float]] | None, opts: FitOptions, *, rng: torch.Generator,
              on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
-    """Minimise ``loss_of(batch)`` over minibatches of ``train`` rows with early stopping on ``val``.
+    """Minimise ``loss_of(batch)`` over minibatches of ``train`` rows under the shared recipe.
 
     Args:
         module: the model (its parameters are optimised; it is left holding the best state).
         loss_of: maps a tuple of row tensors (one minibatch, same layout as ``train``) to a scalar loss.
         train: tensors sharing their first (row) dimension, e.g. ``(inputs, targets)``.
-        val: the same layout for validation rows (may have zero rows: then the last state is kept).
-        opts: optimisation options.
-        rng: CPU generator for minibatch order and the validation subset.
-        on_epoch: called with each epoch's log row (progress bars).
+        score: validation scores of the current module (:func:`val_scores`); None when there are no
+            validation runs (then the last state is kept).
+        opts: budget, stopping rule and optimiser options.
+        rng: CPU generator for the minibatch order.
+        on_epoch: called with each log row (progress bars).
 
     Returns:
-        One dict per epoch: ``epoch, train_loss, val_loss, best_val_loss, seconds``.
+        One dict per validation score: ``epoch`` (score index), ``step`` (updates so far), ``train_loss``
+        (mean since the last score), ``val_loss``, ``val_final_mse``, ``best_val_loss``, ``seconds``.
     """
     n = train[0].shape[0]
     if n == 0:
         raise ForecasterError("no training rows: every training run of this dataset diverged or none were given")
-    n_val = val[0].shape[0]
-    if opts.val_rows and n_val > opts.val_rows:  # a fixed subset keeps each epoch's validation cheap
-        val = _take(val, torch.randperm(n_val, generator=rng)[: opts.val_rows])
-    optim = torch.optim.Adam(module.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    batches = -(-n // opts.batch_size)
-    per_epoch = min(batches, opts.epoch_batches) if opts.epoch_batches else batches
-    best, best_state, since, log = float("inf"), None, 0, []
-    order, cursor = torch.randperm(n, generator=rng), 0
+    optim = make_optimizer(module.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, steps=opts.steps)
+    stopper = EarlyStopping(module, opts.patience)
+    log: list[dict[str, float]] = []
+    order, cursor, running = torch.randperm(n, generator=rng), 0, []
     start = time.perf_counter()
-    for epoch in range(1, opts.max_epochs + 1):
+    for step in range(1, opts.steps + 1):
         module.train()
-        total = 0.0
-        for _ in range(per_epoch):
-            if cursor >= n:  # reshuffle once every row has been seen
-                order, cursor = torch.randperm(n, generator=rng), 0
-            idx = order[cursor : cursor + opts.batch_size]
-            cursor += opts.batch_size
-            loss = loss_of(_take(train, idx))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
+        if cursor >= n:  # reshuffle once every row has been seen
+            order, cursor = torch.randperm(n, generator=rng), 0
+        idx = order[cursor : cursor + opts.batch_size]
+        cursor += opts.batch_size
+        loss = loss_of(_take(train, idx))
+        optim.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), opts.grad_clip)
+        if torch.isfinite(norm):
             optim.step()
-            total += float(loss.detach())
+            running.append(float(loss.detach()))
+        else:  # never poison the weights with a non-finite update
+            optim.skip()
+        if step % opts.eval_every and step != opts.steps:
+            continue
         module.eval()
-        val_loss = _mean_loss(loss_of, val, 8 * opts.batch_size)
-        improved = val_loss < best
-        if improved or best_state is None and val_loss != val_loss:
-            best, since = (val_loss if improved else best), 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        else:
-            since += 1
-        row = {"epoch": epoch, "train_loss": total / per_epoch, "val_loss": val_loss, "best_val_loss": best,
-               "seconds": round(time.perf_counter() - start, 4)}
+        row = {"epoch": len(log) + 1, "step": step, "train_loss": sum(running) / max(len(running), 1),
+               "val_loss": math.nan, "val_final_mse": math.nan}
+        running = []
+        stop = False
+        if score is not None:
+            row.update(score())
+            stop = stopper.update(row["val_loss"], step)
+        row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
+        row["seconds"] = round(time.perf_counter() - start, 4)
         log.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if n_val and since >= opts.patience:
+        if stop:
             break
-    if n_val and best_state is not None:
-        module.load_state_dict(best_state)
+    if score is not None:
+        stopper.restore()
     module.eval()
     return log
 
@@ -192,13 +281,13 @@ class DirectForecaster(Forecaster):
             return (*inputs, *self._aux(p), self._targets(t)), len(inputs)
 
         rows_tr, n_in = rows(train)
-        rows_va = rows(val)[0] if val.n_runs else tuple(r[:0] for r in rows_tr)
         module = self.module
 
         def loss_of(batch: Rows) -> torch.Tensor:
             return self._loss(module(*batch[:n_in]), batch[-1], batch[n_in:-1])
 
-        return fit_rows(module, loss_of, rows_tr, rows_va, self.config, rng=rng, on_epoch=self.on_epoch)
+        score = (lambda: val_scores(self, val)) if val.n_runs else None
+        return fit_rows(module, loss_of, rows_tr, score, self.config, rng=rng, on_epoch=self.on_epoch)
 
     def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
         if self.module is None or "scales" not in self.extra:

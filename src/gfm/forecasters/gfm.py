@@ -28,7 +28,6 @@ only the prefix); schedules beyond the prefix are not modelled.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from gfm.flow import (
 )
 from gfm.flow.solver import SOLVERS
 from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.fitting import EarlyStopping, make_optimizer, val_scores
 from gfm.forecasters.gfm_features import (
     Context,
     Scales,
@@ -90,15 +90,16 @@ class PlainConfig:
     steps_per_record: int = spec(1, ge=1, doc="fixed-step solvers: steps per recorded interval")
     rtol: float = spec(1e-5, gt=0, doc="adaptive solvers' relative tolerance")
     atol: float = spec(1e-7, gt=0, doc="adaptive solvers' absolute tolerance")
-    iterations: int = spec(3000, ge=1, doc="optimizer iterations of the field")
+    steps: int = spec(400, ge=1, doc="optimizer updates of the field: the budget (the train stage sets it from "
+                                     "train.budget, as for every learned model)")
     batch_size: int = spec(256, ge=1, doc="(run, t) samples per iteration")
     param_sample: int = spec(0, ge=0, doc="coordinate field: parameters drawn per iteration (0 = all); bounds the "
                                           "cost of an iteration on large networks")
     lr: float = spec(2e-3, gt=0, doc="Adam learning rate of the field")
     weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
     grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
-    eval_every: int = spec(100, ge=1, doc="iterations between validation rollouts (one logged 'epoch')")
-    patience: int = spec(10, ge=1, doc="validation rounds without improvement before stopping")
+    eval_every: int = spec(25, ge=1, doc="updates between validation rollouts (one logged 'epoch')")
+    patience: int = spec(4, ge=1, doc="validation rounds without improvement before stopping")
 
 
 @dataclass(frozen=True)
@@ -248,12 +249,11 @@ class _GFMBase(Forecaster):
         rule = self.structure == "rule"
         target = getattr(cfg, "target", "velocity")
         g_true = recover_gradient(train) if rule and target != "velocity" else None
-        opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations, eta_min=cfg.lr * 0.05)
+        opt = make_optimizer(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, steps=cfg.steps)
+        stopper = EarlyStopping(self.module, cfg.patience)
         log: list[dict[str, float]] = []
-        best, best_state, bad, running, t_start = math.inf, None, 0, [], time.perf_counter()
-        skipped = 0
-        for it in range(1, cfg.iterations + 1):
+        running, t_start, skipped = [], time.perf_counter(), 0
+        for it in range(1, cfg.steps + 1):
             self.module.train()
             runs = torch.randint(0, train.n_runs, (cfg.batch_size,), generator=rng).to(dev)
             k, om = sample_segments(cfg.batch_size, first, T - 2, mode=cfg.t_sampling, generator=rng)
@@ -279,7 +279,7 @@ class _GFMBase(Forecaster):
                 loss = loss + ((g - gt) / scales.g).pow(2).mean()
             if cfg.unroll:
                 loss = loss + cfg.unroll_weight * self._unroll_loss(train, ctx, first, rng)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
             if torch.isfinite(norm):
@@ -287,26 +287,27 @@ class _GFMBase(Forecaster):
                 running.append(float(loss.detach()))
             else:  # a rare sqrt(0) in the adaptive rules' backward: skip the step, never poison the weights
                 skipped += 1
-            sched.step()
-            if it % cfg.eval_every == 0 or it == cfg.iterations:
-                row = {"epoch": len(log), "iteration": it, "train_loss": sum(running) / max(len(running), 1),
-                       "skipped": skipped, "seconds": time.perf_counter() - t_start}
-                running = []
-                if val.n_runs:
-                    row.update(self._val_scores(val))
-                    score = row["val_loss"]
-                    if score < best:
-                        best, best_state, bad = score, copy.deepcopy(self.module.state_dict()), 0
-                    else:
-                        bad += 1
-                log.append(row)
-                if self.on_epoch is not None:
-                    self.on_epoch(row)
-                if bad >= cfg.patience:
-                    break
-        if best_state is not None:
-            self.module.load_state_dict(best_state)
-        self.extra["best_val_loss"] = best if math.isfinite(best) else None
+                opt.skip()
+            if it % cfg.eval_every and it != cfg.steps:
+                continue
+            row = {"epoch": len(log) + 1, "step": it, "train_loss": sum(running) / max(len(running), 1),
+                   "val_loss": math.nan, "val_final_mse": math.nan, "skipped": skipped}
+            running = []
+            stop = False
+            if val.n_runs:
+                self.module.eval()
+                row.update(val_scores(self, val))
+                stop = stopper.update(row["val_loss"], it)
+            row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
+            row["seconds"] = round(time.perf_counter() - t_start, 4)
+            log.append(row)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+            if stop:
+                break
+        stopper.restore()
+        self.module.eval()
+        self.extra["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else None
         return log
 
     def _unroll_loss(self, train: Trajectories, ctx: Context, first: int, rng: torch.Generator) -> torch.Tensor:
@@ -324,14 +325,6 @@ class _GFMBase(Forecaster):
         idx = k0.unsqueeze(0) + torch.arange(U + 1, device=dev).unsqueeze(1)  # (U + 1, batch)
         truth = train.weights[runs.unsqueeze(0), idx]
         return ((xs[1:] - truth[1:]) / sc.x).pow(2).mean()
-
-    @torch.no_grad()
-    def _val_scores(self, val: Trajectories) -> dict[str, float]:
-        self.module.eval()
-        pred = self._rollout(val.prefix(self.prefix_end), self.horizons)  # (run, horizon, param)
-        err = (pred - val.weights[:, list(self.horizons)]).pow(2).mean((0, 2))  # (horizon,)
-        mse = float(err.mean())
-        return {"val_loss": mse if math.isfinite(mse) else math.inf, "val_final_mse": float(err[-1])}
 
     # --- forecasting -------------------------------------------------------------------------------------
     def _rollout(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
