@@ -113,3 +113,20 @@ def test_refusals_name_the_problem(tmp_path):
     fails({"optimizer": {"name": "sgd", "lr": 0.1}}, "exists; pass --overwrite")
     # the CLI prints one line and exits 2
     assert main(["import", str(tmp_path / "w.npy"), str(tmp_path / "y.zarr")]) == 2
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+     "expands to more than"),
+    ("optimizer: {name: sgd, lr: 0.1}\noptimizer: {name: adam, lr: 0.1}\n", "key defined twice (lines 1 and 2)"),
+    ("optimizer: {name: sgd, lr: 1e-3}\n" + "x: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than"),
+])
+def test_import_metadata_goes_through_the_bounded_loader(tmp_path, capsys, meta, needle):
+    np.save(tmp_path / "w.npy", np.zeros((2, 5, 3), dtype=np.float32))
+    (tmp_path / "w.meta.yaml").write_text(meta)
+    assert main(["import", str(tmp_path / "w.npy"), str(tmp_path / "w.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err) < 600 and "Traceback" not in err
+    assert not (tmp_path / "w.zarr").exists()

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from gfm import __version__
 from gfm.config import StoreLayoutConfig
@@ -97,6 +96,7 @@ def default_meta_path(src: Path) -> Path | None:
 
 def _load_meta_file(path: Path) -> dict[str, Any]:
     from gfm.inputs import MAX_JSON_DEPTH, json_depth, parse_json, read_bytes
+    from gfm.params_yaml import YAMLRefused, parse_yaml
 
     if not path.exists() and not path.is_symlink():
         raise TrajectoryImportError(f"{path}: metadata file not found")
@@ -104,12 +104,12 @@ def _load_meta_file(path: Path) -> dict[str, Any]:
     if path.suffix == ".json":
         data = parse_json(raw, str(path), error=TrajectoryImportError)
     else:
-        try:
-            data = yaml.safe_load(raw)
-        except RecursionError:
-            raise TrajectoryImportError(f"{path}: YAML nested deeper than {MAX_JSON_DEPTH} levels") from None
-        except (ValueError, yaml.YAMLError) as exc:
-            raise TrajectoryImportError(f"{path}: not valid YAML ({str(exc).splitlines()[0][:120]})") from None
+        try:  # the params loader: alias expansion, nesting and duplicate keys are bounded there too
+            data = parse_yaml(raw.decode("utf-8"), max_depth=MAX_JSON_DEPTH)
+        except UnicodeDecodeError:
+            raise TrajectoryImportError(f"{path}: not UTF-8 text") from None
+        except YAMLRefused as exc:
+            raise TrajectoryImportError(f"{path}: {exc}") from None
         if json_depth(data) > MAX_JSON_DEPTH:
             raise TrajectoryImportError(f"{path}: YAML nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(data, dict):
