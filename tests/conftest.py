@@ -36,6 +36,26 @@ def tiny_store(tiny_params, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module's fits (what Snakemake's `threads: 1` gives a job); restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_params, tiny_store, tmp_path_factory) -> Path:
+    """The split file of :func:`tiny_store`, written once per session."""
+    from gfm.split import run as run_split
+
+    out = tmp_path_factory.mktemp("split") / "adam.json"
+    run_split(tiny_params.split, store=tiny_store, out=out)
+    return out
+
+
 def tool_env() -> dict[str, str]:
     """Environment for running the venv's tools (snakemake, dvc, gfm) in subprocesses."""
     env = dict(os.environ)

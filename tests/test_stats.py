@@ -172,3 +172,19 @@ def test_claims_are_validated_in_params():
         _claims_params([{"model": "gfm", "baseline": "lstm", "threshold": 0}])
     with pytest.raises(ParamsError, match=r"report.claims\[0\].baseline: got 'gfm'; a claim compares two"):
         _claims_params([{"model": "gfm", "baseline": "gfm", "threshold": 1}])
+
+
+def test_seeds_to_resolve_matches_the_t_interval_it_promises():
+    import math
+
+    from gfm.stats import seeds_to_resolve, t_quantile
+
+    ratios = [0.9, 0.95, 0.85, 1.0, 0.92]  # mean log about -0.08, not resolved against 1 with 5 seeds
+    n = seeds_to_resolve(ratios, 1.0)
+    logs = [math.log(r) for r in ratios]
+    m = sum(logs) / 5
+    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / 4)
+    assert n is not None and t_quantile(0.975, n - 1) * sd / math.sqrt(n) < abs(m)
+    assert t_quantile(0.975, n - 2) * sd / math.sqrt(n - 1) >= abs(m) or n == 2
+    assert seeds_to_resolve([1.0, 1.0], 1.0) is None  # on the threshold: never
+    assert seeds_to_resolve([0.5], 1.0) is None  # one seed: no spread to plan with

@@ -9,30 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import ROOT, run_tool
 from gfm import cli, train
 from gfm.forecasters import FORECASTERS, load_forecaster
-from gfm.split import run as run_split
 
 STORE = "mlp_regression-adam"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def split_file(tiny_params, tiny_store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("split") / "adam.json"
-    run_split(tiny_params.split, store=tiny_store, out=out)
-    return out
+def split_file(tiny_split) -> Path:
+    return tiny_split
 
 
 def _run(tiny_params, tiny_store, split, out, model="lstm"):

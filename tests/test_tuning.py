@@ -15,25 +15,17 @@ import zarr
 
 from gfm import cli, train, tuning
 from gfm.forecasters import FORECASTERS, load_forecaster
-from gfm.split import run as run_split
 
 STORE = "mlp_regression-adam"
 LEARNED = ["lstm", "wnn", "gfm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def split_file(tiny_params, tiny_store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("split") / "adam.json"
-    run_split(tiny_params.split, store=tiny_store, out=out)
-    return out
+def split_file(tiny_split) -> Path:
+    return tiny_split
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +160,13 @@ def test_protocol_section_and_val_curves_read_the_summaries(trained, tiny_params
 
 
 def test_flattened_reads_patience_stops_and_late_improvement():
-    log = [{"step": s, "best_val_loss": v} for s, v in ((100, 1.0), (200, 0.5), (300, 0.499), (400, 0.498))]
-    assert protocol_flat(log, 400)  # < 2% better over the last quarter
-    log[-1]["best_val_loss"] = 0.3
-    assert not protocol_flat(log, 400)  # still improving when the budget ran out
+    log = [{"step": s, "val_loss": v} for s, v in ((100, 1.0), (200, 0.5), (300, 0.4), (400, 0.398))]
+    assert protocol_flat(log, 400)  # the last quarter brought 2 / 602 of the gain
+    log[-1]["val_loss"] = 0.3
+    assert not protocol_flat(log, 400)  # 0.1 of 0.7: still improving when the budget ran out
     assert protocol_flat(log[:2], 400)  # stopped on patience at 200 of 400
+    geometric = [{"step": s, "val_loss": 10.0 ** -(s / 25)} for s in range(25, 401, 25)]
+    assert protocol_flat(geometric, 400)  # converging to 0: relative gains never stop, the share does
 
 
 def protocol_flat(log, budget):

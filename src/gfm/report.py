@@ -29,7 +29,7 @@ from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
 from gfm.protocol import protocol_section, val_curve_figures
-from gfm.stats import METHOD, paired_ratio, verdict
+from gfm.stats import METHOD, paired_ratio, seeds_to_resolve, verdict
 
 __all__ = ["run", "load_metrics", "claims", "results_block", "update_readme", "paired", "paired_section",
            "write_claims"]
@@ -92,7 +92,11 @@ def paired(m: dict, model: str, baseline: str, threshold: float, level: float) -
     note = out.pop("problem")
     if note is None and pr.n < 2:
         note = f"{pr.n} dataset seed(s): no interval"
-    return {**out, "verdict": verdict(pr.ci, threshold), "note": note}
+    v = verdict(pr.ci, threshold)
+    need = seeds_to_resolve(pr.per_seed, threshold, level) if v == "not resolved" else None
+    if need is not None and note is None:
+        note = f"about {need} seeds would resolve it at this effect and spread"
+    return {**out, "verdict": v, "note": note, "seeds_to_resolve": need}
 
 
 def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:

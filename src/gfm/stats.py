@@ -36,7 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PairedRatio", "paired_ratio", "verdict", "t_quantile", "t_cdf", "METHOD", "VERDICTS"]
+__all__ = ["PairedRatio", "paired_ratio", "verdict", "seeds_to_resolve", "t_quantile", "t_cdf", "METHOD", "VERDICTS"]
 
 METHOD = ("paired over dataset seeds: geometric mean of the per-seed MSE ratios, {level:.0%} Student t interval "
           "on the log ratios (n - 1 degrees of freedom)")
@@ -111,6 +111,27 @@ def verdict(ci: Sequence[float] | None, threshold: float) -> str:
     if low >= threshold:
         return "not met"
     return "not resolved"
+
+
+def seeds_to_resolve(per_seed_ratios: Sequence[float], threshold: float, level: float = 0.95,
+                     max_n: int = 1000) -> int | None:
+    """How many dataset seeds a claim "ratio < threshold" would need to be resolved (met or not met), if the
+    per-seed log ratios kept the mean and spread seen here: the smallest n with t_{n-1} s / sqrt(n) < |m - log
+    threshold|. None when that never happens below ``max_n`` (the effect sits on the threshold), or fewer than
+    two finite positive ratios were given. A planning number (is "more seeds" the cheap lever?), not a result.
+    """
+    logs = [math.log(r) for r in per_seed_ratios if isinstance(r, (int, float)) and math.isfinite(r) and r > 0]
+    if len(logs) < 2 or threshold <= 0:
+        return None
+    m = sum(logs) / len(logs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / (len(logs) - 1))
+    gap = abs(m - math.log(threshold))
+    if sd == 0:
+        return len(logs) if gap > 0 else None
+    for n in range(2, max_n + 1):
+        if t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n) < gap:
+            return n
+    return None
 
 
 def t_cdf(t: float, df: int) -> float:
