@@ -21,7 +21,7 @@ import yaml
 import zarr
 
 from conftest import TINY, tool_env
-from gfm import evaluate, forecast, generate, report, split, store, train
+from gfm import evaluate, forecast, generate, outputs, report, split, store, train
 from gfm.cli import main
 from gfm.config import ForecastConfig, SplitConfig, TrainConfig, load_params
 from gfm.store import partial_path
@@ -200,10 +200,11 @@ def test_failing_report_and_split_leave_nothing(staged, tiny_store, tmp_path, mo
     with pytest.raises(RuntimeError, match="injected"):
         report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", out=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
-    monkeypatch.setattr(split.os, "replace", _boom)
+    monkeypatch.setattr(outputs.os, "replace", _boom)  # the rename of split's temporary file (gfm.outputs)
     with pytest.raises(RuntimeError, match="injected"):
         split.run(params.split, store=tiny_store, out=tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".s.json.")]  # no temporary left
 
 
 def test_readme_update_is_atomic(staged, tmp_path, monkeypatch):
