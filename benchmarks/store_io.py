@@ -4,7 +4,7 @@ It generates one real store of ``params.yaml`` (untimed), reads it into memory, 
 
 * write: every block written the way ``gfm generate`` writes it (:func:`gfm.store.create_trajectory_store`,
   ``write_block`` with its fsync, ``finish``), from the in-memory arrays, so only the store is measured;
-* the three reads of DESIGN.md §2 on the finished store: "first k steps of all runs" (``prefix``, k =
+* the three reads of docs/architecture.md §2 on the finished store: "first k steps of all runs" (``prefix``, k =
   ``forecast.prefix_end``), "one whole run" (``weights`` and every ``state/*`` of one run) and "final step of
   all runs" (``final``); plus the final step read from the big ``weights`` array, to show why ``final/`` exists.
 

@@ -19,6 +19,7 @@ from gfm.check import check_path
 from gfm.cli import main
 from gfm.config import SplitConfig
 from test_hostile_inputs import closed_params  # noqa: F401  (params file: the tiny study's closed-form models)
+from test_import import momentum_runs
 from test_reliability import staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
 
 
@@ -53,18 +54,7 @@ def _readme_weights(path: Path) -> Path:
 
 
 def _momentum_runs(n_runs=8, steps=12, params=5, lr=0.05, mu=0.9):
-    rng = np.random.default_rng(1)
-    h, c, w = rng.uniform(0.2, 2, (n_runs, params)), rng.normal(size=(n_runs, params)), rng.normal(size=(n_runs, params))
-    b = np.zeros_like(w)
-    W, B, L = [w.copy()], [b.copy()], []
-    for _ in range(steps):
-        L.append((0.5 * h * (w - c) ** 2).sum(1))
-        b = mu * b + h * (w - c)
-        w = w - lr * b
-        W.append(w.copy())
-        B.append(b.copy())
-    L.append((0.5 * h * (w - c) ** 2).sum(1))
-    return (np.stack(W, 1).astype(np.float32), np.stack(B, 1).astype(np.float32), np.stack(L, 1).astype(np.float32))
+    return momentum_runs(n_runs=n_runs, steps=steps, lr=lr, mu=mu, seed=1, params=params)
 
 
 def test_the_readme_import_example_checks_clean(tmp_path, closed_params, capsys):  # noqa: F811

@@ -1,4 +1,4 @@
-"""The pipeline on a real SLURM cluster (issue 5, items 1, 2 and 4). Marked `cluster`; `.ci/run` runs it as
+"""The pipeline on a real SLURM cluster. Marked `cluster`; `.ci/run` runs it as
 root after tests/cluster/slurm-up.sh has brought up a one-node cluster (and tears it down afterwards).
 
 Run by hand:  sudo tests/cluster/slurm-up.sh && pytest -m cluster; sudo tests/cluster/slurm-down.sh

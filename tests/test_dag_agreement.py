@@ -1,4 +1,4 @@
-"""One DAG, two drivers (issue 5, item 5): Snakemake and DVC must describe the same pipeline.
+"""One DAG, two drivers: Snakemake and DVC must describe the same pipeline.
 
 Everything is derived from the real tools, not from a list of stages: DVC's own resolution of dvc.yaml
 (foreach/matrix expanded, `gfm.drivers.dvc_stages`) and Snakemake's own DAG (`snakemake --summary`).

@@ -1,4 +1,4 @@
-"""Sharing results through a DVC remote, tested with the real tools on the tiny study (issue 5, items 3-4).
+"""Sharing results through a DVC remote, tested with the real tools on the tiny study.
 
 A producer runs the pipeline and `dvc push`es to the project's default remote (.dvc/config: a directory next
 to the checkout); a consumer clones, `dvc pull`s and gets a workspace where `dvc status` is clean,

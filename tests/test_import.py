@@ -21,10 +21,10 @@ LAYOUT = [{"name": "0.weight", "shape": [4, 1]}, {"name": "0.bias", "shape": [4]
           {"name": "2.weight", "shape": [1, 4]}, {"name": "2.bias", "shape": [1]}]
 
 
-def momentum_runs(n_runs=12, steps=30, lr=0.05, mu=0.9, seed=0):
+def momentum_runs(n_runs=12, steps=30, lr=0.05, mu=0.9, seed=0, params=13):
     """Heavy-ball runs on per-run quadratics 0.5 * sum h (w - c)^2: weights, buffers, losses."""
     rng = np.random.default_rng(seed)
-    P = 13
+    P = params
     h = rng.uniform(0.2, 2.0, (n_runs, P))
     c = rng.normal(size=(n_runs, P))
     w = rng.normal(size=(n_runs, P))

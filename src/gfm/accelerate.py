@@ -58,7 +58,7 @@ from gfm.tasks import Task, make_task
 
 __all__ = ["run", "simulate_jumps", "summarise", "accelerate_section", "AccelerateError", "SPEEDUP_TARGET"]
 
-SPEEDUP_TARGET = 1.3  # issue 7: at least 1.3x fewer optimizer steps to the plain run's final loss
+SPEEDUP_TARGET = 1.3  # the goal: at least 1.3x fewer optimizer steps to the plain run's final loss
 
 
 class AccelerateError(GFMError, ValueError):

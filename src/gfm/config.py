@@ -2,7 +2,7 @@
 
 ``load_params(path)`` reads YAML with the safe loader, builds :class:`Params` and raises
 :class:`~gfm.errors.ParamsError` listing every problem as ``key.path: got X; expected Y``.
-The same file is Snakemake's ``configfile:`` and DVC's params file (DESIGN.md §6).
+The same file is Snakemake's ``configfile:`` and DVC's params file (docs/architecture.md §6).
 """
 
 from __future__ import annotations
@@ -465,7 +465,7 @@ GiB = 2**30
 class LimitsConfig:
     """What one store may cost, checked by `gfm validate` and every stage before anything runs. The defaults fit a
     laptop as well as a cluster node: a study that needs more says so by raising a limit here. Estimates are
-    float32 and uncompressed (DESIGN.md §6); see :func:`estimate_store`."""
+    float32 and uncompressed (docs/architecture.md §6); see :func:`estimate_store`."""
 
     max_params: int = spec(10_000_000, ge=1, doc="parameters of one task's network")
     max_run_steps: int = spec(10_000_000, ge=1, doc="optimizer steps of one run (tasks.*.steps, accelerate.budget)")

@@ -1,6 +1,6 @@
 """One DAG, two drivers: the glue between DVC (staleness, versions, sharing) and Snakemake (jobs, SLURM).
 
-DVC stages run ``snakemake --cores all --allowed-rules <rule> -- <targets>`` (DESIGN.md §6), so both tools
+DVC stages run ``snakemake --cores all --allowed-rules <rule> -- <targets>`` (docs/architecture.md §6), so both tools
 describe one pipeline. Two hand-overs between them need care, and this module does them:
 
 * **adopt** (consumer path): after ``dvc pull`` / ``dvc checkout`` the outputs are current by content, but

@@ -1,4 +1,4 @@
-"""The optimizer rules, written once (DESIGN.md §3).
+"""The optimizer rules, written once (docs/architecture.md §3).
 
 Pure functions over stacked tensors: ``w`` and ``g`` are (..., param) and every hyper-parameter is a tensor
 that broadcasts against them (e.g. (run, 1) for per-run values). ``update`` returns the new weights and the

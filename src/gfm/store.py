@@ -1,4 +1,4 @@
-"""The trajectory store (DESIGN.md §2): plain Zarr v3, one per (task, optimizer).
+"""The trajectory store (docs/architecture.md §2): plain Zarr v3, one per (task, optimizer).
 
 Layout (R runs, T recorded steps, P parameters)::
 

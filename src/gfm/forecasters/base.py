@@ -1,4 +1,4 @@
-"""One interface for every forecaster (DESIGN.md §4), a registry, and pickle-free save/load.
+"""One interface for every forecaster (docs/architecture.md §4), a registry, and pickle-free save/load.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Classical baselines (DESIGN.md §4, paper.md §4-5). All are per-parameter; none uses a GPU.
+"""Classical baselines (docs/architecture.md §4, paper.md §4-5). All are per-parameter; none uses a GPU.
 
 Closed form (nothing to train; ``fit`` only checks its inputs):
 

@@ -1,4 +1,4 @@
-"""Sequence baselines: an LSTM and a Transformer encoder over the observed prefix (DESIGN.md §4).
+"""Sequence baselines: an LSTM and a Transformer encoder over the observed prefix (docs/architecture.md §4).
 
 Formulation: per parameter ("coordinate"), shared weights. Each scalar weight of each run is one sequence
 of K + 1 steps (records 0..K); its features per step are the weight, its displacement from the last
