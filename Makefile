@@ -13,6 +13,11 @@ PRESET ?=
 # DRIVER=dvc: `dvc repro`, which runs stages one after another, one Snakemake start each (BENCHMARKS.md).
 DRIVER ?= snakemake
 RUN_DIR := $(if $(PRESET),build/$(PRESET),.)
+# TORCH_INDEX=<url>: the package index torch is installed from (version: constraints.txt). Empty = pip's own
+# index: on PyPI the Linux wheel is the CUDA build (GBs of nvidia-* packages); where a CPU wheel lies in
+# pip's find-links (as on the machines this was tested on) that one. https://download.pytorch.org/whl/cpu
+# for the CPU-only build, .../whl/cu<version> for one CUDA version. To switch: rm -rf .venv, make venv again.
+TORCH_INDEX ?=
 
 .PHONY: help venv run test test-full lint smoke dag bench clean adopt pull commit cluster cluster-up cluster-down test-cluster
 
@@ -21,13 +26,14 @@ help:  ## list targets
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned to the CPU build (a bare `torch` resolves to a multi-GB CUDA build)
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	# pip and setuptools at their pins too (tests/test_packaging.py builds the package with the venv's setuptools)
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip setuptools
+	# torch first, from TORCH_INDEX when set, so the next step finds its pin satisfied and keeps that build
+	$(BIN)/python -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[pipeline,test]'
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create/update .venv with the pinned versions
+venv: $(STAMP)  ## create/update .venv with the pinned versions (TORCH_INDEX=<url>: CPU/CUDA torch)
 
 run: $(STAMP)  ## run the pipeline on params.yaml; PRESET=quick: params.quick.yaml in build/quick/; DRIVER=dvc
 	$(if $(filter $(DRIVER),snakemake dvc),,$(error DRIVER=$(DRIVER): expected snakemake or dvc))

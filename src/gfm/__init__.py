@@ -1,6 +1,6 @@
 """gfm: learn how neural networks train (Gradient Flow Matching) and forecast where their weights end up."""
 
-__version__ = "0.1.0"
+from gfm._version import __version__
 
 __all__ = ["__version__", "open_trajectories", "record"]
 

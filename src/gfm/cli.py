@@ -17,9 +17,12 @@ Commands::
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
     gfm slurm-check [--profile profiles/slurm]              the partitions a profile asks for exist
+    gfm --version                                           the package version
 
-Every error the user can fix (bad params, missing or unfinished inputs) prints one line per problem to
-stderr and exits with code 2, without a traceback.
+`gfm <command> --help` explains every flag and ends with an example.
+
+Every error the user can fix (bad params, missing or unfinished inputs, a missing optional dependency)
+prints one line per problem to stderr and exits with code 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -29,10 +32,16 @@ import json
 import sys
 from pathlib import Path
 
+from gfm._version import __version__
 from gfm.config import load_params as _load_params_file
 from gfm.errors import GFMError, ParamsError, one_line
 
 __all__ = ["main", "load_params"]
+
+# Modules that only the pipeline needs (pyproject.toml, extra `pipeline`), imported lazily where used, so
+# `pip install gfm` without the extra still gives the library and the stage commands: module -> distribution.
+PIPELINE_MODULES = {"snakemake": "snakemake", "dvc": "dvc", "matplotlib": "matplotlib",
+                    "sklearn": "scikit-learn", "markdown_it": "markdown-it-py"}
 
 
 def load_params(path: str | Path):
@@ -228,121 +237,146 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gfm", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="gfm", description="Gradient Flow Matching pipeline: generate training "
+                                "trajectories, learn their flow, forecast final weights. Each command is one "
+                                "pipeline stage or a tool around the stores and the DVC/Snakemake drivers.",
+                                epilog="`gfm <command> --help` explains a command and shows an example.")
+    p.add_argument("--version", action="version", version=f"gfm {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
 
     v = sub.add_parser("validate", help="check a params file without running anything")
-    v.add_argument("params", nargs="?", default="params.yaml")
+    v.add_argument("params", nargs="?", default="params.yaml", metavar="PARAMS.yaml",
+                   help="the params file to check (default: %(default)s)")
     v.set_defaults(func=_cmd_validate)
 
     g = sub.add_parser("generate", help="train and record the runs of one store")
-    g.add_argument("--params", default="params.yaml")
-    g.add_argument("--store", required=True, help="store key '<task>-<optimizer>' from params.stores")
-    g.add_argument("--out", required=True, help="output .zarr path")
+    g.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    g.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    g.add_argument("--out", required=True, metavar="STORE.zarr", help="the trajectory store to write")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("split", help="train/val/test run ids of a store")
-    s.add_argument("--params", default="params.yaml")
-    s.add_argument("--in", dest="inp", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    s.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store to split")
+    s.add_argument("--out", required=True, metavar="SPLIT.json",
+                   help="split JSON to write: train/val/test run ids per dataset seed")
     s.set_defaults(func=_cmd_split)
 
     t = sub.add_parser("train", help="fit one model per dataset seed of one store")
-    t.add_argument("--params", default="params.yaml")
-    t.add_argument("--store", required=True, help="store key '<task>-<optimizer>' from params.stores")
-    t.add_argument("--model", required=True, help="a name from params.models")
-    t.add_argument("--split", required=True, help="the store's split JSON")
-    t.add_argument("--in", dest="inp", required=True, help="the store (.zarr)")
-    t.add_argument("--out", required=True, help="model directory to write")
-    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    t.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    t.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    t.add_argument("--model", required=True, metavar="NAME", help="a name from params.models")
+    t.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    t.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store")
+    t.add_argument("--out", required=True, metavar="DIR", help="model directory to write (one <seed>/ per seed)")
+    t.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
     f = sub.add_parser("forecast", help="forecast the test runs of one store with every trained model")
-    f.add_argument("--params", default="params.yaml")
-    f.add_argument("--store", required=True)
-    f.add_argument("--model", action="append", help="only this model (repeatable; default: train.models)")
-    f.add_argument("--in", dest="inp", required=True, help="the trajectory store (.zarr)")
-    f.add_argument("--split", required=True)
-    f.add_argument("--models", required=True, help="the store's model directory (holds <model>/<seed>/)")
-    f.add_argument("--out", required=True, help="directory of <model>.zarr forecast stores to write")
+    f.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    f.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    f.add_argument("--model", action="append", metavar="NAME",
+                   help="only this model (repeatable; default: train.models)")
+    f.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store")
+    f.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON (its test runs "
+                                                                        "are forecast)")
+    f.add_argument("--models", required=True, metavar="DIR",
+                   help="the store's model directory (holds <model>/<seed>/)")
+    f.add_argument("--out", required=True, metavar="DIR", help="directory of <model>.zarr forecast stores to write")
     f.set_defaults(func=_cmd_forecast)
 
     e = sub.add_parser("evaluate", help="score every model's forecasts of one store")
-    e.add_argument("--params", default="params.yaml")
-    e.add_argument("--store", required=True)
-    e.add_argument("--in", dest="inp", required=True)
-    e.add_argument("--split", required=True)
-    e.add_argument("--forecasts", required=True, help="directory of <model>.zarr forecast stores")
-    e.add_argument("--metrics", required=True, help="metrics JSON to write")
-    e.add_argument("--plots", required=True, help="directory of plot CSVs to write")
+    e.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    e.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    e.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr",
+                   help="the trajectory store (the true test runs)")
+    e.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    e.add_argument("--forecasts", required=True, metavar="DIR", help="directory of <model>.zarr forecast stores")
+    e.add_argument("--metrics", required=True, metavar="METRICS.json", help="metrics JSON to write")
+    e.add_argument("--plots", required=True, metavar="DIR", help="directory of plot CSVs to write")
     e.set_defaults(func=_cmd_evaluate)
 
     gz = sub.add_parser("generalize", help="forecast one store's test runs with models fitted on another")
-    gz.add_argument("--params", default="params.yaml")
-    gz.add_argument("--data", default="data", help="root of trajectories/, splits/, models/")
-    gz.add_argument("--out", default="data/metrics/generalize.json")
+    gz.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    gz.add_argument("--data", default="data", metavar="DIR",
+                    help="root of trajectories/, splits/, models/ (default: %(default)s)")
+    gz.add_argument("--out", default="data/metrics/generalize.json", metavar="METRICS.json",
+                    help="metrics JSON to write (default: %(default)s)")
     gz.set_defaults(func=_cmd_generalize)
 
     r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
-    r.add_argument("--params", default="params.yaml")
-    r.add_argument("--metrics", default="data/metrics")
-    r.add_argument("--plots", default="data/plots")
-    r.add_argument("--accelerate", default="data/metrics/accelerate", help="jump-ahead results (a missing dir = none)")
-    r.add_argument("--models", default=None, help="trained models (data/models): the training-protocol tables and "
-                                                  "validation curves (omitted: left out of the report)")
-    r.add_argument("--out", default="reports")
-    r.add_argument("--readme", default=None, help="instead: regenerate this README's results block")
+    r.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    r.add_argument("--metrics", default="data/metrics", metavar="DIR",
+                   help="per-store metrics JSON, <task>/<optimizer>.json (default: %(default)s)")
+    r.add_argument("--plots", default="data/plots", metavar="DIR",
+                   help="per-store plot CSVs written by evaluate (default: %(default)s)")
+    r.add_argument("--accelerate", default="data/metrics/accelerate", metavar="DIR",
+                   help="jump-ahead results (a missing dir = none; default: %(default)s)")
+    r.add_argument("--models", default=None, metavar="DIR",
+                   help="trained models (data/models): the training-protocol tables and validation curves "
+                        "(omitted: left out of the report)")
+    r.add_argument("--out", default="reports", metavar="DIR",
+                   help="report directory: summary.md, summary.html, figures/ (default: %(default)s)")
+    r.add_argument("--readme", default=None, metavar="README.md",
+                   help="instead: regenerate this README's results block")
     r.set_defaults(func=_cmd_report)
 
     ac = sub.add_parser("accelerate", help="jump-ahead training with a trained forecaster vs plain training")
-    ac.add_argument("--params", default="params.yaml")
-    ac.add_argument("--store", required=True, help="a key of accelerate.stores")
-    ac.add_argument("--split", required=True, help="the store's split JSON")
-    ac.add_argument("--models", required=True, help="the store's model directory (holds <model>/<seed>/)")
-    ac.add_argument("--out", required=True, help="metrics JSON to write")
+    ac.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    ac.add_argument("--store", required=True, metavar="KEY", help="a key of accelerate.stores")
+    ac.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    ac.add_argument("--models", required=True, metavar="DIR",
+                    help="the store's model directory (holds <model>/<seed>/)")
+    ac.add_argument("--out", required=True, metavar="METRICS.json", help="metrics JSON to write")
     ac.add_argument("--runs", choices=["test", "val"], default="test",
                     help="which split runs to re-train (val: for choosing the accelerate settings)")
-    ac.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ac.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     ac.add_argument("--quiet", action="store_true", help="no per-seed progress lines")
     ac.set_defaults(func=_cmd_accelerate)
 
     im = sub.add_parser("import", help="NumPy trajectories (.npy/.npz + metadata) -> a trajectory store")
-    im.add_argument("src", help=".npy (run, step, param) weights or .npz with weights[, loss, lr, state_<name>]")
-    im.add_argument("dest", help="the .zarr store to write")
-    im.add_argument("--meta", default=None, help="metadata YAML/JSON (default: <src stem>.meta.yaml beside src)")
-    im.add_argument("--params", default=None, help="take Zarr chunking from this params file's `store:`")
+    im.add_argument("src", metavar="SRC.npz|SRC.npy",
+                    help=".npy (run, step, param) weights or .npz with weights[, loss, lr, state_<name>]")
+    im.add_argument("dest", metavar="DEST.zarr", help="the trajectory store to write")
+    im.add_argument("--meta", default=None, metavar="META.yaml",
+                    help="metadata YAML/JSON (default: <src stem>.meta.yaml beside src)")
+    im.add_argument("--params", default=None, metavar="PARAMS.yaml",
+                    help="take Zarr chunking from this params file's `store:`")
     im.add_argument("--overwrite", action="store_true", help="replace an existing store")
     im.set_defaults(func=_cmd_import)
 
     i = sub.add_parser("info", help="summarise a trajectory store")
-    i.add_argument("store")
+    i.add_argument("store", metavar="STORE.zarr", help="the trajectory store to summarise")
     i.set_defaults(func=_cmd_info)
 
     a = sub.add_parser("adopt", help="after dvc pull/checkout: check dvc status is clean, mark outputs current "
                                      "for Snakemake")
     a.add_argument("--pull", action="store_true", help="run `dvc pull` first")
-    a.add_argument("--remote", default=None, help="DVC remote to pull from (default: the default remote)")
-    a.add_argument("--repo", default=".", help="repository root")
+    a.add_argument("--remote", default=None, metavar="NAME",
+                   help="DVC remote to pull from (default: the default remote)")
+    a.add_argument("--repo", default=".", metavar="DIR", help="repository root (default: %(default)s)")
     a.set_defaults(func=_cmd_adopt)
 
     c = sub.add_parser("commit", help="after a direct snakemake run: re-run stale outputs, dvc commit -f")
-    c.add_argument("--profile", default=None, help="Snakemake profile for re-runs, e.g. profiles/slurm")
+    c.add_argument("--profile", default=None, metavar="DIR", help="Snakemake profile for re-runs, e.g. profiles/slurm")
     c.add_argument("--dry-run", action="store_true", help="only report which stages are stale")
     c.add_argument("--push", action="store_true", help="dvc push --run-cache after committing")
-    c.add_argument("--repo", default=".", help="repository root")
+    c.add_argument("--repo", default=".", metavar="DIR", help="repository root (default: %(default)s)")
     c.set_defaults(func=_cmd_commit)
 
     k = sub.add_parser("slurm-check", help="check a SLURM profile against this cluster (partitions)")
-    k.add_argument("--profile", default="profiles/slurm")
+    k.add_argument("--profile", default="profiles/slurm", metavar="DIR",
+                   help="Snakemake profile directory to check (default: %(default)s)")
     k.set_defaults(func=_cmd_slurm_check)
 
     w = sub.add_parser("workspace", help="create/sync build/<preset>/: the pipeline on another params file "
                                          "(e.g. params.quick.yaml), apart from this repository's outputs")
-    w.add_argument("dest", help="workspace directory, e.g. build/quick")
-    w.add_argument("--params", required=True, help="the preset's params file, e.g. params.quick.yaml")
-    w.add_argument("--repo", default=".", help="the pipeline repository (default: here)")
+    w.add_argument("dest", metavar="DEST", help="workspace directory, e.g. build/quick")
+    w.add_argument("--params", required=True, metavar="PARAMS.yaml",
+                   help="the preset's params file, e.g. params.quick.yaml")
+    w.add_argument("--repo", default=".", metavar="DIR", help="the pipeline repository (default: here)")
     w.set_defaults(func=_cmd_workspace)
 
     ck = sub.add_parser("check", help="validate artifacts (stores, models, forecasts, metrics); exit 1 on problems")
@@ -351,11 +385,54 @@ def build_parser() -> argparse.ArgumentParser:
     for name in THREADED:  # every torch-heavy command takes --threads (rules pass their `threads:`)
         sp = sub.choices.get(name)
         if sp is not None and not any("--threads" in a.option_strings for a in sp._actions):
-            sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+            sp.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
+    _describe(sub)
     return p
 
 
+def _describe(sub) -> None:
+    """Give every command its one-line help as description and its example (EXAMPLES) as epilog, kept as
+    written (RawDescriptionHelpFormatter), so `gfm <command> --help` says what it does and how to call it."""
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    for name, sp in sub.choices.items():
+        sp.formatter_class = argparse.RawDescriptionHelpFormatter
+        sp.description = sp.description or summaries.get(name)
+        if name in EXAMPLES:
+            sp.epilog = "example:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name].strip().splitlines())
+
+
 THREADED = ("generate", "train", "forecast", "evaluate", "generalize", "accelerate")
+PARAMS_HELP = "the params file (default: %(default)s)"
+STORE_HELP = "store key '<task>-<optimizer>' from params.stores, e.g. mlp_regression-sgd"
+THREADS_HELP = "torch intra-op threads (0 = torch's default; Snakemake passes the rule's threads)"
+
+# One runnable call per command (`gfm <command> --help` prints it), with the paths the pipeline uses.
+EXAMPLES = {
+    "validate": "gfm validate params.quick.yaml",
+    "generate": "gfm generate --params params.yaml --store mlp_regression-sgd \\\n"
+                "    --out data/trajectories/mlp_regression/sgd.zarr",
+    "split": "gfm split --in data/trajectories/mlp_regression/sgd.zarr --out data/splits/mlp_regression/sgd.json",
+    "train": "gfm train --store mlp_regression-sgd --model gfm_state --split data/splits/mlp_regression/sgd.json \\\n"
+             "    --in data/trajectories/mlp_regression/sgd.zarr --out data/models/mlp_regression/sgd/gfm_state",
+    "forecast": "gfm forecast --store mlp_regression-sgd --in data/trajectories/mlp_regression/sgd.zarr \\\n"
+                "    --split data/splits/mlp_regression/sgd.json --models data/models/mlp_regression/sgd \\\n"
+                "    --out data/forecasts/mlp_regression/sgd",
+    "evaluate": "gfm evaluate --store mlp_regression-sgd --in data/trajectories/mlp_regression/sgd.zarr \\\n"
+                "    --split data/splits/mlp_regression/sgd.json --forecasts data/forecasts/mlp_regression/sgd \\\n"
+                "    --metrics data/metrics/mlp_regression/sgd.json --plots data/plots/mlp_regression/sgd",
+    "generalize": "gfm generalize --params params.yaml --data data --out data/metrics/generalize.json",
+    "report": "gfm report --models data/models --out reports        # reports/summary.md, summary.html\n"
+              "gfm report --readme README.md                        # the README's results block",
+    "accelerate": "gfm accelerate --store mlp_regression-sgd --split data/splits/mlp_regression/sgd.json \\\n"
+                  "    --models data/models/mlp_regression/sgd --out data/metrics/accelerate/mlp_regression/sgd.json",
+    "import": "gfm import w.npy data/imported/w.zarr --meta w.meta.yaml --params params.yaml",
+    "info": "gfm info data/trajectories/mlp_regression/sgd.zarr",
+    "adopt": "dvc pull && gfm adopt      # or: gfm adopt --pull",
+    "commit": "snakemake --profile profiles/slurm && gfm commit --profile profiles/slurm --push",
+    "slurm-check": "gfm slurm-check --profile profiles/slurm",
+    "workspace": "gfm workspace build/quick --params params.quick.yaml && cd build/quick && dvc repro",
+    "check": "gfm check data/trajectories data/models reports/claims.json",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # unreadable input, unwritable output, full disk: the message names the path
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a pipeline-only module: name the extra; any other missing module is a bug
+        dist = PIPELINE_MODULES.get((exc.name or "").split(".")[0])
+        if dist is None:
+            raise
+        print(f"error: gfm {args.command} needs {dist}, part of gfm's `pipeline` extra: pip install "
+              f"'gfm[pipeline]' (in a checkout: pip install -e '.[pipeline]', or make venv)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -111,7 +111,8 @@ def _tool(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise DriverError(f"{name!r} not found next to {sys.executable} nor on PATH; run `make venv`")
+        raise DriverError(f"{name!r} not found next to {sys.executable} nor on PATH; it comes with gfm's "
+                          f"`pipeline` extra: pip install 'gfm[pipeline]' (in a checkout: make venv)")
     return found
 
 

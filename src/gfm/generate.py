@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gfm import __version__
+from gfm._version import __version__
 from gfm.config import OptimizerConfig, Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.optimizers import STATE_NAMES, init_state, lr_multipliers, update

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from gfm import __version__
+from gfm._version import __version__
 from gfm.config import StoreLayoutConfig
 from gfm.errors import GFMError
 from gfm.optimizers import STATE_NAMES

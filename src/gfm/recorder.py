@@ -56,7 +56,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from gfm import __version__
+from gfm._version import __version__
 from gfm.errors import GFMError, StoreSchemaError
 from gfm.optimizers import STATE_NAMES
 from gfm.outputs import TRAJECTORY_STORE, claim_output, replace_output
