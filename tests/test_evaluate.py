@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -91,9 +92,12 @@ def test_report_writes_markdown_html_and_figures(pipeline, tiny_store, tmp_path)
     out = report.run(p1, metrics_dir=metrics_dir, plots_dir=plots_dir, out=tmp_path / "reports")
     md = (out / "summary.md").read_text()
     assert "| last_value |" in md and "## Downstream" in md and "gfm final MSE ≥ 30% below lstm" in md
+    assert "](figures/mlp_regression-adam-mse.png)" in md  # relative links beside the figures (GitHub view)
     html = (out / "summary.html").read_text()
-    assert "<table>" in html and 'src="figures/mlp_regression-adam-mse.png"' in html
-    assert (out / "figures" / "mlp_regression-adam-mse.png").read_bytes()[:4] == b"\x89PNG"
+    png = (out / "figures" / "mlp_regression-adam-mse.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    assert "<table>" in html and "figures/" not in html  # one self-contained page (tests/test_report.py)
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in html
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nstale block\n{report.README_END}\nrest\n")
@@ -123,7 +127,9 @@ CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "goog
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium to run this)")
 def test_html_report_renders_in_headless_chromium(pipeline, tiny_store, tmp_path):
-    """The HTML report opens in a real browser: the screenshot has the table and figures (not a blank page)."""
+    """The HTML report opens in a real browser on its own (copied without its figures/ directory): the screenshot
+    has the tables and the figures drawn (the headline grid and the plots are in colour; a page whose images did
+    not load has only black text and grey rules)."""
     import matplotlib.image
 
     params, root, split_path = pipeline
@@ -131,13 +137,21 @@ def test_html_report_renders_in_headless_chromium(pipeline, tiny_store, tmp_path
     evaluate.run(p1, store_key="mlp_regression-adam", store=tiny_store, split=split_path, forecasts=root / "forecasts",
                  metrics=tmp_path / "m" / "mlp_regression" / "adam.json", plots=tmp_path / "p" / "mlp_regression" / "adam")
     out = report.run(p1, metrics_dir=tmp_path / "m", plots_dir=tmp_path / "p", out=tmp_path / "reports")
+    alone = tmp_path / "alone" / "summary.html"
+    alone.parent.mkdir()
+    shutil.copy(out / "summary.html", alone)
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
-                    f"--screenshot={shot}", (out / "summary.html").as_uri()],
+                    f"--screenshot={shot}", alone.as_uri()],
                    check=True, capture_output=True, timeout=120)
     img = matplotlib.image.imread(shot)
     assert img.shape[0] >= 2000 and img.shape[1] >= 1000
     ink = (img[..., :3].mean(axis=2) < 0.5).mean()  # share of dark pixels: text, table rules, plot lines
     assert 0.005 < ink < 0.5, ink
+    # tinted pixels come only from the figures (text, rules and table shading are grey): about 1e-4 of the page
+    # when the images do not load, 1e-2 when they do
+    colour = img[..., :3].max(axis=2) - img[..., :3].min(axis=2) > 0.05
+    assert colour[:1200].mean() > 0.002, colour[:1200].mean()  # the headline grid, above the first table
+    assert colour.mean() > 0.002, colour.mean()

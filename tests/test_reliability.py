@@ -196,7 +196,7 @@ def test_failing_evaluate_writes_no_metrics(staged, tiny_store, tmp_path, monkey
 
 def test_failing_report_and_split_leave_nothing(staged, tiny_store, tmp_path, monkeypatch):
     params, root, sp = staged
-    monkeypatch.setattr(report, "_md_to_html", _boom)
+    monkeypatch.setattr(report, "render_html", _boom)
     with pytest.raises(RuntimeError, match="injected"):
         report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", out=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()

@@ -1,0 +1,198 @@
+"""The report's paired comparisons: every statement that one model beats another, and the tables' number format.
+
+A comparison is a ratio of final-step weight MSEs paired over dataset seeds with a Student t interval on the
+log ratios and a verdict on "ratio < threshold" (gfm.stats: met / not met / not resolved), never a comparison
+of two means. Used for the paper's claims (``report.claims``, written to ``reports/claims.json`` and quoted in
+the README's results block), the per-store paired-comparison tables and the generalisation comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from gfm.config import Params
+from gfm.stats import METHOD, paired_ratio, seeds_to_resolve, verdict
+
+__all__ = ["fmt", "table", "model_order", "paired", "claims", "write_claims", "paired_section", "generalize_paired",
+           "paired_cells", "ci_text", "verdict_text", "method_line"]
+
+
+def fmt(ms: dict | None, digits: int = 3) -> str:
+    """``mean ± std`` in compact scientific notation; ``n/a`` for missing, ``inf``/``nan`` shown as is."""
+    if not ms:
+        return "n/a"
+    m, s = ms["mean"], ms["std"]
+    if not math.isfinite(m):
+        return str(m)
+    return f"{m:.{digits}g} ± {s:.2g}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown (GitHub) table: header row, separator, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def _final_per_seed(m: dict, name: str) -> list[float] | None:
+    """Per-seed final-step MSE of model ``name`` in one store's metrics (None: not trained there, or metrics
+    written before per-seed values were kept)."""
+    entry = m["models"].get(name)
+    return None if entry is None else entry["final_mse"].get("per_seed")
+
+
+def paired(m: dict, model: str, baseline: str, threshold: float, level: float) -> dict:
+    """``model`` vs ``baseline`` on one store, paired by dataset seed: gfm.stats.PairedRatio as JSON plus the
+    ``verdict`` on "ratio < threshold" and a ``note`` (why there is no verdict, if so)."""
+    a, b = _final_per_seed(m, model), _final_per_seed(m, baseline)
+    missing = [n for n in (model, baseline) if n not in m["models"]]
+    if missing:
+        return {"ratio": None, "ci": [None, None], "n_seeds": 0, "per_seed_ratios": [], "level": level,
+                "verdict": "skipped", "note": f"{' and '.join(missing)} not trained on {m['store']}"}
+    if a is None or b is None:
+        return {"ratio": None, "ci": [None, None], "n_seeds": 0, "per_seed_ratios": [], "level": level,
+                "verdict": "not resolved", "note": "metrics without final_mse.per_seed (re-run evaluate)"}
+    pr = paired_ratio(a, b, level, seeds=m.get("dataset_seeds"))
+    out = pr.to_json()
+    note = out.pop("problem")
+    if note is None and pr.n < 2:
+        note = f"{pr.n} dataset seed(s): no interval"
+    v = verdict(pr.ci, threshold)
+    need = seeds_to_resolve(pr.per_seed, threshold, level) if v == "not resolved" else None
+    if need is not None and note is None:
+        note = f"about {need} seeds would resolve it at this effect and spread"
+    return {**out, "verdict": v, "note": note, "seeds_to_resolve": need}
+
+
+def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
+    """``report.claims`` checked on every store of ``report.target_task``: one row per (store, claim), paired over
+    dataset seeds (gfm.stats). A claim whose models were not trained on a store gets verdict ``skipped`` and a
+    ``note``. These rows are ``reports/claims.json``."""
+    rows = []
+    level = params.report.level
+    for key, m in metrics.items():
+        if m["task"] != params.report.target_task:
+            continue
+        for c in params.report.claims:
+            text = c.text or f"{c.model} final MSE / {c.baseline} < {c.threshold:g}"
+            mean = {n: (m["models"][n]["final_mse"]["mean"] if n in m["models"] else None) for n in (c.model, c.baseline)}
+            rows.append({"store": key, "task": m["task"], "optimizer": m["optimizer"], "claim": text,
+                         "model": c.model, "baseline": c.baseline, "threshold": c.threshold,
+                         "model_mean": _json_num(mean[c.model]), "baseline_mean": _json_num(mean[c.baseline]),
+                         "dataset_seeds": list(m.get("dataset_seeds", [])),
+                         **paired(m, c.model, c.baseline, c.threshold, level),
+                         "method": METHOD.format(level=level)})
+    return rows
+
+
+def write_claims(path: Path, rows: list[dict]) -> None:
+    """``claims.json``: the rows of :func:`claims` (strict JSON: non-finite numbers are null)."""
+    path.write_text(json.dumps(rows, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n")
+
+
+def _json_num(v):
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def ci_text(r: dict) -> str:
+    """``0.62 [0.41, 0.94]``; ``n/a`` without a ratio; the ratio alone without an interval."""
+    if r.get("ratio") is None:
+        return "n/a"
+    lo, hi = r["ci"]
+    return f"{r['ratio']:.3g}" + (f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else " [no interval]")
+
+
+def verdict_text(r: dict) -> str:
+    v = r["verdict"]
+    text = {"met": "met", "not met": "**not met**", "not resolved": "not resolved", "skipped": "skipped"}[v]
+    return text + (f" ({r['note']})" if r.get("note") and v != "met" else "")
+
+
+def method_line(params: Params) -> str:
+    return (f"Ratio = final-step weight MSE of the model ÷ the baseline's, {METHOD.format(level=params.report.level)}"
+            f"; {len(params.generate.dataset_seeds)} dataset seeds. Verdict on \"ratio < threshold\": met = the "
+            "whole interval is below the threshold, not met = the whole interval is at or above it, not resolved "
+            "= the interval straddles it (the seeds cannot tell). No correction for the number of claims.")
+
+
+def paired_section(params: Params, metrics: dict[str, dict]) -> list[str]:
+    """Per store, the paper's method (the models of ``report.claims``) and the store's best other model (lowest
+    mean final MSE) against every other model: ratio [interval] and the verdict on "ratio < 1"."""
+    methods = list(dict.fromkeys(c.model for c in params.report.claims))
+    lines = ["## Paired comparisons (final-step weight MSE)", "",
+             "Each cell: final MSE of the column model ÷ the row model, paired over dataset seeds "
+             f"(geometric mean [{params.report.level:.0%} t interval on the log ratios]) and the verdict on "
+             "\"column model beats row model\" (ratio < 1). Columns: the paper's method"
+             + (f" ({', '.join(f'`{n}`' for n in methods)})" if methods else " (none declared in report.claims)")
+             + " and the store's best other model by mean final MSE.", ""]
+    any_table = False
+    for key, m in metrics.items():
+        names = [n for n in model_order(params) if n in m["models"]]
+        refs = [n for n in methods if n in m["models"]]
+        others = [n for n in names if n not in refs]
+        finite = [n for n in others if math.isfinite(m["models"][n]["final_mse"]["mean"])]
+        best = min(finite, key=lambda n: m["models"][n]["final_mse"]["mean"]) if finite else None
+        cols = refs + ([best] if best else [])
+        if not cols or len(names) < 2:
+            continue
+        rows = []
+        for n in names:
+            cells = []
+            for ref in cols:
+                if ref == n:
+                    cells.append("—")
+                    continue
+                r = paired(m, ref, n, 1.0, params.report.level)
+                cells.append(f"{ci_text(r)} {verdict_text(r)}")
+            rows.append([n, *cells])
+        header = ["vs (row)", *[f"{c}" + (" (best other)" if c == best else "") for c in cols]]
+        lines += [f"### {key}", ""] + table(header, rows) + [""]
+        any_table = True
+    return lines if any_table else []
+
+
+def model_order(params: Params) -> list[str]:
+    """Every model trained on any store, train.models first."""
+    names = list(params.train.models)
+    for key in params.stores:
+        names += [n for n in params.store_models(key) if n not in names]
+    return names
+
+
+def generalize_paired(params: Params, data: dict) -> list[str]:
+    """The comparisons the transfer table invites, paired over the target's dataset seeds: each model's transfer
+    ÷ in-distribution MSE (the cost of transfer; "< 1" = transfer beats fitting on the target), and on transfer,
+    the paper's method (report.claims models; when none is transferred, the last of generalize.models) ÷ every
+    other transferred model ("< 1" = it transfers better)."""
+    level = params.report.level
+    methods = [n for n in dict.fromkeys(c.model for c in params.report.claims) if n in data["models"]]
+    if not methods and len(data["models"]) > 1:
+        methods = [data["models"][-1]]
+    rows = []
+    for pair in data["pairs"]:
+        name = f"{pair['source']} → {pair['target']}"
+        seeds = pair.get("dataset_seeds")
+        per = {n: {w: pair["models"][n][w].get("per_seed") for w in ("transfer", "in_distribution")}
+               for n in data["models"]}
+        for n in data["models"]:
+            rows.append([name, f"{n} transfer ÷ {n} in-dist.", *paired_cells(per[n]["transfer"],
+                                                                            per[n]["in_distribution"], seeds, level)])
+        for a in methods:
+            for b in data["models"]:
+                if b != a:
+                    rows.append([name, f"{a} ÷ {b} (transfer)",
+                                 *paired_cells(per[a]["transfer"], per[b]["transfer"], seeds, level)])
+    if not rows:
+        return []
+    return ["Paired over the target's dataset seeds (" + METHOD.format(level=level) + "); verdict on ratio < 1:", ""] \
+        + table(["source → target", "comparison", "ratio [interval]", "verdict"], rows) + [""]
+
+
+def paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: float) -> list[str]:
+    if a is None or b is None:
+        return ["n/a", "not resolved (metrics without per_seed; re-run generalize)"]
+    pr = paired_ratio(a, b, level, seeds=seeds)
+    r = {**pr.to_json(), "verdict": verdict(pr.ci, 1.0)}
+    r["note"] = r.pop("problem")
+    return [ci_text(r), verdict_text(r)]
