@@ -20,6 +20,7 @@ import yaml
 from conftest import ROOT, run_tool
 from gfm import drivers
 from repo_helpers import make_repo, tree
+from test_profiles import local_rules
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
@@ -56,18 +57,18 @@ def slurm():
 
 def _cluster_args(slurm: dict) -> list[str]:
     """What this one small node needs on top of profiles/slurm (see profiles/README.md): the node's size as
-    the group cap, per-rule requests cut to fit it, quick first status check, squeue without slurmdbd."""
+    the group cap, per-rule requests capped to fit it (the profile's values are expressions of `attempt`, so
+    the cap wraps them: min(<expr>, cap)), quick first status check, squeue without slurmdbd."""
     node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
     mem = int(int(re.search(r"RealMemory=(\d+)", node).group(1)) * 0.8)
     cpus = int(re.search(r"CPUTot=(\d+)", node).group(1))
     conf = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    caps = {"cpus_per_task": cpus, "mem_mb": mem // 2}
     per_rule = []
     for rule, res in (conf.get("set-resources") or {}).items():
         for key, value in res.items():
-            if key == "cpus_per_task":
-                value = min(int(value), cpus)
-            elif key == "mem_mb":
-                value = min(int(value), mem // 2)
+            if key in caps:
+                value = f"min({value}, {caps[key]})"
             per_rule.append(f"{rule}:{key}={value}")
     args = ["--jobs", "4", "--resources", f"cpus_per_task={cpus}", f"mem_mb={mem}", "gpu=1",
             "--set-resources", *per_rule, "--slurm-init-seconds-before-status-checks", "5"]
@@ -96,12 +97,16 @@ def test_pipeline_on_slurm_equals_local_run(slurm, tmp_path):
     assert job_ids, log[-3000:]
     assert "Rule: generate" not in log.split("submitted with SLURM jobid")[0], "a job ran before any sbatch"
 
-    # every job ran inside a SLURM job: its outputs appear in the kept SLURM job logs
+    # every job of a submitted rule ran inside a SLURM job (its outputs appear in the kept SLURM job logs);
+    # the local rules ran on the submit host (theirs appear in none)
     slurm_logs = "".join(p.read_text() for p in (cluster / "logs" / "slurm").rglob("*.log"))
     assert set(re.findall(r"/(\d+)\.log", "\n".join(map(str, (cluster / "logs" / "slurm").rglob("*.log"))))) \
         == set(job_ids)
-    not_in_slurm = [o for j in planned for o in j["output"] if o not in slurm_logs]
+    local = local_rules()
+    not_in_slurm = [o for j in planned if j["rule"] not in local for o in j["output"] if o not in slurm_logs]
     assert not not_in_slurm, f"outputs not made inside a SLURM job: {not_in_slurm}"
+    local_jobs = [j for j in planned if j["rule"] in local]
+    assert local_jobs and not [o for j in local_jobs for o in j["output"] if f"output: {o}" in slurm_logs]
     # grouping bundles the jobs: far fewer SLURM jobs than Snakemake jobs
     assert len(job_ids) < len(planned), (job_ids, len(planned))
     if slurm["accounting"]:

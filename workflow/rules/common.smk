@@ -49,10 +49,10 @@ def store_models(task, optimizer):
 
 
 def generate_config(task, optimizer):
-    """The params keys one store is generated from (mirrors its DVC stage's `params:`)."""
+    """The params keys one store is generated from (mirrors its DVC stage's `params:`). `device` is left out
+    on purpose: it is a machine setting, not a study parameter (docs/architecture.md §6)."""
     keys = {
         "seed": config["seed"],
-        "device": config["device"],
         "generate.dataset_seeds": config["generate"]["dataset_seeds"],
         "store": config["store"],
         "tasks": config["tasks"][task],

@@ -6,16 +6,19 @@ CPU_KINDS = {"last_value", "linear", "exp_fit", "lfd2", "introspection", "wnn"}
 
 
 def model_gpus(model):
-    """GPUs one train job asks for: 1 for neural models unless the study runs on CPU."""
+    """GPUs one train job asks for. Only `device: cuda` sends neural training to a GPU: with `auto` a train
+    job asks for none, because no measurement shows a GPU speeding up these fits (seconds to ~100 s on one
+    CPU thread, mostly process start-up and small batches; BENCHMARKS.md, profiles/README.md). Closed-form
+    kinds never use one."""
     kind = config["models"][model]["kind"]
-    return 0 if config["device"] == "cpu" or kind in CPU_KINDS else 1
+    return 1 if config["device"] == "cuda" and kind not in CPU_KINDS else 0
 
 
 def train_config(task, optimizer, model):
     """The params keys one train job reads (its DVC stage lists their sections): the params trigger.
-    The store's entry is included whole, as in DVC (which cannot list its optional `models` key alone)."""
+    The store's entry is included whole, as in DVC (which cannot list its optional `models` key alone).
+    `device` is left out on purpose: a machine setting, not a study parameter (docs/architecture.md §6)."""
     keys = {
-        "device": config["device"],
         "forecast": config.get("forecast", {}),
         "train.seed": config.get("train", {}).get("seed", 0),
         "train.budget": config.get("train", {}).get("budget", {}),
