@@ -6,6 +6,7 @@ Importing this package fills the registry ``FORECASTERS`` (name in params -> cla
 # Importing a module registers its forecasters (@register).
 from gfm.forecasters import (  # noqa: E402, F401  (baselines)
     classical,
+    function_field,  # noqa: E402, F401  (gfm_function)
     gfm,  # noqa: E402, F401  (gfm, gfm_plain)
     sequence,
 )
@@ -19,8 +20,16 @@ from gfm.forecasters.base import (
     make_forecaster,
     register,
 )
+from gfm.forecasters.trained import (  # noqa: E402  (a trained model + what it was fitted on: gfm.load_forecaster)
+    Forecast,
+    RunMismatchError,
+    TrainedForecaster,
+    TrainedOn,
+    prefix_from_arrays,
+)
 
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "Trajectories", "load_forecaster",
-    "make_forecaster", "register",
+    "make_forecaster", "register", "Forecast", "RunMismatchError", "TrainedForecaster", "TrainedOn",
+    "prefix_from_arrays",
 ]

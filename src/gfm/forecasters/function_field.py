@@ -1,0 +1,305 @@
+"""``gfm_function``: GFM with a function-space gradient field, for MLP layouts.
+
+Why: a per-parameter field (``gfm`` with ``field: coordinate``) sees each weight's own history plus a pooled
+context, which is the per-parameter LSTM's information, and ties it. What decides where an MLP's weights go
+is the loss landscape, and for a network trained on a loss of its outputs the landscape is shared by all
+parameters through the network's *function*. This field is built from that structure:
+
+    g(w | h) = grad_w  sum_p c_p * || f_w(x_p) - h_p ||^2
+
+a gradient surrogate, where f_w is the network computed from the flat weights and the store's layout (linear
+layers with ReLU between them), x_p are P learned probe inputs with learned weights c_p, and h_p is the run's
+*target function* at the probes. The optimizer's own rule (``gfm.optimizers.update``: SGD, momentum,
+Nesterov, Adam, AdamW, RMSprop, with the logged state at the prefix end) turns g into the update, as in the
+paper's optimizer-aware field. Because g is a gradient through the network, the field couples every
+parameter through the current function at each step, is equivariant to permutations of hidden units and
+applies to any width (the layout gives the shapes).
+
+The run encoder is closed form. The target function is h = B z, a learned basis B (P x out x M) with
+per-run coefficients z inferred from the prefix alone: each logged update k < K used a gradient g_k that
+the logged state makes recoverable (``gfm_features.recover_gradient``), and g(w_k | B z) is linear in z, so
+z is the ridge least-squares solution of g(w_k | B z) = g_k over the prefix. Training (conditional flow
+matching on the rule head's gradient target) fits the probes, their weights, the basis and the ridge
+strength on the training runs: each minibatch infers z from each run's own prefix, exactly as at forecast
+time, then matches the surrogate to the recovered gradient at random recorded steps of the whole run.
+
+Forecasting integrates the optimizer map from w_K step by step (the flow of a discrete optimizer is its own
+update; no ODE discretisation is involved), with the learning rate held at its last logged value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gfm import optimizers as opt_rules
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
+from gfm.forecasters.gfm_features import recover_gradient
+from gfm.schema import spec
+
+__all__ = ["FunctionFieldConfig", "FunctionFieldGFM", "MLPShape", "mlp_shape"]
+
+
+@dataclass(frozen=True)
+class FunctionFieldConfig(FitOptions):
+    """Options of ``gfm_function`` (the budget keys come from ``train.budget``)."""
+
+    probes: int = spec(32, ge=1, doc="probe inputs x_p at which the network's function is compared")
+    basis: int = spec(2, ge=1, doc="dimension M of the per-run target-function code z")
+    ridge: float = spec(1e-3, gt=0, doc="initial ridge strength of the prefix least squares (relative)")
+    batch_size: int = spec(16, ge=1, doc="training runs per update")
+    points: int = spec(8, ge=1, doc="recorded steps per run and update at which the gradient is matched")
+    lr: float = spec(0.02, gt=0, doc="AdamW learning rate of the probes, weights, basis and ridge")
+
+
+@dataclass(frozen=True)
+class MLPShape:
+    """The linear layers of an MLP layout: ((out, in), ...) with a bias after every weight."""
+
+    layers: tuple[tuple[int, int], ...]
+
+    @property
+    def n_in(self) -> int:
+        return self.layers[0][1]
+
+    @property
+    def n_out(self) -> int:
+        return self.layers[-1][0]
+
+    @property
+    def n_params(self) -> int:
+        return sum(o * i + o for o, i in self.layers)
+
+
+def mlp_shape(layout) -> MLPShape:
+    """Read an MLP from a store layout: alternating (out, in) weights and (out,) biases, in order, each
+    layer's input the previous layer's output.
+
+    Raises:
+        ForecasterError: the layout is missing or is not such an MLP (e.g. least squares, a CNN).
+    """
+    if not layout:
+        raise ForecasterError("gfm_function: needs the store's parameter layout (an MLP: weight, bias, ...)")
+    specs = list(layout)
+    shapes = [tuple(s.shape) for s in specs]
+    problem = None
+    layers: list[tuple[int, int]] = []
+    if len(specs) % 2:
+        problem = "an odd number of tensors"
+    else:
+        for i in range(0, len(specs), 2):
+            w, b = shapes[i], shapes[i + 1]
+            if len(w) != 2 or b != (w[0],):
+                problem = f"{specs[i].name} {list(w)} / {specs[i + 1].name} {list(b)} is not a (out, in) weight and its bias"
+                break
+            if layers and w[1] != layers[-1][0]:
+                problem = f"{specs[i].name} takes {w[1]} inputs but the previous layer gives {layers[-1][0]}"
+                break
+            layers.append((w[0], w[1]))
+    if problem:
+        raise ForecasterError(f"gfm_function: the layout is not an MLP of linear layers with biases ({problem}); "
+                              f"this field applies to the mlp_regression, mlp_classification and digits tasks")
+    return MLPShape(tuple(layers))
+
+
+def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """f_w(x) for stacked flat weights ``w`` (..., D) at inputs ``x`` (P, in): (..., P, out); ReLU between
+    layers, as the project's MLP tasks build them."""
+    lead, h, at = w.shape[:-1], x.expand(*w.shape[:-1], *x.shape), 0
+    for n, (o, i) in enumerate(shape.layers):
+        weight = w[..., at: at + o * i].reshape(*lead, o, i)
+        bias = w[..., at + o * i: at + o * i + o]
+        at += o * i + o
+        h = h @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
+        if n < len(shape.layers) - 1:
+            h = torch.relu(h)
+    return h
+
+
+class FunctionField(nn.Module):
+    """Probes, their weights, the target basis and the ridge strength: every learned part of the field."""
+
+    def __init__(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor, ridge: float):
+        super().__init__()
+        self.shape = shape
+        self.x = nn.Parameter(probes)                                    # (P, in)
+        self.logc = nn.Parameter(torch.full((len(probes),), math.log(math.e - 1)))  # softplus -> 1
+        self.basis = nn.Parameter(basis)                                 # (P, out, M)
+        self.log_ridge = nn.Parameter(torch.tensor(math.log(ridge)))
+
+    def weights(self) -> torch.Tensor:
+        return nn.functional.softplus(self.logc) / len(self.logc)
+
+    def _vjps(self, w: torch.Tensor, cotangents: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
+        """grad_w of sum(f_w(x) * cot) for each cotangent (..., P, out), batched over the leading dims."""
+        w = w if w.requires_grad else w.detach().requires_grad_(True)
+        f = mlp_apply(self.shape, w, self.x)
+        out = []
+        for n, cot in enumerate(cotangents):
+            cot = cot(f) if callable(cot) else cot
+            last = n == len(cotangents) - 1
+            (g,) = torch.autograd.grad(f, w, grad_outputs=cot.expand_as(f), retain_graph=create_graph or not last,
+                                       create_graph=create_graph)
+            out.append(g)
+        return out
+
+    def surrogate(self, w: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """g(w | h = B z): (..., D) for weights (..., D) and codes (..., M)."""
+        c = self.weights()[:, None]
+        h = torch.einsum("pom,...m->...po", self.basis, z)
+        return self._vjps(w, [lambda f: 2 * c * (f - h)], create_graph)[0]
+
+    def infer_code(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """The per-run code z from prefix weights ``w`` (N, K, D) and their recovered gradients ``g``.
+
+        g(w_k | B z) = a_k - U_k z with a_k = grad sum c |f|^2 and U_k[:, m] = grad sum 2 c <f, B_m>; z solves
+        min_z sum_k |a_k - U_k z - g_k|^2 + lambda |z|^2 (lambda relative to the mean diagonal of sum U^T U).
+        """
+        c = self.weights()[:, None]
+        M = self.basis.shape[-1]
+        cots = [lambda f: 2 * c * f] + [(2 * c * self.basis[..., m]) for m in range(M)]
+        a, *u = self._vjps(w, cots, create_graph)
+        U = torch.stack(u, -1)                                            # (N, K, D, M)
+        A = (U.transpose(-1, -2) @ U).sum(1)                             # (N, M, M)
+        b = (U.transpose(-1, -2) @ (a - g).unsqueeze(-1)).sum(1)         # (N, M, 1)
+        scale = A.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None]
+        eye = torch.eye(M, dtype=A.dtype, device=A.device)
+        return torch.linalg.solve(A + self.log_ridge.exp() * scale * eye, b).squeeze(-1)
+
+
+@register
+class FunctionFieldGFM(Forecaster):
+    """GFM whose gradient surrogate is a function-space loss at learned probes (module docstring)."""
+
+    name = "gfm_function"
+    Config = FunctionFieldConfig
+    min_prefix = 2
+
+    def states_needed(self) -> tuple[str, ...]:
+        return opt_rules.STATE_NAMES.get(self.extra.get("optimizer", ""), ())
+
+    def hyper_needed(self) -> tuple[str, ...]:
+        names = opt_rules.HYPER_NAMES.get(self.extra.get("optimizer", ""), ())
+        return tuple(n for n in names if n != "lr") + (("eps",) if self.extra.get("optimizer") in ("adam", "adamw", "rmsprop") else ())
+
+    # --- building -------------------------------------------------------------------------------------
+    def _build(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor) -> None:
+        self.module = FunctionField(shape, probes, basis, self.config.ridge)
+
+    def _init_parts(self, train: Trajectories, shape: MLPShape, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probes: standard-normal quantiles for one input (the tasks standardise their inputs), random
+        normal vectors otherwise. Basis: the top principal directions of the training runs' final functions at
+        the probes (uncentred), scaled by their singular values: the directions along which runs' targets
+        differ, learned from the training runs alone."""
+        P, M = self.config.probes, self.config.basis
+        if shape.n_in == 1:
+            q = torch.linspace(0, 1, P + 2, dtype=torch.float64)[1:-1]
+            probes = (math.sqrt(2) * torch.special.erfinv(2 * q - 1)).float()[:, None]
+        else:
+            probes = torch.randn(P, shape.n_in, generator=rng)
+        with torch.no_grad():
+            final = mlp_apply(shape, train.weights[:, -1].float().cpu(), probes).reshape(train.n_runs, -1)
+            _, s, vh = torch.linalg.svd(final, full_matrices=False)
+        k = min(M, vh.shape[0])
+        basis = torch.zeros(P * shape.n_out, M)
+        basis[:, :k] = vh[:k].T * (s[:k] / math.sqrt(train.n_runs))
+        return probes, basis.reshape(P, shape.n_out, M)
+
+    # --- training -------------------------------------------------------------------------------------
+    def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
+        cfg, K = self.config, self.prefix_end
+        shape = mlp_shape(train.layout)
+        if shape.n_params != train.n_params:
+            raise ForecasterError(f"gfm_function: the layout has {shape.n_params} parameters, the runs {train.n_params}")
+        if train.optimizer not in opt_rules.STATE_NAMES:
+            raise ForecasterError(f"gfm_function: unknown optimizer {train.optimizer!r}")
+        self.extra = {"optimizer": train.optimizer, "record_every": train.record_every, "steps": train.steps,
+                      "layers": [list(layer) for layer in shape.layers], "n_params": train.n_params}
+        probes, basis = self._init_parts(train, shape, rng)
+        self._build(shape, probes, basis)
+        g_all = recover_gradient(train).float()                          # (N, T-1, D)
+        W = train.weights.float()
+        g_scale = float(g_all.pow(2).mean().clamp_min(1e-30))
+        opt = make_optimizer(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, steps=cfg.steps)
+        stopper = EarlyStopping(self.module, cfg.patience)
+        log, running, t0 = [], [], time.perf_counter()
+        n_batch = min(cfg.batch_size, train.n_runs)
+        for it in range(1, cfg.steps + 1):
+            runs = torch.randperm(train.n_runs, generator=rng)[:n_batch]
+            z = self.module.infer_code(W[runs, :K], g_all[runs, :K], create_graph=True)
+            ks = torch.randint(0, g_all.shape[1], (n_batch, cfg.points), generator=rng)
+            idx = ks[..., None].expand(-1, -1, W.shape[-1])
+            wk, gk = W[runs].gather(1, idx), g_all[runs].gather(1, idx)
+            pred = self.module.surrogate(wk, z[:, None].expand(-1, cfg.points, -1), create_graph=True)
+            loss = (pred - gk).pow(2).mean() / g_scale
+            opt.zero_grad()
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            if torch.isfinite(norm):
+                opt.step()
+                running.append(float(loss.detach()))
+            else:
+                opt.skip()
+            if it % cfg.eval_every and it != cfg.steps:
+                continue
+            row = {"epoch": len(log) + 1, "step": it, "train_loss": sum(running) / max(len(running), 1),
+                   "val_loss": math.nan, "val_final_mse": math.nan}
+            running, stop = [], False
+            if val.n_runs:
+                row.update(val_scores(self, val))
+                stop = stopper.update(row["val_loss"], it)
+            row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            log.append(row)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+            if stop:
+                break
+        stopper.restore()
+        self.extra["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else None
+        return log
+
+    # --- forecasting ----------------------------------------------------------------------------------
+    def _shape(self) -> MLPShape:
+        return MLPShape(tuple(tuple(layer) for layer in self.extra["layers"]))
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        shape = self._shape()
+        P, out, M = tensors["basis"].shape
+        self._build(shape, torch.zeros(P, shape.n_in), torch.zeros(P, out, M))
+        self.module.load_state_dict(tensors, strict=True)
+
+    def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
+        K, every = self.prefix_end, prefix.record_every
+        optimizer = prefix.optimizer
+        if optimizer != self.extra["optimizer"]:
+            raise ForecasterError(f"gfm_function: trained on {self.extra['optimizer']} runs, got {optimizer}")
+        if prefix.n_params != self.extra["n_params"] and prefix.layout is None:
+            raise ForecasterError(f"gfm_function: {prefix.n_params} parameters and no layout to read the network from")
+        shape = mlp_shape(prefix.layout) if prefix.layout is not None else self._shape()
+        field = self.module
+        if shape != field.shape:  # another width of the same family: the field is defined on any MLP
+            field = FunctionField(shape, field.x.detach(), field.basis.detach(), 1.0)
+            field.load_state_dict(self.module.state_dict(), strict=True)
+        with torch.enable_grad():
+            w_pre = prefix.weights.float()
+            z = field.infer_code(w_pre[:, :K], recover_gradient(prefix).float()[:, :K]).detach()
+            w = w_pre[:, K].clone()
+            state = {n: prefix.states[n][:, K].float().clone() for n in opt_rules.STATE_NAMES[optimizer]}
+            hp = {n: v.float()[:, None] for n, v in prefix.hyper.items()}
+            hp["lr"] = prefix.lr[:, K].float()[:, None]   # the last logged rate holds past the prefix
+            out, n_step = [], K * every
+            for record in range(K + 1, horizons[-1] + 1):
+                for _ in range(every):
+                    g = field.surrogate(w, z).detach()
+                    n_step += 1
+                    w, state = opt_rules.update(optimizer, w, g, state, hp, n_step)
+                    w, state = w.detach(), {k: v.detach() for k, v in state.items()}
+                if record in horizons:
+                    out.append(w)
+        return torch.stack(out, 1)
