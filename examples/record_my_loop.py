@@ -44,7 +44,7 @@ def main(path: str = "runs/my_net.zarr", n_runs: int = 24, steps: int = 60) -> N
     ts = gfm.open_trajectories(path)
     print(f"{path}: {ts.n_runs} runs x {ts.n_records} records x {ts.n_params} params, state {ts.state_names}")
     train, val, test = (Trajectories.from_store(ts, ids) for ids in (range(16), range(16, 20), range(20, 24)))
-    fc = make_forecaster("gfm", {"width": 32, "iterations": 300, "eval_every": 100}, prefix_end=10, horizons=[30, 60])
+    fc = make_forecaster("gfm", {"width": 32, "steps": 300, "eval_every": 100}, prefix_end=10, horizons=[30, 60])
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))
     pred = fc.forecast(test.prefix(10), horizons=[60])[:, 0]
     mse = float(((pred - test.weights[:, 60]) ** 2).mean())

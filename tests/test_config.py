@@ -99,14 +99,14 @@ def test_cli_exit_2_one_line_no_traceback(tmp_path, content, expected):
 def test_cli_negative_steps_and_unknown_names(tmp_path):
     data = copy.deepcopy(DEFAULT)
     data["tasks"]["mlp_regression"]["steps"] = -3
-    data["stores"]["digits-adam"]["optimizer"]["name"] = "adamw"
+    data["stores"]["digits-adam"]["optimizer"]["name"] = "lbfgs"
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert any("tasks.mlp_regression.steps: got -3" in line for line in lines)
-    assert any("stores.digits-adam.optimizer.name: got 'adamw'" in line for line in lines)
+    assert any("stores.digits-adam.optimizer.name: got 'lbfgs'" in line for line in lines)
 
 
 def test_cli_unknown_store_key(tmp_path):

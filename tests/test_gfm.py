@@ -22,6 +22,8 @@ HP = {
     "momentum": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.0},
     "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0},
     "adam": {"lr": 0.02, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    "nesterov": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.01},
+    "adamw": {"lr": 0.02, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1},
 }
 
 

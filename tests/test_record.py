@@ -13,6 +13,7 @@ import gfm
 from gfm.config import SplitConfig
 from gfm.errors import StoreNotFoundError
 from gfm.forecasters import Trajectories, make_forecaster
+from gfm.optimizers import HYPER_NAMES, STATE_NAMES, update
 from gfm.recorder import RecordError
 from gfm.split import make_split
 
@@ -160,13 +161,62 @@ def test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run(tmp_path):
     assert mse < 3 * prefix_gap, (mse, prefix_gap)
 
 
+@pytest.mark.parametrize("make,name", [
+    (lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.8, 0.99), weight_decay=0.1), "adamw"),
+    (lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True), "adamw"),
+    (lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1), "adam"),
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), "nesterov"),
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), "momentum"),
+], ids=["AdamW", "Adam-decoupled", "Adam", "SGD-nesterov", "SGD-momentum"])
+def test_each_torch_optimizer_is_stored_under_the_rule_that_replays_it(tmp_path, make, name):
+    """The stored name and hyper-parameters drive gfm.optimizers.update through the recorded run: from each
+    stored record and state, with the gradient torch used, the next stored record and state come out."""
+    torch.manual_seed(2)
+    x, y = toy_data(2)
+    model = UserNet()
+    opt = make(model.parameters())
+    grads = []
+    with gfm.record(tmp_path / "o.zarr", model, opt) as rec:
+        for k in range(12):
+            b = slice(k % 4 * 16, (k % 4 + 1) * 16)
+            loss = ((model(x[b]) - y[b]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).clone())
+            opt.step()
+            rec.step(loss)
+    ts = gfm.open_trajectories(tmp_path / "o.zarr")
+    assert ts.optimizer["name"] == name and ts.state_names == STATE_NAMES[name]
+    assert ts.attrs["store"] == f"recorded-{name}"
+    hp = {k: float(ts.hyper[k][0]) for k in (*HYPER_NAMES[name], "eps")}
+    assert hp["weight_decay"] > 0
+    W = torch.from_numpy(ts.weights[0])
+    S = {s: torch.from_numpy(ts.state(s)[0]) for s in ts.state_names}
+    for n, g in enumerate(grads, start=1):
+        w, state = update(name, W[n - 1], g, {s: v[n - 1] for s, v in S.items()}, hp, n)
+        torch.testing.assert_close(w, W[n], rtol=0, atol=1e-6)
+        for s, v in state.items():
+            torch.testing.assert_close(v, S[s][n], rtol=0, atol=1e-6)
+    other = {"adamw": "adam", "adam": "adamw", "nesterov": "momentum", "momentum": "nesterov"}[name]
+    w, _ = update(other, W[0], grads[0], {s: v[0] for s, v in S.items()}, hp, 1)
+    assert (w - W[1]).abs().max() > 1e-4  # the sibling rule would not replay it: the names matter
+
+
 def test_refuses_what_it_cannot_record(tmp_path):
     model = UserNet()
-    with pytest.raises(RecordError, match="AdamW"):
-        gfm.record(tmp_path / "a.zarr", model, torch.optim.AdamW(model.parameters()))
-    with pytest.raises(RecordError, match="nesterov"):
+    with pytest.raises(RecordError, match="amsgrad"):
+        gfm.record(tmp_path / "a.zarr", model, torch.optim.AdamW(model.parameters(), amsgrad=True))
+    with pytest.raises(RecordError, match="dampening"):
         gfm.record(tmp_path / "a.zarr", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                                                               nesterov=True))
+                                                               dampening=0.5))
+    with pytest.raises(RecordError, match="centered"):
+        gfm.record(tmp_path / "a.zarr", model, torch.optim.RMSprop(model.parameters(), centered=True))
+    with pytest.raises(RecordError, match="Adagrad is not supported.*AdamW"):
+        gfm.record(tmp_path / "a.zarr", model, torch.optim.Adagrad(model.parameters()))
+    groups = [{"params": [model.embed.weight], "decoupled_weight_decay": True},
+              {"params": [p for n, p in model.named_parameters() if n != "embed.weight"]}]
+    with pytest.raises(RecordError, match="decoupled_weight_decay"):
+        gfm.record(tmp_path / "a.zarr", model, torch.optim.Adam(groups, weight_decay=0.1))
     other = nn.Linear(2, 2)
     with pytest.raises(RecordError, match="not parameters of the model"):
         gfm.record(tmp_path / "a.zarr", model, torch.optim.SGD([*model.parameters(), *other.parameters()], lr=0.1))

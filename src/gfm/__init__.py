@@ -2,7 +2,11 @@
 
 from gfm._version import __version__
 
-__all__ = ["__version__", "open_trajectories", "record"]
+__all__ = ["__version__", "open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"]
+
+# Forecasting a run with a trained model (gfm.forecasters.trained); not named ``forecast``: gfm.forecast is the
+# forecast stage's module, and importing it would shadow the function.
+_FORECASTING = {"load_forecaster": "load", "forecast_run": "forecast_run", "prefix_from_arrays": "prefix_from_arrays"}
 
 
 def __getattr__(name):
@@ -15,4 +19,8 @@ def __getattr__(name):
         from gfm.recorder import record
 
         return record
+    if name in _FORECASTING:
+        from gfm.forecasters import trained
+
+        return getattr(trained, _FORECASTING[name])
     raise AttributeError(f"module 'gfm' has no attribute {name!r}")

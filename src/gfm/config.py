@@ -26,8 +26,8 @@ __all__ = [
     "OPTIMIZER_NAMES", "TASK_KINDS", "OPTIMIZER_STATE_ARRAYS", "StoreEstimate", "estimate_store",
 ]
 
-OptimizerName = Literal["sgd", "momentum", "adam", "rmsprop"]
-OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
+OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,25 @@ class ScheduleConfig:
 
 # How many (run, param) state arrays each optimizer carries and records (gfm.optimizers.STATE_NAMES; a test
 # checks the two agree). Kept here so that validating params never imports torch.
-OPTIMIZER_STATE_ARRAYS: dict[str, int] = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
+OPTIMIZER_STATE_ARRAYS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 
-# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting.
+# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting (gfm.optimizers.
+# HYPER_NAMES lists the same names without eps; a test checks the two agree).
 _OPTIMIZER_KEYS = {
     "sgd": {"lr", "weight_decay"},
     "momentum": {"lr", "momentum", "weight_decay"},
+    "nesterov": {"lr", "momentum", "weight_decay"},
     "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+    "adamw": {"lr", "beta1", "beta2", "eps", "weight_decay"},
     "rmsprop": {"lr", "alpha", "eps", "weight_decay"},
 }
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """An optimizer and its hyper-parameters (PyTorch conventions: heavy-ball momentum, Adam with bias
-    correction, RMSprop with smoothing ``alpha``). Each hyper-parameter is a number or a per-run Range."""
+    """An optimizer and its hyper-parameters (PyTorch conventions: heavy-ball or Nesterov momentum, Adam with
+    bias correction and L2 weight decay, AdamW with decoupled weight decay, RMSprop with smoothing ``alpha``;
+    update rules in gfm.optimizers). Each hyper-parameter is a number or a per-run Range."""
 
     name: OptimizerName
     lr: Hyper = spec(ge=0)

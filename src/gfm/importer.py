@@ -16,7 +16,7 @@ Step s of the arrays is optimizer step ``s * record_every``; step 0 is the initi
 
 Metadata (YAML, safe loader, or JSON)::
 
-    optimizer: {name: momentum, lr: 0.01, momentum: 0.9}   # sgd | momentum | adam | rmsprop; a hyper-parameter
+    optimizer: {name: momentum, lr: 0.01, momentum: 0.9}   # sgd | momentum | nesterov | adam | adamw | rmsprop; a hyper-parameter
                                                             # is a number or a list with one value per run
     record_every: 1            # optional (1)
     steps: 200                 # optional ((n_step - 1) * record_every); must equal it
@@ -29,7 +29,8 @@ Metadata (YAML, safe loader, or JSON)::
 
 Missing pieces are filled the way the rest of the pipeline expects, and said so in the store's attributes:
 ``lr`` = the run's ``lr`` at every step; a missing momentum buffer is reconstructed exactly from the weights
-when ``record_every`` is 1 (w_k = w_{k-1} - lr_{k-1} b_k); other missing state is an error unless
+when ``record_every`` is 1 (momentum: w_k = w_{k-1} - lr_{k-1} b_k; nesterov: w_k = w_{k-1} - lr_{k-1}
+((1 + mu) b_k - mu b_{k-1}) from b_0 = 0, the start of training); other missing state is an error unless
 ``missing_state: zeros``; a missing ``loss`` is NaN (``loss_source: none``), and then ``diverged`` only looks
 at the weights (and state).
 
@@ -56,15 +57,42 @@ import numpy as np
 from gfm._version import __version__
 from gfm.config import StoreLayoutConfig
 from gfm.errors import GFMError
-from gfm.optimizers import STATE_NAMES
-from gfm.recorder import HYPER_NAMES
+from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
-__all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajectories", "default_meta_path"]
+__all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajectories", "default_meta_path",
+           "momentum_buffer_from_weights"]
 
-# Defaults of hyper-parameters the metadata may leave out (PyTorch's defaults, as in config.OptimizerConfig).
-_HYPER_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0}
+# Defaults of hyper-parameters the metadata may leave out: gfm.optimizers.HYPER_DEFAULTS (config's defaults).
 _META_KEYS = {"optimizer", "record_every", "steps", "layout", "dataset_seed", "name", "missing_state"}
+
+
+def momentum_buffer_from_weights(w: np.ndarray, lr: np.ndarray, optimizer: str, mu: np.ndarray) -> np.ndarray:
+    """The momentum buffer after each step of runs recorded at every step, from their weights alone.
+
+    Each update moves w by lr_{k-1} times the step, so step_k = (w_{k-1} - w_k) / lr_{k-1}; for heavy-ball
+    momentum the step is the buffer b_k, for Nesterov it is g_k + mu b_k = (1 + mu) b_k - mu b_{k-1}, solved
+    forward from b_0 = 0 (the recursion damps round-off by mu / (1 + mu) < 1 per step).
+
+    Args:
+        w: (run, step, param) weights.
+        lr: (run, step) learning rate of the update leaving each step.
+        optimizer: ``momentum`` or ``nesterov``.
+        mu: (run,) momentum.
+
+    Returns:
+        (run, step, param) float32 buffers; b_0 = 0.
+    """
+    buf = np.zeros_like(w, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = (w[:, :-1] - w[:, 1:]) / lr[:, :-1, None]
+    if optimizer == "momentum":
+        buf[:, 1:] = step
+        return buf
+    mu = np.asarray(mu, dtype=np.float64)[:, None]
+    for k in range(1, w.shape[1]):
+        buf[:, k] = (step[:, k - 1] + mu * buf[:, k - 1]) / (1 + mu)
+    return buf
 
 
 class TrajectoryImportError(GFMError, ValueError):
@@ -140,7 +168,7 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
         raise TrajectoryImportError(f"{source}: optimizer.lr is required")
     hyper = {}
     for key in (*HYPER_NAMES[name], "eps"):
-        value = opt.get(key, _HYPER_DEFAULTS.get(key))
+        value = opt.get(key, HYPER_DEFAULTS.get(key))
         arr = np.asarray(value, dtype=np.float64) if isinstance(value, (int, float, list)) and not isinstance(
             value, bool) else None
         if arr is None or arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != n_runs):
@@ -282,7 +310,7 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         if key in arrays:
             if arrays[key].shape != W.shape:
                 raise TrajectoryImportError(f"{src}: state_{s}: got shape {arrays[key].shape}; expected {W.shape}")
-        elif s == "momentum_buffer" and m.record_every == 1:
+        elif s == "momentum_buffer" and m.record_every == 1:  # momentum or nesterov
             filled[key] = "reconstructed from the weights (record_every 1)"
         elif m.missing_state == "zeros":
             filled[key] = "zeros (missing_state: zeros)"
@@ -334,10 +362,7 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
             if key in arrays:
                 block[key] = np.asarray(arrays[key][sl], dtype=np.float32)
             elif key in filled and filled[key].startswith("reconstructed"):
-                buf = np.zeros_like(w)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    buf[:, 1:] = (w[:, :-1] - w[:, 1:]) / lr[:, :-1, None]
-                block[key] = buf
+                block[key] = momentum_buffer_from_weights(w, lr, m.optimizer, m.hyper["momentum"][sl])
             else:
                 block[key] = np.zeros_like(w)
         finite = np.isfinite(w).reshape(len(rows), -1).all(1)

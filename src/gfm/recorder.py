@@ -28,10 +28,12 @@ What is recorded, per run (R runs, T records, P parameters; record j is after j 
   ``final_loss`` given to :meth:`Recorder.finish` or else the last step's loss (attribute ``loss_source``
   says which).
 
-Supported optimizers are the ones whose update rule ``gfm.optimizers`` knows: ``torch.optim.SGD`` (plain or
-heavy-ball momentum, no Nesterov, no dampening), ``Adam`` (not AMSGrad, not AdamW) and ``RMSprop`` (not
-centred, no momentum), with the same hyper-parameters in every param group. Anything else is refused, because
-an optimizer-aware forecaster would otherwise integrate the wrong rule.
+Supported optimizers are the ones whose update rule ``gfm.optimizers`` knows, stored under that rule's name:
+``torch.optim.SGD`` as ``sgd`` (no momentum), ``momentum`` (heavy ball) or ``nesterov`` (``nesterov=True``),
+always without dampening; ``Adam`` as ``adam`` and ``AdamW`` (or ``Adam(decoupled_weight_decay=True)``) as
+``adamw``, neither with AMSGrad; ``RMSprop`` as ``rmsprop`` (not centred, no momentum); with the same
+hyper-parameters in every param group. Anything else is refused, because an optimizer-aware forecaster would
+otherwise integrate the wrong rule.
 
 Durability: records are buffered and written ``chunk_steps`` at a time, one whole chunk per write, into
 ``<path>.partial``; the store is renamed into place only when the ``with`` block exits cleanly. An exception
@@ -58,20 +60,14 @@ from zarr.codecs import BloscCodec
 
 from gfm._version import __version__
 from gfm.errors import GFMError, StoreSchemaError
-from gfm.optimizers import STATE_NAMES
+from gfm.optimizers import HYPER_NAMES, STATE_NAMES
 from gfm.outputs import TRAJECTORY_STORE, claim_output, replace_output
 from gfm.store import SCHEMA_VERSION, _claim_partial, partial_path
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
 
-# The per-run hyper-parameters a store holds for each optimizer (runs/<name>); eps is always written.
-HYPER_NAMES: dict[str, tuple[str, ...]] = {
-    "sgd": ("lr", "weight_decay"),
-    "momentum": ("lr", "momentum", "weight_decay"),
-    "adam": ("beta1", "beta2", "lr", "weight_decay"),
-    "rmsprop": ("alpha", "lr", "weight_decay"),
-}
+# HYPER_NAMES (gfm.optimizers) is re-exported here: the per-run hyper-parameters a store holds, by optimizer.
 
 
 class RecordError(GFMError, ValueError):
@@ -82,8 +78,8 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
     """The store's optimizer name and hyper-parameters for a ``torch.optim`` optimizer.
 
     Returns:
-        ``(name, hyper)``: name in ``sgd | momentum | adam | rmsprop``; hyper holds the keys of
-        :data:`HYPER_NAMES` plus ``eps``.
+        ``(name, hyper)``: name in ``sgd | momentum | nesterov | adam | adamw | rmsprop``; hyper holds the keys
+        of :data:`HYPER_NAMES` plus ``eps``.
 
     Raises:
         RecordError: an optimizer (or option) whose update rule gfm.optimizers does not implement, or param
@@ -103,27 +99,31 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
         raise RecordError(f"{kind.__name__}({option}={value!r}) is not supported: its update rule is not "
                           f"gfm.optimizers'; expected the default for {option}")
 
+    def flag(key: str) -> bool:
+        values = {bool(g.get(key, False)) for g in groups}
+        if len(values) > 1:
+            raise RecordError(f"param groups differ in {key!r}; a store holds one update rule per run")
+        return values.pop()
+
     g0 = groups[0]
     if kind is torch.optim.SGD:
-        if g0.get("nesterov"):
-            refuse("nesterov", True)
         if float(g0.get("dampening", 0.0)) != 0.0:
             refuse("dampening", g0["dampening"])
         momentum = same("momentum")
-        name = "momentum" if momentum > 0 else "sgd"
+        nesterov = flag("nesterov")  # torch itself refuses Nesterov without momentum
+        name = "nesterov" if nesterov else "momentum" if momentum > 0 else "sgd"
         hyper = {"lr": same("lr"), "weight_decay": same("weight_decay"), "eps": 1e-8}
         if momentum > 0:
             hyper["momentum"] = momentum
-    elif kind is torch.optim.Adam:
-        if g0.get("amsgrad"):
+    elif kind in (torch.optim.Adam, torch.optim.AdamW):
+        if flag("amsgrad"):
             refuse("amsgrad", True)
-        if g0.get("decoupled_weight_decay"):
-            refuse("decoupled_weight_decay", True)
         b1 = {float(g["betas"][0]) for g in groups}
         b2 = {float(g["betas"][1]) for g in groups}
         if len(b1) > 1 or len(b2) > 1:
             raise RecordError("param groups have different 'betas'; use one param group or equal betas")
-        name = "adam"
+        # AdamW is Adam with decoupled_weight_decay=True in torch >= 2.6 and its own class before
+        name = "adamw" if kind is torch.optim.AdamW or flag("decoupled_weight_decay") else "adam"
         hyper = {"lr": same("lr"), "beta1": b1.pop(), "beta2": b2.pop(), "eps": same("eps"),
                  "weight_decay": same("weight_decay")}
     elif kind is torch.optim.RMSprop:
@@ -135,7 +135,8 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
         hyper = {"lr": same("lr"), "alpha": same("alpha"), "eps": same("eps"), "weight_decay": same("weight_decay")}
     else:
         raise RecordError(f"optimizer {kind.__module__}.{kind.__name__} is not supported; expected "
-                          "torch.optim.SGD (with or without momentum), torch.optim.Adam or torch.optim.RMSprop")
+                          "torch.optim.SGD (plain, heavy-ball or Nesterov momentum), torch.optim.Adam, "
+                          "torch.optim.AdamW or torch.optim.RMSprop")
     if any(g0.get(flag) for flag in ("maximize",)):
         refuse("maximize", True)
     return name, hyper
@@ -397,7 +398,8 @@ def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     Args:
         path: the ``.zarr`` store to write (``mode="w"``) or to add this run to (``mode="a"``).
         model: the network; every parameter is recorded, in ``named_parameters`` order.
-        optimizer: a ``torch.optim`` SGD, Adam or RMSprop over the model's parameters (see module docstring).
+        optimizer: a ``torch.optim`` SGD, Adam, AdamW or RMSprop over the model's parameters (see module
+            docstring).
         every: record every ``every`` optimizer steps (record 0 = the weights when the block is entered).
         mode: ``w`` a new store of one run; ``a`` add a run to a finished store with the same layout,
             optimizer, ``every`` and number of records.

@@ -22,14 +22,15 @@ def torch_optimizer(name: str, params, hyper: dict[str, float]) -> torch.optim.O
     wd = hyper.get("weight_decay", 0.0)
     if name == "sgd":
         return torch.optim.SGD(params, lr=hyper["lr"], weight_decay=wd)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=hyper["lr"], momentum=hyper["momentum"], weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"],
-                                weight_decay=wd)
+    if name in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=hyper["lr"], momentum=hyper["momentum"], weight_decay=wd,
+                               nesterov=name == "nesterov")
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"], weight_decay=wd)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=hyper["lr"], alpha=hyper["alpha"], eps=hyper["eps"], weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of adam, momentum, rmsprop, sgd")
+    raise ValueError(f"unknown optimizer {name!r}; expected one of adam, adamw, momentum, nesterov, rmsprop, sgd")
 
 
 def flat_params(module: torch.nn.Module) -> torch.Tensor:

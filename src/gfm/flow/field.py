@@ -24,10 +24,13 @@ state at the prefix end):
 
     sgd:      dw/dt = -m alpha g
     momentum: db/dt = m ((mu - 1) b + g);            dw/dt = -m alpha (mu b + g)
+    nesterov: db/dt = m ((mu - 1) b + g);            dw/dt = -m alpha (g + mu (mu b + g))
     rmsprop:  ds/dt = m (1 - rho)(g^2 - s);          dw/dt = -m alpha g / (sqrt(rho s + (1 - rho) g^2) + eps)
     adam:     dM/dt = m (1 - b1)(g - M);  dV/dt = m (1 - b2)(g^2 - V);
               dw/dt = -m alpha M' / (1 - b1^n) / (sqrt(V' / (1 - b2^n)) + eps),  M' = M + (1 - b1)(g - M),
               V' = b2 V + (1 - b2) g^2
+    adamw:    adam's dM/dt and dV/dt;  dw/dt = -m alpha (lambda w + M' / (1 - b1^n) / (sqrt(V' / (1 - b2^n)) + eps))
+              (decoupled weight decay lambda: the surrogate g carries no decay term)
 
 The velocity uses the *updated* state (M', V', b' = mu b + g), the discrete-consistent form: one Euler
 step of size 1/m from (w_k, s_k) with g = the true gradient lands exactly on the optimizer's (w_{k+1},
@@ -183,7 +186,7 @@ def optimizer_velocity(name: str, w: torch.Tensor, g: torch.Tensor, state: dict[
     """Velocity of weights and optimizer state assembled by the optimizer's own rule.
 
     Args:
-        name: ``sgd`` | ``momentum`` | ``rmsprop`` | ``adam``.
+        name: an optimizer of :data:`gfm.optimizers.STATE_NAMES`.
         w: (..., param) current weights.
         g: (..., param) gradient surrogate at ``w``.
         state: optimizer state at the current time, each (..., param).

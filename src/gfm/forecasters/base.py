@@ -67,10 +67,11 @@ class Trajectories:
         lr: (run, record) learning rate in force for the update leaving each record.
         states: optimizer state arrays by name, each (run, record, param) (may be empty).
         hyper: per-run hyper-parameters by name, each (run,) (``lr`` already includes the task's lr_scale).
-        optimizer: ``sgd`` | ``momentum`` | ``adam`` | ``rmsprop``.
+        optimizer: a name of ``gfm.optimizers.STATE_NAMES`` (``sgd``, ``momentum``, ``adam``, ...).
         record_every: optimizer steps between records.
         steps: total optimizer steps of a full run (m); record j is at time t = j * record_every / steps.
         run_ids: (run,) positions of these runs in their store (for bookkeeping).
+        layout: the tensors of the flat parameter vector (the store's layout), when known.
     """
 
     weights: torch.Tensor
@@ -81,6 +82,7 @@ class Trajectories:
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     hyper: dict[str, torch.Tensor] = field(default_factory=dict)
     run_ids: np.ndarray | None = None
+    layout: tuple[Any, ...] | None = None  # gfm.layout.ParamSpec, in flat-vector order
 
     @property
     def n_runs(self) -> int:
@@ -133,7 +135,7 @@ class Trajectories:
             record_every=store.record_every, steps=int(store.attrs["task"]["steps"]),
             states={n: read(store.state(n)) for n in store.state_names},
             hyper={n: torch.from_numpy(v[runs].astype(np.float32)) for n, v in store.hyper.items()},
-            run_ids=runs)
+            run_ids=runs, layout=store.layout)
 
 
 class Forecaster:
@@ -187,6 +189,19 @@ class Forecaster:
             self.module.load_state_dict(tensors, strict=True)
         elif tensors:
             raise ModelFileError(f"{self.name}: unexpected tensors {sorted(tensors)[:5]}")
+
+    # --- what a run must carry (checked by gfm.forecasters.trained before forecasting) ----------------
+    def states_needed(self) -> tuple[str, ...]:
+        """Optimizer state arrays (``Trajectories.states``) this fitted model reads from a prefix."""
+        return ()
+
+    def hyper_needed(self) -> tuple[str, ...]:
+        """Per-run hyper-parameters (``Trajectories.hyper``) this fitted model reads from a prefix."""
+        return ()
+
+    def fixed_n_params(self) -> int | None:
+        """The parameter count this fitted model can only forecast (None: any network size)."""
+        return None
 
     # --- front door ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -16,9 +16,10 @@ Velocity heads:
 * ``gfm_plain``: v = V * B tanh(o / B), the network's bounded output is the velocity.
 * ``gfm`` with ``structure: rule`` (the paper's optimizer-aware field): the bounded output is a gradient
   surrogate g = G * B tanh(o / B) and the velocity is the optimizer's own rule (gfm.flow.field docstring:
-  sgd, momentum, rmsprop, adam with bias correction), carrying the optimizer state as extra ODE state started
-  from the logged state at the prefix end. ``target`` picks the loss: ``velocity`` (match u_t), ``gradient``
-  (match the logged gradient, recoverable from the logged state: gfm_features.recover_gradient) or ``both``.
+  sgd, momentum, nesterov, rmsprop, adam and adamw with bias correction), carrying the optimizer state as
+  extra ODE state started from the logged state at the prefix end. ``target`` picks the loss: ``velocity``
+  (match u_t), ``gradient`` (match the logged gradient, recoverable from the logged state:
+  gfm_features.recover_gradient) or ``both``.
 * ``gfm`` with ``structure: state_input``: the plain head, with the logged optimizer state at the prefix end
   as extra per-parameter inputs (the safe optimizer-aware variant: no division by a learned sqrt(v)).
 
@@ -57,7 +58,7 @@ from gfm.forecasters.gfm_features import (
     recover_gradient,
     state_features,
 )
-from gfm.optimizers import STATE_NAMES
+from gfm.optimizers import HYPER_NAMES, STATE_NAMES
 from gfm.schema import spec
 
 __all__ = ["GFM", "GFMPlain", "PlainConfig", "GFMConfig"]
@@ -205,6 +206,22 @@ class _GFMBase(Forecaster):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._build_module()
         super().load_state_tensors(tensors)
+
+    def _reads_optimizer(self) -> bool:
+        return self.structure in ("rule", "state_input")
+
+    def states_needed(self) -> tuple[str, ...]:
+        return tuple(STATE_NAMES.get(self.extra.get("optimizer"), ())) if self._reads_optimizer() else ()
+
+    def hyper_needed(self) -> tuple[str, ...]:
+        run_features = tuple(self.extra.get("scales", {}).get("hyper_mean", {}))
+        if not self._reads_optimizer():
+            return run_features
+        rule = (*HYPER_NAMES.get(self.extra.get("optimizer"), ()), "eps")
+        return tuple(dict.fromkeys((*run_features, *rule)))
+
+    def fixed_n_params(self) -> int | None:
+        return int(self.extra["n_params"]) if self.config.field == "joint" and "n_params" in self.extra else None
 
     def _context(self, traj: Trajectories) -> Context:
         cfg = self.config

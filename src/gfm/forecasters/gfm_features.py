@@ -25,13 +25,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from gfm.forecasters.base import ForecasterError, Trajectories
+from gfm.optimizers import DECOUPLED_WEIGHT_DECAY
 
 __all__ = ["Scales", "Context", "fit_scales", "recover_gradient", "build_context", "dynamic_features",
            "state_features", "n_state_features", "RUN_HYPER", "record_dt"]
 
 # Hyper-parameters that become run features when present (eps is fixed and tiny: left out).
 RUN_HYPER = ("lr", "momentum", "beta1", "beta2", "alpha", "weight_decay")
-_N_STATE = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
+_N_STATE = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 
 
 def record_dt(traj: Trajectories) -> float:
@@ -40,7 +41,14 @@ def record_dt(traj: Trajectories) -> float:
 
 
 def n_state_features(optimizer: str) -> int:
-    """Number of optimizer-state features :func:`state_features` returns."""
+    """Number of optimizer-state features :func:`state_features` returns.
+
+    Raises:
+        ForecasterError: an optimizer GFM has no state features for.
+    """
+    if optimizer not in _N_STATE:
+        raise ForecasterError(f"GFM has no optimizer-state features for {optimizer!r}; expected one of "
+                              f"{', '.join(sorted(_N_STATE))}")
     return _N_STATE[optimizer]
 
 
@@ -66,9 +74,10 @@ class Scales:
 def recover_gradient(traj: Trajectories) -> torch.Tensor:
     """The gradient each logged update used, recovered from the weights and the logged state.
 
-    sgd: (w_k - w_{k+1}) / lr_k;  momentum: b_{k+1} - mu b_k;  adam: M_k + (M_{k+1} - M_k) / (1 - beta1);
-    rmsprop: (w_k - w_{k+1}) (sqrt(s_{k+1}) + eps) / lr_k; minus weight_decay * w_k (the rule adds it back).
-    Exact when record_every = 1; with coarser records it is the mean gradient of the recorded span, roughly.
+    sgd: (w_k - w_{k+1}) / lr_k;  momentum, nesterov: b_{k+1} - mu b_k;  adam, adamw: M_k + (M_{k+1} - M_k) /
+    (1 - beta1); rmsprop: (w_k - w_{k+1}) (sqrt(s_{k+1}) + eps) / lr_k; minus weight_decay * w_k (the rule adds
+    it back) except for adamw, whose decay never enters the gradient. Exact when record_every = 1; with coarser
+    records it is the mean gradient of the recorded span, roughly.
 
     Args:
         traj: trajectories with their states.
@@ -82,10 +91,10 @@ def recover_gradient(traj: Trajectories) -> torch.Tensor:
     dw = w[:, :-1] - w[:, 1:]
     if opt == "sgd":
         g = dw / lr
-    elif opt == "momentum":
+    elif opt in ("momentum", "nesterov"):
         b = traj.states["momentum_buffer"]
         g = b[:, 1:] - hp["momentum"] * b[:, :-1]
-    elif opt == "adam":
+    elif opt in ("adam", "adamw"):
         m = traj.states["exp_avg"]
         g = m[:, :-1] + (m[:, 1:] - m[:, :-1]) / (1 - hp["beta1"])
     elif opt == "rmsprop":
@@ -93,7 +102,7 @@ def recover_gradient(traj: Trajectories) -> torch.Tensor:
         g = dw * (s[:, 1:].sqrt() + hp["eps"]) / lr
     else:
         raise ForecasterError(f"unknown optimizer {opt!r}; expected one of {', '.join(sorted(_N_STATE))}")
-    if "weight_decay" in hp:
+    if "weight_decay" in hp and opt not in DECOUPLED_WEIGHT_DECAY:
         g = g - hp["weight_decay"] * w[:, :-1]
     return g
 
@@ -125,8 +134,8 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
                    n_done: torch.Tensor | float, m: float, scales: Scales) -> list[torch.Tensor]:
     """Optimizer state as velocity- or gradient-scale features.
 
-    momentum: the buffer's velocity lr b m / V; adam: the bias-corrected step lr Mhat / (sqrt(Vhat) + eps) m / V
-    and sqrt(Vhat) / G; rmsprop: sqrt(s) / G.
+    momentum, nesterov: the buffer's velocity lr b m / V; adam, adamw: the bias-corrected step
+    lr Mhat / (sqrt(Vhat) + eps) m / V and sqrt(Vhat) / G; rmsprop: sqrt(s) / G.
 
     Args:
         optimizer: optimizer name.
@@ -140,11 +149,11 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
         :func:`n_state_features` tensors, each (batch, param).
     """
     lr = hp["lr"]
-    if optimizer == "momentum":
+    if optimizer in ("momentum", "nesterov"):
         return [lr * states["momentum_buffer"] * m / scales.v]
     if optimizer == "rmsprop":
         return [states["square_avg"].clamp_min(0).sqrt() / scales.g]
-    if optimizer == "adam":
+    if optimizer in ("adam", "adamw"):
         n = torch.as_tensor(n_done).clamp_min(1.0)
         mhat = states["exp_avg"] / (1 - hp["beta1"] ** n)
         vhat = (states["exp_avg_sq"].clamp_min(0) / (1 - hp["beta2"] ** n)).sqrt()
