@@ -179,6 +179,7 @@ class FunctionFieldGFM(Forecaster):
     name = "gfm_function"
     Config = FunctionFieldConfig
     min_prefix = 2
+    neural = False  # a few hundred learned numbers and networks of tens of parameters: CPU work
 
     def states_needed(self) -> tuple[str, ...]:
         return opt_rules.STATE_NAMES.get(self.extra.get("optimizer", ""), ())
