@@ -42,11 +42,16 @@ def _save(fig, path: Path) -> None:
 
 
 def _plain_log_ticks(axis) -> None:
-    """Tick labels of a log axis as plain numbers (0.6, not 6 x 10^-1)."""
+    """Tick labels of a log axis as plain numbers (0.6, not 6 x 10^-1), on the ticks matplotlib would label
+    (minor ticks only where the axis spans few decades)."""
     import matplotlib.ticker as mticker
 
-    axis.set_major_formatter(mticker.FormatStrFormatter("%g"))
-    axis.set_minor_formatter(mticker.FormatStrFormatter("%g"))
+    class Plain(mticker.LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(Plain())
+    axis.set_minor_formatter(Plain(labelOnlyBase=False))
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -172,11 +177,12 @@ def generalize_figure(data: dict, level: float, path: Path) -> None:
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     models = list(data["models"])
     colours = plt.get_cmap("tab10").colors
-    width = 0.8 / max(2 * len(models), 1)
-    fig, ax = plt.subplots(figsize=(2.8 + 2.0 * len(pairs), 4.4), dpi=100)
+    step = 0.8 / max(2 * len(models), 1)  # x offset between the points of one pair
+    width = max(7.0, 2.8 + 2.0 * len(pairs))
+    fig, ax = plt.subplots(figsize=(width, 4.6), dpi=100)
     for r in rows:
         j, k = models.index(r["model"]), 0 if r["fitted_on"] == "transfer" else 1
-        x = pairs.index(r["pair"]) - 0.4 + width * (2 * j + k + 0.5)
+        x = pairs.index(r["pair"]) - 0.4 + step * (2 * j + k + 0.5)
         colour = colours[j % len(colours)]
         dots = [v for v in r["per_seed"] if math.isfinite(v) and v > 0]
         ax.plot([x] * len(dots), dots, ".", color=colour, alpha=0.35, ms=4)
@@ -197,9 +203,9 @@ def generalize_figure(data: dict, level: float, path: Path) -> None:
     ax.set_xlim(-0.6, len(pairs) - 0.4)
     ax.set_ylabel("final xLV on the target (÷ last_value)")
     sources = sorted({p.split(" → ")[0] for p in pairs})
-    ax.set_title(f"Transfer from {', '.join(sources)}: filled = fitted on the source, hollow = fitted on the "
-                 f"target\n(geometric mean over dataset seeds, {level:.0%} t interval; dots: seeds; dashed: "
-                 "last_value)", fontsize=9)
+    ax.set_title(textwrap.fill(f"Transfer from {', '.join(sources)}: filled = fitted on the source, hollow = "
+                               f"fitted on the target (geometric mean over dataset seeds, {level:.0%} t interval; "
+                               "dots: seeds; dashed: last_value)", int(width * 14)), fontsize=9)
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
     if unique:
@@ -217,7 +223,7 @@ def accelerate_figure(results: list[dict], path: Path, *, target: float) -> None
     models = list(dict.fromkeys(n for r in results for n in r["models"]))
     colours = plt.get_cmap("tab10").colors
     width = 0.8 / (len(models) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(4.0 + 2.6 * len(results), 4.2), dpi=100,
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 4.0 + 2.6 * len(results)), 4.2), dpi=100,
                                       gridspec_kw={"width_ratios": [3, 2]})
     for i, r in enumerate(results):
         plain = next(iter(r["models"].values()))["plain_steps_to_target_mean"] if r["models"] else r["budget"]
@@ -241,7 +247,7 @@ def accelerate_figure(results: list[dict], path: Path, *, target: float) -> None
     left.set_ylabel("optimizer steps to the plain run's final loss")
     left.set_title("Steps to target (bold: goal met, with no worse final loss)", fontsize=9)
     left.set_ylim(0, 1.3 * left.get_ylim()[1])  # room for the legend above the bars
-    left.legend(fontsize=7, loc="upper center", ncol=len(models) + 2)
+    left.legend(fontsize=7, loc="upper center", ncol=min(len(models) + 2, 2 * len(results) + 1))
     right.axhline(1.0, color="grey", lw=0.8, ls="--")
     right.set_ylabel("final training loss ÷ plain's (mean)")
     right.set_title("Final loss after the same budget", fontsize=9)

@@ -22,9 +22,11 @@ __all__ = ["render_html", "embed_image", "STYLE"]
 
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
+# wide tables (one column per store) scroll inside the page instead of widening it
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;"
-         "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:13px;display:block;width:max-content;"
+         "max-width:100%;overflow-x:auto}"
+         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
          "img{max-width:100%;margin:.5em 0;vertical-align:top}code{background:#f3f3f3;padding:0 3px}"
          "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}")
 
