@@ -10,6 +10,7 @@ Commands::
     gfm evaluate --params P --store KEY --in STORE.zarr --split S.json --forecasts DIR --metrics M.json --plots DIR
     gfm generalize --params P [--data data --out data/metrics/generalize.json]
     gfm report   --params P [--metrics DIR --plots DIR --out reports] [--readme README.md]
+    gfm headline --metrics M.json... [--plots DIR --out metrics.json --plot-data plots]   what DVC shows
     gfm info     STORE.zarr                                 print a store's summary
     gfm import   SRC.npz|SRC.npy DEST.zarr [--meta M]      NumPy trajectories -> a trajectory store
     gfm accelerate --params P --store KEY --split S.json --models DIR --out A.json   jump-ahead training
@@ -126,6 +127,15 @@ def _cmd_generalize(args: argparse.Namespace) -> int:
     result = generalize.run(params, data=Path(args.data), out=Path(args.out))
     print(json.dumps({p["target"]: {n: m["transfer_xlv"]["mean"] for n, m in p["models"].items()}
                       for p in result["pairs"]}, sort_keys=True))
+    return 0
+
+
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from gfm import headline
+
+    result = headline.run([Path(m) for m in args.metrics], plots=Path(args.plots), out=Path(args.out),
+                          plot_data=Path(args.plot_data))
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 
@@ -306,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metrics JSON to write (default: %(default)s)")
     gz.set_defaults(func=_cmd_generalize)
 
+    hl = sub.add_parser("headline", help="metrics.json (one xLV per store and model) and per-kind plot CSVs "
+                                         "for DVC, both tracked by git")
+    hl.add_argument("--metrics", nargs="+", required=True, metavar="METRICS.json",
+                    help="evaluate's metrics JSON of each store to show, in this order")
+    hl.add_argument("--plots", default="data/plots", metavar="DIR",
+                    help="evaluate's plot CSVs, <task>/<optimizer>/ (default: %(default)s)")
+    hl.add_argument("--out", default="metrics.json", metavar="METRICS.json",
+                    help="headline metrics JSON to write (default: %(default)s)")
+    hl.add_argument("--plot-data", default="plots", metavar="DIR",
+                    help="directory to write: error_vs_horizon/<store>.csv, trajectory/<store>.csv "
+                         "(default: %(default)s)")
+    hl.set_defaults(func=_cmd_headline)
+
     r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
     r.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
     r.add_argument("--metrics", default="data/metrics", metavar="DIR",
@@ -421,6 +444,8 @@ EXAMPLES = {
                 "    --split data/splits/mlp_regression/sgd.json --forecasts data/forecasts/mlp_regression/sgd \\\n"
                 "    --metrics data/metrics/mlp_regression/sgd.json --plots data/plots/mlp_regression/sgd",
     "generalize": "gfm generalize --params params.yaml --data data --out data/metrics/generalize.json",
+    "headline": "gfm headline --metrics data/metrics/mlp_regression/sgd.json data/metrics/digits/adam.json \\\n"
+                "    --plots data/plots --out metrics.json --plot-data plots",
     "report": "gfm report --models data/models --out reports        # reports/summary.md, summary.html\n"
               "gfm report --readme README.md                        # the README's results block",
     "accelerate": "gfm accelerate --store mlp_regression-sgd --split data/splits/mlp_regression/sgd.json \\\n"

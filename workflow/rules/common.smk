@@ -68,7 +68,7 @@ def all_outputs():
         if store_models(task, optimizer):
             out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
     if config.get("train", {}).get("models"):
-        out += ["data/metrics/generalize.json", "reports"]
+        out += ["data/metrics/generalize.json", "reports", "metrics.json", "plots"]  # headline: evaluate.smk
     out += [accelerate_path(t, o) for t, o in accelerate_stores()]  # workflow/rules/accelerate.smk
     return out
 

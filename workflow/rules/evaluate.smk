@@ -1,4 +1,7 @@
-# Stages evaluate (one job per store) and report (one job).
+# Stages evaluate (one job per store), headline (one job) and report (one job).
+
+# `snakemake --report report.html` (after a run): the report stage's figures with their captions.
+report: "../report/workflow.rst"
 
 
 def evaluate_config(task, optimizer):
@@ -31,16 +34,54 @@ rule evaluate:
         "--forecasts {input.forecasts} --metrics {output.metrics} --plots {output.plots} --threads {threads} > {log} 2>&1"
 
 
+def evaluated_stores():
+    """(task, optimizer) of every store that trains a model, in params order: the stores evaluate scores."""
+    return [(t, o) for t, o in STORES.values() if store_models(t, o)]
+
+
+rule headline:
+    """metrics.json (one xLV per store and model) and plots/ (per-kind plot CSVs): what DVC shows, in git."""
+    input:
+        metrics=[metrics_path(t, o) for t, o in evaluated_stores()],
+        plots=[plots_path(t, o) for t, o in evaluated_stores()],
+    output:
+        metrics="metrics.json",
+        plots=directory("plots"),
+    log:
+        "logs/headline.log",
+    benchmark:
+        "logs/benchmarks/headline.tsv"
+    params:
+        # which stores it shows: the keys its DVC stage lists (a store removed from params.yaml must
+        # disappear from metrics.json although its old metrics file may stay in data/metrics)
+        config=lambda wc: json.dumps({"stores": config["stores"],
+                                      "train.models": config.get("train", {}).get("models", [])}, sort_keys=True),
+    threads: 1
+    shell:
+        "{GFM} headline --metrics {input.metrics} --plots data/plots --out {output.metrics} "
+        "--plot-data {output.plots} > {log} 2>&1"
+
+
+def _figure_category(wildcards):
+    """Snakemake report category of one reports/figures/<figure>.png, from the suffix report.py gives it."""
+    for suffix, category in (("-mse", "Forecast error vs horizon"), ("-trajectory", "Trajectories"),
+                             ("-val-curves", "Validation curves")):
+        if wildcards.figure.endswith(suffix):
+            return category
+    return "Overview"
+
+
 rule report:
     """reports/summary.md + summary.html + figures from every store's metrics."""
     input:
-        metrics=[metrics_path(t, o) for t, o in STORES.values() if store_models(t, o)],
-        plots=[plots_path(t, o) for t, o in STORES.values() if store_models(t, o)],
+        metrics=[metrics_path(t, o) for t, o in evaluated_stores()],
+        plots=[plots_path(t, o) for t, o in evaluated_stores()],
         generalize="data/metrics/generalize.json",
         accelerate=[accelerate_path(t, o) for t, o in accelerate_stores()],
-        models=[train_index_path(t, o) for t, o in STORES.values() if store_models(t, o)],  # budgets, tuning, val curves
+        models=[train_index_path(t, o) for t, o in evaluated_stores()],  # budgets, tuning, val curves
     output:
-        directory("reports"),
+        report(directory("reports"), patterns=["figures/{figure}.png"], caption="../report/figure.rst",
+               category=_figure_category, labels={"figure": "{figure}"}),
     log:
         "logs/report.log",
     benchmark:
