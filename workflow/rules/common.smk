@@ -75,4 +75,4 @@ def all_outputs():
 
 wildcard_constraints:
     task="[A-Za-z][A-Za-z0-9_]*",
-    optimizer="sgd|momentum|adam|rmsprop",
+    optimizer="sgd|momentum|nesterov|adam|adamw|rmsprop",
