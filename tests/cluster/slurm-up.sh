@@ -10,7 +10,7 @@
 # File=/dev/null) so `resources: gpu=1` jobs can be scheduled on a CPU machine; starts the daemons directly
 # (they write pid files in /run, which slurm-down.sh uses); waits until `sinfo` shows the node idle and one
 # `srun` job has completed. Exit 0 when the cluster is usable; exit 1 with the reason otherwise.
-# Facts behind the choices: ../shared/SLURM-NOTES.md (proctrack/linuxproc and task/none because there are no
+# Facts behind the choices: docs/cluster.md (proctrack/linuxproc and task/none because there are no
 # cgroups here; MinJobAge=600 so `squeue` still sees finished jobs when the executor polls without sacct).
 set -euo pipefail
 WITH_DBD=${WITH_DBD:-0}

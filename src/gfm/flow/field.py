@@ -1,4 +1,4 @@
-"""Vector-field networks for GFM and the optimizer-aware velocity (paper.md §1.2).
+"""Vector-field networks for GFM and the optimizer-aware velocity (docs/methods.md §1.3).
 
 Two field shapes read the same per-parameter features (built by ``gfm.forecasters.gfm_features``):
 
@@ -10,7 +10,7 @@ Two field shapes read the same per-parameter features (built by ``gfm.forecaster
   linear skip path (a linear field is then learned exactly); for small networks of a fixed size.
 
 Both end in a bounded output o -> B tanh(o / B): an MLP with SiLU extrapolates linearly, and an unbounded
-field fed back into its own input through the ODE exploded in the prototype (GFM-PROTOTYPE.md §2).
+field fed back into its own input through the ODE exploded in the prototype (docs/methods.md §8.2).
 
 Optimizer-aware velocity. The network's output is a gradient surrogate g; the velocity comes from the
 optimizer's own update rule :func:`gfm.optimizers.update` (m = optimizer steps per unit time, n = t m + 1

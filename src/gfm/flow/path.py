@@ -1,4 +1,4 @@
-"""Conditional probability path along a recorded trajectory (paper.md §1.2).
+"""Conditional probability path along a recorded trajectory (docs/methods.md §1.1).
 
 A recorded run w_0, ..., w_T lives on the time grid t_j = j * record_every / steps, so a full run spans
 t in [0, 1] and one optimizer step lasts 1/m (m = ``steps``). Conditioned on the run, the path is the

@@ -1,4 +1,4 @@
-"""Classical baselines (docs/architecture.md §4, paper.md §4-5). All are per-parameter; none uses a GPU.
+"""Classical baselines (docs/architecture.md §4, docs/methods.md §3-5). All are per-parameter; none uses a GPU.
 
 Closed form (nothing to train; ``fit`` only checks its inputs):
 
@@ -10,15 +10,15 @@ Closed form (nothing to train; ``fit`` only checks its inputs):
 
 Learned (small per-parameter networks, early-stopped on the validation runs, see :mod:`.fitting`):
 
-- ``lfd2``: LFD-2's 1-layer linear "farcaster" (paper.md §5.3) from (w_0, w_K) to every future record
+- ``lfd2``: LFD-2's 1-layer linear "farcaster" (docs/methods.md §3) from (w_0, w_K) to every future record
   K+1..max(horizons), trained with L1 plus the first-order-optimality regulariser
   ``beta * relu(sum |w^_L - w^_{L-1}| - sum |w_1 - w_0|)`` (sums over the rows of a batch; values in
   units of the global weight scale).
-- ``introspection``: Introspection's per-weight MLP (paper.md §5.1) on the weight at steps K, 0.7K, 0.4K
+- ``introspection``: Introspection's per-weight MLP (docs/methods.md §4) on the weight at steps K, 0.7K, 0.4K
   and 0, one output per horizon (the original trains one net per target step 2t; here the heads share the
   hidden layer). It predicts the displacement from w_K (scaled globally), not the raw weight, so that a
   zero output is the last-value forecast.
-- ``wnn``: WNN's two-stream nowcaster (paper.md §5.2): 5 history values spaced ``stride`` records apart
+- ``wnn``: WNN's two-stream nowcaster (docs/methods.md §5): 5 history values spaced ``stride`` records apart
   ending at K, normalised per parameter by subtracting the oldest value and dividing by twice their range;
   stream 1 sees the 5 values, stream 2 their 4 differences; each stream is Dense(64) -> WNN's
   "exponential activation" block -> Dense(32) -> LeakyReLU; the concatenation gives one bounded output per

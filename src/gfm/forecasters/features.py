@@ -6,7 +6,7 @@ runs with P parameters becomes N * P rows (run-major: row ``n * P + p`` is param
 
 Normalisation is global: one train-set scale per quantity (weights, displacements, steps, each horizon's
 displacement), never per parameter. The GFM prototype found per-parameter scaling neutral or harmful
-(GFM-PROTOTYPE.md, "Normalise globally"), and a single scale keeps a row's magnitude informative.
+(docs/methods.md §8.3), and a single scale keeps a row's magnitude informative.
 The scales are small JSON floats kept in the forecaster's ``extra`` so a saved model is self-contained.
 """
 

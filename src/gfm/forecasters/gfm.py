@@ -1,6 +1,6 @@
 """Gradient Flow Matching forecasters: ``gfm`` (optimizer-aware) and ``gfm_plain`` (the ablation).
 
-Training (conditional flow matching, paper.md §1.2): draw a training run, a time t = (k + omega) dt in the
+Training (conditional flow matching, docs/methods.md §1.2): draw a training run, a time t = (k + omega) dt in the
 forecast window (t_K <= t < 1, dt = record_every / steps) and the point x_t on the run's piecewise-linear
 path (gfm.flow.path); regress the field's velocity on the path's u_t = (w_{k+1} - w_k) / dt, in units of
 the global velocity scale V. The field is conditioned on the run's prefix context (gfm_features) so that a

@@ -1,6 +1,6 @@
 """Context features for GFM's field: what a field trained on some runs needs to transfer to unseen runs.
 
-Per parameter, from the observed prefix w_0..w_K (GFM-PROTOTYPE.md §1: prefix velocities decide
+Per parameter, from the observed prefix w_0..w_K (docs/methods.md §8.1: prefix velocities decide
 everything; anchors help)::
 
     static  = [w_K / S_w, w_0 / S_w, (w_K - w_0) / S_x,                           anchors

@@ -8,7 +8,7 @@ outputs, in one shot, the displacement ``(w_h - w_K) / s_h`` at every horizon h 
 trained with MSE and early-stopped on the validation runs.
 
 Why this and not one sequence over the flat weight vector: the per-parameter model is what the GFM
-prototype measured as the strongest baseline (GFM-PROTOTYPE.md: per-parameter LSTM, direct multi-output),
+prototype measured as the strongest baseline (docs/methods.md §8.4: per-parameter LSTM, direct multi-output),
 it works unchanged for 1 or 10^5 parameters, and a store of N runs gives it N * P training sequences
 instead of N. It cannot see how parameters of one unit move together; GFM's joint field can.
 

@@ -1,4 +1,4 @@
-"""LFD-2 least squares (paper.md §2.2): X ~ N(0, I), w* ~ N(0, I), y = X w*; loss 0.5 * sum (x.w - y)^2."""
+"""LFD-2 least squares (docs/methods.md §2): X ~ N(0, I), w* ~ N(0, I), y = X w*; loss 0.5 * sum (x.w - y)^2."""
 
 from __future__ import annotations
 
