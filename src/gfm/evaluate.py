@@ -12,8 +12,9 @@ Per (task, optimizer, model), on the non-diverged test runs of each dataset seed
   reported beside the truly trained final loss, the prefix-end loss, and the share of the remaining loss drop
   the forecast recovers, (L_prefix - L_forecast) / (L_prefix - L_final), computed from per-seed means.
 
-Outputs: ``data/metrics/<task>/<optimizer>.json`` (DVC metrics) and, under ``data/plots/<task>/<optimizer>/``,
-``mse_vs_horizon.csv`` and ``trajectory.csv`` (DVC plots; long format).
+Outputs: ``data/metrics/<task>/<optimizer>.json`` and, under ``data/plots/<task>/<optimizer>/``,
+``mse_vs_horizon.csv`` and ``trajectory.csv`` (long format), all DVC-cached. The report draws them; the
+headline stage (gfm.headline) condenses them into what ``dvc metrics`` / ``dvc plots`` show.
 
 Usage::
 
