@@ -102,10 +102,10 @@ def test_pipeline_on_slurm_equals_local_run(slurm, tmp_path):
     slurm_logs = "".join(p.read_text() for p in (cluster / "logs" / "slurm").rglob("*.log"))
     assert set(re.findall(r"/(\d+)\.log", "\n".join(map(str, (cluster / "logs" / "slurm").rglob("*.log"))))) \
         == set(job_ids)
-    local = local_rules()
-    not_in_slurm = [o for j in planned if j["rule"] not in local for o in j["output"] if o not in slurm_logs]
+    on_host = local_rules()
+    not_in_slurm = [o for j in planned if j["rule"] not in on_host for o in j["output"] if o not in slurm_logs]
     assert not not_in_slurm, f"outputs not made inside a SLURM job: {not_in_slurm}"
-    local_jobs = [j for j in planned if j["rule"] in local]
+    local_jobs = [j for j in planned if j["rule"] in on_host]
     assert local_jobs and not [o for j in local_jobs for o in j["output"] if f"output: {o}" in slurm_logs]
     # grouping bundles the jobs: far fewer SLURM jobs than Snakemake jobs
     assert len(job_ids) < len(planned), (job_ids, len(planned))
