@@ -1,6 +1,6 @@
 """Forecast your own training run with a model the pipeline trained.
 
-    python examples/forecast_my_run.py               # the default study's gfm_state fit of dataset seed 1
+    python examples/forecast_my_run.py               # the default study's gfm_function fit of dataset seed 1
     python examples/forecast_my_run.py --model data/models/mlp_regression/sgd/lstm/3 --store runs/my_run.zarr
 
 A user loop (a 1 -> 10 -> 1 ReLU MLP fitting y = a x with SGD, minibatches from a shuffling DataLoader: the
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gfm
 
-DEFAULT_MODEL = "data/models/mlp_regression/sgd/gfm_state/1"
+DEFAULT_MODEL = "data/models/mlp_regression/sgd/gfm_function/1"
 
 
 def user_run(store: str, *, hidden: int, samples: int, batch_size: int, lr: float, steps: int, every: int,
