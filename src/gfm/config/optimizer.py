@@ -1,0 +1,93 @@
+"""Params sections for optimizers: the hyper-parameters each optimizer reads, drawn per run or fixed, and the
+learning-rate schedule. Imports nothing heavy, so that validating params never imports torch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from gfm.errors import shorten
+from gfm.schema import spec
+
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
+OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A hyper-parameter drawn per run, uniformly in [low, high] (log-uniformly if ``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def _check(self):
+        out = []
+        if self.high < self.low:
+            out.append(("high", f"got {shorten(self.high)}; expected a value >= low ({shorten(self.low)})"))
+        if self.log and self.low <= 0:
+            out.append(("low", f"got {self.low!r}; a log range needs low > 0"))
+        return out
+
+
+Hyper = float | Range
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, as a multiplier of the base lr at optimizer step k (0-based)."""
+
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = spec(50, ge=1, doc="step: multiply by gamma every step_size steps")
+    gamma: float = spec(0.5, gt=0, le=1)
+    min_ratio: float = spec(0.0, ge=0, le=1, doc="cosine: floor as a fraction of the base lr")
+
+
+# How many (run, param) state arrays each optimizer carries and records (gfm.optimizers.STATE_NAMES; a test
+# checks the two agree). Kept here so that validating params never imports torch.
+OPTIMIZER_STATE_ARRAYS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+
+# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting (gfm.optimizers.
+# HYPER_NAMES lists the same names without eps; a test checks the two agree).
+_OPTIMIZER_KEYS = {
+    "sgd": {"lr", "weight_decay"},
+    "momentum": {"lr", "momentum", "weight_decay"},
+    "nesterov": {"lr", "momentum", "weight_decay"},
+    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+    "adamw": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+    "rmsprop": {"lr", "alpha", "eps", "weight_decay"},
+}
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """An optimizer and its hyper-parameters (PyTorch conventions: heavy-ball or Nesterov momentum, Adam with
+    bias correction and L2 weight decay, AdamW with decoupled weight decay, RMSprop with smoothing ``alpha``;
+    update rules in gfm.optimizers). Each hyper-parameter is a number or a per-run Range."""
+
+    name: OptimizerName
+    lr: Hyper = spec(ge=0)
+    momentum: Hyper = spec(0.9, ge=0, lt=1)
+    beta1: Hyper = spec(0.9, ge=0, lt=1)
+    beta2: Hyper = spec(0.999, ge=0, lt=1)
+    alpha: Hyper = spec(0.99, ge=0, lt=1)
+    eps: float = spec(1e-8, gt=0)
+    weight_decay: Hyper = spec(0.0, ge=0)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+
+    @classmethod
+    def _dispatch(cls, data, path, problems):
+        name = data.get("name")
+        if isinstance(name, str) and name in _OPTIMIZER_KEYS:  # a list here must be a problem, not a crash
+            allowed = _OPTIMIZER_KEYS[name] | {"name", "schedule"}
+            for key in data:
+                if key not in allowed and key in {f.name for f in dataclasses.fields(cls)}:
+                    problems.append(f"{path}.{key}: not used by optimizer {name!r}; "
+                                    f"it reads {', '.join(sorted(allowed - {'name'}))}")
+        return cls
+
+    def hyper(self) -> dict[str, Hyper]:
+        """The hyper-parameters this optimizer reads, by name."""
+        return {k: getattr(self, k) for k in sorted(_OPTIMIZER_KEYS[self.name])}
+
