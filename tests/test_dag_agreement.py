@@ -34,6 +34,7 @@ from gfm.config import parse_params
 from gfm.errors import ParamsError
 from gfm.train import model_problems
 from repo_helpers import make_repo
+from snakemake_helpers import snakemake_summary
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -234,7 +235,7 @@ def _params_changed(repo: Path) -> tuple[set[str], set[str]]:
     status = drivers.dvc_status(repo)
     dvc = {name for name, changes in status.items()
            for c in changes if isinstance(c, dict) and "params.yaml" in c.get("changed deps", {})}
-    snk = {r["output_file"] for r in drivers.snakemake_summary(repo) if r["status"] == "params changed"}
+    snk = {r["output_file"] for r in snakemake_summary(repo) if r["status"] == "params changed"}
     return dvc, snk
 
 

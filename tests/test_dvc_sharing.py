@@ -81,7 +81,7 @@ def test_fresh_clone_pull_plans_nothing(producer):
 
 
 def _summary(root: Path) -> list[dict]:
-    from gfm.drivers import snakemake_summary
+    from snakemake_helpers import snakemake_summary
 
     return snakemake_summary(root)
 

@@ -21,6 +21,7 @@ from conftest import ROOT, TINY, run_tool
 from gfm import drivers
 from gfm.forecasters import FORECASTERS
 from repo_helpers import make_repo
+from snakemake_helpers import snakemake_summary
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -190,7 +191,7 @@ def _changed(repo: Path, stages: list[str]) -> tuple[list[str], list[str]]:
     """(stages DVC calls changed, outputs Snakemake's params trigger would re-make)."""
     status = run_tool(["dvc", "status", "--json", *stages], repo).stdout
     dvc = sorted(yaml.safe_load(status) or {})
-    snk = [r["output_file"] for r in drivers.snakemake_summary(repo) if r["status"] == "params changed"]
+    snk = [r["output_file"] for r in snakemake_summary(repo) if r["status"] == "params changed"]
     return dvc, snk
 
 

@@ -80,9 +80,9 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
         params_out.write_bytes(text)
     (dest / "data").mkdir(exist_ok=True)
     if not (dest / ".dvc").is_dir():
-        from gfm.drivers import _run, _tool
+        from gfm.drivers.process import run_tool, tool
 
-        _run([_tool("dvc"), "init", "--no-scm", "-q"], dest, what=f"dvc init in {dest}")
+        run_tool([tool("dvc"), "init", "--no-scm", "-q"], dest, what=f"dvc init in {dest}")
     (dest / MARKER).write_text(json.dumps({"repository": str(repo), "params": str(params.resolve())}, indent=1) + "\n")
     return dest
 

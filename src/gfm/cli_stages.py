@@ -1,0 +1,246 @@
+"""The pipeline-stage commands of ``gfm``: validate, generate, split, train, forecast, evaluate, generalize,
+headline, report, accelerate. Each parses its flags, validates the params file and calls its stage's
+``run``; `gfm.cli` builds the parser and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gfm.config import load_params as _load_params_file
+from gfm.errors import ParamsError
+
+__all__ = ["load_params", "add_parsers", "PARAMS_HELP", "STORE_HELP", "THREADS_HELP"]
+
+PARAMS_HELP = "the params file (default: %(default)s)"
+STORE_HELP = "store key '<task>-<optimizer>' from params.stores, e.g. mlp_regression-sgd"
+THREADS_HELP = "torch intra-op threads (0 = torch's default; Snakemake passes the rule's threads)"
+
+
+def load_params(path: str | Path):
+    """Params as every command sees them (``gfm validate`` included): the file validated, then the options
+    of every entry of ``models:`` against its forecaster, so no stage starts on a file validate refuses."""
+    from gfm.train import model_problems
+
+    params = _load_params_file(path)
+    problems = model_problems(params, sorted(params.models))
+    if problems:
+        raise ParamsError(problems, source=str(path))
+    return params
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    n_runs = sum(len(params.generate.dataset_seeds) * params.tasks[s.task].runs_per_dataset
+                 for s in params.stores.values())
+    print(f"{args.params}: ok ({len(params.tasks)} tasks, {len(params.stores)} stores, {n_runs} runs)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from gfm import generate
+
+    params = load_params(args.params)
+    params.lookup_store(args.store)
+    summary = generate.run(params, args.store, out=Path(args.out), progress=False if args.quiet else None)
+    print(json.dumps(summary.__dict__, sort_keys=True))
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from gfm import split
+
+    params = load_params(args.params)
+    result = split.run(params.split, store=Path(args.inp), out=Path(args.out))
+    sizes = {d: {k: len(v) for k, v in e.items()} for d, e in result["datasets"].items()}
+    print(json.dumps(sizes, sort_keys=True))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gfm import train
+
+    params = load_params(args.params)
+    # unknown model options (of every trained model, and of --model) fail here, before any data is read
+    problems = train.model_problems(params, sorted({*params.train.models, args.model} & set(params.models)))
+    if problems:
+        raise ParamsError(problems, source=args.params)
+    summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
+                        out=Path(args.out), progress=False if args.quiet else None)
+    print(json.dumps({"store": summary.store, "model": summary.model, "seconds": summary.seconds,
+                      "seeds": sorted(summary.seeds)}, sort_keys=True))
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from gfm import forecast
+
+    params = load_params(args.params)
+    summary = forecast.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
+                           models=Path(args.models), out=Path(args.out), names=args.model or None)
+    print(json.dumps({name: s["n_runs"] for name, s in summary.items()}, sort_keys=True))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gfm import evaluate
+
+    params = load_params(args.params)
+    result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
+                          forecasts=Path(args.forecasts), metrics=Path(args.metrics), plots=Path(args.plots))
+    print(json.dumps({n: m["final_mse"] for n, m in result["models"].items()}, sort_keys=True))
+    return 0
+
+
+def _cmd_generalize(args: argparse.Namespace) -> int:
+    from gfm import generalize
+
+    params = load_params(args.params)
+    result = generalize.run(params, data=Path(args.data), out=Path(args.out))
+    print(json.dumps({p["target"]: {n: m["transfer_xlv"]["mean"] for n, m in p["models"].items()}
+                      for p in result["pairs"]}, sort_keys=True))
+    return 0
+
+
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from gfm import headline
+
+    result = headline.run([Path(m) for m in args.metrics], plots=Path(args.plots), out=Path(args.out),
+                          plot_data=Path(args.plot_data))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from gfm import report
+
+    params = load_params(args.params)
+    if args.readme:
+        report.update_readme(params, Path(args.metrics), Path(args.readme))
+        print(f"updated the results block of {args.readme}")
+    else:
+        out = report.run(params, metrics_dir=Path(args.metrics), plots_dir=Path(args.plots), out=Path(args.out),
+                         accelerate_dir=Path(args.accelerate),
+                         models_dir=Path(args.models) if args.models else None)
+        print(f"wrote {out / 'summary.md'} and {out / 'summary.html'}")
+    return 0
+
+
+def _cmd_accelerate(args: argparse.Namespace) -> int:
+    from gfm import accelerate
+
+    params = load_params(args.params)
+    result = accelerate.run(params, store_key=args.store, split=Path(args.split), models=Path(args.models),
+                            out=Path(args.out), part=args.runs, progress=not args.quiet)
+    print(json.dumps({name: {k: m[k] for k in ("speedup_steps", "final_loss_mean", "accepted", "rejected")}
+                      for name, m in result["models"].items()}, sort_keys=True))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register the stage commands on ``gfm``'s subparsers, in the order ``gfm --help`` lists them."""
+    v = sub.add_parser("validate", help="check a params file without running anything")
+    v.add_argument("params", nargs="?", default="params.yaml", metavar="PARAMS.yaml",
+                   help="the params file to check (default: %(default)s)")
+    v.set_defaults(func=_cmd_validate)
+
+    g = sub.add_parser("generate", help="train and record the runs of one store")
+    g.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    g.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    g.add_argument("--out", required=True, metavar="STORE.zarr", help="the trajectory store to write")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("split", help="train/val/test run ids of a store")
+    s.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    s.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store to split")
+    s.add_argument("--out", required=True, metavar="SPLIT.json",
+                   help="split JSON to write: train/val/test run ids per dataset seed")
+    s.set_defaults(func=_cmd_split)
+
+    t = sub.add_parser("train", help="fit one model per dataset seed of one store")
+    t.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    t.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    t.add_argument("--model", required=True, metavar="NAME", help="a name from params.models")
+    t.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    t.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store")
+    t.add_argument("--out", required=True, metavar="DIR", help="model directory to write (one <seed>/ per seed)")
+    t.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser("forecast", help="forecast the test runs of one store with every trained model")
+    f.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    f.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    f.add_argument("--model", action="append", metavar="NAME",
+                   help="only this model (repeatable; default: train.models)")
+    f.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr", help="the trajectory store")
+    f.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON (its test runs "
+                                                                        "are forecast)")
+    f.add_argument("--models", required=True, metavar="DIR",
+                   help="the store's model directory (holds <model>/<seed>/)")
+    f.add_argument("--out", required=True, metavar="DIR", help="directory of <model>.zarr forecast stores to write")
+    f.set_defaults(func=_cmd_forecast)
+
+    e = sub.add_parser("evaluate", help="score every model's forecasts of one store")
+    e.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    e.add_argument("--store", required=True, metavar="KEY", help=STORE_HELP)
+    e.add_argument("--in", dest="inp", required=True, metavar="STORE.zarr",
+                   help="the trajectory store (the true test runs)")
+    e.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    e.add_argument("--forecasts", required=True, metavar="DIR", help="directory of <model>.zarr forecast stores")
+    e.add_argument("--metrics", required=True, metavar="METRICS.json", help="metrics JSON to write")
+    e.add_argument("--plots", required=True, metavar="DIR", help="directory of plot CSVs to write")
+    e.set_defaults(func=_cmd_evaluate)
+
+    gz = sub.add_parser("generalize", help="forecast one store's test runs with models fitted on another")
+    gz.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    gz.add_argument("--data", default="data", metavar="DIR",
+                    help="root of trajectories/, splits/, models/ (default: %(default)s)")
+    gz.add_argument("--out", default="data/metrics/generalize.json", metavar="METRICS.json",
+                    help="metrics JSON to write (default: %(default)s)")
+    gz.set_defaults(func=_cmd_generalize)
+
+    hl = sub.add_parser("headline", help="metrics.json (one xLV per store and model) and per-kind plot CSVs "
+                                         "for DVC, both tracked by git")
+    hl.add_argument("--metrics", nargs="+", required=True, metavar="METRICS.json",
+                    help="evaluate's metrics JSON of each store to show, in this order")
+    hl.add_argument("--plots", default="data/plots", metavar="DIR",
+                    help="evaluate's plot CSVs, <task>/<optimizer>/ (default: %(default)s)")
+    hl.add_argument("--out", default="metrics.json", metavar="METRICS.json",
+                    help="headline metrics JSON to write (default: %(default)s)")
+    hl.add_argument("--plot-data", default="plots", metavar="DIR",
+                    help="directory to write: error_vs_horizon/<store>.csv, trajectory/<store>.csv "
+                         "(default: %(default)s)")
+    hl.set_defaults(func=_cmd_headline)
+
+    r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
+    r.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    r.add_argument("--metrics", default="data/metrics", metavar="DIR",
+                   help="per-store metrics JSON, <task>/<optimizer>.json (default: %(default)s)")
+    r.add_argument("--plots", default="data/plots", metavar="DIR",
+                   help="per-store plot CSVs written by evaluate (default: %(default)s)")
+    r.add_argument("--accelerate", default="data/metrics/accelerate", metavar="DIR",
+                   help="jump-ahead results (a missing dir = none; default: %(default)s)")
+    r.add_argument("--models", default=None, metavar="DIR",
+                   help="trained models (data/models): the training-protocol tables and validation curves "
+                        "(omitted: left out of the report)")
+    r.add_argument("--out", default="reports", metavar="DIR",
+                   help="report directory: summary.md, summary.html, figures/ (default: %(default)s)")
+    r.add_argument("--readme", default=None, metavar="README.md",
+                   help="instead: regenerate this README's results block")
+    r.set_defaults(func=_cmd_report)
+
+    ac = sub.add_parser("accelerate", help="jump-ahead training with a trained forecaster vs plain training")
+    ac.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
+    ac.add_argument("--store", required=True, metavar="KEY", help="a key of accelerate.stores")
+    ac.add_argument("--split", required=True, metavar="SPLIT.json", help="the store's split JSON")
+    ac.add_argument("--models", required=True, metavar="DIR",
+                    help="the store's model directory (holds <model>/<seed>/)")
+    ac.add_argument("--out", required=True, metavar="METRICS.json", help="metrics JSON to write")
+    ac.add_argument("--runs", choices=["test", "val"], default="test",
+                    help="which split runs to re-train (val: for choosing the accelerate settings)")
+    ac.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
+    ac.add_argument("--quiet", action="store_true", help="no per-seed progress lines")
+    ac.set_defaults(func=_cmd_accelerate)
