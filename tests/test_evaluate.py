@@ -13,24 +13,18 @@ import numpy as np
 import pytest
 import zarr
 
-from gfm import evaluate, forecast, report, split, train
+from gfm import evaluate, forecast, report
 from gfm.config import ForecastConfig, TrainConfig
 from gfm.errors import GFMError
 from gfm.store import open_trajectories
+from stage_helpers import train_and_forecast
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_params, tiny_store, tmp_path_factory):
     """split -> train (last_value, linear) -> forecast for the tiny mlp_regression-adam store."""
     root = tmp_path_factory.mktemp("eval")
-    params = dataclasses.replace(tiny_params, train=TrainConfig(seed=0, models=["last_value", "linear"]))
-    split_path = root / "split.json"
-    split.run(params.split, store=tiny_store, out=split_path)
-    for name in params.train.models:
-        train.run(params, store_key="mlp_regression-adam", model=name, split=split_path, store=tiny_store,
-                  out=root / "models" / name, progress=False)
-    forecast.run(params, store_key="mlp_regression-adam", store=tiny_store, split=split_path,
-                 models=root / "models", out=root / "forecasts")
+    params, split_path = train_and_forecast(tiny_params, tiny_store, root, ["last_value", "linear"])
     return params, root, split_path
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 from gfm.forecasters.base import ForecasterError, Trajectories, load_forecaster, make_forecaster
 from gfm.forecasters.function_field import FunctionField, mlp_apply, mlp_shape
 from gfm.layout import layout_from_shapes
-from gfm.store import open_trajectories
+from stage_helpers import first_seed_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,12 +91,9 @@ def test_non_mlp_layouts_are_refused_by_name(layout):
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tiny_params, tiny_store, tiny_split):
+def tiny_runs(tiny_store, tiny_split):
     """Train / val / test Trajectories of the tiny mlp_regression-adam store, first dataset seed."""
-    ts = open_trajectories(tiny_store)
-    seed = sorted(json.loads(tiny_split.read_text())["datasets"])[0]
-    parts = json.loads(tiny_split.read_text())["datasets"][seed]
-    return {k: Trajectories.from_store(ts, np.array(parts[k])) for k in ("train", "val", "test")}
+    return first_seed_runs(tiny_store, tiny_split)
 
 
 def fitted(tiny_params, runs, **options):
@@ -147,3 +142,24 @@ def test_wrong_optimizer_is_refused(tiny_params, tiny_runs):
     other = dataclasses.replace(tiny_runs["test"], optimizer="sgd", states={})
     with pytest.raises(ForecasterError, match="trained on adam runs"):
         fc.forecast(other.prefix(tiny_params.forecast.prefix_end), horizons=tiny_params.forecast.horizons)
+
+
+def test_overfits_one_trajectory(tiny_params, tiny_runs):
+    """Fitted and validated on a single run, the field reproduces that run's path: its forecast of the run's
+    final weights is far closer than stopping at the prefix (the capacity to learn one landscape exactly)."""
+    import dataclasses
+
+    train = tiny_runs["train"]
+    one = dataclasses.replace(train, weights=train.weights[:1], lr=train.lr[:1],
+                              states={k: v[:1] for k, v in train.states.items()},
+                              hyper={k: v[:1] for k, v in train.hyper.items()},
+                              run_ids=None if train.run_ids is None else np.asarray(train.run_ids)[:1])
+    K, hz = tiny_params.forecast.prefix_end, tiny_params.forecast.horizons
+    fc = make_forecaster("gfm_function", {"steps": 300, "eval_every": 50, "patience": 6, "probes": 16,
+                                          "batch_size": 1, "points": 16, "samples": 0}, prefix_end=K, horizons=hz)
+    fc.fit(one, one, rng=torch.Generator().manual_seed(0))
+    pred = fc.forecast(one.prefix(K), horizons=[hz[-1]])[:, 0]
+    err = float((pred - one.weights[:, hz[-1]]).pow(2).mean())
+    stop = float((one.weights[:, K] - one.weights[:, hz[-1]]).pow(2).mean())
+    print(f"overfit one run: {err / stop:.4g} x last_value")
+    assert err < 0.02 * stop

@@ -286,7 +286,12 @@ def _check_forecast_store(path: Path, v: Verdict) -> None:
         v.problems.append(f"prefix_end {k!r:.40} / horizons {horizons!r:.80}: expected an integer and integers after it")
         return
     metas = {}
-    for name, dtype in (("weights", "float32"), ("runs/store_index", "int64"), ("runs/dataset_seed", "int64")):
+    n_draws = attrs.get("samples", 0)
+    if not _is_int(n_draws) or n_draws < 0:
+        v.problems.append(f"attribute samples {n_draws!r:.40}: expected the number of draws per run (0 = none)")
+        return
+    arrays = (("weights", "float32"), ("runs/store_index", "int64"), ("runs/dataset_seed", "int64"))
+    for name, dtype in arrays + ((("samples", "float32"),) if n_draws else ()):
         try:
             meta = read_json(path / name / "zarr.json", limit=1 << 20, root=path)
         except GFMError as exc:
@@ -304,6 +309,9 @@ def _check_forecast_store(path: Path, v: Verdict) -> None:
             or metas["runs/dataset_seed"]["shape"] != [R]):
         v.problems.append(f"weights {tuple(shape)}, store_index {tuple(metas['runs/store_index']['shape'])}: "
                           f"expected (run, {len(horizons)}, param) and (run,)")
+        return
+    if n_draws and metas["samples"]["shape"] != [R, n_draws, shape[2]]:
+        v.problems.append(f"samples {tuple(metas['samples']['shape'])}: expected (run, draw, param) = ({R}, {n_draws}, {shape[2]})")
         return
     if attrs.get("n_runs") not in (None, R):
         v.problems.append(f"attribute n_runs {attrs.get('n_runs')!r:.40} but {R} forecast runs")
@@ -339,7 +347,17 @@ def _check_forecast_store(path: Path, v: Verdict) -> None:
         v.problems.append("runs/store_index must be distinct non-negative run ids")
     elif nonfinite:  # the forecast stage refuses to write these; a store holding them is not its output
         v.problems.append(f"weights: non-finite forecasts of {_runs_text(index[nonfinite])} (store runs)")
-    v.summary = f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
+    elif n_draws:
+        try:
+            draws = g["samples"][:]  # (run, draw, param): the final horizon only, small beside the weights
+        except Exception as exc:  # noqa: BLE001
+            v.problems.append(f"samples: chunk data unreadable ({type(exc).__name__})")
+            return
+        bad = ~np.isfinite(draws.reshape(len(draws), -1)).all(axis=1)
+        if bad.any():
+            v.problems.append(f"samples: non-finite draws of {_runs_text(index[np.flatnonzero(bad)])} (store runs)")
+    v.summary = (f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
+                 + (f", {n_draws} draws per run" if n_draws else ""))
 
 
 # --- models ------------------------------------------------------------------------------------------

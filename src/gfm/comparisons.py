@@ -196,3 +196,27 @@ def paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: flo
     r = {**pr.to_json(), "verdict": verdict(pr.ci, 1.0)}
     r["note"] = r.pop("problem")
     return [ci_text(r), verdict_text(r)]
+
+
+def uncertainty_section(metrics: dict[str, dict]) -> list[str]:
+    """Markdown table of the sampled forecasts' scores (evaluate's ``uncertainty``), one row per (store, model)
+    that sampled; empty when none did. A 90% interval is called calibrated when it covers 0.85-0.95."""
+    rows = []
+    for key, m in metrics.items():
+        for name, e in m["models"].items():
+            u = e.get("uncertainty")
+            if u is None:
+                continue
+            c90 = u["coverage_90"]["mean"]
+            rows.append([key, name, str(u["samples"]), fmt(u["coverage_50"], 2), fmt(u["coverage_90"], 2),
+                         "yes" if 0.85 <= c90 <= 0.95 else "no", fmt(u["crps"]),
+                         fmt(u["loss"]["coverage_90"], 2), fmt(u["loss"]["crps"])])
+    if not rows:
+        return []
+    return ["## Uncertainty: sampled final weights", "",
+            "Models that sample give draws of each test run's final weights, their spread calibrated to 90% "
+            "coverage on validation runs. Coverage = share of the true final weights inside the draws' central "
+            "50% / 90% interval; CRPS in weight units (lower is better; equals the mean absolute error of a point "
+            "forecast); `loss` = the same for the training loss the draws reach. Mean ± std over dataset seeds.",
+            ""] + table(["store", "model", "draws", "coverage 50%", "coverage 90%", "90% within 0.85-0.95",
+                         "CRPS", "loss coverage 90%", "loss CRPS"], rows) + [""]

@@ -10,7 +10,11 @@ Per (task, optimizer, model), on the non-diverged test runs of each dataset seed
 * downstream: the forecast final weights are loaded into the task's network and its training loss (and
   accuracy for classification) is measured on each run's own data (regenerated from the run's seeds);
   reported beside the truly trained final loss, the prefix-end loss, and the share of the remaining loss drop
-  the forecast recovers, (L_prefix - L_forecast) / (L_prefix - L_final), computed from per-seed means.
+  the forecast recovers, (L_prefix - L_forecast) / (L_prefix - L_final), computed from per-seed means;
+* uncertainty, for models whose forecast store holds draws of the final weights (gfm_function): coverage of
+  the draws' central 50% and 90% intervals and the CRPS (gfm.uncertainty), of the final weights and of the
+  training loss the draws reach, under ``uncertainty`` (keys ``coverage_50``, ``coverage_90``, ``crps``,
+  ``loss``).
 
 Outputs: ``data/metrics/<task>/<optimizer>.json`` and, under ``data/plots/<task>/<optimizer>/``,
 ``mse_vs_horizon.csv`` and ``trajectory.csv`` (long format), all DVC-cached. The report draws them; the
@@ -47,8 +51,9 @@ from gfm.outputs import (
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
+from gfm.uncertainty import covered, crps
 
-__all__ = ["run", "mean_std", "downstream_losses"]
+__all__ = ["run", "mean_std", "downstream_losses", "uncertainty_scores"]
 
 
 def mean_std(values: list[float] | np.ndarray) -> dict[str, float]:
@@ -66,6 +71,22 @@ def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.n
     loss = task.loss(t, x, y).numpy()
     acc = task.accuracy(t, x, y)
     return loss, (None if acc is None else acc.numpy())
+
+
+def uncertainty_scores(task, setups, draws: np.ndarray, true_w: np.ndarray, true_loss: np.ndarray, per_seed) -> dict:
+    """Coverage of the central 50% and 90% intervals and the CRPS (gfm.uncertainty) of sampled final weights
+    ``draws`` (run, draw, param) against the true final weights, pooled over parameters within a run, and of
+    the training loss those draws reach against the run's true final loss; each as mean +- std over dataset
+    seeds of the per-seed means."""
+    def scores(x: np.ndarray, y: np.ndarray) -> dict:
+        per_run = lambda v: v.reshape(len(v), -1).mean(1)  # noqa: E731 - (run, ...) -> (run,)
+        return {"coverage_50": mean_std(per_seed(per_run(covered(x, y, 0.5)))),
+                "coverage_90": mean_std(per_seed(per_run(covered(x, y, 0.9)))),
+                "crps": mean_std(per_seed(per_run(crps(x, y))))}
+
+    n_draws = draws.shape[1]
+    loss = np.stack([downstream_losses(task, setups, draws[:, j])[0] for j in range(n_draws)], 1)  # (run, draw)
+    return {"samples": int(n_draws), **scores(draws, true_w), "loss": scores(loss, true_loss)}
 
 
 def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
@@ -146,6 +167,9 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         }
         if acc_fc is not None:
             entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
+        if fs.samples is not None:
+            draws = fs.samples[[order[int(r)] for r in runs]]  # (run, draw, param), aligned with `runs`
+            entry["uncertainty"] = uncertainty_scores(task, setups, draws, final_true_w, true_loss_final, per_seed)
         models[name] = entry
         for h in horizons:
             curves.append({"model": name, "horizon": h, "step": h * ts.record_every,

@@ -10,7 +10,12 @@ written under a temporary name and renamed when complete::
         weights            (run, horizon, param) float32   forecast weights
         runs/store_index   (run,) int64                    position of the run in the trajectory store
         runs/dataset_seed  (run,) int64
-        attrs: schema_version, complete, kind="forecast", store, model, prefix_end, horizons, skipped_diverged
+        samples            (run, sample, param) float32    only for models that sample (``n_samples() > 0``,
+                                                          e.g. gfm_function): draws of the final-horizon weights
+        attrs: schema_version, complete, kind="forecast", store, model, prefix_end, horizons, skipped_diverged,
+               samples (draws per run; 0 = point forecasts only)
+
+Draws are seeded by ``params.seed`` and each run's store index, so they do not depend on block boundaries.
 
 Usage::
 
@@ -66,6 +71,7 @@ class ForecastStore:
     store_index: np.ndarray  # (run,)
     dataset_seed: np.ndarray  # (run,)
     attrs: dict
+    samples: np.ndarray | None = None  # (run, sample, param) draws of the final-horizon weights
 
     @property
     def horizons(self) -> list[int]:
@@ -89,7 +95,8 @@ def open_forecasts(path: str | Path) -> ForecastStore:
         raise StoreSchemaError(f"{path}: not a forecast store of schema {SCHEMA_VERSION}")
     if attrs.get("complete") is not True:
         raise StoreIncompleteError(f"{path}: forecast store is not complete; re-run the forecast stage")
-    return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs)
+    samples = g["samples"][:] if int(attrs.get("samples") or 0) else None
+    return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs, samples)
 
 
 def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_seed: dict[str, list[int]],
@@ -97,7 +104,8 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
     """Forecast the test runs with the per-seed fits under ``models`` and write the store ``out``."""
     fc_cfg = params.forecast
     horizons = list(fc_cfg.horizons)
-    preds, index, seeds = [], [], []
+    preds, draws, index, seeds = [], [], [], []
+    n_draws: int | None = None
     for seed in sorted(runs_by_seed, key=int):
         runs = runs_by_seed[seed]
         if not runs:
@@ -120,6 +128,12 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
                                f"run{'s' if len(first) > 1 else ''} {', '.join(map(str, first))} of dataset seed "
                                f"{seed}; nothing was written (check the model with `gfm check {model_dir}`)")
             preds.append(pred)
+            n = fc.n_samples()
+            if n_draws not in (None, n):
+                raise GFMError(f"{model_dir}: draws {n} per run, but the other seeds' fits of {model} give {n_draws}")
+            n_draws = n
+            if n:
+                draws.append(_draws(fc, prefix, horizons[-1], n, params.seed, model_dir, runs[start : start + block]))
         index += runs
         seeds += [int(seed)] * len(runs)
     weights = np.concatenate(preds).astype(np.float32)
@@ -129,10 +143,28 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
                    dimension_names=("run", "horizon", "param"))[:] = weights
     g.create_array("runs/store_index", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(index, np.int64)
     g.create_array("runs/dataset_seed", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(seeds, np.int64)
+    if n_draws:
+        samples = np.concatenate(draws).astype(np.float32)
+        g.create_array("samples", shape=samples.shape, dtype="float32", chunks=samples.shape,
+                       dimension_names=("run", "sample", "param"))[:] = samples
     summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
-               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R}
+               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R,
+               "samples": int(n_draws or 0)}
     g.attrs.update({**summary, "complete": True})
     return summary
+
+
+def _draws(fc, prefix: Trajectories, horizon: int, n: int, seed: int, model_dir: Path, runs) -> np.ndarray:
+    """``n`` draws of the weights at ``horizon`` for each run of ``prefix``; non-finite draws are refused like
+    non-finite point forecasts."""
+    with torch.no_grad():
+        out = fc.sample_final(prefix, horizon=horizon, n=n, seed=seed).cpu().numpy()
+    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    if bad.any():
+        first = [int(r) for r in np.asarray(runs)[bad][:5]]
+        raise GFMError(f"{model_dir}: non-finite sampled weights (NaN or Inf) for store run(s) "
+                       f"{', '.join(map(str, first))}; nothing was written")
+    return out
 
 
 def run(params: Params, *, store_key: str, store: Path, split: Path, models: Path, out: Path,

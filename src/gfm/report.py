@@ -34,12 +34,14 @@ from gfm.comparisons import (
     paired,
     paired_section,
     table,
+    uncertainty_section,
     verdict_text,
     write_claims,
 )
 from gfm.config import Params
 from gfm.errors import GFMError
 from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
+from gfm.pipeline import under
 from gfm.protocol import protocol_section, val_curve_figures
 from gfm.report_html import render_html
 
@@ -56,7 +58,7 @@ def load_metrics(params: Params, metrics_dir: Path) -> dict[str, dict]:
     for key, spec in params.stores.items():
         if not params.store_models(key):
             continue
-        path = metrics_dir / spec.task / f"{spec.optimizer.name}.json"
+        path = under(metrics_dir, "metrics", spec.task, spec.optimizer.name)
         try:
             out[key] = json.loads(path.read_text())
         except FileNotFoundError:
@@ -83,6 +85,9 @@ def results_block(params: Params, metrics: dict[str, dict], claim_rows: list[dic
     rows = [[name, *[fmt(metrics[k]["models"].get(name, {}).get("final_xlv"), 2) for k in stores]]
             for name in model_order(params)]
     lines += table(header, rows)
+    unc = uncertainty_section(metrics)
+    if unc:
+        lines += ["", *unc[2:-1]]  # the section without its heading: the README's block has none
     cl = claims(params, metrics) if claim_rows is None else claim_rows
     if not params.report.claims:
         return lines
@@ -108,13 +113,13 @@ def _machine() -> str:
 
 def _load_generalize(metrics_dir: Path) -> dict:
     """``generalize.json`` of ``metrics_dir``; no pairs when the generalize stage wrote none (or did not run)."""
-    path = metrics_dir / "generalize.json"
+    path = under(metrics_dir, "generalize", replaces="data/metrics")
     return json.loads(path.read_text()) if path.is_file() else {"pairs": []}
 
 
 def _accelerate_results(params: Params, accelerate_dir: Path) -> list[dict]:
     """The jump-ahead JSON of every store of ``accelerate.stores`` that has one, in params order."""
-    paths = [Path(accelerate_dir) / s.task / f"{s.optimizer}.json" for s in params.accelerate.stores.values()]
+    paths = [under(accelerate_dir, "accelerate", s.task, s.optimizer) for s in params.accelerate.stores.values()]
     return [json.loads(p.read_text()) for p in paths if p.is_file()]
 
 
@@ -220,13 +225,14 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
         lines += ["Accuracy (classification tasks, on each run's training data):", ""]
         lines += table(["store", "prefix", "true final", *model_order(params)], acc_rows) + [""]
     lines += paired_section(params, metrics)
+    lines += uncertainty_section(metrics)
     if models_dir is not None:
         lines += protocol_section(params, models_dir)
     if metrics_dir is not None:
         lines += generalize_section(params, metrics_dir)
         lines += _figure_line(summary_figs, "generalize", "Generalisation: xLV per transfer pair")
     if accelerate_dir is not None:
-        from gfm.accelerate import accelerate_section
+        from gfm.accelerate_table import accelerate_section
 
         lines += accelerate_section(params, accelerate_dir)
         lines += _figure_line(summary_figs, "accelerate", "Jump-ahead: steps to the plain run's final loss")

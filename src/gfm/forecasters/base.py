@@ -236,6 +236,29 @@ class Forecaster:
             out = out[:, [ordered.index(h) for h in horizons]]
         return out.float()
 
+    # --- sampled forecasts (gfm.uncertainty scores them) ----------------------------------------------
+    def n_samples(self) -> int:
+        """Draws per run :meth:`sample_final` gives by default (0: this fitted model forecasts points only)."""
+        return 0
+
+    def _sample_final(self, prefix: Trajectories, horizon: int, n: int, seed: int) -> torch.Tensor:
+        raise ForecasterError(f"{self.name}: this fitted model forecasts points, not samples")
+
+    @torch.no_grad()
+    def sample_final(self, prefix: Trajectories, *, horizon: int, n: int, seed: int) -> torch.Tensor:
+        """``n`` draws from the predictive distribution of each run's weights at ``horizon``: (run, n, param)
+        float32. A run's draws depend only on ``seed`` and its run id, not on which runs share the call."""
+        if prefix.n_records < self.prefix_end + 1:
+            raise ForecasterError(f"{self.name}: needs records 0..{self.prefix_end}; the prefix has {prefix.n_records}")
+        if int(horizon) not in self.horizons or n < 1:
+            raise ForecasterError(f"{self.name}: horizon {horizon} / draws {n}: expected a fitted horizon "
+                                  f"{list(self.horizons)} and at least one draw")
+        if self.module is not None:
+            self.module.eval()
+        out = self._sample_final(prefix.prefix(self.prefix_end), int(horizon), int(n), int(seed))
+        assert out.shape == (prefix.n_runs, n, prefix.n_params), f"{self.name}: bad shape {tuple(out.shape)}"
+        return out.float()
+
     # --- persistence -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``weights.safetensors`` to ``directory`` atomically (temp dir + rename)."""

@@ -39,6 +39,7 @@ from torch import nn
 from gfm import optimizers as opt_rules
 from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
 from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
+from gfm.forecasters.function_sampling import calibrate, sample_final
 from gfm.forecasters.gfm_features import recover_gradient
 from gfm.schema import spec
 
@@ -55,6 +56,9 @@ class FunctionFieldConfig(FitOptions):
     batch_size: int = spec(16, ge=1, doc="training runs per update")
     points: int = spec(8, ge=1, doc="recorded steps per run and update at which the gradient is matched")
     lr: float = spec(0.02, gt=0, doc="AdamW learning rate of the probes, weights, basis and ridge")
+    samples: int = spec(32, ge=0, doc="draws of the final weights per run (0: point forecasts only)")
+    coverage: float = spec(0.9, gt=0, lt=1, doc="central-interval coverage of the final weights that the draws' "
+                                                "spread is calibrated to on the validation runs")
 
 
 @dataclass(frozen=True)
@@ -154,12 +158,8 @@ class FunctionField(nn.Module):
         h = torch.einsum("pom,...m->...po", self.basis, z)
         return self._vjps(w, [lambda f: 2 * c * (f - h)], create_graph)[0]
 
-    def infer_code(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """The per-run code z from prefix weights ``w`` (N, K, D) and their recovered gradients ``g``.
-
-        g(w_k | B z) = a_k - U_k z with a_k = grad sum c |f|^2 and U_k[:, m] = grad sum 2 c <f, B_m>; z solves
-        min_z sum_k |a_k - U_k z - g_k|^2 + lambda |z|^2 (lambda relative to the mean diagonal of sum U^T U).
-        """
+    def _normal_equations(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool):
+        """The prefix least squares for z: (A + lambda I, b, a, U) with g(w_k | B z) = a_k - U_k z."""
         c = self.weights()[:, None]
         M = self.basis.shape[-1]
         cots = [lambda f: 2 * c * f] + [(2 * c * self.basis[..., m]) for m in range(M)]
@@ -169,7 +169,27 @@ class FunctionField(nn.Module):
         b = (U.transpose(-1, -2) @ (a - g).unsqueeze(-1)).sum(1)         # (N, M, 1)
         scale = A.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None]
         eye = torch.eye(M, dtype=A.dtype, device=A.device)
-        return torch.linalg.solve(A + self.log_ridge.exp() * scale * eye, b).squeeze(-1)
+        return A + self.log_ridge.exp() * scale * eye, b, a, U
+
+    def infer_code(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """The per-run code z from prefix weights ``w`` (N, K, D) and their recovered gradients ``g``.
+
+        g(w_k | B z) = a_k - U_k z with a_k = grad sum c |f|^2 and U_k[:, m] = grad sum 2 c <f, B_m>; z solves
+        min_z sum_k |a_k - U_k z - g_k|^2 + lambda |z|^2 (lambda relative to the mean diagonal of sum U^T U).
+        """
+        A, b, _, _ = self._normal_equations(w, g, create_graph)
+        return torch.linalg.solve(A, b).squeeze(-1)
+
+    def code_posterior(self, w: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and the Cholesky factor of its Gaussian posterior covariance s^2 (A + lambda I)^-1, where s^2 is the
+        mean squared residual of the prefix fit (the ridge regression's own noise estimate)."""
+        A, b, a, U = self._normal_equations(w, g, False)
+        z = torch.linalg.solve(A, b).squeeze(-1)
+        s2 = (a - (U @ z[:, None, :, None]).squeeze(-1) - g).pow(2).mean((1, 2))
+        cov = s2[:, None, None] * torch.linalg.inv(A)
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        return z.detach(), torch.linalg.cholesky(cov + 1e-12 * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
+                                                 + 1e-30 * eye).detach()
 
 
 @register
@@ -263,6 +283,8 @@ class FunctionFieldGFM(Forecaster):
                 break
         stopper.restore()
         self.extra["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else None
+        if cfg.samples and val.n_runs:
+            self.extra.update(calibrate(self, self.module, val, rng))
         return log
 
     # --- forecasting ----------------------------------------------------------------------------------
@@ -275,26 +297,31 @@ class FunctionFieldGFM(Forecaster):
         self._build(shape, torch.zeros(P, shape.n_in), torch.zeros(P, out, M))
         self.module.load_state_dict(tensors, strict=True)
 
-    def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
-        K, every = self.prefix_end, prefix.record_every
-        optimizer = prefix.optimizer
-        if optimizer != self.extra["optimizer"]:
-            raise ForecasterError(f"gfm_function: trained on {self.extra['optimizer']} runs, got {optimizer}")
+    def _field_for(self, prefix: Trajectories) -> FunctionField:
+        """The fitted field on the prefix's network (another width of the same family: the field is defined on
+        any MLP, so the learned probes, weights, basis and ridge carry over)."""
+        if prefix.optimizer != self.extra["optimizer"]:
+            raise ForecasterError(f"gfm_function: trained on {self.extra['optimizer']} runs, got {prefix.optimizer}")
         if prefix.n_params != self.extra["n_params"] and prefix.layout is None:
             raise ForecasterError(f"gfm_function: {prefix.n_params} parameters and no layout to read the network from")
         shape = mlp_shape(prefix.layout) if prefix.layout is not None else self._shape()
-        field = self.module
-        if shape != field.shape:  # another width of the same family: the field is defined on any MLP
-            field = FunctionField(shape, field.x.detach(), field.basis.detach(), 1.0)
-            field.load_state_dict(self.module.state_dict(), strict=True)
+        if shape == self.module.shape:
+            return self.module
+        field = FunctionField(shape, self.module.x.detach(), self.module.basis.detach(), 1.0)
+        field.load_state_dict(self.module.state_dict(), strict=True)
+        return field
+
+    def _replay(self, field: FunctionField, prefix: Trajectories, z: torch.Tensor, horizons: tuple[int, ...]) -> torch.Tensor:
+        """Integrate the optimizer map from w_K with codes ``z`` (..., N, M): weights (..., N, H, D) at ``horizons``.
+        Leading dimensions of ``z`` (samples) are carried through as a batch."""
+        K, every, optimizer = self.prefix_end, prefix.record_every, prefix.optimizer
+        lead = z.shape[:-1]
+        w = prefix.weights[:, K].float().expand(*lead, -1).clone()
+        state = {n: prefix.states[n][:, K].float().expand(*lead, -1).clone() for n in opt_rules.STATE_NAMES[optimizer]}
+        hp = {n: v.float()[:, None] for n, v in prefix.hyper.items()}
+        hp["lr"] = prefix.lr[:, K].float()[:, None]   # the last logged rate holds past the prefix
+        out, n_step = [], K * every
         with torch.enable_grad():
-            w_pre = prefix.weights.float()
-            z = field.infer_code(w_pre[:, :K], recover_gradient(prefix).float()[:, :K]).detach()
-            w = w_pre[:, K].clone()
-            state = {n: prefix.states[n][:, K].float().clone() for n in opt_rules.STATE_NAMES[optimizer]}
-            hp = {n: v.float()[:, None] for n, v in prefix.hyper.items()}
-            hp["lr"] = prefix.lr[:, K].float()[:, None]   # the last logged rate holds past the prefix
-            out, n_step = [], K * every
             for record in range(K + 1, horizons[-1] + 1):
                 for _ in range(every):
                     g = field.surrogate(w, z).detach()
@@ -303,4 +330,17 @@ class FunctionFieldGFM(Forecaster):
                     w, state = w.detach(), {k: v.detach() for k, v in state.items()}
                 if record in horizons:
                     out.append(w)
-        return torch.stack(out, 1)
+        return torch.stack(out, -2)
+
+    def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
+        field, K = self._field_for(prefix), self.prefix_end
+        with torch.enable_grad():
+            z = field.infer_code(prefix.weights.float()[:, :K], recover_gradient(prefix).float()[:, :K]).detach()
+        return self._replay(field, prefix, z, horizons)
+
+    # --- sampling (gfm.forecasters.function_sampling) -------------------------------------------------
+    def n_samples(self) -> int:
+        return self.config.samples if self.extra.get("spread") is not None else 0
+
+    def _sample_final(self, prefix: Trajectories, horizon: int, n: int, seed: int) -> torch.Tensor:
+        return sample_final(self, self._field_for(prefix), prefix, horizon, n, seed)
