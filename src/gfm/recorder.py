@@ -56,13 +56,12 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec
 
 from gfm._version import __version__
 from gfm.errors import GFMError, StoreSchemaError
 from gfm.optimizers import HYPER_NAMES, STATE_NAMES
-from gfm.outputs import TRAJECTORY_STORE, claim_output, replace_output
-from gfm.store import SCHEMA_VERSION, _claim_partial, partial_path
+from gfm.outputs import TRAJECTORY_STORE, claim_output
+from gfm.store import SCHEMA_VERSION, append_run, create_run_group, finish_run_group, partial_path
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
@@ -237,19 +236,8 @@ class Recorder:
             self._flush()
 
     def _open(self) -> None:
-        if self.tmp.exists() or self.tmp.is_symlink():
-            _claim_partial(self.tmp)  # a writer's leftover, or refused untouched
-            shutil.rmtree(self.tmp)
-        g = zarr.open_group(self.tmp, mode="w", zarr_format=3)
-        comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-        P, C = self.n_params, self.chunk_steps
-        for name in ("weights", *(f"state/{s}" for s in self.state_names)):
-            g.create_array(name, shape=(1, 0, P), dtype="float32", chunks=(1, C, P), compressors=comp,
-                           fill_value=np.nan, dimension_names=("run", "step", "param"))
-        for name in ("loss", "lr"):
-            g.create_array(name, shape=(1, 0), dtype="float32", chunks=(1, C), compressors=comp,
-                           fill_value=np.nan, dimension_names=("run", "step"))
-        self._group = g
+        self._group = create_run_group(self.tmp, n_params=self.n_params, state_names=self.state_names,
+                                       chunk_steps=self.chunk_steps)
 
     def _flush(self) -> None:
         """Append the buffered records: one whole chunk per array (the last one may be partial)."""
@@ -335,16 +323,9 @@ class Recorder:
                 **{k: np.array([self.hyper[k]]) for k in (*HYPER_NAMES[self.opt_name], "eps")}}
 
     def _finish_new(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
-        comp = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-        g.create_array("final/weights", data=g["weights"][:, T - 1], chunks=(1, self.n_params), compressors=comp,
-                       dimension_names=("run", "param"))
-        g.create_array("final/loss", data=loss[None, -1], chunks=(1,), compressors=comp, dimension_names=("run",))
-        for k, v in self._run_fields(loss, 0).items():
-            g.create_array(f"runs/{k}", data=v, chunks=(1,), compressors=comp, dimension_names=("run",))
         attrs = self._attrs(T)
         attrs.update({"n_runs": 1, "dataset_seeds": [self.dataset_seed], "complete": True})
-        g.attrs.update(json.loads(json.dumps(attrs)))
-        replace_output(self.tmp, self.path, TRAJECTORY_STORE, keep_tmp_on_refusal=True)
+        finish_run_group(g, self.tmp, self.path, loss=loss, fields=self._run_fields(loss, 0), attrs=attrs)
 
     def _finish_append(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
         try:
@@ -361,31 +342,14 @@ class Recorder:
             if attrs["optimizer"]["name"] != self.opt_name or attrs["task"]["record_every"] != self.every:
                 raise RecordError(f"{self.path}: store holds {attrs['optimizer']['name']} runs recorded every "
                                   f"{attrs['task']['record_every']} steps; this run is {self.opt_name} every {self.every}")
-            R = int(attrs["n_runs"])
             seeds = main["runs/dataset_seed"][:]
             fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
             missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
             if missing:
                 raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
                                   "use the same optimizer")
-            main.attrs["complete"] = False  # readers refuse the store while it grows
-            for name in ("weights", *(f"state/{s}" for s in self.state_names)):
-                arr = main[name]
-                arr.resize((R + 1, T, self.n_params))
-                for s in range(0, T, self.chunk_steps):  # bounded memory: one chunk of one run at a time
-                    arr[R, s : s + self.chunk_steps] = g[name][0, s : s + self.chunk_steps]
-            for name in ("loss", "lr"):
-                main[name].resize((R + 1, T))
-                main[name][R] = g[name][0]
-            main["final/weights"].resize((R + 1, self.n_params))
-            main["final/weights"][R] = g["weights"][0, T - 1]
-            main["final/loss"].resize((R + 1,))
-            main["final/loss"][R] = loss[-1]
-            for k, v in fields.items():
-                main[f"runs/{k}"].resize((R + 1,))
-                main[f"runs/{k}"][R] = v[0]
-            seeds_all = sorted({*map(int, seeds), self.dataset_seed})
-            main.attrs.update({"n_runs": R + 1, "dataset_seeds": seeds_all, "complete": True})
+            append_run(main, g, loss=loss, fields=fields, dataset_seeds=sorted({*map(int, seeds), self.dataset_seed}),
+                       chunk_steps=self.chunk_steps)
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -17,6 +17,10 @@ unit of reading, so "first k steps of all runs" touches only the first ceil(k / 
 
 A store is written under ``<path>.partial`` and renamed into place only when complete; the root attributes
 carry ``schema_version``, ``complete``, the generating config, the parameter layout and package versions.
+
+Three modules: this one writes (:func:`create_trajectory_store` for generate and import, :func:`create_run_group`
+and :func:`append_run` for :mod:`gfm.recorder`), :mod:`gfm.store_reader` reads and :mod:`gfm.store_files` tells
+a store's own files from foreign ones; the names of all three are importable from here.
 """
 
 from __future__ import annotations
@@ -26,154 +30,31 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
 from gfm.config import StoreLayoutConfig
-from gfm.errors import StoreLockedError, StoreNotFoundError, StoreSchemaError
+from gfm.errors import StoreLockedError
 from gfm.layout import ParamSpec
-
-if TYPE_CHECKING:  # torch is imported where it is used: `gfm split` and `gfm check` never need it (~1 s)
-    import torch
+from gfm.store_files import _DONE_DIR, _LOCK_FILE, foreign_files, partial_path
+from gfm.store_reader import TrajectoryStore, open_trajectories, read_runs
 
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
-    "partial_path", "foreign_files",
+    "partial_path", "foreign_files", "compressor", "create_run_group", "finish_run_group", "append_run",
 ]
 
 SCHEMA_VERSION = 1
-_DONE_DIR = ".blocks_done"
-_LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
-_NON_HYPER_FIELDS = {"dataset_seed", "index", "diverged", "lr_scale"}  # marker files of finished blocks inside a partial store
 
 
-def read_runs(arr: zarr.Array, runs: np.ndarray | list[int], stop: int | None = None) -> np.ndarray:
-    """Rows ``runs`` (any order, repeats allowed) of a (run, step, ...) array, steps ``:stop``.
-
-    Each stretch of consecutive run ids is read as one slice: zarr 3's orthogonal (fancy) selection on a
-    sharded array was ~30x slower here (150 of 200 digits runs: 25 s vs 0.8 s).
-    """
-    runs = np.asarray(runs, dtype=np.int64)
-    order = np.argsort(runs, kind="stable")
-    sorted_runs = runs[order]
-    if sorted_runs.size == 0:
-        shape = (0, *arr.shape[1:]) if stop is None or arr.ndim < 2 else (0, min(stop, arr.shape[1]), *arr.shape[2:])
-        return np.zeros(shape, dtype=arr.dtype)
-    breaks = np.flatnonzero(np.diff(sorted_runs) != 1) + 1
-    cols = (slice(None, stop),) if arr.ndim > 1 else ()
-    try:
-        parts = [arr[(slice(int(seg[0]), int(seg[-1]) + 1), *cols)] for seg in np.split(sorted_runs, breaks)]
-    except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: one line naming array and runs
-        raise StoreSchemaError(f"{arr.store_path}: runs {int(sorted_runs[0])}..{int(sorted_runs[-1])}: chunk "
-                               f"data unreadable ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-    return np.ascontiguousarray(np.concatenate(parts)[np.argsort(order, kind="stable")])
-
-
-def partial_path(path: str | Path) -> Path:
-    """Where a store is built before it is renamed into place."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
-
-
-_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
-
-
-def _chunk_key_ok(meta: dict, key: str) -> bool:
-    """``key`` (relative to an array's directory) names a chunk (or shard) inside the array's chunk grid;
-    True for any key of a grid or key encoding this code does not model (never discard what is not understood)."""
-    try:
-        shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
-        enc = meta.get("chunk_key_encoding") or {"name": "default"}
-        name = enc["name"]
-        sep = (enc.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
-        if meta["chunk_grid"]["name"] != "regular" or name not in ("default", "v2") or len(chunk) != len(shape):
-            return True
-        grid = [math.ceil(s / c) for s, c in zip(shape, chunk)]
-    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
-        return True
-    if name == "default":
-        if not shape:
-            return key == "c"
-        if not key.startswith("c" + sep):
-            return False
-        key = key[2:]
-    elif not shape:
-        return key == "0"
-    parts = key.split(sep)
-    return len(parts) == len(grid) and all(
-        p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < n for p, n in zip(parts, grid))
-
-
-def foreign_files(path: str | Path) -> list[Path]:
-    """Files under the Zarr store ``path`` (finished or partial) that are not the store's own, sorted.
-
-    A store's own files are the ``zarr.json`` of its root and of every group and array below it, the chunk
-    (or shard) keys inside each array's chunk grid, and at the root the writer's bookkeeping (``.writer.lock``,
-    ``.blocks_done/<n>.done``) and Snakemake's ``.snakemake_timestamp``. Everything else is foreign: the
-    ``*.partial`` temporary file of a chunk write that was killed, stray or planted files, links. Pure: reads
-    only ``zarr.json`` files and directory entries. Used by a resumed writer (foreign files are discarded, so
-    a resumed store is byte-identical to an uninterrupted one), by stages deciding whether an output is theirs
-    to replace (:mod:`gfm.outputs`) and by ``gfm check``.
-    """
-    root = Path(path)
-    found: list[Path] = []
-
-    def meta_of(d: Path) -> dict | None:
-        f = d / "zarr.json"
-        if not f.is_file() or f.is_symlink():
-            return None
-        try:
-            meta = json.loads(f.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        return meta if isinstance(meta, dict) and meta.get("node_type") in ("group", "array") else None
-
-    def everything(d: Path) -> None:
-        for dirpath, dirs, files in os.walk(d):
-            found.extend(Path(dirpath, n) for n in files)
-            found.extend(Path(dirpath, n) for n in dirs if os.path.islink(os.path.join(dirpath, n)))
-
-    def node(d: Path, meta: dict | None, at_root: bool) -> None:
-        for child in d.iterdir():
-            name = child.name
-            if name == "zarr.json" and meta is not None and child.is_file() and not child.is_symlink():
-                continue
-            if at_root and (name in (_LOCK_FILE, _STAMP) and child.is_file() and not child.is_symlink()):
-                continue
-            if at_root and name == _DONE_DIR and child.is_dir() and not child.is_symlink():
-                for m in child.iterdir():
-                    if not (m.suffix == ".done" and m.stem.isdigit() and m.is_file() and not m.is_symlink()):
-                        everything(m) if m.is_dir() and not m.is_symlink() else found.append(m)
-                continue
-            if child.is_symlink() or not child.is_dir():
-                if meta is not None and meta.get("node_type") == "array" and not child.is_symlink() \
-                        and _chunk_key_ok(meta, name):
-                    continue
-                found.append(child)
-                continue
-            if meta is not None and meta.get("node_type") == "array":  # chunk key directories (c/0/1/...)
-                for dirpath, dirs, files in os.walk(child):
-                    for n in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
-                        f = Path(dirpath, n)
-                        if f.is_symlink() or not _chunk_key_ok(meta, f.relative_to(d).as_posix()):
-                            found.append(f)
-                continue
-            sub = meta_of(child) if meta is not None and meta.get("node_type") == "group" else None
-            if sub is None:
-                everything(child)
-            else:
-                node(child, sub, at_root=False)
-
-    if root.is_dir() and not root.is_symlink():
-        node(root, meta_of(root), at_root=True)
-    return sorted(found)
+def compressor(chunks: StoreLayoutConfig) -> BloscCodec:
+    """The Blosc codec of every array of a store, from the params section ``store:``."""
+    return BloscCodec(cname=chunks.cname, clevel=chunks.clevel, shuffle=chunks.shuffle)
 
 
 def _finish_hook(stage: str, writer: StoreWriter) -> None:
@@ -387,7 +268,7 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
             pass
     _empty(tmp, keep=_LOCK_FILE)  # not rmtree: the lock file must stay the one we hold
     group = zarr.open_group(tmp, mode="a", zarr_format=3)
-    comp = BloscCodec(cname=chunks.cname, clevel=chunks.clevel, shuffle=chunks.shuffle)
+    comp = compressor(chunks)
     step_chunk = min(chunks.chunk_steps, n_records)
     padded_steps = math.ceil(n_records / step_chunk) * step_chunk
     run_chunk = math.gcd(chunks.chunk_runs, block)  # a shard must hold whole chunks (12 runs, chunks of 8 -> 4)
@@ -409,122 +290,65 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
     return StoreWriter(path, group, n_runs, block, lock)
 
 
-class TrajectoryStore:
-    """Read-only typed view of a finished store. Array attributes return zarr arrays (index to read)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            hint = " (a .partial store is there: the writer did not finish)" if partial_path(self.path).exists() else ""
-            raise StoreNotFoundError(f"{self.path}: no trajectory store here{hint}")
-        # The structural level of `gfm check` (gfm.inputs): files, attributes and every array's metadata, no
-        # chunk read. A stage never computes on a store that check refuses for its structure.
-        from gfm.inputs import inspect_trajectory_store
-
-        inspection = inspect_trajectory_store(self.path)
-        inspection.raise_first()
-        try:
-            self.group = zarr.open_group(self.path, mode="r")
-            for name in inspection.arrays:  # zarr's own parse of each checked zarr.json (cheap, no chunks)
-                self.group[name]
-        except Exception as exc:  # noqa: BLE001
-            raise StoreSchemaError(f"{self.path}: not a readable Zarr group ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-        self.attrs = dict(self.group.attrs)
-        self.layout = tuple(ParamSpec(d["name"], tuple(d["shape"]), d["offset"]) for d in self.attrs["layout"])
-
-    # arrays
-    @property
-    def weights(self) -> zarr.Array:
-        return self.group["weights"]
-
-    @property
-    def loss(self) -> zarr.Array:
-        return self.group["loss"]
-
-    @property
-    def lr(self) -> zarr.Array:
-        return self.group["lr"]
-
-    def state(self, name: str) -> zarr.Array:
-        return self.group[f"state/{name}"]
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return tuple(self.attrs["state_names"])
-
-    @property
-    def runs(self) -> dict[str, np.ndarray]:
-        """Per-run fields, read whole (they are R numbers each)."""
-        try:
-            g = self.group["runs"]
-            return {name: arr[:] for name, arr in sorted(g.arrays())}
-        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: one line naming the store
-            raise StoreSchemaError(f"{self.path}: runs/*: chunk data unreadable ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-
-    @property
-    def hyper(self) -> dict[str, np.ndarray]:
-        """Per-run optimizer hyper-parameters (``lr`` includes the task's lr_scale), each (run,)."""
-        return {k: v for k, v in self.runs.items() if k not in _NON_HYPER_FIELDS}
-
-    @property
-    def n_runs(self) -> int:
-        return int(self.attrs["n_runs"])
-
-    @property
-    def n_records(self) -> int:
-        return int(self.attrs["n_records"])
-
-    @property
-    def n_params(self) -> int:
-        return int(self.attrs["n_params"])
-
-    @property
-    def record_every(self) -> int:
-        return int(self.attrs["task"]["record_every"])
-
-    @property
-    def optimizer(self) -> dict[str, Any]:
-        return self.attrs["optimizer"]
-
-    # reads
-    def prefix(self, k: int, runs: Any = slice(None)) -> np.ndarray:
-        """Recorded steps 0..k (inclusive) of the selected runs: (run, k + 1, param)."""
-        if not 0 <= k < self.n_records:
-            raise ValueError(f"prefix end {k} outside the recorded steps 0..{self.n_records - 1}")
-        return self.weights[runs, : k + 1]
-
-    def final(self, runs: Any = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """Final weights (run, param) and final loss (run,)."""
-        return self.group["final/weights"][runs], self.group["final/loss"][runs]
-
-    def iter_blocks(self, *, block_runs: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-        """Stream whole runs in blocks (bounded memory): yields (run slice, weights (run, step, param))."""
-        block = block_runs or int(self.attrs["block_runs"])
-        for start in range(0, self.n_runs, block):
-            sl = slice(start, min(start + block, self.n_runs))
-            yield sl, self.weights[sl]
-
-    def unflatten(self, flat: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat (param,) vector -> {tensor name: tensor} following the layout."""
-        import torch
-
-        t = torch.as_tensor(np.asarray(flat, dtype=np.float32))
-        return {s.name: t[s.offset : s.offset + s.size].reshape(s.shape).clone() for s in self.layout}
-
-    def load_into(self, module: torch.nn.Module, run: int, step: int) -> torch.nn.Module:
-        """Load the weights of ``run`` at recorded step index ``step`` into ``module`` (strict)."""
-        module.load_state_dict(self.unflatten(self.weights[run, step]), strict=True)
-        return module
+# --- one run at a time (gfm.recorder) -----------------------------------------------------------------------
+# A recorded run does not know its length in advance: its arrays grow along the step axis, one chunk of
+# ``chunk_steps`` records per write, and a finished one-run store is then renamed into place or appended to a
+# store of earlier runs. Chunks hold one run each (no shards), with the codec of the ``store:`` defaults.
+def create_run_group(tmp: Path, *, n_params: int, state_names: tuple[str, ...], chunk_steps: int,
+                     chunks: StoreLayoutConfig | None = None) -> zarr.Group:
+    """An empty one-run store at ``tmp`` (a writer's leftover there is replaced; anything else is refused)."""
+    if tmp.exists() or tmp.is_symlink():
+        _claim_partial(tmp)  # a writer's leftover, or refused untouched
+        shutil.rmtree(tmp)
+    g = zarr.open_group(tmp, mode="w", zarr_format=3)
+    comp = compressor(chunks or StoreLayoutConfig())
+    P, C = n_params, chunk_steps
+    for name in ("weights", *(f"state/{s}" for s in state_names)):
+        g.create_array(name, shape=(1, 0, P), dtype="float32", chunks=(1, C, P), compressors=comp,
+                       fill_value=np.nan, dimension_names=("run", "step", "param"))
+    for name in ("loss", "lr"):
+        g.create_array(name, shape=(1, 0), dtype="float32", chunks=(1, C), compressors=comp,
+                       fill_value=np.nan, dimension_names=("run", "step"))
+    return g
 
 
-def open_trajectories(path: str | Path) -> TrajectoryStore:
-    """Open a finished trajectory store for reading.
+def finish_run_group(g: zarr.Group, tmp: Path, path: Path, *, loss: np.ndarray, fields: dict[str, np.ndarray],
+                     attrs: dict[str, Any], chunks: StoreLayoutConfig | None = None) -> None:
+    """Complete the one-run store ``g`` at ``tmp`` (final weights and loss, per-run fields, ``attrs``) and
+    rename it to ``path``, replacing only a trajectory store there (gfm.outputs)."""
+    from gfm.outputs import TRAJECTORY_STORE, replace_output
 
-    Raises:
-        StoreNotFoundError: nothing at ``path``.
-        StoreIncompleteError: the store has no completion flag.
-        StoreSchemaError: unreadable or another schema version.
-    """
-    return TrajectoryStore(path)
+    comp = compressor(chunks or StoreLayoutConfig())
+    T, P = g["weights"].shape[1:]
+    g.create_array("final/weights", data=g["weights"][:, T - 1], chunks=(1, P), compressors=comp,
+                   dimension_names=("run", "param"))
+    g.create_array("final/loss", data=loss[None, -1], chunks=(1,), compressors=comp, dimension_names=("run",))
+    for k, v in fields.items():
+        g.create_array(f"runs/{k}", data=v, chunks=(1,), compressors=comp, dimension_names=("run",))
+    g.attrs.update(json.loads(json.dumps(attrs)))
+    replace_output(tmp, path, TRAJECTORY_STORE, keep_tmp_on_refusal=True)
+
+
+def append_run(main: zarr.Group, g: zarr.Group, *, loss: np.ndarray, fields: dict[str, np.ndarray],
+               dataset_seeds: list[int], chunk_steps: int) -> None:
+    """Add the one-run store ``g`` as the last run of the finished store ``main`` (same layout, optimizer state
+    and number of records: the caller checks). ``main`` is flagged incomplete while it grows."""
+    R, T, P = int(main.attrs["n_runs"]), *g["weights"].shape[1:]
+    main.attrs["complete"] = False  # readers refuse the store while it grows
+    for name in ("weights", *(f"state/{s}" for s in main.attrs["state_names"])):
+        arr = main[name]
+        arr.resize((R + 1, T, P))
+        for s in range(0, T, chunk_steps):  # bounded memory: one chunk of one run at a time
+            arr[R, s : s + chunk_steps] = g[name][0, s : s + chunk_steps]
+    for name in ("loss", "lr"):
+        main[name].resize((R + 1, T))
+        main[name][R] = g[name][0]
+    main["final/weights"].resize((R + 1, P))
+    main["final/weights"][R] = g["weights"][0, T - 1]
+    main["final/loss"].resize((R + 1,))
+    main["final/loss"][R] = loss[-1]
+    for k, v in fields.items():
+        main[f"runs/{k}"].resize((R + 1,))
+        main[f"runs/{k}"][R] = v[0]
+    main.attrs.update({"n_runs": R + 1, "dataset_seeds": dataset_seeds, "complete": True})

@@ -1,0 +1,115 @@
+"""Which files under a trajectory store are its own: the Zarr metadata and chunk keys of its arrays, and the
+writer's bookkeeping (the lock file, the done-markers of finished blocks) inside a ``<store>.partial``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+__all__ = ["partial_path", "foreign_files"]
+
+_DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
+_LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a store is built before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
+
+
+def _chunk_key_ok(meta: dict, key: str) -> bool:
+    """``key`` (relative to an array's directory) names a chunk (or shard) inside the array's chunk grid;
+    True for any key of a grid or key encoding this code does not model (never discard what is not understood)."""
+    try:
+        shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        name = enc["name"]
+        sep = (enc.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
+        if meta["chunk_grid"]["name"] != "regular" or name not in ("default", "v2") or len(chunk) != len(shape):
+            return True
+        grid = [math.ceil(s / c) for s, c in zip(shape, chunk)]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
+        return True
+    if name == "default":
+        if not shape:
+            return key == "c"
+        if not key.startswith("c" + sep):
+            return False
+        key = key[2:]
+    elif not shape:
+        return key == "0"
+    parts = key.split(sep)
+    return len(parts) == len(grid) and all(
+        p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < n for p, n in zip(parts, grid))
+
+
+def foreign_files(path: str | Path) -> list[Path]:
+    """Files under the Zarr store ``path`` (finished or partial) that are not the store's own, sorted.
+
+    A store's own files are the ``zarr.json`` of its root and of every group and array below it, the chunk
+    (or shard) keys inside each array's chunk grid, and at the root the writer's bookkeeping (``.writer.lock``,
+    ``.blocks_done/<n>.done``) and Snakemake's ``.snakemake_timestamp``. Everything else is foreign: the
+    ``*.partial`` temporary file of a chunk write that was killed, stray or planted files, links. Pure: reads
+    only ``zarr.json`` files and directory entries. Used by a resumed writer (foreign files are discarded, so
+    a resumed store is byte-identical to an uninterrupted one), by stages deciding whether an output is theirs
+    to replace (:mod:`gfm.outputs`) and by ``gfm check``.
+    """
+    root = Path(path)
+    found: list[Path] = []
+
+    def meta_of(d: Path) -> dict | None:
+        f = d / "zarr.json"
+        if not f.is_file() or f.is_symlink():
+            return None
+        try:
+            meta = json.loads(f.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("node_type") in ("group", "array") else None
+
+    def everything(d: Path) -> None:
+        for dirpath, dirs, files in os.walk(d):
+            found.extend(Path(dirpath, n) for n in files)
+            found.extend(Path(dirpath, n) for n in dirs if os.path.islink(os.path.join(dirpath, n)))
+
+    def node(d: Path, meta: dict | None, at_root: bool) -> None:
+        for child in d.iterdir():
+            name = child.name
+            if name == "zarr.json" and meta is not None and child.is_file() and not child.is_symlink():
+                continue
+            if at_root and (name in (_LOCK_FILE, _STAMP) and child.is_file() and not child.is_symlink()):
+                continue
+            if at_root and name == _DONE_DIR and child.is_dir() and not child.is_symlink():
+                for m in child.iterdir():
+                    if not (m.suffix == ".done" and m.stem.isdigit() and m.is_file() and not m.is_symlink()):
+                        everything(m) if m.is_dir() and not m.is_symlink() else found.append(m)
+                continue
+            if child.is_symlink() or not child.is_dir():
+                if meta is not None and meta.get("node_type") == "array" and not child.is_symlink() \
+                        and _chunk_key_ok(meta, name):
+                    continue
+                found.append(child)
+                continue
+            if meta is not None and meta.get("node_type") == "array":  # chunk key directories (c/0/1/...)
+                for dirpath, dirs, files in os.walk(child):
+                    for n in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
+                        f = Path(dirpath, n)
+                        if f.is_symlink() or not _chunk_key_ok(meta, f.relative_to(d).as_posix()):
+                            found.append(f)
+                continue
+            sub = meta_of(child) if meta is not None and meta.get("node_type") == "group" else None
+            if sub is None:
+                everything(child)
+            else:
+                node(child, sub, at_root=False)
+
+    if root.is_dir() and not root.is_symlink():
+        node(root, meta_of(root), at_root=True)
+    return sorted(found)
+
