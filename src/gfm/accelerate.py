@@ -53,10 +53,11 @@ from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
 from gfm.outputs import ACCELERATE, claim_output, write_text_output
+from gfm.pipeline import PATHS, under
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.tasks import Task, make_task
 
-__all__ = ["run", "simulate_jumps", "summarise", "accelerate_section", "AccelerateError", "SPEEDUP_TARGET"]
+__all__ = ["run", "simulate_jumps", "summarise", "AccelerateError", "SPEEDUP_TARGET"]
 
 SPEEDUP_TARGET = 1.3  # the goal: at least 1.3x fewer optimizer steps to the plain run's final loss
 
@@ -319,7 +320,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
                                horizons=list(acc.horizons))
         per_model["plain"].append(plain)
         for name in acc.models:
-            path = Path(models) / name / str(d)
+            path = under(models, "model", spec.task, spec.optimizer.name, name, replaces=PATHS["models"]) / str(d)
             try:
                 fc = load_forecaster(path)
             except GFMError as exc:
@@ -368,58 +369,3 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     out = Path(out)
     write_text_output(out, ACCELERATE, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
-
-
-
-def _g(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}g}"
-
-
-def accelerate_section(params: Params, metrics_dir: Path) -> list[str]:
-    """Markdown lines of the jump-ahead table, one block per store of ``accelerate.stores`` whose JSON exists.
-
-    Args:
-        params: validated params (which stores, the settings quoted above the table).
-        metrics_dir: the directory of ``<task>/<optimizer>.json`` (``data/metrics/accelerate``).
-
-    Returns:
-        Markdown lines (empty when no store has results).
-    """
-    acc = params.accelerate
-    found = [(k, Path(metrics_dir) / s.task / f"{s.optimizer}.json") for k, s in acc.stores.items()]
-    found = [(k, p) for k, p in found if p.is_file()]
-    if not found:
-        return []
-    lines = ["## Jump-ahead training (`gfm accelerate`)", "",
-             f"Every {acc.every} optimizer steps each run forecasts its weights at records {list(acc.horizons)} from "
-             f"its last {params.forecast.prefix_end + 1} records and jumps to the best candidate if the loss on "
-             f"{acc.holdout} held-out samples does not get worse (optimizer state after a jump: "
-             f"{acc.state_after_jump}). Target: the plain run's final training loss after the same optimizer-step "
-             f"budget. `steps` = optimizer steps to reach it (runs that never do count the whole budget; `reached` "
-             f"says how many did), speed-up = plain steps / jump-ahead steps (goal: >= {SPEEDUP_TARGET}x with no "
-             "worse final loss). Test runs only; the settings were chosen on validation runs.", ""]
-    for key, path in found:
-        r = json.loads(path.read_text())
-        timing = "seconds" in r
-        header = ["loop", "steps to target", "speed-up (steps)", "reached", "final loss (mean)", "final ≤ plain",
-                  "jumps accepted / rejected"] + (["s to target", "speed-up (wall)"] if timing else [])
-        m0 = next(iter(r["models"].values()), None)
-        plain_row = ["plain", _g(m0["plain_steps_to_target_mean"]) if m0 else "–", "1", "1",
-                     _g(r["plain"]["final_loss_mean"]), "–", "–"]
-        if timing:
-            plain_row += [_g(m0["plain_seconds_to_target_mean"]) if m0 else "–", "1"]
-        rows = [plain_row]
-        for name, m in r["models"].items():
-            row = [name, _g(m["steps_to_target_mean"]), f"{m['speedup_steps']:.2f}x" + (" ✓" if m["meets_target"] else ""),
-                   f"{m['reached']:.0%}", _g(m["final_loss_mean"]), f"{m['no_worse_final']:.0%}",
-                   f"{m['accepted']} / {m['rejected']}"]
-            if timing:
-                row += [_g(m["seconds_to_target_mean"]), f"{m['speedup_wall']:.2f}x"]
-            rows.append(row)
-        lines += [f"### {key} ({r['plain']['runs']} runs, budget {r['budget']} steps)", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                  *["| " + " | ".join(row) + " |" for row in rows], ""]
-        met = [n for n, m in r["models"].items() if m["meets_target"]]
-        lines += [f"Target met by: {', '.join(met)}." if met else
-                  f"Target ({SPEEDUP_TARGET}x fewer steps, no worse final loss) not met by any forecaster.", ""]
-    return lines

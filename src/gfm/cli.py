@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
     cli_stages.add_parsers(sub)
     cli_tools.add_parsers(sub)
+    from gfm.pipeline import add_commands  # gfm pipeline (dvc.yaml from the stage table), gfm train-index
+
+    add_commands(sub)
     for name in THREADED:  # every torch-heavy command takes --threads (rules pass their `threads:`)
         sp = sub.choices.get(name)
         if sp is not None and not any("--threads" in a.option_strings for a in sp._actions):
@@ -102,6 +105,8 @@ EXAMPLES = {
     "slurm-check": "gfm slurm-check --profile profiles/slurm",
     "workspace": "gfm workspace build/quick --params params.quick.yaml && cd build/quick && dvc repro",
     "check": "gfm check data/trajectories data/models reports/claims.json",
+    "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from src/gfm/pipeline.py",
+    "train-index": "gfm train-index --store mlp_regression-sgd --out data/models/mlp_regression/sgd/index.json",
 }
 
 

@@ -34,6 +34,7 @@ from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
 from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
 from gfm.outputs import GENERALIZE, claim_output, write_text_output
+from gfm.pipeline import under
 from gfm.store import open_trajectories
 
 __all__ = ["run", "pair_label"]
@@ -71,8 +72,8 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
     for pair in gcfg.pairs:
         src_spec, _ = params.lookup_store(pair.source)
         tgt_spec, _ = params.lookup_store(pair.target)
-        tgt_store = open_trajectories(data / "trajectories" / tgt_spec.task / f"{tgt_spec.optimizer.name}.zarr")
-        by_seed, _ = test_runs(read_split(data / "splits" / tgt_spec.task / f"{tgt_spec.optimizer.name}.json"))
+        tgt_store = open_trajectories(under(data, "trajectories", tgt_spec.task, tgt_spec.optimizer.name, replaces="data"))
+        by_seed, _ = test_runs(read_split(under(data, "split", tgt_spec.task, tgt_spec.optimizer.name, replaces="data")))
         entry = {"source": pair.source, "target": pair.target, "label": pair_label(params, pair.source, pair.target),
                  "models": {}}
         scores: dict[str, dict[str, list[float]]] = {}
@@ -88,7 +89,7 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
             for name in ["last_value", *gcfg.models]:
                 row = scores.setdefault(name, {"transfer": [], "in_distribution": []})
                 for what, spec in (("transfer", src_spec), ("in_distribution", tgt_spec)):
-                    model_dir = data / "models" / spec.task / spec.optimizer.name / name / str(seed)
+                    model_dir = under(data, "model", spec.task, spec.optimizer.name, name, replaces="data") / str(seed)
                     try:
                         row[what].append(_final_mse(model_dir, target, k, final))
                     except (ForecasterError, RuntimeError, ValueError) as exc:

@@ -1,45 +1,27 @@
-# Paths and input functions shared by the rules. Output paths are defined here once; dvc.yaml mirrors them
-# and tests/test_dag_agreement.py checks both describe the same DAG.
+# Paths, params triggers and code inputs of every rule, from the stage table in src/gfm/pipeline.py (the one
+# declaration of the stages; dvc.yaml is generated from it). Helper functions live here only: the rule files
+# hold rules (snakemake --lint).
 
 import json
+import os
 
-PARAMS_FILE = "params.yaml"
-GFM = "gfm"
+import yaml
+
+from gfm.pipeline import path, trigger_values
 
 STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
 
-
-def trajectory_path(task, optimizer):
-    return f"data/trajectories/{task}/{optimizer}.zarr"
-
-
-def split_path(task, optimizer):
-    return f"data/splits/{task}/{optimizer}.json"
-
-
-def model_path(task, optimizer, model):
-    return f"data/models/{task}/{optimizer}/{model}"
+# Each stage's code: the import closure its dvc.yaml deps list (computed from the source when dvc.yaml is
+# generated; a test keeps the checked-in file fresh). As rule inputs they make Snakemake re-run a job whose
+# code was edited (its mtime trigger), as DVC does from their hashes.
+with open("dvc.yaml") as _f:
+    CODE = {name: [d for d in stage.get("do", stage)["deps"] if d.startswith("src/")]
+            for name, stage in yaml.safe_load(_f)["stages"].items()}
 
 
-def train_index_path(task, optimizer):
-    return f"data/models/{task}/{optimizer}/index.json"
-
-
-def metrics_path(task, optimizer):
-    return f"data/metrics/{task}/{optimizer}.json"
-
-
-def plots_path(task, optimizer):
-    return f"data/plots/{task}/{optimizer}"
-
-
-def accelerate_stores():
-    """(task, optimizer) of every store of the jump-ahead experiment."""
-    return [(s["task"], s["optimizer"]) for s in config.get("accelerate", {}).get("stores", {}).values()]
-
-
-def accelerate_path(task, optimizer):
-    return f"data/metrics/accelerate/{task}/{optimizer}.json"
+def trigger(rule):
+    """Snakemake's params trigger of ``rule``: the values of the params keys the stage table gives it."""
+    return lambda wc: trigger_values(config, rule, wc.get("task"), wc.get("optimizer"), wc.get("model"))
 
 
 def store_models(task, optimizer):
@@ -48,31 +30,58 @@ def store_models(task, optimizer):
     return list(own if own is not None else config.get("train", {}).get("models", []))
 
 
-def generate_config(task, optimizer):
-    """The params keys one store is generated from (mirrors its DVC stage's `params:`). `device` is left out
-    on purpose: it is a machine setting, not a study parameter (docs/architecture.md §6)."""
-    keys = {
-        "seed": config["seed"],
-        "generate.dataset_seeds": config["generate"]["dataset_seeds"],
-        "store": config["store"],
-        "tasks": config["tasks"][task],
-        "stores": config["stores"][f"{task}-{optimizer}"],
-    }
-    return json.dumps(keys, sort_keys=True)
+def model_paths(task, optimizer, models):
+    return [path("model", task, optimizer, m) for m in models]
+
+
+def accelerate_stores():
+    """(task, optimizer) of every store of the jump-ahead experiment."""
+    return [(s["task"], s["optimizer"]) for s in config.get("accelerate", {}).get("stores", {}).values()]
+
+
+def evaluated_stores():
+    """(task, optimizer) of every store that trains a model, in params order: the stores evaluate scores."""
+    return [(t, o) for t, o in STORES.values() if store_models(t, o)]
+
+
+def of_stores(name, stores):
+    return [path(name, t, o) for t, o in stores]
+
+
+def generalize_inputs():
+    """Every store's trajectories, split and trained models: the job reads the pairs' subset, but its DVC
+    stage depends on the parent directories (dvc.yaml cannot list pair-dependent paths), so both drivers
+    wait for the same things."""
+    out = []
+    for task, optimizer in STORES.values():
+        out += [path("trajectories", task, optimizer), path("split", task, optimizer)]
+        if store_models(task, optimizer):
+            out.append(path("train_index", task, optimizer))
+    return out
+
+
+def figure_category(wildcards):
+    """Snakemake report category of one reports/figures/<figure>.png, from the suffix report.py gives it."""
+    for suffix, category in (("-mse", "Forecast error vs horizon"), ("-trajectory", "Trajectories"),
+                             ("-val-curves", "Validation curves")):
+        if wildcards.figure.endswith(suffix):
+            return category
+    return "Overview"
 
 
 def all_outputs():
     out = []
     for task, optimizer in STORES.values():
-        out += [trajectory_path(task, optimizer), split_path(task, optimizer)]
+        out += [path("trajectories", task, optimizer), path("split", task, optimizer)]
         if store_models(task, optimizer):
-            out += [train_index_path(task, optimizer), metrics_path(task, optimizer)]
+            out += [path("train_index", task, optimizer), path("metrics", task, optimizer)]
     if config.get("train", {}).get("models"):
-        out += ["data/metrics/generalize.json", "reports", "metrics.json", "plots"]  # headline: evaluate.smk
-    out += [accelerate_path(t, o) for t, o in accelerate_stores()]  # workflow/rules/accelerate.smk
+        out += [path("generalize"), path("reports"), path("headline_metrics"), path("headline_plots")]
+    out += of_stores("accelerate", accelerate_stores())
     return out
 
 
 wildcard_constraints:
     task="[A-Za-z][A-Za-z0-9_]*",
     optimizer="sgd|momentum|nesterov|adam|adamw|rmsprop",
+    model="[A-Za-z][A-Za-z0-9_]*",

@@ -5,24 +5,24 @@
 rule forecast:
     """Forecast every non-diverged test run of one store with every model (one fit per dataset seed)."""
     input:
-        store="data/trajectories/{task}/{optimizer}.zarr",
-        split="data/splits/{task}/{optimizer}.json",
-        models=lambda wc: [model_path(wc.task, wc.optimizer, m) for m in store_models(wc.task, wc.optimizer)],
+        store=path("trajectories"),
+        split=path("split"),
+        models=lambda wc: model_paths(wc.task, wc.optimizer, store_models(wc.task, wc.optimizer)),
         # index.json is written into the models directory last: waiting for it keeps that directory's
         # mtime older than the forecasts (else `gfm commit` sees the forecasts as stale)
-        index=lambda wc: train_index_path(wc.task, wc.optimizer),
+        index=path("train_index"),
+        code=CODE["forecast"],
     output:
-        directory("data/forecasts/{task}/{optimizer}"),
+        directory(path("forecasts")),
     log:
         "logs/forecast/{task}/{optimizer}.log",
     benchmark:
         "logs/benchmarks/forecast/{task}/{optimizer}.tsv"
     params:
         store="{task}-{optimizer}",
-        models="data/models/{task}/{optimizer}",
-        config=lambda wc: json.dumps({"forecast": config.get("forecast", {}), "train.models": train_models(),
-                                      "stores": config["stores"][f"{wc.task}-{wc.optimizer}"]}, sort_keys=True),
+        models=lambda wc, input: os.path.dirname(input.index),  # the store's models directory
+        config=trigger("forecast"),
     threads: 1
     shell:
-        "{GFM} forecast --params {PARAMS_FILE} --store {params.store} --in {input.store} --split {input.split} "
+        "gfm forecast --params params.yaml --store {params.store} --in {input.store} --split {input.split} "
         "--models {params.models} --out {output} --threads {threads} > {log} 2>&1"
