@@ -46,10 +46,10 @@ from gfm.inputs import (
     chunk_file_limit,
     file_problem,
     foreign_files,
-    inspect_trajectory_store,
     read_json,
     tree_problems,
 )
+from gfm.store_check import inspect_trajectory_store
 
 __all__ = ["Verdict", "check_path", "READ_BYTES"]
 

@@ -12,14 +12,13 @@ reads only metadata and directory entries:
 * sizes: metadata JSON is read at most :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH` deep; a chunk file
   larger than its array's chunk can encode to (:func:`chunk_file_limit`) is refused, so no read is
   unbounded.
-* trajectory stores (:func:`inspect_trajectory_store`): schema version, completion flag, attributes (sizes,
-  layout adding up to ``n_params``, optimizer state names, task record_every / steps), and every array's
-  ``zarr.json`` against them: shape, dtype (float32 data), regular chunk grid, only codecs of
-  :data:`KNOWN_CODECS`. Files that are not the store's own (:func:`foreign_files`) are listed for
-  ``gfm check``; they do not stop a stage (zarr never reads them).
+* Zarr metadata (:func:`array_meta_problems`): shape, dtype, regular chunk grid, only codecs of
+  :data:`KNOWN_CODECS`; and which files of a Zarr directory are its own (:func:`foreign_files`).
 
-Each rule is written once, here; ``gfm check`` reports every problem, a stage raises on the first one
-(a :class:`~gfm.errors.GFMError` subclass naming the file: one ``error: ...`` line, exit 2).
+The trajectory store's own rules (attributes, the arrays it must hold) build on these, beside the store's
+reader and writer: :func:`gfm.store_check.inspect_trajectory_store`. Each rule is written once; ``gfm check``
+reports every problem, a stage raises on the first one (a :class:`~gfm.errors.GFMError` subclass naming the
+file: one ``error: ...`` line, exit 2).
 """
 
 from __future__ import annotations
@@ -30,16 +29,16 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gfm.errors import GFMError, StoreError, StoreIncompleteError, StoreSchemaError
+from gfm.errors import GFMError
+from gfm.store_files import _DONE_DIR, _LOCK_FILE, _STAMP
 
 __all__ = [
     "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "file_problem", "regular_file",
     "read_bytes", "read_json", "json_depth", "tree_problems", "array_meta_problems", "chunk_file_limit",
-    "StoreInspection", "inspect_trajectory_store", "foreign_files", "first_problem",
+    "foreign_files",
 ]
 
 MAX_JSON_BYTES = 64 << 20  # a metadata / split / metrics JSON larger than this is refused unread
@@ -47,11 +46,10 @@ MAX_JSON_DEPTH = 64  # nesting deeper than this is refused (our own files are < 
 KNOWN_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"})
 _DTYPE_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
                 "int64": 8, "uint64": 8, "float16": 2, "float32": 4, "float64": 8}
-_RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
 _MAX_LISTED = 5  # problems of one kind named before "and N more"
-# A generator's own bookkeeping inside a (partial) store (store._DONE_DIR / store._LOCK_FILE), and the stamp
-# `snakemake --touch` (gfm adopt) leaves in a directory output.
-_WRITER_FILES = re.compile(r"\.blocks_done/\d+\.done|\.writer\.lock|\.snakemake_timestamp")
+# A generator's own bookkeeping inside a (partial) store (its done-markers and lock, gfm.store_files), and the
+# stamp `snakemake --touch` (gfm adopt) leaves in a directory output.
+_WRITER_FILES = re.compile(rf"{re.escape(_DONE_DIR)}/\d+\.done|{re.escape(_LOCK_FILE)}|{re.escape(_STAMP)}")
 
 
 class UnsafeInputError(GFMError, ValueError):
@@ -323,158 +321,4 @@ def foreign_files(files: dict[str, int], groups: set[str], arrays: dict[str, dic
         if owner is not None and _is_chunk_key(arrays[owner], rel[len(owner) + 1:]):
             continue
         out.append(rel)
-    return out
-
-
-# --- trajectory stores ------------------------------------------------------------------------------------
-@dataclass
-class StoreInspection:
-    """What :func:`inspect_trajectory_store` found: problems (empty = the stages may read it), the type of
-    error the first problem raises, and what was read on the way."""
-
-    path: Path
-    problems: list[str] = field(default_factory=list)
-    error: type[StoreError] = StoreSchemaError
-    attrs: dict | None = None
-    arrays: dict[str, dict] = field(default_factory=dict)  # relative path -> zarr.json of each own array
-    foreign: list[str] = field(default_factory=list)  # files that are not the store's (not fatal)
-
-    def raise_first(self) -> None:
-        if self.problems:
-            raise self.error(first_problem(self.path, self.problems))
-
-
-def first_problem(path: Path, problems: list[str]) -> str:
-    more = f" (and {len(problems) - 1} more problems: gfm check {path})" if len(problems) > 1 else ""
-    return f"{path}: {problems[0]}{more}"
-
-
-def _layout_problems(layout: Any, n_params: int) -> list[str]:
-    if not isinstance(layout, list) or not layout:
-        return ["attribute layout must be a non-empty list"]
-    offset = 0
-    for i, spec in enumerate(layout):
-        ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
-              and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.]*", spec["name"]) is not None
-              and isinstance(spec.get("shape"), list) and all(_is_int(n) and n > 0 for n in spec["shape"])
-              and spec.get("offset") == offset)
-        if not ok:
-            return [f"layout[{i}] must be {{name, shape, offset}} with offset {offset} (the sum of the sizes "
-                    f"before it); got {spec!r:.120}"]
-        offset += math.prod(spec["shape"])
-    return [] if offset == n_params else [f"layout covers {offset} parameters; n_params is {n_params}"]
-
-
-def _attr_problems(attrs: dict) -> list[str]:
-    from gfm.optimizers import STATE_NAMES
-
-    sizes = {k: attrs.get(k) for k in ("n_runs", "n_records", "n_params", "block_runs")}
-    bad = [k for k, n in sizes.items() if not _is_int(n) or n < 1]
-    if bad:
-        return [f"attributes {', '.join(bad)} must be positive integers"]
-    problems = _layout_problems(attrs.get("layout"), sizes["n_params"])
-    opt = attrs.get("optimizer")
-    name = opt.get("name") if isinstance(opt, dict) else None
-    if name not in STATE_NAMES:
-        return [*problems, f"optimizer.name {name!r:.40}; expected one of {', '.join(sorted(STATE_NAMES))}"]
-    if attrs.get("state_names") != list(STATE_NAMES[name]):
-        problems.append(f"state_names {attrs.get('state_names')!r:.80}; optimizer {name} keeps {list(STATE_NAMES[name])}")
-    task = attrs.get("task")
-    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _is_int(task.get("record_every"))
-            or task["record_every"] < 1 or not _is_int(task.get("steps"))
-            or task["steps"] != (sizes["n_records"] - 1) * task["record_every"]):
-        problems.append(f"attribute task must hold kind, record_every >= 1 and steps = (n_records - 1) * "
-                        f"record_every; got {task!r:.120}")
-    if not isinstance(attrs.get("store"), str):
-        problems.append("attribute store (the store's key) must be a string")
-    return problems
-
-
-def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreInspection:
-    """Structural check of a trajectory store: no data chunk is read (see the module docstring).
-
-    Args:
-        path: the ``.zarr`` directory.
-        tree: also walk its files (links, special files, chunk sizes, foreign files).
-    """
-    from gfm.store import SCHEMA_VERSION
-
-    path = Path(path)
-    out = StoreInspection(path)
-    p = out.problems
-    where = file_problem(path, want_dir=True)
-    if where:
-        p.append(f"store directory is {where}")
-        return out
-    files: dict[str, int] = {}
-    if tree:
-        unsafe, files = tree_problems(path)
-        if unsafe:
-            p += unsafe
-            return out
-    try:
-        root = read_json(path / "zarr.json", limit=MAX_JSON_BYTES, root=path, error=StoreSchemaError)
-    except StoreSchemaError as exc:
-        p.append(f"zarr.json is not readable JSON ({str(exc).removeprefix(str(path / 'zarr.json') + ': ')})")
-        return out
-    attrs = root.get("attributes") if isinstance(root, dict) else None
-    if not isinstance(root, dict) or root.get("node_type") != "group" or not isinstance(attrs, dict):
-        p.append("zarr.json is not a Zarr group with attributes")
-        return out
-    out.attrs = attrs
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        p.append(f"schema_version {attrs.get('schema_version')!r:.40}; this code reads {SCHEMA_VERSION}")
-        return out
-    if attrs.get("complete") is not True:
-        out.error = StoreIncompleteError
-        p.append("store is not complete (no completion flag); re-run the generate stage")
-        return out
-    p += _attr_problems(attrs)
-    if p:
-        return out
-    R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
-    expected: dict[str, tuple[tuple[int, ...] | None, str | set[str]]] = {
-        "weights": ((R, T, P), "float32"), "loss": ((R, T), "float32"), "lr": ((R, T), "float32"),
-        "final/weights": ((R, P), "float32"), "final/loss": ((R,), "float32"),
-        "runs/dataset_seed": ((R,), "int64"), "runs/index": ((R,), "int64"), "runs/diverged": ((R,), "bool"),
-        **{f"state/{s}": ((R, T, P), "float32") for s in attrs["state_names"]}}
-    runs_dir = path / "runs"
-    if runs_dir.is_dir():
-        for e in sorted(os.scandir(runs_dir), key=lambda e: e.name):
-            if f"runs/{e.name}" not in expected and (runs_dir / e.name / "zarr.json").is_file():
-                expected[f"runs/{e.name}"] = ((R,), _RUN_FIELD_DTYPES)
-    for name, (shape, dtype) in expected.items():
-        meta_path = path / name / "zarr.json"
-        if not meta_path.is_file():
-            p.append(f"array {name} is missing")
-            continue
-        try:
-            meta = read_json(meta_path, limit=1 << 20, root=path, error=StoreSchemaError)
-        except StoreSchemaError as exc:
-            p.append(f"{name}/zarr.json: {str(exc).removeprefix(str(meta_path) + ': ')}")
-            continue
-        bad = array_meta_problems(meta, f"array {name}", shape, dtype)
-        if bad:
-            p += bad
-        else:
-            out.arrays[name] = meta
-    for group in ("final", "runs", "state"):
-        meta_path = path / group / "zarr.json"
-        if meta_path.is_file():
-            try:
-                meta = read_json(meta_path, limit=1 << 20, root=path, error=StoreSchemaError)
-            except StoreSchemaError as exc:
-                p.append(f"{group}/zarr.json: {str(exc).removeprefix(str(meta_path) + ': ')}")
-                continue
-            if not isinstance(meta, dict) or meta.get("node_type") != "group":
-                p.append(f"{group}/zarr.json is not a Zarr group")
-    if tree and not p:
-        big = []
-        for name, meta in out.arrays.items():
-            limit = chunk_file_limit(meta)
-            big += [f"{rel} ({size} bytes > {limit})" for rel, size in files.items()
-                    if rel.startswith(name + "/") and rel != f"{name}/zarr.json" and size > limit]
-        if big:
-            p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
-        out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
     return out

@@ -54,9 +54,9 @@ class TrajectoryStore:
         if not self.path.exists():
             hint = " (a .partial store is there: the writer did not finish)" if partial_path(self.path).exists() else ""
             raise StoreNotFoundError(f"{self.path}: no trajectory store here{hint}")
-        # The structural level of `gfm check` (gfm.inputs): files, attributes and every array's metadata, no
-        # chunk read. A stage never computes on a store that check refuses for its structure.
-        from gfm.inputs import inspect_trajectory_store
+        # The structural level of `gfm check` (gfm.store_check): files, attributes and every array's metadata,
+        # no chunk read. A stage never computes on a store that check refuses for its structure.
+        from gfm.store_check import inspect_trajectory_store
 
         inspection = inspect_trajectory_store(self.path)
         inspection.raise_first()
