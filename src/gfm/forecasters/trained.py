@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.forecasters.base import Forecaster, ForecasterError, ModelFileError, Trajectories, load_forecaster
-from gfm.layout import ParamSpec, layout_from_shapes
-from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, load_forecaster
+from gfm.forecasters.run_arrays import layout_of, prefix_from_arrays
+from gfm.forecasters.trained_on import TrainedOn, model_directory, read_trained_on
+from gfm.layout import ParamSpec
 
 __all__ = ["TrainedOn", "TrainedForecaster", "Forecast", "RunMismatchError", "load", "forecast_run",
            "prefix_from_arrays", "layout_of"]
@@ -55,29 +56,6 @@ __all__ = ["TrainedOn", "TrainedForecaster", "Forecast", "RunMismatchError", "lo
 
 class RunMismatchError(ForecasterError):
     """The run to forecast does not match what the model was fitted on (the message names each mismatch)."""
-
-
-@dataclass(frozen=True)
-class TrainedOn:
-    """What a saved model was fitted on, as far as it is known (None: unknown).
-
-    Attributes:
-        store: the training store's key ``<task>-<optimizer>``.
-        optimizer: optimizer name of the training runs.
-        record_every: optimizer steps between records of the training runs.
-        steps: optimizer steps of a whole training run (the time axis).
-        n_params: parameters of the training runs' network.
-        layout: the training runs' parameter layout.
-        sources: where these facts were read, for messages.
-    """
-
-    store: str | None = None
-    optimizer: str | None = None
-    record_every: int | None = None
-    steps: int | None = None
-    n_params: int | None = None
-    layout: tuple[ParamSpec, ...] | None = None
-    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,179 +114,6 @@ class Forecast:
                 params[name].copy_(value)
         return module
 
-
-def layout_of(layout: Any, n_params: int | None = None) -> tuple[ParamSpec, ...]:
-    """A parameter layout from a ``torch.nn.Module`` (``named_parameters`` order, as ``gfm.record`` writes),
-    a sequence of ``(name, shape)`` pairs or of :class:`~gfm.layout.ParamSpec`.
-
-    Raises:
-        ForecasterError: anything else, or sizes that do not add up to ``n_params``.
-    """
-    if isinstance(layout, torch.nn.Module):
-        specs = layout_from_shapes([(n, tuple(p.shape)) for n, p in layout.named_parameters()])
-    elif isinstance(layout, Sequence) and not isinstance(layout, str) and all(isinstance(s, ParamSpec) for s in layout):
-        specs = tuple(layout)
-    elif (isinstance(layout, Sequence) and not isinstance(layout, str)
-          and all(isinstance(s, Sequence) and len(s) == 2 and isinstance(s[0], str) for s in layout)):
-        try:
-            specs = layout_from_shapes([(n, tuple(int(d) for d in shape)) for n, shape in layout])
-        except (TypeError, ValueError):
-            raise ForecasterError(f"layout: shapes must be sequences of integers; got {layout!r:.120}") from None
-    else:
-        raise ForecasterError(f"layout: got {type(layout).__name__}; expected a torch.nn.Module or a list of "
-                              "(name, shape) pairs")
-    total = sum(s.size for s in specs)
-    if n_params is not None and total != n_params:
-        raise ForecasterError(f"layout: its tensors hold {total} parameters; the weights have {n_params}")
-    return specs
-
-
-def _per_run(value: Any, name: str, n_runs: int, n_records: int | None) -> torch.Tensor:
-    """A number, a (run,) array or, with ``n_records``, a (record,) or (run, record) array as float32 tensor
-    of shape (run,) or (run, record)."""
-    a = np.asarray(value, dtype=np.float64)
-    want = (n_runs,) if n_records is None else (n_runs, n_records)
-    if a.ndim == 0:
-        a = np.broadcast_to(a, want)
-    elif n_records is not None and a.shape == (n_records,):
-        a = np.broadcast_to(a, want)
-    if a.shape != want:
-        forms = "a number or (run,)" if n_records is None else f"a number, ({n_records},) or {want}"
-        raise ForecasterError(f"{name}: got shape {a.shape}; expected {forms}")
-    if not np.isfinite(a).all() or (a < 0).any():
-        raise ForecasterError(f"{name}: expected finite values >= 0")
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-def prefix_from_arrays(weights: Any, *, optimizer: str, lr: Any, hyper: Mapping[str, Any] | None = None,
-                       states: Mapping[str, Any] | None = None, record_every: int = 1,
-                       layout: Any = None) -> Trajectories:
-    """A run (or several) held as arrays, in the form a forecaster reads.
-
-    Args:
-        weights: (record, param) for one run or (run, record, param): the flat parameter vector at records
-            0, 1, ... (record j after j * record_every optimizer steps; record 0 = the initial weights).
-        optimizer: the update rule's name, a key of ``gfm.optimizers.STATE_NAMES`` (``sgd``, ``momentum``,
-            ``nesterov``, ``adam``, ``adamw``, ``rmsprop``).
-        lr: learning rate of the update leaving each record: a number, (record,) or (run, record).
-        hyper: the other hyper-parameters (a number or one per run); missing ones take PyTorch's defaults
-            (``gfm.optimizers.HYPER_DEFAULTS``), ``lr`` defaults to the lr at record 0.
-        states: optimizer state arrays by name (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``,
-            ``square_avg``), shaped like ``weights``: what ``torch.optim`` holds after each record's updates.
-        record_every: optimizer steps between records.
-        layout: a ``torch.nn.Module`` or a list of ``(name, shape)``: lets the forecast be checked against the
-            model's training layout and loaded back into a network.
-
-    Returns:
-        :class:`~gfm.forecasters.base.Trajectories` (``steps`` is the recorded length; forecasting puts the
-        run on the model's time axis).
-
-    Raises:
-        ForecasterError: unknown optimizer, hyper-parameter or state name, or arrays of the wrong shape.
-    """
-    if optimizer not in STATE_NAMES:
-        raise ForecasterError(f"optimizer: got {optimizer!r}; expected one of {', '.join(sorted(STATE_NAMES))}")
-    if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 1:
-        raise ForecasterError(f"record_every: got {record_every!r}; expected an integer >= 1")
-    w = np.asarray(weights, dtype=np.float32)
-    if w.ndim == 2:
-        w = w[None]
-    if w.ndim != 3 or 0 in w.shape:
-        raise ForecasterError(f"weights: got shape {np.shape(weights)}; expected (record, param) or "
-                              "(run, record, param), none of them empty")
-    R, T, P = w.shape
-    lr_t = _per_run(lr, "lr", R, T)
-    allowed = (*HYPER_NAMES[optimizer], "eps")
-    unknown = sorted(set(hyper or {}) - set(allowed))
-    if unknown:
-        raise ForecasterError(f"hyper: {unknown[0]!r} is not a hyper-parameter of {optimizer}; it reads "
-                              f"{', '.join(allowed)}")
-    given = {"lr": lr_t[:, 0].numpy(), **dict(hyper or {})}
-    hp = {k: _per_run(given.get(k, HYPER_DEFAULTS.get(k)), f"hyper[{k!r}]", R, None) for k in allowed}
-    state_t = {}
-    for name, arr in (states or {}).items():
-        if name not in STATE_NAMES[optimizer]:
-            raise ForecasterError(f"states: {name!r} is not state of {optimizer} (it keeps "
-                                  f"{list(STATE_NAMES[optimizer]) or 'none'})")
-        a = np.asarray(arr, dtype=np.float32)
-        a = a[None] if a.ndim == 2 else a
-        if a.shape != w.shape:
-            raise ForecasterError(f"states[{name!r}]: got shape {np.shape(arr)}; expected the weights' shape "
-                                  f"{np.shape(weights)}")
-        state_t[name] = torch.from_numpy(a.copy())
-    specs = None if layout is None else layout_of(layout, P)
-    return Trajectories(weights=torch.from_numpy(w.copy()), lr=lr_t, optimizer=optimizer,
-                        record_every=record_every, steps=(T - 1) * record_every, states=state_t, hyper=hp,
-                        layout=specs)
-
-
-# --- what the model was fitted on --------------------------------------------------------------------------
-def _summary_store_key(model_dir: Path) -> str | None:
-    from gfm.inputs import read_json
-
-    path = model_dir.parent / "summary.json"
-    if not path.is_file():
-        return None
-    meta = read_json(path, root=model_dir.parent, error=ModelFileError)
-    key = meta.get("store") if isinstance(meta, dict) else None
-    return key if isinstance(key, str) and "-" in key else None
-
-
-def _pipeline_store(model_dir: Path, key: str | None) -> Path | None:
-    """``<data>/trajectories/<task>/<optimizer>.zarr`` for ``<data>/models/<task>/<optimizer>/<model>/<seed>``,
-    when that store key is the one summary.json names and the store is there."""
-    parents = model_dir.resolve().parents
-    if key is None or len(parents) < 5 or parents[3].name != "models":
-        return None
-    task, opt = parents[2].name, parents[1].name
-    path = parents[4] / "trajectories" / task / f"{opt}.zarr"
-    return path if key == f"{task}-{opt}" and path.exists() else None
-
-
-_CHECKED_FACTS = ("optimizer", "record_every", "steps", "n_params")
-
-
-def _trained_on(fc: Forecaster, model_dir: Path, store: str | Path | None) -> TrainedOn:
-    """Facts from summary.json, the training store and the model itself; sources that contradict each other
-    (a store regenerated after training, or the wrong ``store=``) are refused, not silently preferred."""
-    from gfm.store import open_trajectories
-
-    found: list[tuple[str, dict[str, Any]]] = []
-    key = _summary_store_key(model_dir)
-    if key is not None:
-        found.append((str(model_dir.parent / "summary.json"), {"store": key, "optimizer": key.rsplit("-", 1)[1]}))
-    path = Path(store) if store is not None else _pipeline_store(model_dir, key)
-    if path is not None:
-        ts = open_trajectories(path)
-        found.append((str(path), {"store": ts.attrs.get("store"), "optimizer": ts.optimizer["name"],
-                                  "record_every": ts.record_every, "steps": int(ts.attrs["task"]["steps"]),
-                                  "n_params": ts.n_params, "layout": ts.layout}))
-    own = {k: fc.extra[k] for k in _CHECKED_FACTS if k in fc.extra}
-    if own:
-        found.append((str(model_dir / "config.json"), own))
-    facts: dict[str, Any] = {}
-    where: dict[str, str] = {}
-    clash = []
-    for source, values in found:
-        for k, v in values.items():
-            if k in _CHECKED_FACTS and k in facts and facts[k] != v:
-                clash.append(f"{k} {facts[k]!r} in {where[k]}, {v!r} in {source}")
-            facts[k], where[k] = v, source
-    if clash:
-        raise ModelFileError(f"{model_dir}: what the model was trained on is contradicted ({'; '.join(clash)}): a "
-                             "store that is not the one it was fitted on; pass store= the right one or re-run train")
-    return TrainedOn(**facts, sources=tuple(source for source, _ in found))
-
-
-def _model_directory(model_dir: str | Path, seed: int | str | None) -> Path:
-    d = Path(model_dir)
-    if seed is not None:
-        return d / str(seed)
-    if not (d / "config.json").exists() and (d / "summary.json").exists():
-        seeds = sorted((p.name for p in d.iterdir() if (p / "config.json").is_file()), key=lambda s: (len(s), s))
-        raise ModelFileError(f"{d}: a model of the train stage holds one fit per dataset seed "
-                             f"({', '.join(seeds) or 'none found'}); pass seed= one of them or the seed's directory")
-    return d
 
 
 class TrainedForecaster:
@@ -475,9 +280,9 @@ def load(model_dir: str | Path, *, seed: int | str | None = None, store: str | P
             training store that contradicts the model.
         ForecasterError: an unknown kind or invalid config.
     """
-    directory = _model_directory(model_dir, seed)
+    directory = model_directory(model_dir, seed)
     fc = load_forecaster(directory)
-    return TrainedForecaster(fc, directory, _trained_on(fc, directory, store))
+    return TrainedForecaster(fc, directory, read_trained_on(fc, directory, store))
 
 
 def forecast_run(model_dir: str | Path, run: Any, horizons: int | Sequence[int] | None = None, *,
