@@ -15,11 +15,11 @@ from gfm import generate
 from gfm.config import CIFAR10Config, OptimizerConfig, parse_params
 from gfm.errors import ParamsError
 from gfm.generate import simulate
-from gfm.reference import train_reference
 from gfm.runs import run_ids, setup_run
 from gfm.store import open_trajectories
 from gfm.tasks import make_task
 from gfm.tasks.cifar10 import RECORD_BYTES, CifarDataError, load_cifar10_binary
+from reference import train_reference
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,10 +12,10 @@ from conftest import DEVICES, ROOT, TINY
 from gfm import generate
 from gfm.config import OptimizerConfig, Range, ScheduleConfig, load_params, parse_params
 from gfm.generate import simulate
-from gfm.reference import train_reference
 from gfm.runs import run_ids, setup_run
 from gfm.store import open_trajectories
 from gfm.tasks import make_task
+from reference import train_reference
 
 DEFAULT = load_params(ROOT / "params.yaml")
 

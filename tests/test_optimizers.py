@@ -19,9 +19,9 @@ from gfm.config import (
 )
 from gfm.generate import simulate
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES, init_state, lr_multiplier, update
-from gfm.reference import torch_optimizer, train_reference
 from gfm.runs import run_ids, setup_run
 from gfm.tasks import make_task
+from reference import torch_optimizer, train_reference
 
 HYPER = {
     "sgd": {"lr": 0.1, "weight_decay": 0.01},

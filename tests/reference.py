@@ -2,6 +2,8 @@
 
 It is the oracle of the stacked generator (``tests/test_generate.py``: same seeds, same data, same minibatch
 order, max abs weight difference <= 1e-5 after 200 steps) and the baseline of ``benchmarks/generation.py``.
+Test code, not part of the package: the tests import it as ``reference``, the benchmarks (run from the
+repository root) as ``tests.reference``.
 """
 
 from __future__ import annotations
