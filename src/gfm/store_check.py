@@ -4,6 +4,8 @@
 ``zarr.json`` against them: shape, dtype (float32 data), regular chunk grid, only codecs of
 :data:`gfm.inputs.KNOWN_CODECS`. No data chunk is read. Files that are not the store's own
 (:func:`gfm.inputs.foreign_files`) are listed for ``gfm check``; they do not stop a stage (zarr never reads them).
+
+``gfm check`` (:func:`check_trajectory_store`) then decodes every chunk, a bounded block of runs at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gfm import verdict
 from gfm.errors import StoreError, StoreIncompleteError, StoreSchemaError
 from gfm.inputs import (
     MAX_JSON_BYTES,
@@ -27,8 +32,9 @@ from gfm.inputs import (
     read_json,
     tree_problems,
 )
+from gfm.verdict import Verdict, foreign_line, runs_text
 
-__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem"]
+__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "check_trajectory_store"]
 
 _RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
 
@@ -184,3 +190,87 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
             p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
         out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
     return out
+
+
+# --- gfm check: the structure as above, then every chunk decoded ------------------------------------------
+def check_trajectory_store(path: Path, v: Verdict) -> None:
+    import zarr
+
+    # Structure first, with the stages' own rules (above): files, attributes, array metadata.
+    inspection = inspect_trajectory_store(path)
+    v.problems += inspection.problems
+    if inspection.foreign:
+        v.problems.append(foreign_line(inspection.foreign))
+    if inspection.problems:
+        return
+    attrs = inspection.attrs
+    R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
+    opt = attrs["optimizer"]["name"]
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        arrays = {name: g[name] for name in ("weights", "loss", "lr", "final/weights", "final/loss",
+                                            "runs/diverged", *(f"state/{s}" for s in attrs["state_names"]))}
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the verdict
+        v.problems.append(f"not a readable Zarr group ({type(exc).__name__})")
+        return
+    try:
+        diverged = arrays["runs/diverged"][:].astype(bool)
+        for name in sorted(g["runs"].array_keys()):
+            if not np.isfinite(np.asarray(g[f"runs/{name}"][:], dtype=np.float64)).all():
+                v.problems.append(f"runs/{name} holds non-finite values")
+    except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
+        v.problems.append(f"runs/*: chunk data unreadable ({type(exc).__name__})")
+        return
+    no_loss = attrs.get("loss_source") == "none"
+    _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
+    v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
+                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read")
+
+
+def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P: int, v: Verdict, *,
+                           loss_recorded: bool = True) -> None:
+    """Decode every chunk, a bounded block of runs at a time, checking values as they stream past.
+
+    ``loss_recorded`` False (attribute ``loss_source: none``: ``gfm import`` of weights without a loss) means
+    the loss arrays hold NaN by design, the honest value for "not measured" (a made-up number would be
+    scored by evaluate as if it were a loss); they must then hold nothing else."""
+    n_state = sum(1 for n in arrays if n.startswith("state/"))
+    block = max(1, verdict.READ_BYTES // (T * P * 4 * (1 + n_state)))
+    nonfinite: dict[str, list[int]] = {}
+    mismatch: dict[str, list[int]] = {}
+    for start in range(0, R, block):
+        sl = slice(start, min(start + block, R))
+        where = f"runs {sl.start}..{sl.stop - 1}"
+        try:
+            w = arrays["weights"][sl]  # (run, step, param)
+            loss, lr = arrays["loss"][sl], arrays["lr"][sl]
+            fw, fl = arrays["final/weights"][sl], arrays["final/loss"][sl]
+            states = {n: arrays[n][sl] for n in arrays if n.startswith("state/")}
+        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode is the verdict
+            v.problems.append(f"{where}: chunk data unreadable ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
+        ok = ~diverged[sl]
+        runs = np.arange(sl.start, sl.stop)
+        for name, a in (("weights", w), *((("loss", loss),) if loss_recorded else ()), *states.items()):
+            bad = ok & ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+            nonfinite.setdefault(name, []).extend(runs[bad].tolist())
+        if not loss_recorded:
+            held = ~np.isnan(loss).all(axis=1) | ~np.isnan(fl)
+            mismatch.setdefault("loss (loss_source none)", []).extend(runs[held].tolist())
+        bad_lr = ~np.isfinite(lr).all(axis=1) | (lr < 0).any(axis=1)
+        nonfinite.setdefault("lr", []).extend(runs[bad_lr].tolist())
+        for name, got, last in (("final/weights", fw, w[:, -1]), ("final/loss", fl, loss[:, -1])):
+            same = (got == last) | (np.isnan(got) & np.isnan(last))
+            bad = ~same.reshape(same.shape[0], -1).all(axis=1)
+            mismatch.setdefault(name, []).extend(runs[bad].tolist())
+    for name, runs in nonfinite.items():
+        if runs:
+            what = "non-finite or negative" if name == "lr" else "non-finite values (missing chunks read as NaN)"
+            v.problems.append(f"{name}: {runs_text(np.asarray(runs))} not flagged diverged hold {what}"
+                              if name != "lr" else f"lr: {runs_text(np.asarray(runs))} hold {what} values")
+    for name, runs in mismatch.items():
+        if runs and name.startswith("loss"):
+            v.problems.append(f"loss: {runs_text(np.asarray(runs))} hold values although the attributes say no "
+                              "loss was recorded (loss_source none)")
+        elif runs:
+            v.problems.append(f"{name}: {runs_text(np.asarray(runs))} differ from the last recorded step")

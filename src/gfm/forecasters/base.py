@@ -1,4 +1,5 @@
-"""One interface for every forecaster (docs/architecture.md §4), a registry, and pickle-free save/load.
+"""One interface for every forecaster (docs/architecture.md §4), a registry, and pickle-free save/load
+(the files: :mod:`gfm.forecasters.model_files`).
 
 Usage::
 
@@ -14,19 +15,12 @@ exactly that mapping); ``forecast`` accepts any subset of the fitted horizons an
 than it needs.
 
 Saved models hold only ``config.json`` and ``weights.safetensors``: a model pulled from a shared DVC remote
-cannot run code. ``load_forecaster`` refuses unknown kinds, non-float32 tensors, oversized headers and
-tensor names that are not plain identifiers.
+cannot run code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
-import re
-import shutil
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +28,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from gfm.errors import GFMError
 from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
     "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
-    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION",
+    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES",
 ]
 
-FORMAT = "gfm-forecaster"
-FORMAT_VERSION = 1
-MAX_HEADER_BYTES = 16 * 1024 * 1024  # a safetensors header larger than this is refused unread
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 class ForecasterError(GFMError, ValueError):
@@ -273,18 +262,7 @@ class Forecaster:
         return directory
 
     def _save_into(self, tmp: Path, directory: Path) -> None:
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.name,
-                "config": _to_jsonable(self.config), "prefix_end": self.prefix_end,
-                "horizons": list(self.horizons), "extra": self.extra}
-        tensors = self.state_tensors()
-        for k in tensors:
-            if not _NAME_RE.match(k):
-                raise ModelFileError(f"{self.name}: tensor name {k!r} is not a plain identifier")
-        save_file({k: v.float() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        keep = [p for p in ("train_log.csv",) if (directory / p).is_file()]
-        for p in keep:
-            shutil.copy2(directory / p, tmp / p)
+        write_model(self, tmp, directory)
 
 
 FORECASTERS: dict[str, type[Forecaster]] = {}
@@ -296,16 +274,6 @@ def register(cls: type[Forecaster]) -> type[Forecaster]:
         raise ValueError(f"forecaster name {cls.name!r} missing or registered twice")
     FORECASTERS[cls.name] = cls
     return cls
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_jsonable(v) for k, v in obj.items()}
-    return obj
 
 
 def _lookup(kind: str) -> type[Forecaster]:
@@ -332,148 +300,12 @@ def make_forecaster(kind: str, config: dict[str, Any] | Any = None, *, prefix_en
     return cls(cfg, prefix_end=prefix_end, horizons=horizons)
 
 
-_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _check_safetensors_header(path: Path, root: Path | None = None) -> dict[str, tuple[int, ...]]:
-    """Check a safetensors file before any tensor is read; return its tensor shapes by name.
-
-    Refused (``ModelFileError`` naming the file): not a regular file or a link leaving ``root``; a length
-    field past the end of the file or above :data:`MAX_HEADER_BYTES`; a header that is not a JSON object
-    (a list, a number, nesting deeper than ``gfm.inputs.MAX_JSON_DEPTH``); tensor names that are not plain
-    identifiers; dtypes other than F32; shapes that are not lists of non-negative integers; data offsets that
-    do not match the shape, overlap or do not cover the data exactly (a truncated or padded file)."""
-    import stat
-
-    from gfm.inputs import parse_json, regular_file
-
-    regular_file(path, root, error=ModelFileError)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ModelFileError(f"{path}: not a regular file")
-        size = st.st_size
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ModelFileError(f"{path}: truncated safetensors file")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER_BYTES or n > size - 8:
-                raise ModelFileError(f"{path}: safetensors header of {n} bytes is larger than allowed "
-                                     f"({min(MAX_HEADER_BYTES, size - 8)})")
-            text = f.read(n)
-    finally:
-        os.close(fd)
-    header = parse_json(text, f"{path}: safetensors header", error=ModelFileError)
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: safetensors header must be a JSON object; got a {type(header).__name__}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise ModelFileError(f"{path}: safetensors __metadata__ must map strings to strings")
-            continue
-        if not _NAME_RE.match(name):
-            raise ModelFileError(f"{path}: tensor name {name!r:.80} is not a plain identifier")
-        if not isinstance(info, dict):
-            raise ModelFileError(f"{path}: tensor {name!r} must be described by an object")
-        if info.get("dtype") != "F32":
-            raise ModelFileError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r:.40}; expected F32")
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise ModelFileError(f"{path}: tensor {name!r} has shape {shape!r:.60}; expected non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets))
-                or not 0 <= offsets[0] <= offsets[1] or offsets[1] - offsets[0] != 4 * math.prod(shape)):
-            raise ModelFileError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.60}; expected "
-                                 f"[begin, begin + {4 * math.prod(shape)}] for shape {shape}")
-        shapes[name] = tuple(shape)
-        spans.append(tuple(offsets))
-    end = 0
-    for begin, stop in sorted(spans):
-        if begin != end:
-            raise ModelFileError(f"{path}: tensor data overlap or leave gaps (at byte {begin}, expected {end})")
-        end = stop
-    if end != size - 8 - n:
-        raise ModelFileError(f"{path}: tensor data end at byte {end} but the file holds {size - 8 - n} data bytes "
-                             "(truncated or padded)")
-    return shapes
-
-
-def _nonfinite_numbers(obj: Any, where: str = "extra") -> list[str]:
-    """Paths of non-finite numbers in a config's fitted values (JSON allows NaN and Infinity)."""
-    if isinstance(obj, float):
-        return [] if math.isfinite(obj) else [where]
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _nonfinite_numbers(v, f"{where}.{k}")]
-    if isinstance(obj, list):
-        return [p for i, v in enumerate(obj) for p in _nonfinite_numbers(v, f"{where}[{i}]")]
-    return []
-
-
-def load_forecaster(directory: str | Path) -> Forecaster:
-    """Load a forecaster saved by :meth:`Forecaster.save`, refusing anything unexpected.
-
-    Everything ``gfm check`` asks of a model directory is checked here, so a stage never forecasts with a
-    model that check refuses: both files regular and inside the directory, config JSON bounded in size and
-    depth, safetensors header (see :func:`_check_safetensors_header`), tensors of exactly the shapes the
-    model builds, every tensor and fitted value finite.
-
-    Raises:
-        ModelFileError: missing files, wrong format, unsafe, misshapen or non-finite tensors or names.
-        ForecasterError: unknown kind or invalid config.
-    """
-    from safetensors import SafetensorError
-
-    from gfm.inputs import file_problem, read_json
-
-    directory = Path(directory)
-    problem = file_problem(directory, want_dir=True)
-    if problem:
-        raise ModelFileError(f"{directory}: model directory is {problem}")
-    cfg_path, w_path = directory / "config.json", directory / "weights.safetensors"
-    for p in (cfg_path, w_path):
-        problem = file_problem(p, directory)
-        if problem == "missing":
-            raise ModelFileError(f"{p}: missing (a model directory holds config.json and weights.safetensors)")
-        if problem:
-            raise ModelFileError(f"{p}: {problem}")
-    meta = read_json(cfg_path, limit=MAX_HEADER_BYTES, root=directory, error=ModelFileError)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{cfg_path}: not a {FORMAT} v{FORMAT_VERSION} config")
-    kind = meta.get("kind")
-    if not isinstance(kind, str):
-        raise ModelFileError(f"{cfg_path}: 'kind' must be a string")
-    prefix_end, horizons, extra = meta.get("prefix_end"), meta.get("horizons"), meta.get("extra") or {}
-    if not _is_int(prefix_end) or not isinstance(horizons, list) or not all(map(_is_int, horizons)):
-        raise ModelFileError(f"{cfg_path}: 'prefix_end' must be an integer and 'horizons' a list of integers")
-    if not isinstance(extra, dict):
-        raise ModelFileError(f"{cfg_path}: 'extra' must be a mapping")
-    bad_extra = _nonfinite_numbers(extra)
-    if bad_extra:
-        raise ModelFileError(f"{cfg_path}: fitted values {', '.join(bad_extra[:5])} are not finite; re-run the "
-                             "train stage")
-    if not isinstance(meta.get("config") or {}, dict):
-        raise ModelFileError(f"{cfg_path}: 'config' must be a mapping")
-    _check_safetensors_header(w_path, directory)
-    fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
-    fc.extra = dict(extra)
-    try:
-        fc.load_state_tensors(load_file(str(w_path)))
-    except (RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as exc:
-        if isinstance(exc, GFMError):
-            raise
-        # e.g. a tensor of the wrong shape or a missing one: torch's message, first line, names it
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
-        raise ModelFileError(f"{w_path}: tensors do not fit a {kind!r} model ({detail[:300]})") from None
-    bad = sorted(n for n, t in fc.state_tensors().items() if not bool(torch.isfinite(t).all()))
-    if bad:
-        raise ModelFileError(f"{w_path}: tensors {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold "
-                             "non-finite values (NaN or Inf); re-run the train stage")
-    return fc
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+# The model files (format, save, checked load) live in model_files.py, which builds on the classes above, so
+# it is imported after them (gfm.forecasters imports this module before any other).
+from gfm.forecasters.model_files import (  # noqa: E402
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_HEADER_BYTES,
+    load_forecaster,
+    write_model,
+)
