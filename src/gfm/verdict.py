@@ -13,6 +13,7 @@ import numpy as np
 
 from gfm.errors import GFMError, one_line
 from gfm.inputs import MAX_JSON_BYTES, read_json
+from gfm.inputs import _is_int as is_int
 
 __all__ = ["Verdict", "READ_BYTES", "runs_text", "foreign_line", "zarr_attrs", "is_int"]
 
@@ -46,10 +47,6 @@ def zarr_attrs(path: Path) -> Any:
     except GFMError:
         return None
     return meta.get("attributes", {}) if isinstance(meta, dict) else None
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def runs_text(runs: np.ndarray, limit: int = 5) -> str:

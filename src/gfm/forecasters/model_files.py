@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from gfm.config import to_dict
 from gfm.errors import GFMError
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
+from gfm.inputs import _is_int
 from gfm.verdict import Verdict
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "write_model", "load_forecaster", "check_model_dir",
@@ -193,10 +194,6 @@ def load_forecaster(directory: str | Path) -> Forecaster:
         raise ModelFileError(f"{w_path}: tensors {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold "
                              "non-finite values (NaN or Inf); re-run the train stage")
     return fc
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # --- gfm check: a model directory, a train stage's directory of per-seed models, a safetensors file -------
