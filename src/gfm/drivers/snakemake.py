@@ -97,11 +97,17 @@ def incomplete_outputs(root: str | Path = ".") -> set[str]:
 
 
 def params_changed(root: str | Path = ".") -> set[str]:
-    """Outputs whose recorded params differ from what the current params would give
-    (``snakemake --list-changes params``; the params are the rules' triggers, the same keys DVC lists)."""
-    out = snakemake(Path(root), ["--list-changes", "params"], profile=None,
-                    what="snakemake --list-changes params").stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    """Outputs whose recorded params differ from what the current params give (the params are the rules'
+    triggers, the same keys DVC lists), from ``snakemake --summary --rerun-triggers params``: with only the
+    params trigger, the summary's status ignores modification times. (``--list-changes params`` would be
+    the direct question, but Snakemake 9 lists every output that has recorded params there, changed or not.)"""
+    out = snakemake(Path(root), ["--summary", "--rerun-triggers", "params"], profile=None,
+                    what="snakemake --summary --rerun-triggers params").stdout
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    if not rows:
+        return set()
+    status = rows[0].index("status")
+    return {r[0] for r in rows[1:] if len(r) > status and r[status] == "params changed"}
 
 
 def touch_all(root: str | Path = ".") -> None:
