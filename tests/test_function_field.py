@@ -163,3 +163,23 @@ def test_overfits_one_trajectory(tiny_params, tiny_runs):
     stop = float((one.weights[:, K] - one.weights[:, hz[-1]]).pow(2).mean())
     print(f"overfit one run: {err / stop:.4g} x last_value")
     assert err < 0.02 * stop
+
+
+def test_lstm_z_reads_the_run_code_and_round_trips(tiny_params, tiny_runs, tmp_path):
+    """lstm_z (the encoder ablation): the LSTM's inputs carry gfm_function's code z of each run, the saved
+    model forecasts exactly as the fitted one, and a different code changes the forecast."""
+    K, hz = tiny_params.forecast.prefix_end, tiny_params.forecast.horizons
+    fc = make_forecaster("lstm_z", {"steps": 40, "eval_every": 20, "hidden": 8, "batch_size": 64, "probes": 8},
+                         prefix_end=K, horizons=hz)
+    fc.fit(tiny_runs["train"], tiny_runs["val"], rng=torch.Generator().manual_seed(0))
+    test = tiny_runs["test"].prefix(K)
+    (x,) = fc._inputs(test)
+    assert x.shape == (test.n_runs * test.n_params, K + 1, 5 + 2)
+    assert torch.allclose(x[:: test.n_params, 0, 5:], x[:: test.n_params, -1, 5:])   # z is constant in time
+    assert fc.states_needed() == fc.encoder.states_needed() == ("exp_avg", "exp_avg_sq")   # Adam runs
+    pred = fc.forecast(test, horizons=hz)
+    fc.save(tmp_path / "m")
+    again = load_forecaster(tmp_path / "m")
+    assert torch.equal(again.forecast(test, horizons=hz), pred)
+    again._z_stats = ([m + 3.0 for m in again._z_stats[0]], again._z_stats[1])
+    assert not torch.allclose(again.forecast(test, horizons=hz), pred)

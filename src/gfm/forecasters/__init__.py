@@ -6,6 +6,7 @@ Importing this package fills the registry ``FORECASTERS`` (name in params -> cla
 # Importing a module registers its forecasters (@register).
 from gfm.forecasters import (  # noqa: E402, F401  (baselines)
     classical,
+    conditioned,  # noqa: E402, F401  (lstm_z)
     function_field,  # noqa: E402, F401  (gfm_function)
     gfm,  # noqa: E402, F401  (gfm, gfm_plain)
     sequence,
