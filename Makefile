@@ -19,7 +19,7 @@ RUN_DIR := $(if $(PRESET),build/$(PRESET),.)
 # for the CPU-only build, .../whl/cu<version> for one CUDA version. To switch: rm -rf .venv, make venv again.
 TORCH_INDEX ?=
 
-.PHONY: help venv run test test-full lint smoke dag bench clean adopt pull commit cluster cluster-up cluster-down test-cluster
+.PHONY: help venv run test test-fast test-full lint smoke dag bench clean adopt pull commit cluster cluster-up cluster-down test-cluster
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ endif
 
 test: $(STAMP)  ## run the test suite (not slow, not gpu)
 	$(BIN)/python -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the day-to-day subset (no end-to-end tool runs; under 3 min on 2 cores); CI runs make test
+	$(BIN)/python -m pytest -m "fast and not slow and not gpu and not cluster" $(PYTEST_ARGS)
 
 test-full: $(STAMP)  ## every test that this machine can run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,8 +5,9 @@ Everything is derived from the real tools, not from a list of stages: DVC's own 
 
 * Structure (no jobs run; the default and the tiny study): every Snakemake output lies in exactly one DVC
   out and is made by a rule that stage allows; every stage is `snakemake --cores all --allowed-rules ...
-  -- <targets>` with no machine flags; data inputs of a stage's jobs are its DVC deps and vice versa; the
-  rules file of each allowed rule is a dep.
+  -- <targets>` with no machine flags; data and code inputs of a stage's jobs are its DVC deps and vice
+  versa; the rules file of each allowed rule is a dep. (dvc.yaml is generated from gfm.pipeline's stage
+  table; this checks the generated file against Snakemake's own DAG.)
 * Params (on a run of the tiny study): a params key is a change for DVC exactly when it is one for
   Snakemake's params trigger, per top-level section, judged by the tools themselves (`dvc status`,
   `snakemake --summary` status "params changed").
@@ -105,7 +106,8 @@ def test_same_outputs_rules_and_commands(dry_repo):
             problems.append(f"DVC out {out} of {st.name} holds no Snakemake output")
     for st in stages:
         for d in st.deps:
-            if d.startswith("data/") and not any(_covers(i, d) for i in job_inputs[st.name]):
+            # data and code alike: a code dep is an input of the stage's rules, so Snakemake re-runs on code edits
+            if d.startswith(("data/", "src/")) and not any(_covers(i, d) for i in job_inputs[st.name]):
                 problems.append(f"{st.name}: DVC dep {d} is not an input of any of its Snakemake jobs")
     assert not problems, "\n".join(problems)
 

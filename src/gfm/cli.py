@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
     cli_stages.add_parsers(sub)
     cli_tools.add_parsers(sub)
-    from gfm.pipeline import add_commands  # gfm pipeline (dvc.yaml from the stage table), gfm train-index
+    from gfm.pipeline.dvc_yaml import add_commands  # gfm pipeline (dvc.yaml from the stages), gfm train-index
 
     add_commands(sub)
     for name in THREADED:  # every torch-heavy command takes --threads (rules pass their `threads:`)
@@ -105,7 +105,7 @@ EXAMPLES = {
     "slurm-check": "gfm slurm-check --profile profiles/slurm",
     "workspace": "gfm workspace build/quick --params params.quick.yaml && cd build/quick && dvc repro",
     "check": "gfm check data/trajectories data/models reports/claims.json",
-    "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from src/gfm/pipeline.py",
+    "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from the stage table (gfm.pipeline)",
     "train-index": "gfm train-index --store mlp_regression-sgd --out data/models/mlp_regression/sgd/index.json",
 }
 

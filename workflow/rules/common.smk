@@ -1,4 +1,4 @@
-# Paths, params triggers and code inputs of every rule, from the stage table in src/gfm/pipeline.py (the one
+# Paths, params triggers and code inputs of every rule, from the stage table in src/gfm/pipeline/__init__.py (the one
 # declaration of the stages; dvc.yaml is generated from it). Helper functions live here only: the rule files
 # hold rules (snakemake --lint).
 

@@ -1,0 +1,114 @@
+"""Code dependencies of a stage: the import closure, inside ``src/gfm``, of the modules it runs.
+
+Walked in the source's AST, not executed, so lazy imports inside functions count as much as module-level ones
+(editing a module a stage imports only on some path still changes what it may compute).
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+from gfm.pipeline import SRC, stage
+
+__all__ = ["import_closure", "code_deps"]
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _import_nodes(tree: ast.AST, *, module_level: bool):
+    """Import statements that can run: all of them, lazy ones inside functions included, or (``module_level``)
+    those that run when the module is imported. ``if TYPE_CHECKING:`` blocks never run."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                stack.extend(child.orelse)
+                continue
+            if module_level and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child
+            stack.append(child)
+
+
+@cache
+def _parse(file: Path, mtime_ns: int) -> ast.Module:
+    return ast.parse(file.read_text(), filename=str(file))
+
+
+@cache
+def _module_file(name: str, src: Path) -> Path | None:
+    """``gfm.a.b`` -> src/a/b.py or src/a/b/__init__.py (``src`` is the gfm package directory)."""
+    parts = name.split(".")[1:]
+    base = src.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(name: str, file: Path, src: Path, *, module_level: bool) -> frozenset[str]:
+    """The ``gfm`` modules that module ``name`` (source ``file``) imports."""
+    return _imports_cached(name, file, file.stat().st_mtime_ns, src, module_level)
+
+
+@cache
+def _imports_cached(name: str, file: Path, mtime_ns: int, src: Path, module_level: bool) -> frozenset[str]:
+    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in _import_nodes(_parse(file, mtime_ns), module_level=module_level):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")
+            anchor = anchor[:len(anchor) - node.level + 1]
+            base = ".".join(anchor + ([node.module] if node.module else []))
+        found.add(base)
+        # `from pkg import x`: x is a submodule or an attribute of pkg
+        found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}", src))
+    return frozenset(m for m in found if (m == "gfm" or m.startswith("gfm.")) and _module_file(m, src))
+
+
+def import_closure(modules: tuple[str, ...] | list[str], src: str | Path = SRC) -> list[Path]:
+    """Source files of ``modules`` and of every ``gfm`` module they import, directly or not, lazy imports
+    inside functions included (walked in the AST, not executed).
+
+    A package entered only as the parent of an imported module contributes its module-level imports (what
+    importing it runs), not the lazy ones of its functions (``gfm.__getattr__``'s)."""
+    src = Path(src)
+    full: set[str] = set()
+    parents: set[str] = set()
+    todo = [(m, False) for m in modules]
+    while todo:
+        name, module_level = todo.pop()
+        seen = parents if module_level else full
+        if name in full or name in seen:
+            continue
+        file = _module_file(name, src)
+        if file is None:
+            raise FileNotFoundError(f"{name}: no source under {src} (the stage table names a module that is gone)")
+        seen.add(name)
+        todo += [(p, True) for p in _parents(name)]
+        todo += [(m, False) for m in _imports(name, file, src, module_level=module_level)]
+    return sorted({_module_file(m, src) for m in full | parents})
+
+
+def code_deps(name: str, src: str | Path = SRC) -> list[str]:
+    """The code dependencies of stage ``name``: its import closure, as paths like ``src/gfm/x.py``."""
+    src = Path(src)
+    return [f"{SRC}/{f.relative_to(src).as_posix()}" for f in import_closure(stage(name).modules, src)]
