@@ -12,6 +12,7 @@ import yaml
 
 from conftest import TINY
 from gfm import accelerate, generate, split, train
+from gfm.accelerate_table import accelerate_section
 from gfm.cli import main
 from gfm.config import parse_params
 from gfm.errors import ParamsError
@@ -94,11 +95,11 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
     # the report section renders the measured numbers
     (tmp_path / "acc" / "least_squares_1d_gd").mkdir(parents=True)
     (tmp_path / "acc" / "least_squares_1d_gd" / "sgd.json").write_text(out.read_text())
-    lines = accelerate.accelerate_section(params, tmp_path / "acc")
+    lines = accelerate_section(params, tmp_path / "acc")
     text = "\n".join(lines)
     assert "## Jump-ahead training" in text and f"{m['speedup_steps']:.2f}x ✓" in text
     assert f"| exp_fit | {m['steps_to_target_mean']:.3g} |" in text
-    assert accelerate.accelerate_section(params, tmp_path / "nothing") == []
+    assert accelerate_section(params, tmp_path / "nothing") == []
     # a model that was not trained for the store is a one-line error
     bad = parse_params({**doc, "train": {**doc["train"], "models": [*doc["train"]["models"], "lfd2"]},
                         "accelerate": {**doc["accelerate"], "models": ["lfd2"]}})

@@ -4,6 +4,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import yaml
 
@@ -12,10 +13,15 @@ from gfm.pipeline import path, trigger_values
 STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
 
 # Each stage's code: the import closure its dvc.yaml deps list (computed from the source when dvc.yaml is
-# generated; a test keeps the checked-in file fresh). As rule inputs they make Snakemake re-run a job whose
-# code was edited (its mtime trigger), as DVC does from their hashes.
+# generated; a test keeps the checked-in file fresh), a subpackage held whole as its directory. As rule inputs
+# they make Snakemake re-run a job whose code was edited (its mtime trigger), as DVC does from their hashes;
+# Snakemake gets the files, because a directory's mtime does not change when a file in it is edited.
+def _code_files(dep):
+    return sorted(str(p) for p in Path(dep).rglob("*.py")) if Path(dep).is_dir() else [dep]
+
+
 with open("dvc.yaml") as _f:
-    CODE = {name: [d for d in stage.get("do", stage)["deps"] if d.startswith("src/")]
+    CODE = {name: [f for d in stage.get("do", stage)["deps"] if d.startswith("src/") for f in _code_files(d)]
             for name, stage in yaml.safe_load(_f)["stages"].items()}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gfm.pipeline import SRC, stage
 
-__all__ = ["import_closure", "code_deps"]
+__all__ = ["import_closure", "code_deps", "collapsed"]
 
 
 def _parents(name: str) -> list[str]:
@@ -112,3 +112,23 @@ def code_deps(name: str, src: str | Path = SRC) -> list[str]:
     """The code dependencies of stage ``name``: its import closure, as paths like ``src/gfm/x.py``."""
     src = Path(src)
     return [f"{SRC}/{f.relative_to(src).as_posix()}" for f in import_closure(stage(name).modules, src)]
+
+
+def collapsed(deps: list[str], src: str | Path = SRC) -> list[str]:
+    """``deps`` (from :func:`code_deps`) with every subpackage they hold whole written as its directory.
+
+    Fewer, larger deps keep dvc.lock small (DVC parses it, and checks each dep, on every ``dvc status``). A
+    directory is used only when each file in it (``__pycache__`` aside, which .dvcignore leaves out) is a
+    dep, so the directory's hash changes exactly when one of the deps does."""
+    src = Path(src)
+    out = set(deps)
+    subpackages = sorted({p.parent for p in src.rglob("__init__.py") if p.parent != src},
+                         key=lambda p: len(p.parts))
+    for pkg in subpackages:
+        files = [f for f in pkg.rglob("*") if f.is_file() and "__pycache__" not in f.relative_to(pkg).parts]
+        names = {f"{SRC}/{f.relative_to(src).as_posix()}" for f in files}
+        if names and names <= set(deps):
+            name = f"{SRC}/{pkg.relative_to(src).as_posix()}"
+            if not any(name.startswith(d + "/") for d in out):
+                out = {d for d in out if not d.startswith(name + "/")} | {name}
+    return sorted(out)

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from gfm.pipeline import PATHS, SRC, STAGES, Stage
-from gfm.pipeline.closure import code_deps
+from gfm.pipeline.closure import code_deps, collapsed
 
 __all__ = ["render_dvc_yaml", "render_stage", "add_commands"]
 
@@ -85,7 +85,7 @@ def render_stage(st: Stage, src: str | Path = SRC) -> list[str]:
     lines.append(f"{indent}cmd: snakemake --cores all --allowed-rules {' '.join(st.rules)} -- {targets}")
     deps = [_dvc_path(d, item) for d in st.deps]
     deps += sorted({f"workflow/rules/{st.rule_file}"})
-    deps += code_deps(st.name, src)
+    deps += collapsed(code_deps(st.name, src), src)
     lines += _entries("deps", deps, {_dvc_path(k, item): v for k, v in st.notes.items()}, indent, deps)
     params = [p.format(task=(item or {}).get("task", "{task}"), store=(item or {}).get("store", "{store}"))
               for p in st.params]
