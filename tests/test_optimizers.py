@@ -49,15 +49,25 @@ def test_update_matches_torch_optim_over_many_steps(name):
     assert set(state) == set(STATE_NAMES[name])
 
 
-def test_every_optimizer_is_tested_and_every_table_lists_the_same_optimizers():
+def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
     from gfm.config import _OPTIMIZER_KEYS
-    from gfm.forecasters.gfm_features import _N_STATE
+    from gfm.forecasters.gfm_features import n_state_features
+    from gfm.optimizers import SPECS
     from gfm.recorder import HYPER_NAMES as RECORDED
 
-    names = set(STATE_NAMES)
-    assert set(HYPER) == names == set(OPTIMIZER_NAMES) == set(OPTIMIZER_STATE_ARRAYS) == set(_N_STATE)
-    assert RECORDED is HYPER_NAMES
-    assert {k: set(v) - {"eps"} for k, v in _OPTIMIZER_KEYS.items()} == {k: set(v) for k, v in HYPER_NAMES.items()}
+    assert set(HYPER) == set(SPECS) == set(OPTIMIZER_NAMES)
+    # config, the recorder and GFM read the registry instead of keeping tables of their own
+    assert RECORDED is HYPER_NAMES and OPTIMIZER_STATE_ARRAYS == {k: len(s.state) for k, s in SPECS.items()}
+    assert {k: n_state_features(k) for k in SPECS} == OPTIMIZER_STATE_ARRAYS
+    for name, spec in SPECS.items():
+        # the params keys are exactly the hyper-parameters the rule reads (HYPER holds those, no more)
+        assert _OPTIMIZER_KEYS[name] == set(HYPER[name]) == {*spec.hyper, *(["eps"] if spec.reads_eps else [])}
+        # the state names are torch.optim's, so gfm.record copies them
+        p = torch.nn.Parameter(torch.ones(2))
+        opt = torch_optimizer(name, [p], HYPER[name])
+        p.grad = torch.ones(2)
+        opt.step()
+        assert set(opt.state[p]) - {"step"} == set(spec.state), name
     # the defaults a caller may leave out are config's defaults
     defaults = OptimizerConfig(name="adam", lr=0.1)
     assert all(getattr(defaults, k) == v for k, v in HYPER_DEFAULTS.items())

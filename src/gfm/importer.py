@@ -57,7 +57,7 @@ import numpy as np
 from gfm._version import __version__
 from gfm.config import StoreLayoutConfig
 from gfm.errors import GFMError
-from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
+from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, SPECS, STATE_NAMES, momentum_buffer_from_weights
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajectories", "default_meta_path",
@@ -65,34 +65,6 @@ __all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajector
 
 # Defaults of hyper-parameters the metadata may leave out: gfm.optimizers.HYPER_DEFAULTS (config's defaults).
 _META_KEYS = {"optimizer", "record_every", "steps", "layout", "dataset_seed", "name", "missing_state"}
-
-
-def momentum_buffer_from_weights(w: np.ndarray, lr: np.ndarray, optimizer: str, mu: np.ndarray) -> np.ndarray:
-    """The momentum buffer after each step of runs recorded at every step, from their weights alone.
-
-    Each update moves w by lr_{k-1} times the step, so step_k = (w_{k-1} - w_k) / lr_{k-1}; for heavy-ball
-    momentum the step is the buffer b_k, for Nesterov it is g_k + mu b_k = (1 + mu) b_k - mu b_{k-1}, solved
-    forward from b_0 = 0 (the recursion damps round-off by mu / (1 + mu) < 1 per step).
-
-    Args:
-        w: (run, step, param) weights.
-        lr: (run, step) learning rate of the update leaving each step.
-        optimizer: ``momentum`` or ``nesterov``.
-        mu: (run,) momentum.
-
-    Returns:
-        (run, step, param) float32 buffers; b_0 = 0.
-    """
-    buf = np.zeros_like(w, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        step = (w[:, :-1] - w[:, 1:]) / lr[:, :-1, None]
-    if optimizer == "momentum":
-        buf[:, 1:] = step
-        return buf
-    mu = np.asarray(mu, dtype=np.float64)[:, None]
-    for k in range(1, w.shape[1]):
-        buf[:, k] = (step[:, k - 1] + mu * buf[:, k - 1]) / (1 + mu)
-    return buf
 
 
 class TrajectoryImportError(GFMError, ValueError):
@@ -310,7 +282,7 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         if key in arrays:
             if arrays[key].shape != W.shape:
                 raise TrajectoryImportError(f"{src}: state_{s}: got shape {arrays[key].shape}; expected {W.shape}")
-        elif s == "momentum_buffer" and m.record_every == 1:  # momentum or nesterov
+        elif SPECS[m.optimizer].state_from_weights is not None and m.record_every == 1:  # momentum, nesterov
             filled[key] = "reconstructed from the weights (record_every 1)"
         elif m.missing_state == "zeros":
             filled[key] = "zeros (missing_state: zeros)"
@@ -357,12 +329,15 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         loss = (np.asarray(arrays["loss"][sl], dtype=np.float32) if "loss" in arrays
                 else np.full((len(rows), T), np.nan, dtype=np.float32))
         block = {"weights": w, "loss": loss, "lr": lr, "final/weights": w[:, -1], "final/loss": loss[:, -1]}
+        rebuilt = {}
+        if any(v.startswith("reconstructed") for v in filled.values()):
+            rebuilt = SPECS[m.optimizer].state_from_weights(w, lr, {h: m.hyper[h][sl] for h in hyper_names})
         for s in state_names:
             key = f"state/{s}"
             if key in arrays:
                 block[key] = np.asarray(arrays[key][sl], dtype=np.float32)
             elif key in filled and filled[key].startswith("reconstructed"):
-                block[key] = momentum_buffer_from_weights(w, lr, m.optimizer, m.hyper["momentum"][sl])
+                block[key] = rebuilt[s]
             else:
                 block[key] = np.zeros_like(w)
         finite = np.isfinite(w).reshape(len(rows), -1).all(1)

@@ -59,7 +59,7 @@ import zarr
 
 from gfm._version import __version__
 from gfm.errors import GFMError, StoreSchemaError
-from gfm.optimizers import HYPER_NAMES, STATE_NAMES
+from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 from gfm.outputs import TRAJECTORY_STORE, claim_output
 from gfm.store import SCHEMA_VERSION, append_run, create_run_group, finish_run_group, partial_path
 from gfm.tasks.base import ParamSpec, layout_from_shapes
@@ -111,7 +111,7 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
         momentum = same("momentum")
         nesterov = flag("nesterov")  # torch itself refuses Nesterov without momentum
         name = "nesterov" if nesterov else "momentum" if momentum > 0 else "sgd"
-        hyper = {"lr": same("lr"), "weight_decay": same("weight_decay"), "eps": 1e-8}
+        hyper = {"lr": same("lr"), "weight_decay": same("weight_decay"), "eps": HYPER_DEFAULTS["eps"]}
         if momentum > 0:
             hyper["momentum"] = momentum
     elif kind in (torch.optim.Adam, torch.optim.AdamW):

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gfm.errors import shorten
+from gfm.optimizers import HYPER_DEFAULTS, OPTIMIZER_NAMES, SPECS
 from gfm.schema import spec
 
-OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
-OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+# The names come from the registry (gfm.optimizers.SPECS, torch-free to import); Literal of a tuple is the
+# Literal of its items.
+OptimizerName = Literal[OPTIMIZER_NAMES]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,11 @@ class ScheduleConfig:
     min_ratio: float = spec(0.0, ge=0, le=1, doc="cosine: floor as a fraction of the base lr")
 
 
-# How many (run, param) state arrays each optimizer carries and records (gfm.optimizers.STATE_NAMES; a test
-# checks the two agree). Kept here so that validating params never imports torch.
-OPTIMIZER_STATE_ARRAYS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+# How many (run, param) state arrays each optimizer carries and records (the store size estimate's input).
+OPTIMIZER_STATE_ARRAYS: dict[str, int] = {n: len(s.state) for n, s in SPECS.items()}
 
-# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting (gfm.optimizers.
-# HYPER_NAMES lists the same names without eps; a test checks the two agree).
-_OPTIMIZER_KEYS = {
-    "sgd": {"lr", "weight_decay"},
-    "momentum": {"lr", "momentum", "weight_decay"},
-    "nesterov": {"lr", "momentum", "weight_decay"},
-    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
-    "adamw": {"lr", "beta1", "beta2", "eps", "weight_decay"},
-    "rmsprop": {"lr", "alpha", "eps", "weight_decay"},
-}
+# Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting.
+_OPTIMIZER_KEYS: dict[str, frozenset[str]] = {n: s.params_keys for n, s in SPECS.items()}
 
 
 @dataclass(frozen=True)
@@ -68,12 +61,12 @@ class OptimizerConfig:
 
     name: OptimizerName
     lr: Hyper = spec(ge=0)
-    momentum: Hyper = spec(0.9, ge=0, lt=1)
-    beta1: Hyper = spec(0.9, ge=0, lt=1)
-    beta2: Hyper = spec(0.999, ge=0, lt=1)
-    alpha: Hyper = spec(0.99, ge=0, lt=1)
-    eps: float = spec(1e-8, gt=0)
-    weight_decay: Hyper = spec(0.0, ge=0)
+    momentum: Hyper = spec(HYPER_DEFAULTS["momentum"], ge=0, lt=1)
+    beta1: Hyper = spec(HYPER_DEFAULTS["beta1"], ge=0, lt=1)
+    beta2: Hyper = spec(HYPER_DEFAULTS["beta2"], ge=0, lt=1)
+    alpha: Hyper = spec(HYPER_DEFAULTS["alpha"], ge=0, lt=1)
+    eps: float = spec(HYPER_DEFAULTS["eps"], gt=0)
+    weight_decay: Hyper = spec(HYPER_DEFAULTS["weight_decay"], ge=0)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
 
     @classmethod

@@ -24,15 +24,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gfm import optimizers
 from gfm.forecasters.base import ForecasterError, Trajectories
-from gfm.optimizers import DECOUPLED_WEIGHT_DECAY
 
 __all__ = ["Scales", "Context", "fit_scales", "recover_gradient", "build_context", "dynamic_features",
            "state_features", "n_state_features", "RUN_HYPER", "record_dt"]
 
 # Hyper-parameters that become run features when present (eps is fixed and tiny: left out).
 RUN_HYPER = ("lr", "momentum", "beta1", "beta2", "alpha", "weight_decay")
-_N_STATE = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 
 
 def record_dt(traj: Trajectories) -> float:
@@ -46,10 +45,10 @@ def n_state_features(optimizer: str) -> int:
     Raises:
         ForecasterError: an optimizer GFM has no state features for.
     """
-    if optimizer not in _N_STATE:
+    if optimizer not in optimizers.SPECS:
         raise ForecasterError(f"GFM has no optimizer-state features for {optimizer!r}; expected one of "
-                              f"{', '.join(sorted(_N_STATE))}")
-    return _N_STATE[optimizer]
+                              f"{', '.join(sorted(optimizers.SPECS))}")
+    return len(optimizers.SPECS[optimizer].state)  # one feature per state array (state_features)
 
 
 @dataclass
@@ -72,11 +71,8 @@ class Scales:
 
 
 def recover_gradient(traj: Trajectories) -> torch.Tensor:
-    """The gradient each logged update used, recovered from the weights and the logged state.
-
-    sgd: (w_k - w_{k+1}) / lr_k;  momentum, nesterov: b_{k+1} - mu b_k;  adam, adamw: M_k + (M_{k+1} - M_k) /
-    (1 - beta1); rmsprop: (w_k - w_{k+1}) (sqrt(s_{k+1}) + eps) / lr_k; minus weight_decay * w_k (the rule adds
-    it back) except for adamw, whose decay never enters the gradient. Exact when record_every = 1; with coarser
+    """The gradient each logged update used, recovered from the weights and the logged state by the inverse of
+    the optimizer's rule (:func:`gfm.optimizers.recover_gradient`). Exact when record_every = 1; with coarser
     records it is the mean gradient of the recorded span, roughly.
 
     Args:
@@ -85,26 +81,12 @@ def recover_gradient(traj: Trajectories) -> torch.Tensor:
     Returns:
         (run, record - 1, param): gradient of the update leaving records 0..T-2.
     """
-    w, opt = traj.weights, traj.optimizer
+    if traj.optimizer not in optimizers.SPECS:
+        raise ForecasterError(f"unknown optimizer {traj.optimizer!r}; expected one of "
+                              f"{', '.join(sorted(optimizers.SPECS))}")
     hp = {k: v.view(-1, 1, 1) for k, v in traj.hyper.items()}
     lr = traj.lr[:, :-1].unsqueeze(-1) * traj.record_every  # per-record span
-    dw = w[:, :-1] - w[:, 1:]
-    if opt == "sgd":
-        g = dw / lr
-    elif opt in ("momentum", "nesterov"):
-        b = traj.states["momentum_buffer"]
-        g = b[:, 1:] - hp["momentum"] * b[:, :-1]
-    elif opt in ("adam", "adamw"):
-        m = traj.states["exp_avg"]
-        g = m[:, :-1] + (m[:, 1:] - m[:, :-1]) / (1 - hp["beta1"])
-    elif opt == "rmsprop":
-        s = traj.states["square_avg"]
-        g = dw * (s[:, 1:].sqrt() + hp["eps"]) / lr
-    else:
-        raise ForecasterError(f"unknown optimizer {opt!r}; expected one of {', '.join(sorted(_N_STATE))}")
-    if "weight_decay" in hp and opt not in DECOUPLED_WEIGHT_DECAY:
-        g = g - hp["weight_decay"] * w[:, :-1]
-    return g
+    return optimizers.recover_gradient(traj.optimizer, traj.weights, traj.states, hp, lr)
 
 
 def _std(x: torch.Tensor) -> float:
@@ -154,9 +136,7 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
     if optimizer == "rmsprop":
         return [states["square_avg"].clamp_min(0).sqrt() / scales.g]
     if optimizer in ("adam", "adamw"):
-        n = torch.as_tensor(n_done).clamp_min(1.0)
-        mhat = states["exp_avg"] / (1 - hp["beta1"] ** n)
-        vhat = (states["exp_avg_sq"].clamp_min(0) / (1 - hp["beta2"] ** n)).sqrt()
+        mhat, vhat = optimizers.adam_moments(states, hp, torch.as_tensor(n_done).clamp_min(1.0))
         return [lr * mhat / (vhat + hp["eps"]) * m / scales.v, vhat / scales.g]
     return []
 
