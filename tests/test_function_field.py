@@ -183,3 +183,20 @@ def test_lstm_z_reads_the_run_code_and_round_trips(tiny_params, tiny_runs, tmp_p
     assert torch.equal(again.forecast(test, horizons=hz), pred)
     again._z_stats = ([m + 3.0 for m in again._z_stats[0]], again._z_stats[1])
     assert not torch.allclose(again.forecast(test, horizons=hz), pred)
+
+
+def test_rollout_loss_trains_through_the_optimizer_map(tiny_params, tiny_runs):
+    """unroll > 0 adds a loss differentiated through every replayed optimizer step: the fit differs from the
+    gradient-matching fit with the same random stream, and the rollout loss reaches the field's parameters."""
+    fc0, _ = fitted(tiny_params, tiny_runs, steps=20, samples=0)
+    fc1, _ = fitted(tiny_params, tiny_runs, steps=20, samples=0, unroll=3, unroll_sigma=0.1)
+    assert not torch.equal(fc0.module.basis, fc1.module.basis)
+    train = tiny_runs["train"]
+    runs = torch.arange(4)
+    K = tiny_params.forecast.prefix_end
+    from gfm.forecasters.gfm_features import recover_gradient
+
+    z = fc1.module.infer_code(train.weights[runs, :K].float(), recover_gradient(train).float()[runs, :K], create_graph=True)
+    loss = fc1._rollout_loss(train, runs, z, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and fc1.module.x.grad is not None and fc1.module.x.grad.abs().sum() > 0

@@ -45,6 +45,8 @@ from gfm.schema import spec
 
 __all__ = ["FunctionFieldConfig", "FunctionFieldGFM", "MLPShape", "mlp_shape"]
 
+_SECOND_MOMENTS = ("exp_avg_sq", "square_avg")  # optimizer states under a square root in the update
+
 
 @dataclass(frozen=True)
 class FunctionFieldConfig(FitOptions):
@@ -56,6 +58,10 @@ class FunctionFieldConfig(FitOptions):
     batch_size: int = spec(16, ge=1, doc="training runs per update")
     points: int = spec(8, ge=1, doc="recorded steps per run and update at which the gradient is matched")
     lr: float = spec(0.02, gt=0, doc="AdamW learning rate of the probes, weights, basis and ridge")
+    unroll: int = spec(0, ge=0, doc="records of a rollout loss through the optimizer map, started at random "
+                                    "records of the forecast window (0 = gradient matching only)")
+    unroll_sigma: float = spec(0.0, ge=0, doc="noise injected into each rollout's start, in units of the run's "
+                                              "weight change over the rollout")
     samples: int = spec(32, ge=0, doc="draws of the final weights per run (0: point forecasts only)")
     coverage: float = spec(0.9, gt=0, lt=1, doc="central-interval coverage of the final weights that the draws' "
                                                 "spread is calibrated to on the validation runs")
@@ -258,6 +264,8 @@ class FunctionFieldGFM(Forecaster):
             wk, gk = W[runs].gather(1, idx), g_all[runs].gather(1, idx)
             pred = self.module.surrogate(wk, z[:, None].expand(-1, cfg.points, -1), create_graph=True)
             loss = (pred - gk).pow(2).mean() / g_scale
+            if cfg.unroll:
+                loss = loss + self._rollout_loss(train, runs, z, rng)
             opt.zero_grad()
             loss.backward()
             norm = nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
@@ -286,6 +294,28 @@ class FunctionFieldGFM(Forecaster):
         if cfg.samples and val.n_runs:
             self.extra.update(calibrate(self, self.module, val, rng))
         return log
+
+    def _rollout_loss(self, train: Trajectories, runs: torch.Tensor, z: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Train on what is measured: replay ``unroll`` records from true (optionally noised) points of the forecast
+        window, differentiating through every optimizer step, and score the end against the recorded weights in
+        units of the run's own change over that window (discretise-then-optimise)."""
+        cfg, every, optimizer = self.config, train.record_every, train.optimizer
+        u = min(cfg.unroll, train.n_records - 1 - self.prefix_end)
+        k = torch.randint(self.prefix_end, train.n_records - u, (len(runs),), generator=rng)
+        w0, w_end = train.weights[runs, k].float(), train.weights[runs, k + u].float()
+        scale = (w_end - w0).pow(2).mean(-1, keepdim=True).clamp_min(1e-30)
+        w = w0 + cfg.unroll_sigma * scale.sqrt() * torch.randn(w0.shape, generator=rng) if cfg.unroll_sigma else w0
+        # second moments floored at 1e-30: where a weight's is exactly 0 (a dead unit) d sqrt(v) is inf and its
+        # product with a zero gradient NaN; the floor (sqrt = 1e-15 beside eps = 1e-8) is below float32 resolution
+        state = {n: train.states[n][runs, k].float().clamp_min(1e-30) if n in _SECOND_MOMENTS
+                 else train.states[n][runs, k].float() for n in opt_rules.STATE_NAMES[optimizer]}
+        hp = {n: v[runs].float()[:, None] for n, v in train.hyper.items()}
+        for j in range(u):
+            hp["lr"] = train.lr[runs, k + j].float()[:, None]
+            for s in range(every):
+                g = self.module.surrogate(w, z, create_graph=True)
+                w, state = opt_rules.update(optimizer, w, g, state, hp, ((k + j) * every + s + 1)[:, None].float())
+        return ((w - w_end).pow(2) / scale).mean()
 
     # --- forecasting ----------------------------------------------------------------------------------
     def _shape(self) -> MLPShape:
