@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in args.stores:
         st, _ = params.lookup_store(key)
         ts = open_trajectories(Path("data/trajectories") / st.task / f"{st.optimizer.name}.zarr")
-        split = read_split(Path("data/splits") / st.task / f"{st.optimizer.name}.json", ts.n_runs)
+        split = read_split(Path("data/splits") / st.task / f"{st.optimizer.name}.json", store=ts)
         for model in params.store_models(key):
             spec = dict(params.models[model])
             kind = spec.pop("kind")

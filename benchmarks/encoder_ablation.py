@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         st, _ = params.lookup_store(key)
         task, opt = st.task, st.optimizer.name
         ts = open_trajectories(Path("data/trajectories") / task / f"{opt}.zarr")
-        split = read_split(Path("data/splits") / task / f"{opt}.json", ts.n_runs)
+        split = read_split(Path("data/splits") / task / f"{opt}.json", store=ts)
         lstm_opts = chosen(params, models_dir, task, opt, "lstm")
         fn = chosen(params, models_dir, task, opt, "gfm_function")
         z_opts = {**lstm_opts, "probes": fn["probes"], "basis": fn["basis"], "encoder_lr": fn["lr"]}

@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -55,6 +54,8 @@ from gfm.optimizers import init_state, lr_multiplier, update
 from gfm.outputs import ACCELERATE, claim_output, write_text_output
 from gfm.pipeline import PATHS, under
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
+from gfm.seeds import hashed_seed
+from gfm.split import SplitError, read_split
 from gfm.tasks import Task, make_task
 
 __all__ = ["run", "simulate_jumps", "summarise", "AccelerateError", "SPEEDUP_TARGET"]
@@ -67,8 +68,7 @@ class AccelerateError(GFMError, ValueError):
 
 
 def _batch_seed(seed: int, task_name: str, run: RunId) -> int:
-    blob = json.dumps(["accelerate", int(seed), task_name, run.dataset_seed, run.index]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+    return hashed_seed("accelerate", int(seed), task_name, run.dataset_seed, run.index)
 
 
 def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdout: int, budget: int,
@@ -271,14 +271,14 @@ def summarise(plain: dict, loop: dict, *, budget: int, timing: bool) -> dict[str
     return out
 
 
-def _read_split_runs(split: Path, part: str) -> dict[str, list[int]]:
+def _read_split_runs(split: Path, part: str, runs: list[RunId]) -> dict[str, list[int]]:
+    """The ``part`` run ids of each dataset seed, checked like every stage's split (gfm.split.read_split)
+    against the store's runs (``runs``, in store order)."""
     try:
-        datasets = json.loads(Path(split).read_text())["datasets"]
-        return {d: list(entry[part]) for d, entry in datasets.items()}
-    except FileNotFoundError:
-        raise AccelerateError(f"{split}: split file not found (run the split stage)") from None
-    except (ValueError, KeyError, TypeError):
-        raise AccelerateError(f"{split}: not a split file (expected JSON with datasets.<seed>.{part})") from None
+        datasets = read_split(split, run_seeds=np.array([r.dataset_seed for r in runs], dtype=np.int64))
+    except SplitError as exc:
+        raise AccelerateError(str(exc)) from None
+    return {d: list(entry[part]) for d, entry in datasets.items()}
 
 
 def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path, part: str = "test",
@@ -306,7 +306,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     spec, task_cfg = params.lookup_store(store_key)
     budget = acc.budget or task_cfg.steps
     all_runs = run_ids(params.generate.dataset_seeds, task_cfg.runs_per_dataset)
-    chosen = _read_split_runs(split, part)
+    chosen = _read_split_runs(split, part, all_runs)
     t_start = time.perf_counter()
     per_model: dict[str, list[dict]] = {"plain": [], **{m: [] for m in acc.models}}
     for d, ids in sorted(chosen.items(), key=lambda kv: int(kv[0])):

@@ -38,18 +38,10 @@ from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, Store
 from gfm.forecasters import Trajectories, load_forecaster
 from gfm.inputs import tree_problems
 from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
-from gfm.split import read_split as _read_split
+from gfm.split import read_split  # re-exported: evaluate and generalize import it from here
 from gfm.store import SCHEMA_VERSION, open_trajectories
 
 __all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
-
-
-def read_split(path: Path, n_runs: int | None = None, *, store=None) -> dict[str, dict[str, list[int]]]:
-    """The ``datasets`` mapping of a split file, or a clear error (see :func:`gfm.split.read_split`); given
-    the opened trajectory ``store``, its run ids must also be the store's and within their dataset seed."""
-    if store is not None:
-        return _read_split(path, run_seeds=store.runs["dataset_seed"])
-    return _read_split(path, n_runs)
 
 
 def test_runs(split: dict[str, dict[str, list[int]]]) -> tuple[dict[str, list[int]], int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,9 +68,11 @@ def run(cfg: SplitConfig, *, store: Path, out: Path) -> dict:
     return split
 
 
-def read_split(path: Path, n_runs: int | None = None, *, run_seeds: np.ndarray | None = None
+def read_split(path: Path, n_runs: int | None = None, *, run_seeds: np.ndarray | None = None, store: Any = None
                ) -> dict[str, dict[str, list[int]]]:
-    """The ``datasets`` mapping of a split file, checked before anything trusts it.
+    """The ``datasets`` mapping of a split file, checked before anything trusts it: the one reader of split
+    files (train, forecast, evaluate, generalize, accelerate and the benchmarks call it; ``gfm check`` calls
+    its two halves, :func:`read_split_structure` and :func:`split_problems`).
 
     Dataset keys become directory names downstream (``<models>/<seed>/``), so only decimal seeds are
     accepted: a pulled split file cannot point a stage at ``../`` anything. The rules ``gfm check`` applies
@@ -80,11 +83,15 @@ def read_split(path: Path, n_runs: int | None = None, *, run_seeds: np.ndarray |
         n_runs: the store's run count; when given, every run id must be in ``0..n_runs - 1``.
         run_seeds: the store's ``runs/dataset_seed`` (implies ``n_runs``); when given, every run listed under
             a dataset seed must belong to that seed.
+        store: the opened trajectory store the split belongs to: gives ``run_seeds`` (what only the store can
+            say: run ids within it and within their dataset seed).
 
     Raises:
         SplitError: missing file, not JSON, wrong structure, a non-decimal dataset key, a bad run id, parts
             that share runs, a run listed twice, or a run of another dataset seed.
     """
+    if store is not None:
+        run_seeds = store.runs["dataset_seed"]
     if run_seeds is not None:
         n_runs = len(run_seeds)
     datasets = read_split_structure(path, n_runs)

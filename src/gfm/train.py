@@ -27,7 +27,6 @@ seed, so adding a model or a store never changes another fit. CPU results are id
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from gfm.errors import GFMError, ParamsError
 from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
 from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.schema import build
+from gfm.seeds import hashed_seed
 from gfm.split import SplitError, read_split
 from gfm.store import open_trajectories, read_runs
 from gfm.tuning import budget_problems, choose, draw_trials, grid_size, learned_options, tuning_seed
@@ -124,8 +124,7 @@ def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
 
 def derive_seed(train_seed: int, store: str, model: str, dataset_seed: int | str) -> int:
     """A 63-bit seed for one fit, stable across Python versions and independent of every other fit."""
-    blob = json.dumps([int(train_seed), store, model, int(dataset_seed)]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+    return hashed_seed(int(train_seed), store, model, int(dataset_seed))
 
 
 def resolve_train_device(device: str, cls: type[Forecaster]) -> torch.device:
@@ -135,12 +134,6 @@ def resolve_train_device(device: str, cls: type[Forecaster]) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise GFMError("device: cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _read_split(path: Path, ts) -> dict[str, dict[str, list[int]]]:
-    # what `gfm check` asks of a split (structure, decimal seeds: they become directory names, disjoint parts,
-    # no repeats), plus what only the store can say: run ids within it and within their dataset seed
-    return read_split(path, run_seeds=ts.runs["dataset_seed"])
 
 
 def _weight_mse(fc: Forecaster, traj: Trajectories) -> list[float]:
@@ -285,7 +278,7 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
     if fcst.horizons[-1] >= ts.n_records:
         raise GFMError(f"forecast.horizons: {fcst.horizons[-1]} is beyond the last recorded step of {store} "
                        f"({ts.n_records - 1})")
-    datasets = _read_split(split, ts)
+    datasets = read_split(split, store=ts)
     # test runs are never read by this stage
     keep = {seed: {part: sorted(set(e[part]) - set(e["diverged"])) for part in ("train", "val")}
             for seed, e in datasets.items()}

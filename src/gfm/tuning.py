@@ -20,7 +20,6 @@ costs ``trials - 1`` extra fits per (store, model), since the chosen trial's fit
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -28,6 +27,7 @@ import random
 from typing import Any
 
 from gfm.forecasters.fitting import BUDGET_KEYS
+from gfm.seeds import hashed_seed
 
 __all__ = ["learned_options", "budget_problems", "draw_trials", "choose", "tuning_seed", "grid_size"]
 
@@ -58,8 +58,7 @@ def draw_trials(space: dict[str, list[Any]], trials: int, *, seed: int, model: s
     grid = [dict(zip(keys, map(json.loads, combo), strict=True)) for combo in itertools.product(*values)]
     if len(grid) < trials:
         raise ValueError(f"{model}: the search space has {len(grid)} option sets; {trials} trials need as many")
-    blob = json.dumps([int(seed), "tuning", model]).encode()
-    rng = random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:8], "little"))
+    rng = random.Random(hashed_seed(int(seed), "tuning", model, bits=64))
     return rng.sample(grid, trials)
 
 
