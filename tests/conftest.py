@@ -82,19 +82,24 @@ def repo_copy(tmp_path) -> Path:
     return make_repo(tmp_path / "repo", small=False, dvc_config=False)
 
 
-# `make test-fast` (pytest -m fast): the day-to-day subset. Every test is in it except those that use a fixture
-# that drives the real tools on a copy of the repository or trains a study end to end (each such fixture costs
-# from ~20 s to minutes on a 2-core machine) and the modules whose every test does; `make test` runs them all.
+# `make test-fast` (pytest -m fast): the day-to-day subset, under 3 minutes on a 2-core machine. Every test is in
+# it except those that use a fixture that drives the real tools on a copy of the repository or trains a study end
+# to end (each costs from ~20 s to minutes), the modules whose every test does, and the test functions listed in
+# tests/not_fast.txt (measured at 3 s or more); `make test` runs them all.
 HEAVY_FIXTURES = {"repo_copy", "dry_repo", "ran_repo", "producer", "quick", "slow_repo", "repo", "workspace",
                   "page", "built", "finished", "written", "pipeline", "staged", "slurm", "first", "retry",
                   "fitted", "cifar_dir", "lstm_model", "lstm_dir", "tiny_sgd_gd", "closed_params",
                   "slow_params_file"}
 HEAVY_MODULES = {"test_dag_agreement", "test_dvc_sharing", "test_pipeline", "test_experiments", "test_cluster",
                  "test_concurrency", "test_profiles", "test_handover"}
+NOT_FAST = {line.strip() for line in (ROOT / "tests" / "not_fast.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
-        if module not in HEAVY_MODULES and not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        function = item.nodeid.split("[", 1)[0]
+        if (module not in HEAVY_MODULES and function not in NOT_FAST
+                and not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.fast)

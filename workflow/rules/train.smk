@@ -2,7 +2,7 @@
 
 # Forecaster kinds that never use a GPU (closed-form or tiny per-parameter nets). Mirrors the forecasters'
 # `neural = False` flag (tests/test_train_stage.py checks it) so that the Snakefile need not import torch.
-CPU_KINDS = {"last_value", "linear", "exp_fit", "lfd2", "introspection", "wnn", "gfm_function"}
+CPU_KINDS = {"last_value", "linear", "exp_fit", "lfd2", "introspection", "wnn", "gfm_function", "lstm_z"}
 
 
 rule train:
