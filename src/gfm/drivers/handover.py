@@ -21,6 +21,7 @@ Commands::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,11 +120,13 @@ def commit_cluster_run(root: str | Path = ".", *, profile: str | None = None, dr
     """
     root = Path(root)
     extra: list[str] = []
-    if profile and not dry_run and slurm.is_slurm_profile(profile):
-        problems = slurm.slurm_profile_problems(profile)
+    # Snakemake also takes its profile from $SNAKEMAKE_PROFILE: a re-run under it needs the same checks
+    effective = profile or os.environ.get("SNAKEMAKE_PROFILE")
+    if effective and not dry_run and slurm.is_slurm_profile(root / effective):
+        problems = slurm.slurm_profile_problems(root / effective)
         if problems:
             raise DriverError("; ".join(problems))
-        extra = slurm.status_command_args(profile)
+        extra = slurm.status_command_args(root / effective)
     stages = dvc.dvc_stages(root)
     status = dvc.dvc_status(root)
     verdicts = tuple(stale_stages(status, stages, evidence(root, status), root)) if status else ()
