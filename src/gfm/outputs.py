@@ -33,11 +33,11 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gfm.atomic import write_text_atomic
 from gfm.errors import GFMError, one_line
 
 __all__ = [
@@ -370,19 +370,7 @@ def replace_output(tmp: str | Path, out: str | Path, kind: Kind, *, keep_tmp_on_
 
 
 def write_text_output(out: str | Path, kind: Kind, text: str) -> Path:
-    """Write a file output: claim ``out``, write a hidden temporary file beside it (a fresh name: nothing is
-    ever overwritten), flush it and rename it over ``out``."""
+    """Write a file output: claim ``out``, then write it atomically (:func:`gfm.atomic.write_text_atomic`),
+    claiming it again right before the rename: it may have changed while the stage ran."""
     out = claim_output(out, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        claim_output(out, kind)  # again: it may have changed while the stage ran
-        os.replace(name, out)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return out
+    return write_text_atomic(out, text, check=lambda: claim_output(out, kind))

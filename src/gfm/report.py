@@ -24,6 +24,7 @@ import platform
 from pathlib import Path
 
 from gfm import figures
+from gfm.atomic import write_text_atomic
 from gfm.comparisons import (
     ci_text,
     claims,
@@ -285,6 +286,4 @@ def update_readme(params: Params, metrics_dir: Path, readme: Path) -> None:
              *results_block(params, metrics), "", README_END]
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
-    tmp = readme.with_name(readme.name + ".tmp")  # never a half-written README
-    tmp.write_text(head + "\n".join(block) + tail)
-    os.replace(tmp, readme)
+    write_text_atomic(readme, head + "\n".join(block) + tail)  # never a half-written README
