@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gfm.atomic import write_text_atomic
 from gfm.pipeline import PATHS, SRC, STAGES, Stage
 from gfm.pipeline.closure import code_deps, collapsed
 
@@ -113,9 +114,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if out.exists() and out.read_text() == text:
         print(f"{out}: up to date")
         return 0
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text_atomic(out, text)
     print(f"{out}: written from the stage table in {SRC}/pipeline/__init__.py")
     return 0
 
