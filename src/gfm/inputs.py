@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gfm.errors import GFMError
-from gfm.store_files import _DONE_DIR, _LOCK_FILE, _STAMP
+from gfm.store_files import _DONE_DIR, _LOCK_FILE, _STAMP, is_chunk_key
 
 __all__ = [
     "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "file_problem", "regular_file",
@@ -283,27 +283,12 @@ def chunk_file_limit(meta: dict) -> int:
     return int(raw * 1.1) + 1024 * inner + 16 * inner + 4096
 
 
-def _chunk_key_re(meta: dict) -> re.Pattern:
-    ndim = len(meta["shape"])
-    enc = meta["chunk_key_encoding"]
-    sep = re.escape(enc.get("configuration", {}).get("separator", "/"))
-    if enc["name"] == "default":
-        return re.compile("c" + (sep + r"(\d+)") * ndim if ndim else r"c")
-    return re.compile(sep.join([r"(\d+)"] * ndim) if ndim else "0")
-
-
-def _is_chunk_key(meta: dict, key: str) -> bool:
-    m = _chunk_key_re(meta).fullmatch(key)
-    if not m:
-        return False
-    grid = [max(1, math.ceil(s / c)) for s, c in zip(meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"],
-                                                      strict=True)]
-    return all(int(i) < n for i, n in zip(m.groups(), grid, strict=True))
-
-
 def foreign_files(files: dict[str, int], groups: set[str], arrays: dict[str, dict]) -> list[str]:
     """Files of a Zarr directory that are not its own: anything but the ``zarr.json`` of the root, a group
     or a declared array, a chunk key within a declared array's grid, or a generator's done-marker / lock.
+    The listing-based twin of :func:`gfm.store_files.foreign_files` (which walks a store a writer resumes,
+    trusting the groups and arrays it finds): both judge chunk keys by :func:`gfm.store_files.is_chunk_key`,
+    so ``gfm check`` calls foreign exactly the chunk files a resumed writer would discard.
 
     Args:
         files: relative path -> size (from :func:`tree_problems`).
@@ -318,7 +303,7 @@ def foreign_files(files: dict[str, int], groups: set[str], arrays: dict[str, dic
         if _WRITER_FILES.fullmatch(rel):
             continue
         owner = next((a for a in arrays if rel.startswith(a + "/")), None)
-        if owner is not None and _is_chunk_key(arrays[owner], rel[len(owner) + 1:]):
+        if owner is not None and is_chunk_key(arrays[owner], rel[len(owner) + 1:]):
             continue
         out.append(rel)
     return out

@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["partial_path", "foreign_files"]
+__all__ = ["partial_path", "foreign_files", "is_chunk_key"]
 
 _DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
 _LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
@@ -23,9 +23,10 @@ def partial_path(path: str | Path) -> Path:
 _STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
 
 
-def _chunk_key_ok(meta: dict, key: str) -> bool:
+def is_chunk_key(meta: dict, key: str) -> bool:
     """``key`` (relative to an array's directory) names a chunk (or shard) inside the array's chunk grid;
-    True for any key of a grid or key encoding this code does not model (never discard what is not understood)."""
+    True for any key of a grid or key encoding this code does not model (never discard what is not understood).
+    Canonical indices only (ASCII digits, no leading zeros): zarr never reads ``c/01``, so it is not the array's."""
     try:
         shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
         enc = meta.get("chunk_key_encoding") or {"name": "default"}
@@ -92,7 +93,7 @@ def foreign_files(path: str | Path) -> list[Path]:
                 continue
             if child.is_symlink() or not child.is_dir():
                 if meta is not None and meta.get("node_type") == "array" and not child.is_symlink() \
-                        and _chunk_key_ok(meta, name):
+                        and is_chunk_key(meta, name):
                     continue
                 found.append(child)
                 continue
@@ -100,7 +101,7 @@ def foreign_files(path: str | Path) -> list[Path]:
                 for dirpath, dirs, files in os.walk(child):
                     for n in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
                         f = Path(dirpath, n)
-                        if f.is_symlink() or not _chunk_key_ok(meta, f.relative_to(d).as_posix()):
+                        if f.is_symlink() or not is_chunk_key(meta, f.relative_to(d).as_posix()):
                             found.append(f)
                 continue
             sub = meta_of(child) if meta is not None and meta.get("node_type") == "group" else None
