@@ -160,3 +160,23 @@ def test_status_command_follows_the_clusters_accounting(profile, monkeypatch):
     doc = yaml.safe_load((profile / "config.yaml").read_text())
     (profile / "config.yaml").write_text(yaml.safe_dump({**doc, slurm.STATUS_KEY: "squeue"}))
     assert slurm.status_command_args(profile) == []   # the profile says it itself
+
+
+def test_a_code_directory_is_judged_by_the_checksums_of_its_files(repo):
+    """DVC tracks a code subpackage as one directory dependency; Snakemake checksums its files one by one as
+    rule inputs. A changed lock entry for the directory (e.g. a dvc.lock from before the files were inputs)
+    makes the stage stale only when a file differs from what its outputs were made from."""
+    pkg = repo / "src" / "gfm" / "tasks"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("A = 1\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    status = {"split@s": [{"changed deps": {"src/gfm/tasks": "modified"}}]}
+    records = _records((repo / "data/splits/s.json").read_bytes())
+    records["data/splits/s.json"] = Record("data/splits/s.json", "split", ("src/gfm/tasks/a.py",),
+                                           {"src/gfm/tasks/a.py": _sha(b"A = 1\n")}, 20.0)
+    locked = frozenset({"split@s"})
+    assert not _verdicts(status, repo, records=records, locked=locked)["split@s"].stale
+    (pkg / "a.py").write_text("A = 2\n")
+    verdict = _verdicts(status, repo, records=records, locked=locked)["split@s"]
+    assert verdict.stale and "src/gfm/tasks/a.py differs" in verdict.reason

@@ -41,7 +41,7 @@ from gfm.errors import GFMError
 from gfm.forecast_check import check_forecast_store
 from gfm.inputs import file_problem, read_json, tree_problems
 from gfm.store_check import check_trajectory_store
-from gfm.verdict import READ_BYTES, Verdict, is_int, zarr_attrs
+from gfm.verdict import READ_BYTES, Verdict, artifact_kind, is_int
 
 __all__ = ["Verdict", "check_path", "READ_BYTES"]
 
@@ -71,7 +71,7 @@ def _check_under(path: Path, root: Path | None) -> list[Verdict]:
     if not path.is_dir() and not path.is_file():
         return [Verdict(path, "special file", [f"{file_problem(path)}; not read"])]
     try:
-        kind = _kind(path)
+        kind = artifact_kind(path)
     except GFMError as exc:  # a zarr.json / config.json that cannot even be classified
         return [Verdict(path, "directory", [str(exc).removeprefix(f"{path}/")])]
     if kind is None:
@@ -101,28 +101,6 @@ def _check_under(path: Path, root: Path | None) -> list[Verdict]:
 def _inside(path: Path, root: Path) -> bool:
     target = os.path.realpath(path)
     return target == str(root) or target.startswith(str(root).rstrip(os.sep) + os.sep)
-
-
-def _kind(path: Path) -> str | None:
-    if path.is_dir():
-        if (path / "zarr.json").is_file():
-            attrs = zarr_attrs(path)
-            return "forecast store" if isinstance(attrs, dict) and attrs.get("kind") == "forecast" \
-                else "trajectory store"
-        if (path / "config.json").is_file() or (path / "weights.safetensors").is_file():
-            return "model"
-        if (path / "summary.json").is_file():
-            return "trained models"
-        if (path / "summary.md").is_file() or (path / "summary.html").is_file():
-            return "report"
-        return None
-    if path.suffix == ".json":
-        return "json"
-    if path.suffix == ".csv":
-        return "csv"
-    if path.suffix == ".safetensors":
-        return "safetensors"
-    return None
 
 
 def _read_json(path: Path) -> Any:

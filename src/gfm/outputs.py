@@ -41,12 +41,13 @@ from gfm.atomic import write_text_atomic
 from gfm.errors import GFMError, one_line
 
 __all__ = [
-    "OutputError", "Kind", "KINDS", "TMP_MARKER", "claim_output", "unsafe_location", "open_temp_dir",
+    "OutputError", "Kind", "KINDS", "TMP_MARKER", "WORKSPACE_MARKER", "claim_output", "unsafe_location", "open_temp_dir",
     "replace_output", "remove_output", "write_text_output", "discard_temp",
     "TRAJECTORY_STORE", "FORECASTS", "MODELS", "MODEL", "PLOTS", "REPORT", "SPLIT", "METRICS", "GENERALIZE",
     "ACCELERATE", "WORKSPACE",
 ]
 
+WORKSPACE_MARKER = ".gfm-workspace.json"  # written into every gfm workspace (gfm.workspace)
 TMP_MARKER = ".gfm-writing"  # inside every temporary output directory until the rename: "this one is ours"
 SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
 _COUNT_LIMIT = 10_000  # files counted in a refused directory before "more than"
@@ -141,7 +142,7 @@ def _zarr_artifact(path: Path, what: str, forecast: bool) -> str | None:
 
 def _describe(path: Path) -> str | None:
     """Another artifact of this pipeline at ``path`` (gfm check's recognition), as a phrase, or None."""
-    from gfm.check import _kind
+    from gfm.verdict import artifact_kind as _kind
 
     try:
         kind = _kind(path)
@@ -191,9 +192,8 @@ def _own_report(path: Path) -> str | None:
 
 
 def _own_workspace(path: Path) -> str | None:
-    from gfm.workspace import MARKER
 
-    return None if (path / MARKER).is_file() else _holds(sorted(path.iterdir()), path, "a gfm workspace")
+    return None if (path / WORKSPACE_MARKER).is_file() else _holds(sorted(path.iterdir()), path, "a gfm workspace")
 
 
 def _json_kind(what: str, keys: set[str]) -> Callable[[Path], str | None]:

@@ -15,7 +15,7 @@ from gfm.errors import GFMError, one_line
 from gfm.inputs import MAX_JSON_BYTES, read_json
 from gfm.inputs import _is_int as is_int
 
-__all__ = ["Verdict", "READ_BYTES", "runs_text", "foreign_line", "zarr_attrs", "is_int"]
+__all__ = ["Verdict", "READ_BYTES", "runs_text", "foreign_line", "zarr_attrs", "is_int", "artifact_kind"]
 
 READ_BYTES = 64 << 20  # at most this much array data is held in memory at once
 
@@ -57,3 +57,26 @@ def runs_text(runs: np.ndarray, limit: int = 5) -> str:
 def foreign_line(foreign: list[str]) -> str:
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     return f"files that are not part of the store: {shown} (an interrupted writer's or a stranger's; delete them)"
+
+
+def artifact_kind(path: Path) -> str | None:
+    """What kind of artifact ``path`` looks like (from its files and attributes), None if none of ours."""
+    if path.is_dir():
+        if (path / "zarr.json").is_file():
+            attrs = zarr_attrs(path)
+            return "forecast store" if isinstance(attrs, dict) and attrs.get("kind") == "forecast" \
+                else "trajectory store"
+        if (path / "config.json").is_file() or (path / "weights.safetensors").is_file():
+            return "model"
+        if (path / "summary.json").is_file():
+            return "trained models"
+        if (path / "summary.md").is_file() or (path / "summary.html").is_file():
+            return "report"
+        return None
+    if path.suffix == ".json":
+        return "json"
+    if path.suffix == ".csv":
+        return "csv"
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    return None

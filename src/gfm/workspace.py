@@ -21,13 +21,14 @@ import shutil
 from pathlib import Path
 
 from gfm.errors import GFMError
+from gfm.outputs import WORKSPACE_MARKER
 
 __all__ = ["PIPELINE_FILES", "MARKER", "WorkspaceError", "sync_workspace"]
 
 # What a workspace needs from the repository: the DAG (both drivers), the profiles, and the code dvc.yaml
 # lists as dependencies.
 PIPELINE_FILES = ("Snakefile", "dvc.yaml", ".dvcignore", "workflow", "profiles", "src")
-MARKER = ".gfm-workspace.json"   # written into every workspace; a directory without it is never overwritten
+MARKER = WORKSPACE_MARKER   # written into every workspace; a directory without it is never overwritten
 
 
 class WorkspaceError(GFMError):

@@ -12,8 +12,9 @@ from gfm.pipeline import path, trigger_values
 
 STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
 
-# Each stage's code: the import closure its dvc.yaml deps list (computed from the source when dvc.yaml is
-# generated; a test keeps the checked-in file fresh), a subpackage held whole as its directory. As rule inputs
+# Each stage's code: its rule file and the import closure its dvc.yaml deps list (computed from the source when
+# dvc.yaml is generated; a test keeps the checked-in file fresh), a subpackage held whole as its directory. As
+# rule inputs they are checksummed in Snakemake's records, from which `gfm commit` judges them by content; and
 # they make Snakemake re-run a job whose code was edited (its mtime trigger), as DVC does from their hashes;
 # Snakemake gets the files, because a directory's mtime does not change when a file in it is edited.
 def _code_files(dep):
@@ -21,7 +22,8 @@ def _code_files(dep):
 
 
 with open("dvc.yaml") as _f:
-    CODE = {name: [f for d in stage.get("do", stage)["deps"] if d.startswith("src/") for f in _code_files(d)]
+    CODE = {name: [f for d in stage.get("do", stage)["deps"] if d.startswith(("src/", "workflow/"))
+                   for f in _code_files(d)]
             for name, stage in yaml.safe_load(_f)["stages"].items()}
 
 

@@ -7,6 +7,8 @@ made from the current ones. Per changed dependency:
 
 * a **file Snakemake checksummed** (a rule input up to 1 MB: split JSONs, model indexes, code files that
   are rule inputs): the checksum recorded with every output of the stage must equal the file's content now;
+  a directory whose files are all such inputs (a code subpackage DVC tracks as one dependency) likewise, file
+  by file;
 * a **directory made by another stage** (a store, a model directory): every output of the stage must have
   been made by a job Snakemake started after the jobs that made that directory (the order of Snakemake's
   own job records, written by the one host that runs Snakemake);
@@ -78,6 +80,12 @@ def _sha256(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def _tree_files(path: Path, root: Path) -> list[str]:
+    """The files under ``path`` as repository paths, without ``__pycache__`` (which .dvcignore leaves out)."""
+    return sorted(p.relative_to(root).as_posix() for p in path.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+
+
 def _changes(entries: list) -> tuple[str, list[str], bool]:
     """(a reason that makes the stage stale by itself, changed dependency paths, params changed)."""
     reason, deps, params = "", [], False
@@ -109,6 +117,12 @@ def _dep_verdict(dep: str, made: list[Record], producers: list[Record], locked: 
         now = _sha256(path)
         differ = [r.output for r in readers if r.checksums[dep] != now]
         return f"{dep} differs from the content {differ[0]} was made from" if differ else ""
+    files = _tree_files(path, root) if path.is_dir() else []
+    if files and all(f in r.checksums for r in readers for f in files):
+        # a code directory DVC tracks as one dep while Snakemake sees (and checksums) its files one by one
+        now = {f: _sha256(root / f) for f in files}
+        differ = [(f, r.output) for r in readers for f in files if r.checksums[f] != now[f]]
+        return f"{differ[0][0]} differs from the content {differ[0][1]} was made from" if differ else ""
     if producers:
         first = min(r.started for r in readers)
         later = [p for p in producers if p.started > first + SAME_SUBMISSION_S]

@@ -78,9 +78,12 @@ def _imports_cached(name: str, file: Path, mtime_ns: int, src: Path, module_leve
             anchor = package.split(".")
             anchor = anchor[:len(anchor) - node.level + 1]
             base = ".".join(anchor + ([node.module] if node.module else []))
-        found.add(base)
-        # `from pkg import x`: x is a submodule or an attribute of pkg
-        found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}", src))
+        # `from pkg import x`: x is a submodule or an attribute of pkg. Only an attribute needs pkg whole (it may
+        # come from pkg's lazy __getattr__); for submodules pkg runs as their parent (its module-level imports)
+        subs = [f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}", src)]
+        found.update(subs)
+        if len(subs) < len(node.names):
+            found.add(base)
     return frozenset(m for m in found if (m == "gfm" or m.startswith("gfm.")) and _module_file(m, src))
 
 
