@@ -22,10 +22,11 @@ die() { echo "slurm-up: $*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "needs apt-get (Debian/Ubuntu); no apt here"
 t0=$(date +%s)
 
-# A previous bring-up that was not torn down would leave daemons holding the ports: stop it first.
-if ls /run/slurmctld.pid /run/slurmd.pid /run/slurmdbd.pid /run/munge/munged.pid /run/mysqld/mysqld.pid >/dev/null 2>&1; then
-  "$HERE/slurm-down.sh"
-fi
+# A previous bring-up that was not torn down would leave daemons holding the ports and munge's socket: stop
+# it first. Any one pid file is enough (a bring-up without slurmdbd leaves no slurmdbd or mysqld pid).
+for pf in /run/slurmctld.pid /run/slurmd.pid /run/slurmdbd.pid /run/munge/munged.pid /run/mysqld/mysqld.pid; do
+  if [ -e "$pf" ]; then "$HERE/slurm-down.sh"; break; fi
+done
 
 # Never let package scripts start services (there is no systemd; the daemons are started below).
 if [ ! -e /usr/sbin/policy-rc.d ]; then
