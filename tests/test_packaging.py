@@ -100,6 +100,18 @@ def test_constraints_pin_everything_make_venv_installs():
     assert installs and all("-c constraints.txt" in line for line in installs), installs
 
 
+def test_dvc_parses_yaml_with_the_c_parser():
+    # Without ruamel.yaml.clib every params.yaml and dvc.lock read is pure Python: a no-op `dvc status` on the
+    # default study took 9.2 s instead of 5.4 s (BENCHMARKS.md). ruamel >= 0.19 makes the C parser optional.
+    from dvc.utils.serialize._yaml import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: DVC falls back to the pure-Python parser"
+    assert YAML(typ="safe").Parser is CParser
+    assert parse_yaml("a: [1, {b: c}]", "x.yaml") == {"a": [1, {"b": "c"}]}
+
+
 def test_version_is_kept_in_one_place():
     """pyproject.toml reads the version from gfm/_version.py; the installed metadata agrees (else the editable
     install is stale: make venv)."""
