@@ -192,3 +192,25 @@ def test_a_subpackage_is_one_dep_only_when_every_file_in_it_is_one(tmp_path):
 
 def test_python_bytecode_is_not_part_of_a_directory_dep():
     assert "__pycache__/" in (ROOT / ".dvcignore").read_text().splitlines()
+
+
+def test_no_module_imports_from_the_package_face():
+    # The package face (gfm/__init__.py) sits on top: it re-exports the library's entry points lazily. A module
+    # that reads a name from it (say `from gfm import __version__`) draws an arrow back up and ties its stage's
+    # code deps to the face; `from gfm import <submodule>` is fine.
+    import ast
+
+    src = ROOT / "src" / "gfm"
+    submodules = {p.stem for p in src.glob("*.py")} | {p.name for p in src.iterdir() if (p / "__init__.py").exists()}
+    upward = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "gfm" and node.level == 0:
+                upward += [f"{path.relative_to(src)}: from gfm import {a.name}" for a in node.names
+                           if a.name not in submodules]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "gfm" \
+                    and node.attr not in submodules:
+                upward.append(f"{path.relative_to(src)}: gfm.{node.attr}")
+    assert not upward, upward
