@@ -10,6 +10,13 @@ from pathlib import Path
 
 from gfm.config import load_params as _load_params_file
 from gfm.errors import ParamsError
+from gfm.pipeline import PATHS
+
+
+def _folder(name: str) -> str:
+    """The folder of output ``name`` before its first wildcard (``metrics`` -> ``data/metrics``): a default."""
+    return PATHS[name].split("{", 1)[0].rstrip("/")
+
 
 __all__ = ["load_params", "add_parsers", "PARAMS_HELP", "STORE_HELP", "THREADS_HELP"]
 
@@ -196,9 +203,9 @@ def add_parsers(sub) -> None:
 
     gz = sub.add_parser("generalize", help="forecast one store's test runs with models fitted on another")
     gz.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
-    gz.add_argument("--data", default="data", metavar="DIR",
+    gz.add_argument("--data", default=_folder("trajectories").split("/")[0], metavar="DIR",
                     help="root of trajectories/, splits/, models/ (default: %(default)s)")
-    gz.add_argument("--out", default="data/metrics/generalize.json", metavar="METRICS.json",
+    gz.add_argument("--out", default=PATHS["generalize"], metavar="METRICS.json",
                     help="metrics JSON to write (default: %(default)s)")
     gz.set_defaults(func=_cmd_generalize)
 
@@ -206,27 +213,27 @@ def add_parsers(sub) -> None:
                                          "for DVC, both tracked by git")
     hl.add_argument("--metrics", nargs="+", required=True, metavar="METRICS.json",
                     help="evaluate's metrics JSON of each store to show, in this order")
-    hl.add_argument("--plots", default="data/plots", metavar="DIR",
+    hl.add_argument("--plots", default=_folder("plots"), metavar="DIR",
                     help="evaluate's plot CSVs, <task>/<optimizer>/ (default: %(default)s)")
-    hl.add_argument("--out", default="metrics.json", metavar="METRICS.json",
+    hl.add_argument("--out", default=PATHS["headline_metrics"], metavar="METRICS.json",
                     help="headline metrics JSON to write (default: %(default)s)")
-    hl.add_argument("--plot-data", default="plots", metavar="DIR",
+    hl.add_argument("--plot-data", default=PATHS["headline_plots"], metavar="DIR",
                     help="directory to write: error_vs_horizon/<store>.csv, trajectory/<store>.csv "
                          "(default: %(default)s)")
     hl.set_defaults(func=_cmd_headline)
 
     r = sub.add_parser("report", help="summary.md/.html + figures from every store's metrics")
     r.add_argument("--params", default="params.yaml", help=PARAMS_HELP, metavar="PARAMS.yaml")
-    r.add_argument("--metrics", default="data/metrics", metavar="DIR",
+    r.add_argument("--metrics", default=_folder("metrics"), metavar="DIR",
                    help="per-store metrics JSON, <task>/<optimizer>.json (default: %(default)s)")
-    r.add_argument("--plots", default="data/plots", metavar="DIR",
+    r.add_argument("--plots", default=_folder("plots"), metavar="DIR",
                    help="per-store plot CSVs written by evaluate (default: %(default)s)")
-    r.add_argument("--accelerate", default="data/metrics/accelerate", metavar="DIR",
+    r.add_argument("--accelerate", default=_folder("accelerate"), metavar="DIR",
                    help="jump-ahead results (a missing dir = none; default: %(default)s)")
     r.add_argument("--models", default=None, metavar="DIR",
                    help="trained models (data/models): the training-protocol tables and validation curves "
                         "(omitted: left out of the report)")
-    r.add_argument("--out", default="reports", metavar="DIR",
+    r.add_argument("--out", default=PATHS["reports"], metavar="DIR",
                    help="report directory: summary.md, summary.html, figures/ (default: %(default)s)")
     r.add_argument("--readme", default=None, metavar="README.md",
                    help="instead: regenerate this README's results block")
