@@ -34,8 +34,6 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # Run DVC's CLI with ruamel's C parser switched off: DVC builds YAML(typ="safe") per parse, which reads this
 # module global, so clearing it gives exactly what an install without ruamel.yaml.clib gets.
 _PURE = "import ruamel.yaml.main as m; m.CParser = None; from dvc.cli import main; raise SystemExit(main({argv}))"
