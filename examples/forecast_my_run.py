@@ -1,6 +1,6 @@
 """Forecast your own training run with a model the pipeline trained.
 
-    python examples/forecast_my_run.py               # the default study's gfm_function fit of dataset seed 1
+    python examples/forecast_my_run.py               # gfm_function's fit of dataset seed 1 (see DEFAULT_MODELS)
     python examples/forecast_my_run.py --model data/models/mlp_regression/sgd/lstm/3 --store runs/my_run.zarr
 
 A user loop (a 1 -> 10 -> 1 ReLU MLP fitting y = a x with SGD, minibatches from a shuffling DataLoader: the
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gfm
 
-DEFAULT_MODEL = "data/models/mlp_regression/sgd/gfm_function/1"
+ROOT = Path(__file__).resolve().parents[1]
+# Without --model: the first of these that exists, i.e. what `make run` (the default study) or
+# `make run PRESET=quick` (build/quick/) leaves behind; both train gfm_function on mlp_regression-sgd.
+DEFAULT_MODELS = [ROOT / "data/models/mlp_regression/sgd/gfm_function/1",
+                  ROOT / "build/quick/data/models/mlp_regression/sgd/gfm_function/1"]
+
+
+def default_model() -> Path:
+    for path in DEFAULT_MODELS:
+        if (path / "config.json").is_file():
+            return path
+    print("error: no trained model found at " + " or ".join(str(p) for p in DEFAULT_MODELS)
+          + "; run `make run PRESET=quick` (about 3 minutes) or `make run` first, or pass --model DIR",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 
 def user_run(store: str, *, hidden: int, samples: int, batch_size: int, lr: float, steps: int, every: int,
@@ -56,7 +72,8 @@ def user_run(store: str, *, hidden: int, samples: int, batch_size: int, lr: floa
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="a model directory of the train stage (one seed)")
+    ap.add_argument("--model", help="a model directory of the train stage (one seed); default: the first of "
+                    "DEFAULT_MODELS that exists")
     ap.add_argument("--store", default="runs/my_run.zarr", help="where to record the run")
     ap.add_argument("--hidden", type=int, default=10, help="hidden width (the model's training network: 10)")
     ap.add_argument("--samples", type=int, default=100)
@@ -66,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    fc = gfm.load_forecaster(args.model)
+    fc = gfm.load_forecaster(args.model or default_model())
     every = fc.trained_on.record_every or 1
     K, horizons = fc.prefix_end, fc.horizons
     print(f"{fc}\n  reads records 0..{K} (steps 0..{K * every}), forecasts records {list(horizons)}")
@@ -82,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'step':>6} {'forecast MSE':>13} {'last_value MSE':>15}")
     for step, a, b in zip(out.steps, mse, mse_stay):
         print(f"{step:>6} {a:>13.3g} {b:>15.3g}")
+    ratio = mse[-1] / mse_stay[-1]
+    print(f"at step {out.steps[-1]} the forecast's weight MSE is {ratio:.3g}x staying at step {K * every}'s: "
+          + ("better than stopping there" if ratio < 1 else "NOT better than stopping there on this run"))
 
     # the same run as arrays (what a loop that keeps its own weights would pass): SGD has no state to give
     run = gfm.prefix_from_arrays(ts.weights[0, : K + 1], optimizer="sgd", lr=args.lr, record_every=every,

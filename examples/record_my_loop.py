@@ -1,6 +1,9 @@
 """Record your own PyTorch training loop with gfm.record, then fit a GFM on the runs and forecast a new one.
 
     python examples/record_my_loop.py            # ~1 minute on a laptop CPU; writes runs/my_net.zarr
+
+It prints the GFM's final-weight error beside two references (extrapolating the last step, staying at step 10),
+whichever wins.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ class MyNet(nn.Module):
         return self.head(torch.tanh(self.norm(self.embed(x))))
 
 
-def main(path: str = "runs/my_net.zarr", n_runs: int = 24, steps: int = 60) -> None:
+def main(path: str = "runs/my_net.zarr", n_runs: int = 24, steps: int = 60, fit_steps: int = 300) -> dict[str, float]:
+    """Record ``n_runs`` runs of ``steps`` steps, fit a GFM on the first two thirds, forecast the rest.
+
+    Returns:
+        Final-weight MSE on the held-out runs per forecaster (``gfm``, ``linear``, ``last_value``).
+    """
     torch.set_num_threads(1)
     for r in range(n_runs):
         torch.manual_seed(r)
@@ -43,13 +51,27 @@ def main(path: str = "runs/my_net.zarr", n_runs: int = 24, steps: int = 60) -> N
                 rec.step(loss)
     ts = gfm.open_trajectories(path)
     print(f"{path}: {ts.n_runs} runs x {ts.n_records} records x {ts.n_params} params, state {ts.state_names}")
-    train, val, test = (Trajectories.from_store(ts, ids) for ids in (range(16), range(16, 20), range(20, 24)))
-    fc = make_forecaster("gfm", {"width": 32, "steps": 300, "eval_every": 100}, prefix_end=10, horizons=[30, 60])
+    n_train, n_val = n_runs * 2 // 3, n_runs // 6
+    train, val, test = (Trajectories.from_store(ts, ids) for ids in (
+        range(n_train), range(n_train, n_train + n_val), range(n_train + n_val, n_runs)))
+    K, end = 10, steps
+    fc = make_forecaster("gfm", {"width": 32, "steps": fit_steps, "eval_every": 100}, prefix_end=K,
+                         horizons=[end // 2, end])
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))
-    pred = fc.forecast(test.prefix(10), horizons=[60])[:, 0]
-    mse = float(((pred - test.weights[:, 60]) ** 2).mean())
-    stay = float(((test.weights[:, 10] - test.weights[:, 60]) ** 2).mean())
-    print(f"GFM final-weight MSE on 4 new runs: {mse:.4g} (staying at step 10: {stay:.4g})")
+    truth = test.weights[:, end]
+    preds = {"gfm": fc.forecast(test.prefix(K), horizons=[end])[:, 0],
+             "linear": make_forecaster("linear", {"window": 1}, prefix_end=K, horizons=[end]).forecast(
+                 test.prefix(K), horizons=[end])[:, 0],
+             "last_value": test.weights[:, K]}
+    mse = {name: float(((p - truth) ** 2).mean()) for name, p in preds.items()}
+    print(f"final-weight MSE at step {end} on {test.n_runs} new runs (from records 0..{K}):")
+    for name, value in mse.items():
+        print(f"  {name:<11} {value:.4g}  ({value / mse['last_value']:.3g}x staying at step {K})")
+    best = min(mse, key=mse.get)
+    print(f"best here: {best}." + ("" if best == "gfm" else
+          " GFM, fitted in seconds on a handful of runs with untuned options, does not beat it on this loop; the"
+          " pipeline gives every model the same budget and tunes it on validation runs (README, Results)."))
+    return mse
 
 
 if __name__ == "__main__":

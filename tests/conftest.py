@@ -39,9 +39,12 @@ def tiny_store(tiny_params, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for the module's fits (what Snakemake's `threads: 1` gives a job); restored after.
-    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``. ``GFM_TEST_THREADS`` overrides the count
+    (tests/margins.py)."""
+    from margins import THREADS
+
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
 

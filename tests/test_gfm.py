@@ -16,6 +16,7 @@ from gfm.forecasters import ForecasterError, Trajectories, load_forecaster, make
 from gfm.forecasters.gfm_features import recover_gradient
 from gfm.optimizers import STATE_NAMES, init_state, update
 from gfm.store import open_trajectories
+from margins import THREADS, at_least, fit_rng
 
 HP = {
     "sgd": {"lr": 0.05, "weight_decay": 0.01},
@@ -31,7 +32,7 @@ HP = {
 def one_thread():
     """Tiny matmuls: a second thread only adds contention on the shared 2-core machine."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)  # GFM_TEST_THREADS: tests/margins.py
     yield
     torch.set_num_threads(before)
 
@@ -104,9 +105,9 @@ def test_velocity_heads_overfit_a_single_tiny_adam_trajectory(kind, options, tin
     one = Trajectories.from_store(open_trajectories(tiny_store), [0])
     f = tiny_params.forecast
     fc = make_forecaster(kind, {**OVERFIT, **options}, prefix_end=f.prefix_end, horizons=f.horizons)
-    log = fc.fit(one, one, rng=torch.Generator().manual_seed(0))
+    log = fc.fit(one, one, rng=fit_rng(0))
     first, best = log[0]["train_loss"], min(r["train_loss"] for r in log)
-    assert best < first / 100, f"{kind} {options}: train loss {first:.3g} -> {best:.3g} (needs 100x)"
+    at_least(f"overfit[{kind} {options}]", first / best, 100)
 
 
 @pytest.mark.parametrize("target", ["velocity", "gradient"])
@@ -116,9 +117,9 @@ def test_rule_head_overfits_a_single_tiny_gradient_descent_trajectory(target, ti
     one = Trajectories.from_store(open_trajectories(tiny_sgd_gd), [0])
     f = tiny_params.forecast
     fc = make_forecaster("gfm", {**OVERFIT, "target": target}, prefix_end=f.prefix_end, horizons=f.horizons)
-    log = fc.fit(one, one, rng=torch.Generator().manual_seed(0))
+    log = fc.fit(one, one, rng=fit_rng(0))
     first, best = log[0]["train_loss"], min(r["train_loss"] for r in log)
-    assert best < first / 100, f"rule/{target}: train loss {first:.3g} -> {best:.3g} (needs 100x)"
+    at_least(f"overfit[rule/{target}]", first / best, 100)
 
 
 def test_coordinate_field_forecasts_a_network_size_it_never_saw():

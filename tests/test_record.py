@@ -16,6 +16,7 @@ from gfm.forecasters import Trajectories, make_forecaster
 from gfm.optimizers import HYPER_NAMES, STATE_NAMES, update
 from gfm.recorder import RecordError
 from gfm.split import make_split
+from margins import THREADS, at_least, fit_rng
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,7 +24,7 @@ def one_thread():
     """Tiny tensors: on a small shared CPU, OpenMP threads contending with other jobs made these tests ~40x
     slower (measured: 15 s vs 0.4 s for one stacked CNN simulation)."""
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)  # GFM_TEST_THREADS: tests/margins.py
     yield
     torch.set_num_threads(n)
 
@@ -149,7 +150,7 @@ def test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run(tmp_path):
     tr, va, te = (Trajectories.from_store(ts, ids) for ids in (train, val, test))
     fc = make_forecaster("gfm", {"width": 16, "steps": 80, "eval_every": 40}, prefix_end=8,
                          horizons=[16, 24, 40])
-    fc.fit(tr, va, rng=torch.Generator().manual_seed(0))
+    fc.fit(tr, va, rng=fit_rng(0))
     pred = fc.forecast(te.prefix(8), horizons=[40])
     assert pred.shape == (6, 1, ts.n_params) and torch.isfinite(pred).all()
     mse = float(((pred[:, 0] - te.weights[:, 40]) ** 2).mean())
@@ -157,7 +158,7 @@ def test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run(tmp_path):
     mse_lin = float(((lin.forecast(te.prefix(8), horizons=[40])[:, 0] - te.weights[:, 40]) ** 2).mean())
     prefix_gap = float(((te.weights[:, 8] - te.weights[:, 40]) ** 2).mean())
     # a trained field: far better than extrapolating the momentum-driven slope, and not exploding
-    assert mse < mse_lin / 3, (mse, mse_lin)
+    at_least("record_gfm_vs_linear", mse_lin / mse, 3)
     assert mse < 3 * prefix_gap, (mse, prefix_gap)
 
 

@@ -1,26 +1,55 @@
-"""gfm: learn how neural networks train (Gradient Flow Matching) and forecast where their weights end up."""
+"""gfm: learn how neural networks train (Gradient Flow Matching) and forecast where their weights end up.
+
+The public API (``dir(gfm)`` lists it):
+
+- ``gfm.record(path, model, optimizer, ...)``: record a training loop into a trajectory store.
+- ``gfm.open_trajectories(path)``: read a finished trajectory store.
+- ``gfm.load_forecaster(model_dir, ...)``: a model written by the train stage, with what it was fitted on.
+- ``gfm.forecast_run(model_dir, run, ...)``: load, then forecast one run, in one call.
+- ``gfm.prefix_from_arrays(weights, ...)``: a run held as arrays, in the form a forecaster reads.
+
+Each is imported on first use, so ``gfm validate`` and other light commands do not pay for torch and zarr.
+"""
+
+from __future__ import annotations
 
 from gfm._version import __version__
 
 __all__ = ["__version__", "open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"]
 
-# Forecasting a run with a trained model (gfm.forecasters.trained); not named ``forecast``: gfm.forecast is the
-# forecast stage's module, and importing it would shadow the function.
-_FORECASTING = {"load_forecaster": "load", "forecast_run": "forecast_run", "prefix_from_arrays": "prefix_from_arrays"}
+# name -> module holding it under the same name (imported on first access).
+_LAZY = {
+    "open_trajectories": "gfm.store",
+    "record": "gfm.recorder",
+    "forecast_run": "gfm.forecasters.trained",
+    "prefix_from_arrays": "gfm.forecasters.trained",
+}
+
+
+def load_forecaster(model_dir, *, seed=None, store=None):
+    """Load a model written by the train stage, with what it was fitted on (a ``TrainedForecaster``).
+
+    Args:
+        model_dir: one fit, ``data/models/<task>/<optimizer>/<model>/<seed>/``, or the model's directory with
+            ``seed``.
+        seed: the dataset seed whose fit to load, when ``model_dir`` is the model's directory.
+        store: the trajectory store the model was trained on (default: the pipeline's store beside the model).
+
+    Defined here, not re-exported, so that its name is its own: the loader of bare forecaster files is
+    ``gfm.forecasters.load_forecaster``; this one is ``gfm.forecasters.trained.load`` (full documentation).
+    """
+    from gfm.forecasters.trained import load
+
+    return load(model_dir, seed=seed, store=store)
 
 
 def __getattr__(name):
-    # Lazy, so `gfm validate` and other light commands do not pay for importing torch and zarr.
-    if name == "open_trajectories":
-        from gfm.store import open_trajectories
+    if name in _LAZY:
+        import importlib
 
-        return open_trajectories
-    if name == "record":
-        from gfm.recorder import record
-
-        return record
-    if name in _FORECASTING:
-        from gfm.forecasters import trained
-
-        return getattr(trained, _FORECASTING[name])
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gfm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -39,7 +39,7 @@ from gfm.errors import GFMError, ParamsError, one_line
 __all__ = ["main", "load_params"]
 
 # Modules that only the pipeline needs (pyproject.toml, extra `pipeline`), imported lazily where used, so
-# `pip install gfm` without the extra still gives the library and the stage commands: module -> distribution.
+# `pip install gfm-pipeline` without the extra still gives the library and the stage commands: module -> distribution.
 PIPELINE_MODULES = {"snakemake": "snakemake", "dvc": "dvc", "matplotlib": "matplotlib",
                     "sklearn": "scikit-learn", "markdown_it": "markdown-it-py"}
 
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         dist = PIPELINE_MODULES.get((exc.name or "").split(".")[0])
         if dist is None:
             raise
-        print(f"error: gfm {args.command} needs {dist}, part of gfm's `pipeline` extra: pip install "
-              f"'gfm[pipeline]' (in a checkout: pip install -e '.[pipeline]', or make venv)", file=sys.stderr)
+        print(f"error: gfm {args.command} needs {dist}, part of gfm-pipeline's `pipeline` extra: pip "
+              f"install 'gfm-pipeline[pipeline]' (in a checkout: pip install -e '.[pipeline]', or make venv)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -25,8 +25,8 @@ def tool(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise DriverError(f"{name!r} not found next to {sys.executable} nor on PATH; it comes with gfm's "
-                          f"`pipeline` extra: pip install 'gfm[pipeline]' (in a checkout: make venv)")
+        raise DriverError(f"{name!r} not found next to {sys.executable} nor on PATH; it comes with "
+                          f"gfm-pipeline's `pipeline` extra: pip install 'gfm-pipeline[pipeline]' (in a checkout: make venv)")
     return found
 
 
