@@ -32,10 +32,11 @@ TESTS = ["tests/test_forecasters_contract.py::test_overfits_a_single_tiny_trajec
          "tests/test_record.py::test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run"]
 
 
-def measure(seeds: list[int], threads: list[int], tests: list[str]) -> list[dict]:
+def measure(seeds: list[int], threads: list[int], tests: list[str], log: Path | None = None) -> list[dict]:
+    """Run ``tests`` per (seed, threads) and return every factor they logged (kept in ``log`` when given)."""
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "margins.jsonl"
+        log = log or Path(tmp) / "margins.jsonl"
         for n in threads:
             for seed in seeds:
                 env = {**os.environ, "GFM_TEST_SEED": str(seed), "GFM_TEST_THREADS": str(n),
@@ -68,8 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tests", nargs="+", default=TESTS)
+    ap.add_argument("--log", type=Path, help="keep the measured factors here (JSON lines; appended to)")
+    ap.add_argument("--table-only", action="store_true", help="only tabulate an existing --log")
     args = ap.parse_args(argv)
-    print(table(measure(args.seeds, args.threads, args.tests)))
+    if args.table_only:
+        print(table([json.loads(line) for line in args.log.read_text().splitlines()]))
+        return
+    print(table(measure(args.seeds, args.threads, args.tests, args.log)))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def test_version_is_kept_in_one_place():
     assert "version" in PYPROJECT["dynamic"] and "version" not in PYPROJECT
     dynamic = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]["version"]
     assert dynamic == {"attr": "gfm._version.__version__"}
-    assert version("gfm") == gfm.__version__
+    assert version(PYPROJECT["name"]) == gfm.__version__
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert PYPROJECT["license"] == "MIT"
 
@@ -153,7 +153,27 @@ def test_install_keeps_the_environments_torch(tmp_path, torch_version):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     would_install = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
-    assert would_install == {"gfm": gfm.__version__}, would_install
+    assert would_install == {PYPROJECT["name"]: gfm.__version__}, would_install
+
+
+def test_the_distribution_name_is_not_pypis_gfm_and_every_hint_uses_it():
+    """PyPI's `gfm` is an unrelated Markdown converter: `pip install 'gfm[pipeline]'` would install it."""
+    assert PYPROJECT["name"] == "gfm-pipeline"
+    hints = [p for p in (ROOT / "src").rglob("*.py") if "gfm[" in p.read_text() or "install gfm " in p.read_text()]
+    assert not hints, f"install hints naming PyPI's gfm: {hints}"
+    import gfm.cli
+    import gfm.drivers.process
+
+    for module in (gfm.cli, gfm.drivers.process):
+        assert "'gfm-pipeline[pipeline]'" in Path(module.__file__).read_text(), module.__name__
+
+
+def test_the_public_api_has_real_names_and_is_listed():
+    public = {"open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"}
+    assert set(dir(gfm)) == public | {"__version__"}
+    for name in public:
+        assert getattr(gfm, name).__name__ == name, name
+    assert "load_forecaster(model_dir" in " ".join(__import__("pydoc").render_doc(gfm.load_forecaster, renderer=__import__("pydoc").plaintext).split())
 
 
 # --- the library without the pipeline extra -------------------------------------------------------------------

@@ -11,8 +11,6 @@ The public API (``dir(gfm)`` lists it):
 Each is imported on first use, so ``gfm validate`` and other light commands do not pay for torch and zarr.
 """
 
-from __future__ import annotations
-
 from gfm._version import __version__
 
 __all__ = ["__version__", "open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"]
@@ -52,4 +50,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)
