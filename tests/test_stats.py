@@ -188,3 +188,15 @@ def test_seeds_to_resolve_matches_the_t_interval_it_promises():
     assert t_quantile(0.975, n - 2) * sd / math.sqrt(n - 1) >= abs(m) or n == 2
     assert seeds_to_resolve([1.0, 1.0], 1.0) is None  # on the threshold: never
     assert seeds_to_resolve([0.5], 1.0) is None  # one seed: no spread to plan with
+
+
+def test_a_verdict_within_the_tolerance_of_its_threshold_is_unstable():
+    """Another machine's round-off moves a headline number by up to ``tolerance`` (relative): an interval that
+    ends closer than that to the threshold cannot call the claim met or not met."""
+    assert verdict((0.5, 0.62), 0.7, 0.1) == "met"              # 0.682 < 0.7
+    assert verdict((0.5, 0.65), 0.7, 0.0) == "met"
+    assert verdict((0.5, 0.65), 0.7, 0.1) == "unstable"         # 0.715 >= 0.7: another CPU could end above it
+    assert verdict((0.72, 0.9), 0.7, 0.1) == "unstable"         # 0.72 / 1.1 = 0.655 < 0.7
+    assert verdict((0.78, 0.9), 0.7, 0.1) == "not met"          # 0.709 >= 0.7
+    assert verdict((0.6, 0.8), 0.7, 0.1) == "not resolved"      # straddles: the seeds cannot tell, whatever the CPU
+    assert verdict((float("nan"), 0.5), 0.7, 0.1) == "not resolved"

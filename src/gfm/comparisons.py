@@ -42,9 +42,10 @@ def _final_per_seed(m: dict, name: str) -> list[float] | None:
     return None if entry is None else entry["final_mse"].get("per_seed")
 
 
-def paired(m: dict, model: str, baseline: str, threshold: float, level: float) -> dict:
+def paired(m: dict, model: str, baseline: str, threshold: float, level: float, tolerance: float = 0.0) -> dict:
     """``model`` vs ``baseline`` on one store, paired by dataset seed: gfm.stats.PairedRatio as JSON plus the
-    ``verdict`` on "ratio < threshold" and a ``note`` (why there is no verdict, if so)."""
+    ``verdict`` on "ratio < threshold" (``unstable`` within ``tolerance`` of it: gfm.stats.verdict) and a
+    ``note`` (why there is no verdict, if so)."""
     a, b = _final_per_seed(m, model), _final_per_seed(m, baseline)
     missing = [n for n in (model, baseline) if n not in m["models"]]
     if missing:
@@ -58,7 +59,10 @@ def paired(m: dict, model: str, baseline: str, threshold: float, level: float) -
     note = out.pop("problem")
     if note is None and pr.n < 2:
         note = f"{pr.n} dataset seed(s): no interval"
-    v = verdict(pr.ci, threshold)
+    v = verdict(pr.ci, threshold, tolerance)
+    if v == "unstable" and note is None:
+        note = (f"the interval ends within {tolerance:.0%} of {threshold:g}, inside what another machine's "
+                "round-off can move")
     need = seeds_to_resolve(pr.per_seed, threshold, level) if v == "not resolved" else None
     if need is not None and note is None:
         note = f"about {need} seeds would resolve it at this effect and spread"
@@ -81,7 +85,7 @@ def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
                          "model": c.model, "baseline": c.baseline, "threshold": c.threshold,
                          "model_mean": _json_num(mean[c.model]), "baseline_mean": _json_num(mean[c.baseline]),
                          "dataset_seeds": list(m.get("dataset_seeds", [])),
-                         **paired(m, c.model, c.baseline, c.threshold, level),
+                         **paired(m, c.model, c.baseline, c.threshold, level, params.report.tolerance),
                          "method": METHOD.format(level=level)})
     return rows
 
@@ -105,7 +109,8 @@ def ci_text(r: dict) -> str:
 
 def verdict_text(r: dict) -> str:
     v = r["verdict"]
-    text = {"met": "met", "not met": "**not met**", "not resolved": "not resolved", "skipped": "skipped"}[v]
+    text = {"met": "met", "not met": "**not met**", "not resolved": "not resolved", "unstable": "unstable",
+            "skipped": "skipped"}[v]
     return text + (f" ({r['note']})" if r.get("note") and v != "met" else "")
 
 
@@ -113,7 +118,9 @@ def method_line(params: Params) -> str:
     return (f"Ratio = final-step weight MSE of the model ÷ the baseline's, {METHOD.format(level=params.report.level)}"
             f"; {len(params.generate.dataset_seeds)} dataset seeds. Verdict on \"ratio < threshold\": met = the "
             "whole interval is below the threshold, not met = the whole interval is at or above it, not resolved "
-            "= the interval straddles it (the seeds cannot tell). No correction for the number of claims.")
+            f"= the interval straddles it (the seeds cannot tell), unstable = met or not met with an interval edge within "
+            f"{params.report.tolerance:.0%} of the threshold (what round-off on another machine can move: README, "
+            "Reproducibility). No correction for the number of claims.")
 
 
 def paired_section(params: Params, metrics: dict[str, dict]) -> list[str]:
@@ -143,7 +150,7 @@ def paired_section(params: Params, metrics: dict[str, dict]) -> list[str]:
                 if ref == n:
                     cells.append("—")
                     continue
-                r = paired(m, ref, n, 1.0, params.report.level)
+                r = paired(m, ref, n, 1.0, params.report.level, params.report.tolerance)
                 cells.append(f"{ci_text(r)} {verdict_text(r)}")
             rows.append([n, *cells])
         header = ["vs (row)", *[f"{c}" + (" (best other)" if c == best else "") for c in cols]]
@@ -165,7 +172,7 @@ def generalize_paired(params: Params, data: dict) -> list[str]:
     ÷ in-distribution MSE (the cost of transfer; "< 1" = transfer beats fitting on the target), and on transfer,
     the paper's method (report.claims models; when none is transferred, the last of generalize.models) ÷ every
     other transferred model ("< 1" = it transfers better)."""
-    level = params.report.level
+    level, tol = params.report.level, params.report.tolerance
     methods = [n for n in dict.fromkeys(c.model for c in params.report.claims) if n in data["models"]]
     if not methods and len(data["models"]) > 1:
         methods = [data["models"][-1]]
@@ -177,23 +184,24 @@ def generalize_paired(params: Params, data: dict) -> list[str]:
                for n in data["models"]}
         for n in data["models"]:
             rows.append([name, f"{n} transfer ÷ {n} in-dist.", *paired_cells(per[n]["transfer"],
-                                                                            per[n]["in_distribution"], seeds, level)])
+                                                                            per[n]["in_distribution"], seeds, level,
+                                                                            tol)])
         for a in methods:
             for b in data["models"]:
                 if b != a:
                     rows.append([name, f"{a} ÷ {b} (transfer)",
-                                 *paired_cells(per[a]["transfer"], per[b]["transfer"], seeds, level)])
+                                 *paired_cells(per[a]["transfer"], per[b]["transfer"], seeds, level, tol)])
     if not rows:
         return []
     return ["Paired over the target's dataset seeds (" + METHOD.format(level=level) + "); verdict on ratio < 1:", ""] \
         + table(["source → target", "comparison", "ratio [interval]", "verdict"], rows) + [""]
 
 
-def paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: float) -> list[str]:
+def paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: float, tolerance: float = 0.0) -> list[str]:
     if a is None or b is None:
         return ["n/a", "not resolved (metrics without per_seed; re-run generalize)"]
     pr = paired_ratio(a, b, level, seeds=seeds)
-    r = {**pr.to_json(), "verdict": verdict(pr.ci, 1.0)}
+    r = {**pr.to_json(), "verdict": verdict(pr.ci, 1.0, tolerance)}
     r["note"] = r.pop("problem")
     return [ci_text(r), verdict_text(r)]
 

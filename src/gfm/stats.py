@@ -26,6 +26,12 @@ tell). With fewer than two seeds there is no interval: ``ci`` is ``(nan, nan)`` 
 verdict is ``not resolved``. A zero, negative or non-finite MSE has no log ratio; the comparison is then not
 computed, ``problem`` names the seed and the value, and the verdict is ``not resolved``.
 
+Across machines the numbers are not bit-identical (float round-off differs between CPU kernels, and a trained
+model amplifies it), so a verdict whose interval ends within ``tolerance`` (relative) of the threshold could
+flip on another machine: such a verdict is ``unstable`` instead of ``met`` or ``not met``. The tolerance is
+``report.tolerance`` in params.yaml, set from what was measured between two CPU kernels (README,
+"Reproducibility").
+
 The Student t quantile is computed here (exact closed-form CDF for integer degrees of freedom, inverted by
 bisection), so this module needs only the standard library.
 """
@@ -40,7 +46,7 @@ __all__ = ["PairedRatio", "paired_ratio", "verdict", "seeds_to_resolve", "t_quan
 
 METHOD = ("paired over dataset seeds: geometric mean of the per-seed MSE ratios, {level:.0%} Student t interval "
           "on the log ratios (n - 1 degrees of freedom)")
-VERDICTS = ("met", "not met", "not resolved")
+VERDICTS = ("met", "not met", "not resolved", "unstable")
 NAN = float("nan")
 
 
@@ -101,15 +107,17 @@ def paired_ratio(a_per_seed: Sequence[float], b_per_seed: Sequence[float], level
     return PairedRatio(math.exp(m), (math.exp(m - half), math.exp(m + half)), n, ratios, level, None)
 
 
-def verdict(ci: Sequence[float] | None, threshold: float) -> str:
-    """``met`` / ``not met`` / ``not resolved`` for the claim "ratio < threshold" given the ratio's interval."""
+def verdict(ci: Sequence[float] | None, threshold: float, tolerance: float = 0.0) -> str:
+    """``met`` / ``not met`` / ``not resolved`` for the claim "ratio < threshold" given the ratio's interval;
+    ``unstable`` for a met / not met whose interval edge lies within ``tolerance`` (relative) of the threshold,
+    where the round-off of another machine could flip it."""
     if ci is None or len(ci) != 2 or any(c is None or not math.isfinite(c) for c in ci):
         return "not resolved"
     low, high = float(ci[0]), float(ci[1])
     if high < threshold:
-        return "met"
+        return "met" if high * (1 + tolerance) < threshold else "unstable"
     if low >= threshold:
-        return "not met"
+        return "not met" if low / (1 + tolerance) >= threshold else "unstable"
     return "not resolved"
 
 
