@@ -333,3 +333,10 @@ def test_base_modules_import_without_the_pipeline_extra():
            "import gfm.cli\ngfm.cli.build_parser()\nassert not leaked(), leaked()\n"
     proc = _run_blocked(code, *BASE_MODULES, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_citation_and_changelog_carry_this_version():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert str(cff["version"]) == gfm.__version__ and cff["preferred-citation"]["identifiers"][0]["value"] == \
+        "arXiv:2505.20221"
+    assert f"## [{gfm.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
