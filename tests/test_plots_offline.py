@@ -168,13 +168,15 @@ def test_the_repository_config_names_the_template():
     assert (ROOT / ".dvc" / CONFIG_VALUE).resolve() == (ROOT / TEMPLATE).resolve()
 
 
-def test_a_workspace_keeps_a_template_chosen_there(tmp_path):
+def test_a_workspace_sync_sets_the_option_once_and_keeps_a_template_chosen_there(tmp_path):
     ws = sync_workspace(tmp_path / "ws", TINY, repo=ROOT)
     config = ws / ".dvc" / "config"
+    config.write_text("[core]\n    no_scm = True\n")                 # a workspace made before the option
+    sync_workspace(ws, TINY, repo=ROOT)
+    assert ConfigObj(str(config))["plots"]["html_template"] == CONFIG_VALUE
     config.write_text(config.read_text().replace(CONFIG_VALUE, "../mine.html"))
     sync_workspace(ws, TINY, repo=ROOT)
-    assert ConfigObj(str(config))["plots"]["html_template"] == "../mine.html"
-    assert ConfigObj(str(config))["core"]["no_scm"] == "True"
+    assert config.read_text() == "[core]\n    no_scm = True\n[plots]\n    html_template = ../mine.html\n"
 
 
 def test_a_config_that_is_not_dvcs_is_named_and_left_alone(tmp_path):
