@@ -144,6 +144,25 @@ def test_a_page_that_needs_the_network_draws_nothing_under_these_flags(tmp_path)
     assert set(drawn) == PLOTS and all(lines == 0 for _, lines in drawn.values()), drawn
 
 
+def _div(name: str, spec: dict) -> str:
+    """A plot <div> as DVC's Vega renderer writes it."""
+    return (f'<div id = "{name}">\n<script type = "text/javascript">\nvar spec = {json.dumps(spec)};\n'
+            f"vegaEmbed('#{name}', spec);\n</script>\n</div>")
+
+
+@needs_chromium
+def test_a_plot_that_cannot_be_drawn_says_so_in_its_place(tmp_path):
+    """One broken spec (an unknown mark) among good ones: the others are drawn, and the broken one shows why."""
+    good = {"data": {"values": [{"x": x, "y": x * x} for x in range(4)]}, "mark": "line",
+            "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}}}
+    divs = [_div("plots_a_csv", good), _div("plots_bad_csv", {**good, "mark": "no-such-mark"}), _div("plots_c_csv", good)]
+    html = tmp_path / "index.html"
+    html.write_text((ROOT / TEMPLATE).read_text().replace("{plot_divs}", "\n".join(divs)).replace("{refresh_tag}", ""))
+    dom = render_dom(html, tmp_path / "profile")
+    assert drawn_lines(dom) == {"plots_a_csv": ("ok", 1), "plots_bad_csv": ("error", 0), "plots_c_csv": ("ok", 1)}
+    assert re.search(r'<div id="plots_bad_csv"[^>]*>This plot could not be drawn: \w*Error: \w', dom)
+
+
 # ------------------------------------------------------------------------------------------ the template
 
 def test_template_holds_the_npm_builds_it_names_and_nothing_else():

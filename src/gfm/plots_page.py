@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gfm.atomic import write_text_atomic
-from gfm.errors import GFMError, one_line
+from gfm.errors import GFMError, shorten
 
 __all__ = ["TEMPLATE", "CONFIG_VALUE", "LIBRARIES", "Library", "page", "read_page", "vendor", "use_offline_page"]
 
@@ -42,7 +42,7 @@ class Library:
     name: str          # the npm package
     version: str
     license: str       # its SPDX identifier (package.json); the text is LICENSE.<name> beside the template
-    js: str            # build/<name>.min.js of the package, as published
+    js: str            # build/<name>.min.js of the package, as published (ending in one newline)
 
     @property
     def sha256(self) -> str:
@@ -72,7 +72,7 @@ _TAIL = """    <script>
     (function () {
         const embed = window.vegaEmbed;
         window.vegaEmbed = Object.assign(function (el, spec, options) {
-            const div = document.querySelector(el);
+            const div = typeof el === "string" ? document.querySelector(el) : el;
             return embed(el, spec, Object.assign({renderer: "svg"}, options)).then(function (result) {
                 div.dataset.rendered = "ok";
                 return result;
@@ -123,11 +123,12 @@ def _from_tarball(path: Path, name: str) -> tuple[Library, str]:
             def text(member: str) -> str:
                 return tar.extractfile(f"package/{member}").read().decode()
             meta = json.loads(text("package.json"))
-            lib = Library(meta["name"], meta["version"], meta.get("license", "see LICENSE"), text(f"build/{name}.min.js"))
+            js = text(f"build/{name}.min.js").rstrip("\n") + "\n"   # the page puts the closing tag on its own line
+            lib = Library(meta["name"], meta["version"], meta.get("license", "see LICENSE"), js)
             licence = text("LICENSE")
     except (OSError, KeyError, tarfile.TarError, ValueError, AttributeError) as e:
         raise GFMError(f"{path}: not an npm tarball of {name} with build/{name}.min.js and LICENSE "
-                       f"({one_line(e)}); make it with: npm pack {name}@<version>") from None
+                       f"({shorten(str(e), 200, quote=False)}); make it with: npm pack {name}@<version>") from None
     if lib.name != name:
         raise GFMError(f"{path}: holds the package {lib.name!r}, expected {name!r}")
     return lib, licence
@@ -156,7 +157,7 @@ def use_offline_page(project: str | Path) -> None:
     try:
         config = ConfigObj(str(path), interpolation=False)
     except (ConfigObjError, OSError, UnicodeDecodeError) as e:
-        raise GFMError(f"{path}: not readable as DVC's config ({one_line(e)}); fix or remove it") from None
+        raise GFMError(f"{path}: not readable as DVC's config ({shorten(str(e), 200, quote=False)}); fix or remove it") from None
     plots = config.setdefault("plots", {})
     if not isinstance(plots, dict):
         raise GFMError(f"{path}: 'plots' is a value, not a section; remove it or make it [plots]")
