@@ -4,7 +4,7 @@ DVC fills an HTML template: ``{plot_divs}`` becomes one ``<div>`` per plot, each
 Vega-Lite spec, and ``{scripts}`` becomes DVC's ``<script src>`` tags for Vega, Vega-Lite and vega-embed on a
 CDN, so its default page is blank on a machine without internet. DVC writes only the HTML file (nothing beside
 it), so the project's template (:data:`TEMPLATE`, named by ``plots.html_template`` in ``.dvc/config``) holds no
-``{scripts}`` and carries the three libraries inline: the minified builds of their npm packages, byte for byte,
+``{scripts}`` and carries the three libraries inline: the minified builds of their npm packages as published,
 their licenses beside the template. To move to other versions:
 
     npm pack --pack-destination /tmp vega@<v> vega-lite@<v> vega-embed@<v>
