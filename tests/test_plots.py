@@ -3,7 +3,7 @@
 A tiny store is evaluated in-process into a gfm workspace (data/metrics, data/plots as the evaluate stage
 writes them), `gfm headline` condenses it, then the real `dvc plots show` / `dvc metrics show` read it:
 every plot must carry data (parsed from DVC's JSON and from the HTML page it writes) and, where Chromium is
-installed, the page must draw a line per model in a real browser.
+installed, the page must draw a line per model in a real browser with no network (tests/test_plots_offline.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,52 +95,19 @@ def test_html_page_embeds_data_for_every_plot(page):
         assert spec["data"]["values"], f"{div}: plot without data"
 
 
-def _vega_assets() -> Path | None:
-    """Vega, Vega-Lite and vega-embed as Snakemake ships them for its reports (DVC's page loads them from a
-    CDN, which a test machine may not reach)."""
-    import snakemake
-
-    assets = Path(snakemake.__file__).parent / "assets" / "data"
-    libs = [assets / lib / f"{lib}.js" for lib in ("vega", "vega-lite", "vega-embed")]
-    return assets if all(p.is_file() for p in libs) else None
-
-
-# Draw as SVG (so the dumped DOM holds the marks) and record on each plot's <div> whether embedding worked.
-_HOOK = """<script>
-const gfmEmbed = window.vegaEmbed;
-window.vegaEmbed = (el, spec) => gfmEmbed(el, spec, {renderer: "svg", actions: false})
-  .then(() => { document.querySelector(el).dataset.rendered = "ok"; })
-  .catch(e => { document.querySelector(el).dataset.rendered = "error: " + e; });
-</script>"""
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium to run this)")
 def test_html_page_draws_every_plot_in_headless_chromium(page, tmp_path):
-    assets = _vega_assets()
-    if assets is None:
-        pytest.skip("this Snakemake ships no vega/vega-lite/vega-embed assets to load the page offline")
-    html = page.read_text()
-    for lib in ("vega", "vega-lite", "vega-embed"):
-        html, n = re.subn(rf'<script src="https://cdn\.jsdelivr\.net/npm/{lib}@[^"]*"></script>',
-                          f'<script src="{(assets / lib / f"{lib}.js").as_uri()}"></script>', html)
-        assert n == 1, f"DVC's page no longer loads {lib} the way this test expects"
-    local = tmp_path / "index.html"
-    local.write_text(html.replace("</head>", _HOOK + "\n</head>", 1))
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-                          local.as_uri()], check=True, capture_output=True, text=True, timeout=120).stdout
-    divs = re.split(r'(?=<div id="plots_)', dom)[1:]
-    assert len(divs) == len(PLOT_IDS), dom[:2000]
-    for div in divs:
-        name = re.match(r'<div id="([^"]+)"', div).group(1)
-        assert 'data-rendered="ok"' in div, f"{name}: not rendered"
-        lines = re.findall(r'<g class="mark-line role-mark[^"]*"[^>]*>(.*?)</g>', div, flags=re.S)
-        drawn = [d for g in lines for d in re.findall(r' d="(M[^"]+)"', g)]
+    """The page as DVC wrote it (the project's template, libraries inline), opened with no network."""
+    from test_plots_offline import drawn_lines, render_dom
+
+    drawn = drawn_lines(render_dom(page, tmp_path / "profile"))
+    assert len(drawn) == len(PLOT_IDS)
+    for name, (rendered, lines) in drawn.items():
+        assert rendered == "ok", f"{name}: {rendered or 'not rendered'}"
         if "error_vs_horizon" in name:
-            assert len(drawn) == len(MODELS), f"{name}: {len(drawn)} lines drawn, expected one per model"
+            assert lines == len(MODELS), f"{name}: {lines} lines drawn, expected one per model"
         else:   # one line per series (models + the true run) in each parameter's panel
-            assert len(drawn) >= len(MODELS) + 1, f"{name}: {len(drawn)} lines drawn"
+            assert lines >= len(MODELS) + 1, f"{name}: {lines} lines drawn"
 
 
 def test_dvc_metrics_show_lists_the_headline_only(workspace):

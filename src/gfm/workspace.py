@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gfm.errors import GFMError
 from gfm.outputs import WORKSPACE_MARKER
+from gfm.plots_page import use_offline_page
 
 __all__ = ["PIPELINE_FILES", "MARKER", "WorkspaceError", "sync_workspace"]
 
@@ -84,6 +85,7 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
         from gfm.drivers.process import run_tool, tool
 
         run_tool([tool("dvc"), "init", "--no-scm", "-q"], dest, what=f"dvc init in {dest}")
+    use_offline_page(dest)   # dvc plots show there fills workflow/plots/page/template.html (no CDN)
     (dest / MARKER).write_text(json.dumps({"repository": str(repo), "params": str(params.resolve())}, indent=1) + "\n")
     return dest
 

@@ -30,7 +30,8 @@ stages:
 FOOTER = """
 # `dvc plots show` / `dvc plots diff`: one plot per store and kind, from the headline stage's plots/ (DVC
 # configures plots by path prefix, hence a directory per kind). Templates: workflow/plots/*.json (Vega-Lite;
-# one line per model or series, one dash style per revision).
+# one line per model or series, one dash style per revision). The page (dvc_plots/index.html) draws offline:
+# .dvc/config names workflow/plots/page/template.html, which carries Vega inline (src/gfm/plots_page.py).
 plots:
   - plots/error_vs_horizon:
       x: step
