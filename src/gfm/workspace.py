@@ -23,8 +23,7 @@ Safety (RELIABILITY.md, "Workspaces and drivers"): a workspace is never made ins
 below its ``build/`` (which nothing copies, and git and DVC ignore), nor inside a folder it copies. A new one
 is built in a hidden sibling folder and renamed into place only when complete, so a failure leaves nothing
 behind. An existing folder is synced only if its marker proves that ``gfm workspace`` made that very folder:
-the marker names the folder's device and inode, which a marker copied or written into another folder does
-not match.
+the marker names the folder's inode, which a marker copied or written into another folder does not match.
 """
 
 from __future__ import annotations
@@ -121,16 +120,16 @@ def _marker_problem(dest: Path) -> str | None:
         return f"{MARKER} is not the JSON gfm writes"
     if not isinstance(doc, dict) or doc.get("made_by") != MADE_BY or not isinstance(doc.get("directory"), dict):
         return f"{MARKER} was not written by this version of gfm workspace"
-    st = dest.stat()
-    if doc["directory"] != {"device": st.st_dev, "inode": st.st_ino}:
+    # The inode alone: it survives a rename, and differs in every other folder of the filesystem; the device
+    # number is not compared because a network filesystem's differs from one client machine to the next.
+    if doc["directory"].get("inode") != dest.stat().st_ino:
         return f"{MARKER} belongs to another folder (copied or written here)"
     return None
 
 
 def _write_marker(dest: Path, repo: Path, params: Path) -> None:
-    st = dest.stat()
     doc = {"made_by": MADE_BY, "repository": str(repo), "params": str(params.resolve()),
-           "directory": {"device": st.st_dev, "inode": st.st_ino}}
+           "directory": {"inode": dest.stat().st_ino}}
     write_text_atomic(dest / MARKER, json.dumps(doc, indent=1) + "\n")
 
 
