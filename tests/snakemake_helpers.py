@@ -16,7 +16,7 @@ def snakemake_summary(root: str | Path = ".", args: Sequence[str] = (), *,
 
     Args:
         root: the repository root.
-        args: extra Snakemake arguments, e.g. ``["--configfile", "other.yaml"]``.
+        args: extra Snakemake arguments, e.g. ``["--config", "device=cpu"]`` (the workflow refuses --configfile).
         detailed: also list each output's input files and shell command.
 
     Returns:

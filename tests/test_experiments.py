@@ -1,11 +1,12 @@
-"""The README's experiment commands, run as written on a finished run of the quick preset.
+"""The README's experiment commands, run as written in the workspace a user gets.
 
 The commands are read from the README's **Experiments** paragraph (every line of its ```bash block), so an
-edit of the README that this test does not know fails here. The workspace is built once: `gfm workspace`
-with params.quick.yaml, made a git repository (experiments are git refs), run the way `make run` does it
-(one `snakemake --cores all`, then `gfm commit`) and committed with the headline outputs. The experiment
-itself changes one store's learning rate, so it re-runs that store's stages and the stages that read every
-store (headline, generalize, report). The same finished workspace also feeds `snakemake --report`.
+edit of the README that this test does not know fails here. The workspace is made once, the way a user makes
+one: `gfm workspace` with the tiny params (it is a git repository with DVC's ignores and a first commit), run
+the way `make run` does it (one `snakemake --cores all`, then `gfm commit`), and the finished run committed as
+the README says. The tiny params have the store the README's command names, so the commands need no change.
+The experiment changes one store's learning rate, so it re-runs that store's stages and the stages that read
+every store (headline, generalize, report). The same finished workspace also feeds `snakemake --report`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_tool, tool_env
+from conftest import ROOT, TINY, run_tool, tool_env
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -40,6 +41,15 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
+def baseline_commands(text: str) -> list[str]:
+    """The README's command that commits a finished run in a workspace (`git add ...` in the paragraph's text)."""
+    start = text.index("**Experiments.**")
+    section = " ".join(text[start:text.find("\n**", start + 1)].split())
+    commands = re.findall(r"`(git add [^`]+)`", section)
+    assert commands, "the Experiments paragraph does not say how to commit a finished run in a workspace"
+    return commands
+
+
 def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**tool_env(), "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -48,21 +58,23 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> Path:
-    """A finished, committed run of params.quick.yaml in a gfm workspace that is also a git repository."""
-    ws = tmp_path_factory.mktemp("experiments") / "quick"
-    run_tool(["gfm", "workspace", str(ws), "--params", str(ROOT / "params.quick.yaml")], ROOT)
-    run_tool(["git", "init", "-q"], ws)
-    for ignore in (".gitignore", "data/.gitignore"):
-        (ws / ignore).write_bytes((ROOT / ignore).read_bytes())
-    run_tool(["dvc", "config", "core.no_scm", "false"], ws)   # the workspace was made without git
+def finished(tmp_path_factory) -> Path:
+    """A finished, committed run of the tiny params in a workspace made by `gfm workspace`, nothing patched."""
+    ws = tmp_path_factory.mktemp("experiments") / "tiny"
+    run_tool(["gfm", "workspace", str(ws), "--params", str(TINY)], ROOT)
     run_tool(["snakemake", "--cores", "all", "--quiet"], ws, timeout=1200)
     run_tool(["gfm", "commit"], ws, timeout=600)
-    run_tool(["git", "add", "-A"], ws)
-    run_tool(["git", "commit", "-qm", "quick run"], ws)
+    for command in baseline_commands(README.read_text()):
+        _run(command, ws)
     tracked = run_tool(["git", "ls-files"], ws).stdout.split()
-    assert "metrics.json" in tracked and any(f.startswith("plots/error_vs_horizon/") for f in tracked)
-    assert not any(f.startswith("data/") and f != "data/.gitignore" for f in tracked)
+    assert "metrics.json" in tracked and "dvc.lock" in tracked, tracked
+    assert any(f.startswith("plots/error_vs_horizon/") for f in tracked), tracked
+    assert not any(f.startswith("data/") and f != "data/.gitignore" for f in tracked), "git tracks outputs"
+    assert not any(f.startswith(".dvc/") and f not in (".dvc/config", ".dvc/.gitignore") for f in tracked), \
+        "git tracks DVC's cache or state"
+    assert not run_tool(["git", "status", "--porcelain"], ws).stdout.strip(), "the run is not all committed"
+    # the report names the file the workspace's params.yaml is a copy of
+    assert "Config: `params.yaml`, the workspace's copy of `params.tiny.yaml`" in (ws / "reports" / "summary.md").read_text()
     return ws
 
 
@@ -123,24 +135,24 @@ CHECKS = {
 }
 
 
-def test_readme_experiment_commands_run_as_written(quick):
+def test_readme_experiment_commands_run_as_written(finished):
     commands = readme_commands(README.read_text())
     seen = []
     for command in commands:
         argv = shlex.split(command)
         key = tuple(argv[:3])
         assert key in CHECKS, f"README command {command!r} has no check here: add one to tests/test_experiments.py"
-        proc = _run(command, quick)
-        CHECKS[key](quick, argv, proc)
+        proc = _run(command, finished)
+        CHECKS[key](finished, argv, proc)
         seen.append(key)
     assert seen == list(CHECKS), f"README commands {seen} are not the ones this test checks, in order"
 
 
-def test_snakemake_report_holds_the_figures_with_captions(quick, tmp_path):
+def test_snakemake_report_holds_the_figures_with_captions(finished, tmp_path):
     out = tmp_path / "report.html"
-    run_tool(["snakemake", "--report", str(out)], quick, timeout=600)
+    run_tool(["snakemake", "--report", str(out)], finished, timeout=600)
     html = out.read_text()
-    figures = sorted(p.name for p in (quick / "reports" / "figures").glob("*.png"))
+    figures = sorted(p.name for p in (finished / "reports" / "figures").glob("*.png"))
     assert figures
     decoder = json.JSONDecoder()
     for name in figures:

@@ -8,11 +8,11 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_tool
 from gfm.cli import main
 from gfm.config import load_params
 from gfm.errors import ParamsError
-from gfm.workspace import MARKER, PIPELINE_FILES, WorkspaceError, sync_workspace
+from gfm.workspace import MARKER, PIPELINE_FILES, WorkspaceError, sync_workspace, workspace_params_source
 
 QUICK = ROOT / "params.quick.yaml"
 
@@ -30,15 +30,26 @@ def test_quick_preset_is_the_same_study_shape():
     assert runs(quick) * 10 < runs(full)
 
 
-def test_sync_creates_a_dvc_project_with_the_preset_as_params(tmp_path):
+def test_sync_creates_a_git_and_dvc_project_with_the_preset_as_params(tmp_path):
     dest = sync_workspace(tmp_path / "quick", QUICK, repo=ROOT)
     assert (dest / "params.yaml").read_bytes() == QUICK.read_bytes()
     for name in PIPELINE_FILES:
         assert (dest / name).exists(), name
     assert (dest / "dvc.yaml").read_bytes() == (ROOT / "dvc.yaml").read_bytes()
-    assert (dest / ".dvc" / "config").is_file() and not (dest / ".git").exists()
+    assert (dest / ".dvc" / "config").is_file()
+    assert "no_scm" not in (dest / ".dvc" / "config").read_text()   # dvc exp needs git
+    assert "/cache" in (dest / ".dvc" / ".gitignore").read_text().split()
     assert not list(dest.rglob("__pycache__"))
     assert json.loads((dest / MARKER).read_text())["repository"] == str(ROOT.resolve())
+    # one commit holding the pipeline files and the params; nothing left uncommitted, no data, no cache
+    assert run_tool(["git", "rev-list", "--count", "HEAD"], dest).stdout.strip() == "1"
+    tracked = set(run_tool(["git", "ls-files"], dest).stdout.split())
+    assert {"params.yaml", "dvc.yaml", "Snakefile", ".dvc/config", ".dvc/.gitignore", "data/.gitignore"} <= tracked
+    assert not any(f.startswith(("data/", ".dvc/cache", ".dvc/tmp")) for f in tracked - {"data/.gitignore"})
+    assert MARKER not in tracked
+    assert not run_tool(["git", "status", "--porcelain"], dest).stdout.strip()
+    assert workspace_params_source(dest) == "params.quick.yaml"
+    assert workspace_params_source(ROOT) is None
 
 
 def test_resync_replaces_pipeline_files_and_keeps_outputs(tmp_path):
@@ -87,6 +98,6 @@ def test_bad_preset_is_refused_before_anything_is_written(tmp_path):
 
 def test_cli_exit_codes(tmp_path, capsys):
     assert main(["workspace", str(tmp_path / "ws"), "--params", str(QUICK), "--repo", str(ROOT)]) == 0
-    assert "cd " in capsys.readouterr().out
+    assert "snakemake --cores all && gfm commit" in capsys.readouterr().out   # what make run runs there
     assert main(["workspace", str(tmp_path / "x"), "--params", str(tmp_path / "missing.yaml"), "--repo", str(ROOT)]) == 2
     assert "missing.yaml: no such params file" in capsys.readouterr().err

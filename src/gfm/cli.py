@@ -103,7 +103,8 @@ EXAMPLES = {
     "adopt": "dvc pull && gfm adopt      # or: gfm adopt --pull",
     "commit": "snakemake --profile profiles/slurm && gfm commit --profile profiles/slurm --push",
     "slurm-check": "gfm slurm-check --profile profiles/slurm",
-    "workspace": "gfm workspace build/quick --params params.quick.yaml && cd build/quick && dvc repro",
+    "workspace": "gfm workspace build/quick --params params.quick.yaml\n"
+                 "cd build/quick && snakemake --cores all && gfm commit     # what make run PRESET=quick runs",
     "check": "gfm check data/trajectories data/models reports/claims.json",
     "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from the stage table (gfm.pipeline)",
     "train-index": "gfm train-index --store mlp_regression-sgd --out data/models/mlp_regression/sgd/index.json",

@@ -127,9 +127,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         report.update_readme(params, Path(args.metrics), Path(args.readme))
         print(f"updated the results block of {args.readme}")
     else:
+        from gfm.workspace import workspace_params_source
+
+        # in a gfm workspace, params.yaml is a copy of a preset: the report names the preset too
+        source = workspace_params_source(Path(args.params).resolve().parent)
         out = report.run(params, metrics_dir=Path(args.metrics), plots_dir=Path(args.plots), out=Path(args.out),
                          accelerate_dir=Path(args.accelerate),
-                         models_dir=Path(args.models) if args.models else None)
+                         models_dir=Path(args.models) if args.models else None, config_source=source)
         print(f"wrote {out / 'summary.md'} and {out / 'summary.html'}")
     return 0
 

@@ -76,7 +76,8 @@ def _cmd_workspace(args: argparse.Namespace) -> int:
     from gfm.workspace import sync_workspace
 
     dest = sync_workspace(args.dest, args.params, repo=args.repo)
-    print(f"{dest}: workspace ready for {args.params}; run it with: cd {dest} && dvc repro")
+    print(f"{dest}: workspace ready for {args.params}; run it as `make run PRESET=<name>` does: "
+          f"cd {dest} && snakemake --cores all && gfm commit (or: dvc repro)")
     return 0
 
 

@@ -189,10 +189,12 @@ def _figure_line(summary_figs: dict[str, str], which: str, alt: str) -> list[str
 def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str]],
               metrics_dir: Path | None = None, accelerate_dir: Path | None = None,
               models_dir: Path | None = None, curves: dict[str, str] | None = None,
-              summary_figs: dict[str, str] | None = None, claim_rows: list[dict] | None = None) -> list[str]:
+              summary_figs: dict[str, str] | None = None, claim_rows: list[dict] | None = None,
+              config_source: str | None = None) -> list[str]:
     summary_figs = summary_figs or {}
+    copy = f", the workspace's copy of `{config_source}`" if config_source else ""
     lines = [f"# {params.report.title}", "",
-             f"Machine: {_machine()}. Config: `params.yaml` (seed {params.seed}, "
+             f"Machine: {_machine()}. Config: `params.yaml`{copy} (seed {params.seed}, "
              f"{len(params.generate.dataset_seeds)} dataset seeds, prefix 0..{params.forecast.prefix_end}, "
              f"horizons {list(params.forecast.horizons)}). Test runs only; validation runs were used for early "
              f"stopping and model selection, never test runs.", "", "## Headline", ""]
@@ -252,9 +254,10 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
 
 
 def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
-        accelerate_dir: Path | None = None, models_dir: Path | None = None) -> Path:
+        accelerate_dir: Path | None = None, models_dir: Path | None = None, config_source: str | None = None) -> Path:
     """Write ``out/summary.md``, ``out/summary.html``, ``out/claims.json`` and ``out/figures/`` atomically (temp
-    dir + rename)."""
+    dir + rename). ``config_source``: the file params.yaml was copied from (in a gfm workspace), named in the
+    report beside ``params.yaml``."""
     claim_output(out, REPORT)  # before any work: an --out this stage may not replace is refused (gfm.outputs)
     metrics = load_metrics(params, metrics_dir)
     tmp = open_temp_dir(out, REPORT)
@@ -265,7 +268,7 @@ def run(params: Params, *, metrics_dir: Path, plots_dir: Path, out: Path,
         curves = val_curve_figures(params, models_dir, tmp / "figures") if models_dir is not None else {}
         rows = claims(params, metrics)
         text = "\n".join(_markdown(params, metrics, figs, metrics_dir, accelerate_dir, models_dir, curves,
-                                   summary_figs, rows)) + "\n"
+                                   summary_figs, rows, config_source)) + "\n"
         (tmp / "summary.md").write_text(text)
         (tmp / "summary.html").write_text(render_html(params.report.title, text, tmp))
         write_claims(tmp / "claims.json", rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gfm.drivers.process import DriverError, run_tool, tool
 
-__all__ = ["PARAMS_FILE", "DvcStage", "parse_stage_cmd", "dvc_stages", "dvc_status", "locked_stages",
+__all__ = ["PARAMS_FILE", "DvcStage", "require_repo", "parse_stage_cmd", "dvc_stages", "dvc_status", "locked_stages",
            "check_remote", "pull", "commit", "push"]
 
 PARAMS_FILE = "params.yaml"
@@ -64,6 +64,22 @@ def parse_stage_cmd(cmd: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
                 break
             rules.append(word)
     return tuple(rules), targets
+
+
+def require_repo(root: str | Path, command: str) -> Path:
+    """Check that ``root`` is the root of a DVC repository (it holds ``.dvc/``) before ``command`` asks DVC
+    anything: elsewhere DVC's API raises and ``dvc status`` fails with several lines of its own.
+
+    Raises:
+        DriverError: one line naming the folder, the repository above it if there is one, and where to run.
+    """
+    root = Path(root)
+    if (root / ".dvc").is_dir():
+        return root
+    above = next((p for p in root.resolve().parents if (p / ".dvc").is_dir()), None)
+    where = (f"the DVC repository holding it is {above}: run it there or pass --repo {above}" if above else
+             "run it in the pipeline repository or a gfm workspace (cd there, or pass --repo DIR)")
+    raise DriverError(f"{root.resolve()}: not a DVC repository (no .dvc/ here), so {command} cannot use it; {where}")
 
 
 def dvc_stages(root: str | Path = ".") -> list[DvcStage]:

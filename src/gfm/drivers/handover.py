@@ -67,10 +67,10 @@ def adopt(root: str | Path = ".", *, pull: bool = False, remote: str | None = No
         Whether data was pulled, and how many outputs Snakemake now considers current.
 
     Raises:
-        DriverError: the remote is missing, ``dvc pull`` failed, ``dvc status`` is not clean (touching would
+        DriverError: ``root`` is not a DVC repository, the remote is missing, ``dvc pull`` failed, ``dvc status`` is not clean (touching would
             declare outputs current that are not), or Snakemake still plans jobs afterwards.
     """
-    root = Path(root)
+    root = dvc.require_repo(root, "gfm adopt")
     if pull:
         dvc.pull(root, remote)
     status = dvc.dvc_status(root)
@@ -115,10 +115,10 @@ def commit_cluster_run(root: str | Path = ".", *, profile: str | None = None, dr
         The verdicts, the stages force-run, and whether the commit (and push) happened.
 
     Raises:
-        DriverError: Snakemake or DVC failed, the profile does not fit the cluster, or ``dvc status`` is
+        DriverError: ``root`` is not a DVC repository, Snakemake or DVC failed, the profile does not fit the cluster, or ``dvc status`` is
             still not clean after the commit.
     """
-    root = Path(root)
+    root = dvc.require_repo(root, "gfm commit")
     extra: list[str] = []
     # Snakemake also takes its profile from $SNAKEMAKE_PROFILE: a re-run under it needs the same checks
     effective = profile or os.environ.get("SNAKEMAKE_PROFILE")
