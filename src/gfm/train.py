@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from gfm.config import Params, to_dict
 from gfm.config.sizes import _count, _size
-from gfm.errors import GFMError, ParamsError
+from gfm.errors import GFMError, ParamsError, on_out_of_memory
 from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
 from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.schema import build
@@ -323,6 +323,13 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         bar = tqdm(total=len(keep), desc=f"{store_key}/{model}", unit="seed", file=sys.stderr, disable=not show)
 
         def fit(seed: str, options: dict, out_dir: Path) -> dict:
+            doing = f"fitting {model} ({kind}) on dataset seed {seed} of store {store_key}"
+            advice = (f"lower the sizes or batch_size of models.{model} (gfm validate estimates its training "
+                      "memory: limits.max_model_bytes), or train where more memory is free")
+            with on_out_of_memory(doing, advice):
+                return fit_in_memory(seed, options, out_dir)
+
+        def fit_in_memory(seed: str, options: dict, out_dir: Path) -> dict:
             fc = make_forecaster(kind, options, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
             fc.on_epoch = lambda row: bar.set_postfix(seed=seed, epoch=row["epoch"], val=f"{row['val_loss']:.3g}")
             rng = torch.Generator().manual_seed(derive_seed(params.train.seed, store_key, model, seed))

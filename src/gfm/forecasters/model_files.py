@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gfm.config import to_dict
-from gfm.errors import GFMError, shorten
+from gfm.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
 from gfm.inputs import _is_int
 from gfm.verdict import Verdict
@@ -187,6 +187,9 @@ def load_forecaster(directory: str | Path) -> Forecaster:
     except (RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as exc:
         if isinstance(exc, GFMError):
             raise
+        if is_out_of_memory(exc):  # not a misfit: the (consistent) model is larger than the memory left
+            raise OutOfMemory(out_of_memory_text(exc, f"loading the {kind!r} model of {directory}",
+                                                 "free memory or load it where more is free")) from None
         # e.g. a tensor of the wrong shape or a missing one: torch's message, first line, names it
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
