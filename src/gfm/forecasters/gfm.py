@@ -57,6 +57,7 @@ from gfm.forecasters.base import (
 )
 from gfm.forecasters.fitting import EarlyStopping, make_optimizer, val_scores
 from gfm.forecasters.gfm_features import (
+    RUN_HYPER,
     Context,
     Scales,
     build_context,
@@ -224,7 +225,7 @@ class _GFMBase(Forecaster):
         n_opt = n_state_features(optimizer)
         n_static = (3 if cfg.anchors else 0) + len(cfg.velocity_windows) + (n_opt if self.structure == "state_input" else 0)
         n_feat = n_static + 3 + (n_opt if self.structure == "rule" and getattr(cfg, "state_features", False) else 0)
-        n_run = len(HYPER_NAMES.get(optimizer, ())) + 1
+        n_run = len(set(RUN_HYPER) & set(HYPER_NAMES.get(optimizer, ())))  # the stores' run fields fit_scales keeps
         w, depth = cfg.width, cfg.depth
 
         def mlp(n_in: int, n_out: int) -> int:  # depth hidden layers, then the output layer
