@@ -105,7 +105,7 @@ def _attr_problems(attrs: dict) -> list[str]:
 def _run_block_problems(meta: dict, files: dict[str, int], n_runs: int) -> list[str]:
     """The declared run count against the weights' chunk files present. Record 0 of every run is its initial
     weights, never the fill value, so every block of runs along the run axis has at least one chunk file; a
-    block with none means the sizes were edited (``n_runs`` raised in the metadata), and reading on would
+    block with none means lost files or edited sizes (``n_runs`` raised in the metadata), and reading on would
     decode fill values for runs that are not there (minutes for a 1 KB edit)."""
     from gfm.store_files import is_chunk_key
 
@@ -122,8 +122,8 @@ def _run_block_problems(meta: dict, files: dict[str, int], n_runs: int) -> list[
     if len(present) >= want:
         return []
     return [f"array weights: n_runs {n_runs:,} needs {want:,} blocks of {rows} runs, but chunk files hold "
-            f"{len(present):,} (record 0 of every run is data, never the fill value); the declared sizes do not "
-            "match the files (refused before reading)"]
+            f"{len(present):,} (record 0 of every run is data, never the fill value): chunk files are missing or "
+            "the declared sizes were edited; refused before reading"]
 
 
 def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreInspection:
