@@ -21,6 +21,7 @@ cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,8 +302,6 @@ def tensor_dim(shapes: dict[str, tuple[int, ...]], name: str, axis: int) -> int 
 def count_indexed(shapes: dict[str, tuple[int, ...]], pattern: str) -> int:
     """How many distinct indices the tensor names matching ``pattern`` hold (a regular expression whose one
     group is the index, e.g. ``r"rnn\\.weight_ih_l(\\d+)"``): the layers a saved model has."""
-    import re
-
     rx = re.compile(pattern)
     return len({m.group(1) for name in shapes if (m := rx.fullmatch(name))})
 
