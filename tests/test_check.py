@@ -63,7 +63,7 @@ STORE_DAMAGE = {
     "layout offsets do not add up": (lambda s: _attrs(s, n_params=999), "layout covers"),
     "state names of another optimizer": (lambda s: _attrs(s, state_names=["momentum_buffer"]), "state_names"),
     "a chunk file that does not decode": (_corrupt_shard, "chunk data unreadable"),
-    "a missing shard file": (lambda s: _shard(s).unlink(), "non-finite values (missing chunks read as NaN)"),
+    "a missing shard file": (lambda s: _shard(s).unlink(), "chunk files hold 2 (record 0 of every run is data"),
     "a missing array": (lambda s: shutil.rmtree(s / "lr"), "array lr is missing"),
     "NaN in a run not flagged diverged": (_nan_in_a_run, "runs (3) not flagged diverged"),
     "final weights that are not the last step": (

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gfm.errors import GFMError
+from gfm.errors import GFMError, is_out_of_memory, out_of_memory_text
 from gfm.forecast_check import check_forecast_store
 from gfm.inputs import file_problem, read_json, tree_problems
 from gfm.store_check import check_trajectory_store
@@ -94,6 +94,10 @@ def _check_under(path: Path, root: Path | None) -> list[Verdict]:
     except GFMError as exc:
         verdict.problems.append(str(exc).removeprefix(f"{path}: "))
     except Exception as exc:  # noqa: BLE001 - a malformed artifact gets a verdict, never a traceback
+        if is_out_of_memory(exc):  # not malformed: too large for the memory left
+            verdict.problems.append(out_of_memory_text(exc, f"checking this {kind}", "run gfm check where more "
+                                                                                      "memory is free"))
+            return [verdict]
         verdict.problems.append(f"malformed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
     return [verdict]
 

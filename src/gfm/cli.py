@@ -34,9 +34,13 @@ import sys
 from gfm import cli_stages, cli_tools
 from gfm._version import __version__
 from gfm.cli_stages import THREADS_HELP, load_params
-from gfm.errors import GFMError, ParamsError, one_line
+from gfm.errors import GFMError, ParamsError, is_out_of_memory, one_line, out_of_memory_text
 
 __all__ = ["main", "load_params"]
+
+# What to do about an allocation that failed outside any stage's own context (gfm.errors.on_out_of_memory).
+OOM_ADVICE = ("lower the sizes of the models or tasks involved (gfm validate estimates them against limits:), or run "
+              "where more memory is free")
 
 # Modules that only the pipeline needs (pyproject.toml, extra `pipeline`), imported lazily where used, so
 # `pip install gfm-pipeline` without the extra still gives the library and the stage commands: module -> distribution.
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: gfm {args.command} needs {dist}, part of gfm-pipeline's `pipeline` extra: pip "
               f"install 'gfm-pipeline[pipeline]' (in a checkout: pip install -e '.[pipeline]', or make venv)", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation no stage named (GFMError above names its own)
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: gfm {args.command}: {out_of_memory_text(exc, f'running gfm {args.command}', OOM_ADVICE)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "one_line",
     "bound_problems",
@@ -15,6 +19,10 @@ __all__ = [
     "StoreIncompleteError",
     "StoreSchemaError",
     "StoreLockedError",
+    "OutOfMemory",
+    "is_out_of_memory",
+    "out_of_memory_text",
+    "on_out_of_memory",
 ]
 
 
@@ -104,3 +112,46 @@ class StoreSchemaError(StoreError, ValueError):
 
 class StoreLockedError(StoreError, RuntimeError):
     """Another live process is writing the same store."""
+
+
+class OutOfMemory(GFMError, MemoryError):
+    """An allocation failed; the message names what was being done, the allocation and how to need less."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``exc`` is a failed allocation: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the
+    RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: not enough memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)[:2000] if isinstance(exc, RuntimeError) else ""
+    return "not enough memory" in text or "out of memory" in text or "can't allocate memory" in text
+
+
+def _allocation(exc: BaseException) -> str:
+    """The size of the allocation that failed, as torch's message gives it ("" when it does not)."""
+    from gfm.config.sizes import _size
+
+    text = str(exc)[:2000]
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return _size(int(found.group(1)))
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
+    return found.group(1) if found else ""
+
+
+def out_of_memory_text(exc: BaseException, doing: str, advice: str) -> str:
+    """One line: out of memory while ``doing`` (with the failed allocation's size when known); ``advice``."""
+    size = _allocation(exc)
+    return one_line(f"out of memory while {doing}{f' (an allocation of {size} failed)' if size else ''}; {advice}")
+
+
+@contextmanager
+def on_out_of_memory(doing: str, advice: str) -> Iterator[None]:
+    """Turn a failed allocation inside the block into :class:`OutOfMemory` (see :func:`out_of_memory_text`);
+    every other exception passes unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise OutOfMemory(out_of_memory_text(exc, doing, advice)) from None

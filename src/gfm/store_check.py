@@ -102,6 +102,30 @@ def _attr_problems(attrs: dict) -> list[str]:
     return problems
 
 
+def _run_block_problems(meta: dict, files: dict[str, int], n_runs: int) -> list[str]:
+    """The declared run count against the weights' chunk files present. Record 0 of every run is its initial
+    weights, never the fill value, so every block of runs along the run axis has at least one chunk file; a
+    block with none means lost files or edited sizes (``n_runs`` raised in the metadata), and reading on would
+    decode fill values for runs that are not there (minutes for a 1 KB edit)."""
+    from gfm.store_files import is_chunk_key
+
+    rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    enc = meta.get("chunk_key_encoding") or {}
+    sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name", "default") == "default" else ".")
+    head = "c" + sep if enc.get("name", "default") == "default" else ""
+    present = set()
+    for rel in files:
+        key = rel.removeprefix("weights/")
+        if key != rel and key != "zarr.json" and is_chunk_key(meta, key) and key.startswith(head):
+            present.add(key[len(head):].split(sep, 1)[0])
+    want = -(-n_runs // rows)
+    if len(present) >= want:
+        return []
+    return [f"array weights: n_runs {n_runs:,} needs {want:,} blocks of {rows} runs, but chunk files hold "
+            f"{len(present):,} (record 0 of every run is data, never the fill value): chunk files are missing or "
+            "the declared sizes were edited; refused before reading"]
+
+
 def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreInspection:
     """Structural check of a trajectory store: no data chunk is read (see the module docstring).
 
@@ -188,6 +212,7 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
                     if rel.startswith(name + "/") and rel != f"{name}/zarr.json" and size > limit]
         if big:
             p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
+        p += _run_block_problems(out.arrays["weights"], files, R)
         out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
     return out
 

@@ -40,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 from gfm.config import Params, to_dict
-from gfm.errors import GFMError, ParamsError
+from gfm.config.sizes import _count, _size
+from gfm.errors import GFMError, ParamsError, on_out_of_memory
 from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
 from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.schema import build
@@ -114,12 +115,41 @@ def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
             cfg = build(cls.Config, {**options, **trial}, where, problems)
             if cfg is not None and len(problems) == before:
                 try:
-                    make_forecaster(kind, cfg, prefix_end=params.forecast.prefix_end, horizons=params.forecast.horizons)
+                    fc = make_forecaster(kind, cfg, prefix_end=params.forecast.prefix_end, horizons=params.forecast.horizons)
                 except GFMError as exc:  # e.g. a window longer than the prefix
                     problems.append(f"{where}: {exc}")
+                else:
+                    problems += model_size_problems(params, name, fc, where)
             if len(problems) > before and not trial:
                 break  # the base options are wrong: trial lines would repeat the same problem
     return list(dict.fromkeys(problems))
+
+
+def model_size_problems(params: Params, name: str, fc: Forecaster, where: str) -> list[str]:
+    """Model ``name`` (built as ``fc``) against ``limits.max_model_params`` and ``max_model_bytes`` on the largest
+    network of the stores that train it (every store when none lists it: ``gfm train --model`` accepts any
+    model), refused before anything is built: an order-of-magnitude estimate (Forecaster.size_estimate)."""
+    lim = params.limits
+    keys = [k for k in params.stores if name in params.store_models(k)] or list(params.stores)
+    worst = None
+    for key in keys:
+        st = params.stores[key]
+        if st.task not in params.tasks or params.tasks[st.task].n_params() > lim.max_params:
+            continue  # reported by the params checks
+        est = fc.size_estimate(params.tasks[st.task].n_params(), st.optimizer.name)
+        if worst is None or est.train_bytes > worst[1].train_bytes:
+            worst = (key, est)
+    if worst is None:
+        return []
+    key, est = worst
+    what = (f"about {_count(est.params)} parameters and {_size(est.train_bytes)} to train on store {key} "
+            "(parameters, gradients, AdamW state and one batch's activations; an order-of-magnitude estimate)")
+    lower = f"lower the sizes or batch_size of models.{name}, or raise the limit"
+    if est.params > lim.max_model_params:
+        return [f"{where}: {what}, above limits.max_model_params = {_count(lim.max_model_params)}; {lower}"]
+    if est.train_bytes > lim.max_model_bytes:
+        return [f"{where}: {what}, above limits.max_model_bytes = {_size(lim.max_model_bytes)}; {lower}"]
+    return []
 
 
 def derive_seed(train_seed: int, store: str, model: str, dataset_seed: int | str) -> int:
@@ -293,6 +323,13 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         bar = tqdm(total=len(keep), desc=f"{store_key}/{model}", unit="seed", file=sys.stderr, disable=not show)
 
         def fit(seed: str, options: dict, out_dir: Path) -> dict:
+            doing = f"fitting {model} ({kind}) on dataset seed {seed} of store {store_key}"
+            advice = (f"lower the sizes or batch_size of models.{model} (gfm validate estimates its training "
+                      "memory: limits.max_model_bytes), or train where more memory is free")
+            with on_out_of_memory(doing, advice):
+                return fit_in_memory(seed, options, out_dir)
+
+        def fit_in_memory(seed: str, options: dict, out_dir: Path) -> dict:
             fc = make_forecaster(kind, options, prefix_end=fcst.prefix_end, horizons=fcst.horizons)
             fc.on_epoch = lambda row: bar.set_postfix(seed=seed, epoch=row["epoch"], val=f"{row['val_loss']:.3g}")
             rng = torch.Generator().manual_seed(derive_seed(params.train.seed, store_key, model, seed))

@@ -67,6 +67,9 @@ class SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-9:
             return [("test", f"train + val + test = {total:g}; expected 1")]
+        if self.test == 0:  # (a fraction too small to give one run is reported per task, at runs_per_dataset)
+            return [("test", "got 0: no test runs, and the forecast and evaluate stages score test runs only; "
+                             "expected a fraction > 0")]
         return []
 
 
@@ -203,13 +206,17 @@ GiB = 2**30
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """What one store may cost, checked by `gfm validate` and every stage before anything runs. The defaults fit a
-    laptop as well as a cluster node: a study that needs more says so by raising a limit here. Estimates are
-    float32 and uncompressed (docs/architecture.md §6); see :func:`estimate_store`."""
+    """What one store and one forecaster may cost, checked by `gfm validate` and every stage before anything runs.
+    The defaults fit a laptop as well as a cluster node: a study that needs more says so by raising a limit here.
+    Estimates are float32 and uncompressed (docs/architecture.md §6); see :func:`estimate_store` and, for the
+    forecasters, ``Forecaster.size_estimate`` (an order of magnitude)."""
 
     max_params: int = spec(10_000_000, ge=1, doc="parameters of one task's network")
     max_run_steps: int = spec(10_000_000, ge=1, doc="optimizer steps of one run (tasks.*.steps, accelerate.budget)")
     max_total_steps: int = spec(10_000_000_000, ge=1, doc="runs x steps of one store (time)")
     max_block_bytes: int = spec(8 * GiB, ge=1, doc="memory of one write block (store.shard_runs runs at once)")
     max_store_bytes: int = spec(200 * GiB, ge=1, doc="uncompressed size of one store")
+    max_model_params: int = spec(100_000_000, ge=1, doc="learned parameters of one forecaster (models.*)")
+    max_model_bytes: int = spec(8 * GiB, ge=1, doc="training memory of one forecaster: parameters, gradients, "
+                                                   "optimizer state and one batch's activations (an estimate)")
 

@@ -21,6 +21,7 @@ cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
     "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
-    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES",
+    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "SizeEstimate",
 ]
 
 
@@ -127,6 +128,21 @@ class Trajectories:
             run_ids=runs, layout=store.layout)
 
 
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What training one forecaster costs, from its options and the network it forecasts: an order-of-magnitude
+    estimate (float32; the layers' own sizes exactly, activations roughly), which ``gfm validate`` compares
+    with ``limits.max_model_params`` and ``limits.max_model_bytes`` before anything is built."""
+
+    params: int        # learned numbers of the model
+    activations: int   # floats one training batch keeps for the backward pass
+
+    @property
+    def train_bytes(self) -> int:
+        """Weights, gradients and AdamW's two moments (4 copies of the parameters) plus one batch's activations."""
+        return 4 * (4 * self.params + self.activations)
+
+
 class Forecaster:
     """Base class. Subclasses define ``Config`` (a frozen dataclass), ``fit`` and ``_forecast``, and list
     their learned tensors in ``state_tensors`` / ``load_state_tensors`` (an ``nn.Module`` does this for free
@@ -172,6 +188,18 @@ class Forecaster:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {} if self.module is None else {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        """Parameters and training activations of this model fitted on runs of a network of ``n_params``
+        parameters trained by ``optimizer`` (see :class:`SizeEstimate`). Closed-form models learn nothing."""
+        return SizeEstimate(0, 0)
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        """The config options that size this model's tensors (option name -> value), read from saved tensor
+        shapes alone. :func:`load_forecaster` compares them with the saved config before it builds anything,
+        so that a config edited to a huge size is refused without allocating it. Width options whose tensor is
+        missing are left out (the load then names the missing tensor); counts (layers) are always given."""
+        return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.module is not None:
@@ -263,6 +291,24 @@ class Forecaster:
 
     def _save_into(self, tmp: Path, directory: Path) -> None:
         write_model(self, tmp, directory)
+
+
+def tensor_dim(shapes: dict[str, tuple[int, ...]], name: str, axis: int) -> int | None:
+    """Axis ``axis`` of saved tensor ``name``, None when there is no such tensor or axis."""
+    shape = shapes.get(name)
+    return shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+
+
+def count_indexed(shapes: dict[str, tuple[int, ...]], pattern: str) -> int:
+    """How many distinct indices the tensor names matching ``pattern`` hold (a regular expression whose one
+    group is the index, e.g. ``r"rnn\\.weight_ih_l(\\d+)"``): the layers a saved model has."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for name in shapes if (m := rx.fullmatch(name))})
+
+
+def known_sizes(**found: int | None) -> dict[str, int]:
+    """The options of ``found`` whose size the tensors tell (None: the tensor is missing)."""
+    return {option: value for option, value in found.items() if value is not None}
 
 
 FORECASTERS: dict[str, type[Forecaster]] = {}

@@ -37,7 +37,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.base import (
+    Forecaster,
+    ForecasterError,
+    SizeEstimate,
+    Trajectories,
+    known_sizes,
+    register,
+    tensor_dim,
+)
 from gfm.forecasters.features import from_rows, to_rows
 from gfm.forecasters.fitting import DirectForecaster, FitOptions
 from gfm.schema import spec
@@ -174,6 +182,10 @@ class LFD2Forecaster(DirectForecaster):
     def _build(self) -> nn.Module:
         return nn.Linear(2, max(self.horizons) - self.prefix_end)
 
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        n_out = max(self.horizons) - self.prefix_end
+        return SizeEstimate(3 * n_out, self.config.batch_size * 2 * n_out)
+
     def _inputs(self, prefix: Trajectories) -> tuple[torch.Tensor, ...]:
         w = prefix.weights
         return (to_rows(w[:, [0, self.prefix_end]]) / self.extra["scales"]["weight"],)
@@ -230,6 +242,13 @@ class IntrospectionForecaster(DirectForecaster):
 
     def _build(self) -> nn.Module:
         return _MLP(4, self.config.hidden, len(self.horizons))
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        h, n_out = self.config.hidden, len(self.horizons)
+        return SizeEstimate(5 * h + h * n_out + n_out, self.config.batch_size * (2 * h + n_out))
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return known_sizes(hidden=tensor_dim(shapes, "hidden.weight", 0))
 
     def _inputs(self, prefix: Trajectories) -> tuple[torch.Tensor, ...]:
         return (to_rows(prefix.weights[:, self.steps()]) / self.extra["scales"]["weight"],)
@@ -305,6 +324,22 @@ class WNNForecaster(DirectForecaster):
 
     def _build(self) -> nn.Module:
         return _WNNNet(self.config, len(self.horizons))
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        # two _ExpStream (5 and 4 inputs): dense, squeeze, the a/b/c maps and out; about 8 width-sized
+        # activations per stream and row (f, its gates, z and their products)
+        c, n_out = self.config, len(self.horizons)
+        w, b, o = c.width, c.bottleneck, c.out_width
+
+        def stream(n_in: int) -> int:
+            return n_in * w + w + w * b + b + 3 * (b * w + w) + w * o + o
+
+        return SizeEstimate(stream(5) + stream(4) + 2 * o * n_out + n_out, c.batch_size * 2 * (8 * w + b + o))
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return known_sizes(width=tensor_dim(shapes, "values.dense.weight", 0),
+                           bottleneck=tensor_dim(shapes, "values.squeeze.weight", 0),
+                           out_width=tensor_dim(shapes, "values.out.weight", 0))
 
     def _inputs(self, prefix: Trajectories) -> tuple[torch.Tensor, ...]:
         v, denom = self._history(prefix)

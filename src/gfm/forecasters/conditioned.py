@@ -20,11 +20,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfm.forecasters.base import ForecasterError, Trajectories, register
+from gfm.forecasters.base import (
+    ForecasterError,
+    SizeEstimate,
+    Trajectories,
+    known_sizes,
+    register,
+    tensor_dim,
+)
 from gfm.forecasters.features import SEQUENCE_FEATURES, sequence_features
 from gfm.forecasters.function_field import FunctionFieldConfig, FunctionFieldGFM
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.forecasters.sequence import LSTMConfig, LSTMForecaster, _LSTMNet
+from gfm.forecasters.sequence import LSTMConfig, LSTMForecaster, _LSTMNet, lstm_size
 from gfm.schema import spec
 
 __all__ = ["LSTMZConfig", "LSTMZForecaster"]
@@ -72,6 +79,17 @@ class LSTMZForecaster(LSTMForecaster):
     def _build(self) -> nn.Module:
         return _LSTMNet(len(SEQUENCE_FEATURES) + self.config.basis, self.config.hidden, self.config.layers,
                         len(self.horizons))
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        lstm = lstm_size(len(SEQUENCE_FEATURES) + self.config.basis, self.config, self.prefix_end + 1,
+                         len(self.horizons))
+        encoder = FunctionFieldGFM(self._encoder_config(), prefix_end=self.prefix_end,
+                                   horizons=self.horizons).size_estimate(n_params, optimizer)
+        return SizeEstimate(lstm.params + encoder.params, max(lstm.activations, encoder.activations))
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return {**super().sizes_from_tensors(shapes),
+                **known_sizes(probes=tensor_dim(shapes, _ENC + "x", 0), basis=tensor_dim(shapes, _ENC + "basis", 2))}
 
     def _codes(self, prefix: Trajectories) -> torch.Tensor:
         """z (N, M) of each run, from records 0..K (the encoder's own inference, as at its forecast time)."""

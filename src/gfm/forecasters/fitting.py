@@ -143,8 +143,10 @@ def val_scores(fc: Forecaster, val: Trajectories) -> dict[str, float]:
 
 
 def seeded(build: Callable[[], nn.Module], rng: torch.Generator) -> nn.Module:
-    """Build a module whose initial weights depend only on ``rng`` (not on torch's global RNG state)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+    """Build a module whose initial weights depend only on ``rng`` (not on torch's global RNG state). The seed
+    is drawn on the generator's own device, so that a build under ``torch.device("meta")`` (a shape-only dry
+    run: :func:`gfm.forecasters.model_files.load_forecaster`) still draws it."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=rng, device=rng.device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()

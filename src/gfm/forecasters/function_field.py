@@ -37,7 +37,15 @@ import torch
 from torch import nn
 
 from gfm import optimizers as opt_rules
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.base import (
+    Forecaster,
+    ForecasterError,
+    SizeEstimate,
+    Trajectories,
+    known_sizes,
+    register,
+    tensor_dim,
+)
 from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
 from gfm.forecasters.function_sampling import calibrate, sample_final
 from gfm.forecasters.gfm_features import recover_gradient
@@ -320,6 +328,16 @@ class FunctionFieldGFM(Forecaster):
     # --- forecasting ----------------------------------------------------------------------------------
     def _shape(self) -> MLPShape:
         return MLPShape(tuple(tuple(layer) for layer in self.extra["layers"]))
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        # probes, their weights and the basis (a few outputs each); a batch differentiates the network at every
+        # probe for each run and matched record (or rollout step): about two copies of its weights per probe
+        c = self.config
+        params = c.probes * (2 + 2 * c.basis) + 1
+        return SizeEstimate(params, c.batch_size * max(c.points, c.unroll) * 2 * (n_params + c.probes * (c.basis + 2)))
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return known_sizes(probes=tensor_dim(shapes, "x", 0), basis=tensor_dim(shapes, "basis", 2))
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         shape = self._shape()

@@ -45,9 +45,19 @@ from gfm.flow import (
     sample_segments,
 )
 from gfm.flow.solver import SOLVERS
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
+from gfm.forecasters.base import (
+    Forecaster,
+    ForecasterError,
+    SizeEstimate,
+    Trajectories,
+    count_indexed,
+    known_sizes,
+    register,
+    tensor_dim,
+)
 from gfm.forecasters.fitting import EarlyStopping, make_optimizer, val_scores
 from gfm.forecasters.gfm_features import (
+    RUN_HYPER,
     Context,
     Scales,
     build_context,
@@ -206,6 +216,39 @@ class _GFMBase(Forecaster):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._build_module()
         super().load_state_tensors(tensors)
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        """The field's MLP (the joint field's also a skip map from every input to every output) on the feature
+        counts :meth:`fit` computes; one training batch runs ``batch_size`` samples (and ``unroll_batch``
+        rollouts of ``unroll`` steps) over every parameter (``param_sample`` of them, coordinate field)."""
+        cfg = self.config
+        n_opt = n_state_features(optimizer)
+        n_static = (3 if cfg.anchors else 0) + len(cfg.velocity_windows) + (n_opt if self.structure == "state_input" else 0)
+        n_feat = n_static + 3 + (n_opt if self.structure == "rule" and getattr(cfg, "state_features", False) else 0)
+        n_run = len(set(RUN_HYPER) & set(HYPER_NAMES.get(optimizer, ())))  # the stores' run fields fit_scales keeps
+        w, depth = cfg.width, cfg.depth
+
+        def mlp(n_in: int, n_out: int) -> int:  # depth hidden layers, then the output layer
+            return n_in * w + w + (depth - 1) * (w * w + w) + w * n_out + n_out
+
+        if cfg.field == "joint":
+            n_in = n_params * n_feat + n_run
+            params = mlp(n_in, n_params) + n_in * n_params  # + the skip map
+            per_sample = n_in + 2 * w * depth + n_params
+        else:
+            n_pool = {"none": 0, "prefix": n_static, "state": n_feat}[cfg.run_context]
+            pool = n_pool * cfg.pool_width + 2 * cfg.pool_width + cfg.pool_width ** 2 if n_pool else 0
+            n_in = n_feat + n_run + (cfg.pool_width if n_pool else 0)
+            params = pool + mlp(n_in, 1)
+            cols = min(cfg.param_sample, n_params) if cfg.param_sample else n_params
+            per_sample = cols * (n_in + 2 * w * depth)
+        return SizeEstimate(params, (cfg.batch_size + cfg.unroll_batch * cfg.unroll) * per_sample)
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        # BoundedMLP: Linear, SiLU, ..., Linear: depth hidden layers are depth + 1 weights at net.0, net.2, ...
+        return known_sizes(width=tensor_dim(shapes, "mlp.net.0.weight", 0),
+                           depth=max(count_indexed(shapes, r"mlp\.net\.(\d+)\.weight") - 1, 0),
+                           pool_width=tensor_dim(shapes, "pool.0.weight", 0))
 
     def _reads_optimizer(self) -> bool:
         return self.structure in ("rule", "state_input")

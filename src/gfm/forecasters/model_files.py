@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gfm.config import to_dict
-from gfm.errors import GFMError
+from gfm.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
 from gfm.inputs import _is_int
 from gfm.verdict import Verdict
@@ -138,8 +138,9 @@ def load_forecaster(directory: str | Path) -> Forecaster:
 
     Everything ``gfm check`` asks of a model directory is checked here, so a stage never forecasts with a
     model that check refuses: both files regular and inside the directory, config JSON bounded in size and
-    depth, safetensors header (see :func:`_check_safetensors_header`), tensors of exactly the shapes the
-    model builds, every tensor and fitted value finite.
+    depth, safetensors header (see :func:`_check_safetensors_header`), config sizes equal to those the
+    tensors were built with and tensors of exactly the shapes the model builds (both compared from the header
+    before anything is allocated: :func:`_check_sizes`, :func:`_dry_load`), every tensor and fitted value finite.
 
     Raises:
         ModelFileError: missing files, wrong format, unsafe, misshapen or non-finite tensors or names.
@@ -177,14 +178,19 @@ def load_forecaster(directory: str | Path) -> Forecaster:
                              "train stage")
     if not isinstance(meta.get("config") or {}, dict):
         raise ModelFileError(f"{cfg_path}: 'config' must be a mapping")
-    _check_safetensors_header(w_path, directory)
+    shapes = _check_safetensors_header(w_path, directory)
     fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
     fc.extra = dict(extra)
+    _check_sizes(fc, shapes, cfg_path, w_path)
     try:
+        _dry_load(fc, shapes)
         fc.load_state_tensors(load_file(str(w_path)))
     except (RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as exc:
         if isinstance(exc, GFMError):
             raise
+        if is_out_of_memory(exc):  # not a misfit: the (consistent) model is larger than the memory left
+            raise OutOfMemory(out_of_memory_text(exc, f"loading the {kind!r} model of {directory}",
+                                                 "free memory or load it where more is free")) from None
         # e.g. a tensor of the wrong shape or a missing one: torch's message, first line, names it
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
@@ -194,6 +200,28 @@ def load_forecaster(directory: str | Path) -> Forecaster:
         raise ModelFileError(f"{w_path}: tensors {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold "
                              "non-finite values (NaN or Inf); re-run the train stage")
     return fc
+
+
+def _check_sizes(fc: Forecaster, shapes: dict[str, tuple[int, ...]], cfg_path: Path, w_path: Path) -> None:
+    """Refuse a config whose size options (widths, layers) differ from those the saved tensors were built
+    with, read from the safetensors header alone: a few edited bytes of config.json must not make the load
+    build (allocate) a model far larger than the file."""
+    for option, found in fc.sizes_from_tensors(shapes).items():
+        declared = getattr(fc.config, option)
+        if declared != found:
+            raise ModelFileError(f"{cfg_path}: config.{option} is {shorten(declared)} but the tensors of "
+                                 f"{w_path.name} were built with {option} {found}; the two files do not belong "
+                                 "together (re-run the train stage)")
+
+
+def _dry_load(fc: Forecaster, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Build a copy of ``fc`` on torch's meta device (shapes only: nothing allocated) and load tensors of the
+    header's shapes into it: every shape the model would build is compared before the real build allocates
+    it. Raises what the real load would (a missing, unexpected or misshapen tensor)."""
+    dry = make_forecaster(fc.name, fc.config, prefix_end=fc.prefix_end, horizons=fc.horizons)
+    dry.extra = dict(fc.extra)
+    with torch.device("meta"):
+        dry.load_state_tensors({name: torch.empty(shape, device="meta") for name, shape in shapes.items()})
 
 
 # --- gfm check: a model directory, a train stage's directory of per-seed models, a safetensors file -------

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfm.forecasters.base import Trajectories, register
+from gfm.forecasters.base import SizeEstimate, Trajectories, count_indexed, known_sizes, register, tensor_dim
 from gfm.forecasters.features import SEQUENCE_FEATURES, sequence_features
 from gfm.forecasters.fitting import DirectForecaster, FitOptions
 from gfm.schema import spec
@@ -56,6 +56,15 @@ class TransformerConfig(FitOptions):
         if self.d_model % self.heads:
             return [("heads", f"got {self.heads}; expected a divisor of d_model ({self.d_model})")]
         return []
+
+
+def lstm_size(n_in: int, cfg: LSTMConfig, length: int, n_out: int) -> SizeEstimate:
+    """An LSTM of ``cfg.layers`` layers over sequences of ``length`` steps and a linear head: each layer's four
+    gates (input and hidden weights, two biases); per step and layer about 8 floats per unit (gates, cell,
+    hidden) are kept for the backward pass."""
+    h = cfg.hidden
+    params = 4 * h * (n_in + h + 2) + (cfg.layers - 1) * 4 * h * (2 * h + 2) + h * n_out + n_out
+    return SizeEstimate(params, cfg.batch_size * length * cfg.layers * h * 8)
 
 
 class _LSTMNet(nn.Module):
@@ -105,6 +114,13 @@ class LSTMForecaster(_SequenceForecaster):
     def _build(self) -> nn.Module:
         return _LSTMNet(len(SEQUENCE_FEATURES), self.config.hidden, self.config.layers, len(self.horizons))
 
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        return lstm_size(len(SEQUENCE_FEATURES), self.config, self.prefix_end + 1, len(self.horizons))
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return known_sizes(hidden=tensor_dim(shapes, "head.weight", 1),
+                           layers=count_indexed(shapes, r"rnn\.weight_ih_l(\d+)"))
+
 
 @register
 class TransformerForecaster(_SequenceForecaster):
@@ -115,3 +131,18 @@ class TransformerForecaster(_SequenceForecaster):
 
     def _build(self) -> nn.Module:
         return _TransformerNet(len(SEQUENCE_FEATURES), self.prefix_end + 1, self.config, len(self.horizons))
+
+    def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
+        # per layer: q, k, v and output projections, the feed-forward pair, two layer norms; activations per
+        # token and layer: the projections and norms (~12 d), the feed-forward (2 ff) and each head's scores
+        c, length, n_in, n_out = self.config, self.prefix_end + 1, len(SEQUENCE_FEATURES), len(self.horizons)
+        d = c.d_model
+        layer = 4 * d * d + 2 * d * c.ff + c.ff + 9 * d
+        params = n_in * d + d + length * d + c.layers * layer + 2 * d + d * n_out + n_out
+        acts = c.batch_size * length * c.layers * (12 * d + 2 * c.ff + 2 * c.heads * length)
+        return SizeEstimate(params, acts)
+
+    def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        return known_sizes(d_model=tensor_dim(shapes, "embed.weight", 0),
+                           ff=tensor_dim(shapes, "encoder.layers.0.linear1.weight", 0),
+                           layers=count_indexed(shapes, r"encoder\.layers\.(\d+)\..+"))
