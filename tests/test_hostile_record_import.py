@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,189 @@ def test_bools_floats_and_out_of_range_integers_are_refused(tmp_path, key, value
     with pytest.raises(RecordError, match=rf"^{key}=.*; expected an integer from [01] to 2\*\*63 - 1") as err:
         gfm.record(tmp_path / "n.zarr", model, torch.optim.SGD(model.parameters(), lr=0.1), **{key: value})
     assert "\n" not in str(err.value) and not (tmp_path / "n.zarr").exists()
+
+
+# --- gfm import: nothing gfm check would refuse, one line per bad value, a block in memory --------------------
+def _import_cli(capsys, tmp_path: Path, meta_text: str, *, suffix: str = ".yaml", src: Path | None = None):
+    if src is None:
+        src = tmp_path / "w.npy"
+        np.save(src, np.zeros((2, 5, 13), dtype=np.float32))
+    meta = tmp_path / f"meta{suffix}"
+    meta.write_text(meta_text)
+    code = main(["import", str(src), str(tmp_path / "out.zarr"), "--meta", str(meta)])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _nothing_written(tmp_path: Path) -> bool:
+    return not (tmp_path / "out.zarr").exists() and not (tmp_path / "out.zarr.partial").exists()
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a", "shape": [-1, -13]}]}',
+     "layout[0].shape: got [-1, -13]; expected a list of integers >= 1"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a b", "shape": [13]}]}',
+     "layout[0].name: got 'a b'; expected letters, digits"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a/b", "shape": [13]}]}',
+     "layout[0].name: got 'a/b'; expected letters, digits"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a", "shape": [13]}, {"name": "z", "shape": [0]}]}',
+     "layout[1].shape: got [0]; expected a list of integers >= 1"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 4.0}', "steps: got 4.0; the arrays hold 5 records"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a", "shape": [6]}, {"name": "a", "shape": [7]}]}',
+     "layout[1].name: 'a' is also the name of layout[0]; tensor names must be unique"),
+    ('{"optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a", "shape": [13], "offset": 5}]}',
+     "layout[0]: got {'name': 'a', 'offset': 5, 'shape': [13]}; expected a mapping of exactly name and shape"),
+])
+def test_import_refuses_before_writing_what_gfm_check_would_refuse(tmp_path, capsys, meta, needle):
+    code, err = _import_cli(capsys, tmp_path, meta, suffix=".json")
+    assert code == 2 and needle in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ("optimizer: {name: sgd, lr: '0.1'}", "optimizer.lr: got '0.1'; expected a finite number >= 0, or a list of 2"),
+    ("optimizer: {name: sgd, lr: [a, b]}", "optimizer.lr: got ['a', 'b']; expected a finite number"),
+    ("optimizer: {name: sgd, lr: {x: 1}}", "optimizer.lr: got {'x': 1}; expected a finite number"),
+    ("optimizer: {name: sgd, lr: [[0.1], [0.2, 0.3]]}", "optimizer.lr: got [[0.1], [0.2, 0.3]]; expected"),
+    ("optimizer: {name: sgd, lr: [0.1, true]}", "optimizer.lr: got [0.1, True]; expected"),
+    ("optimizer: {name: sgd, lr: 1e400}", "optimizer.lr: got inf; expected a finite number"),
+    ("optimizer: {name: sgd, lr: 0.1}\ndataset_seed: 18446744073709551616",
+     "dataset_seed: got 18446744073709551616; expected an integer >= 0 or a list of 2 (one per run), each at "
+     "most 2**63 - 1"),
+    ("optimizer: {name: sgd, lr: 0.1}\ndataset_seed: [0, 18446744073709551616]", "dataset_seed: got [0, "),
+    ("optimizer: {name: sgd, lr: 0.1}\nlayout: [{name: a, shape: [1e400]}]", "layout[0].shape: got [inf]; expected"),
+    ("optimizer: {name: sgd, lr: 0.1}\nlayout: [{name: a, shape: [100000000000000000000000000000, 0]}]",
+     "layout[0].shape: got [100000000000000000000000000000, 0]; expected a list of integers >= 1"),
+    ("optimizer: {name: sgd, lr: 0.1}\nrecord_every: 1180591620717411303424",
+     "record_every: got 1180591620717411303424; expected an integer from 1 to 2305843009213693951"),
+    ("optimizer: {name: sgd, lr: 0.1}\nname: [x]", "name: got ['x']; use letters, digits and '_'"),
+    ("optimizer: {name: [sgd], lr: 0.1}", "optimizer.name: got ['sgd']; expected one of adam, adamw"),
+    ("optimizer: {name: sgd, lr: 0.1, 1: 2, x: 3}", "optimizer.1: not used by 'sgd'; it reads eps, lr"),
+    ("optimizer: {name: sgd, lr: 0.1}\n1: 2\nx: 3", "unknown keys [1, 'x']; expected some of"),
+])
+def test_import_metadata_values_are_one_line_naming_the_key(tmp_path, capsys, meta, needle):
+    code, err = _import_cli(capsys, tmp_path, meta)
+    assert code == 2 and needle in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert _nothing_written(tmp_path)
+
+
+def test_gfm_check_refuses_a_store_whose_tensor_names_repeat(tmp_path, capsys):
+    """The rule import applies to its metadata is gfm check's own: a store whose layout names one tensor twice
+    (load_into would put both under one name) is refused by check as well."""
+    import json
+
+    from gfm.importer import import_trajectories
+
+    np.save(tmp_path / "w.npy", np.zeros((2, 5, 13), dtype=np.float32))
+    import_trajectories(tmp_path / "w.npy", tmp_path / "s.zarr", meta={
+        "optimizer": {"name": "sgd", "lr": 0.1}, "layout": [{"name": "a", "shape": [6]}, {"name": "b", "shape": [7]}]})
+    meta = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
+    meta["attributes"]["layout"][1]["name"] = "a"
+    (tmp_path / "s.zarr" / "zarr.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "s.zarr")]) == 1
+    assert "layout[1] is named 'a' like layout[0]; tensor names must be unique" in capsys.readouterr().out
+
+
+def test_a_written_store_that_fails_gfm_check_is_not_put_in_place(tmp_path, monkeypatch):
+    """The last gate: the written store goes through gfm check's own rules before it is flagged complete and
+    renamed; a store they refuse is removed, and nothing is at the destination."""
+    from gfm import store_check
+    from gfm.importer import TrajectoryImportError, import_trajectories
+
+    np.save(tmp_path / "w.npy", np.zeros((2, 5, 13), dtype=np.float32))
+    checked = []
+    real = store_check.check_trajectory_store
+
+    def refusing(path, v):
+        real(path, v)
+        checked.append((Path(path), list(v.problems)))
+        v.problems.append("weights: injected problem")
+
+    monkeypatch.setattr(store_check, "check_trajectory_store", refusing)
+    with pytest.raises(TrajectoryImportError, match=r"out.zarr: the written store fails gfm check \(weights: "
+                                                    r"injected problem\); nothing was put in place"):
+        import_trajectories(tmp_path / "w.npy", tmp_path / "out.zarr", meta={"optimizer": {"name": "sgd", "lr": 0.1}})
+    assert checked == [(tmp_path / "out.zarr.partial", [])]  # checked clean, before the rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npy"]
+
+
+def test_import_of_a_damaged_archive_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A header that claims more data than the archive holds is refused before writing; a member whose data
+    was altered (its CRC fails only once it has been read to the end) fails mid-write, and the half-written
+    store is removed."""
+    w = np.zeros((4, 5, 13), dtype=np.float32)
+    meta = "optimizer: {name: sgd, lr: 0.1}"
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as zf, zf.open("weights.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (9, 5, 13)})
+        f.write(w.tobytes())  # 4 runs of the 9 its header claims
+    code, err = _import_cli(capsys, tmp_path, meta, src=tmp_path / "short.npz")
+    assert code == 2 and "weights: the archive holds 1168 bytes for it; its header (shape (9, 5, 13), float32) " \
+                          "needs 2468" in err and err.count("\n") == 1
+    assert _nothing_written(tmp_path)
+
+    np.savez(tmp_path / "flipped.npz", weights=np.zeros((4, 50, 1300), dtype=np.float32))
+    raw = bytearray((tmp_path / "flipped.npz").read_bytes())
+    raw[len(raw) // 2] = 1  # inside the weights' data, far past the header
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    code, err = _import_cli(capsys, tmp_path, meta, src=tmp_path / "flipped.npz")
+    # "BadZipFile:" is how the failure reads when it comes while the blocks are written (not at the headers)
+    assert code == 2 and "not a readable NumPy file (BadZipFile: Bad CRC-32" in err and err.count("\n") == 1
+    assert _nothing_written(tmp_path)
+
+
+def _zeros_npz(path: Path, shape: tuple[int, int, int]) -> None:
+    """A deflated .npz of zero weights, written row by row (never whole in memory): tiny on disk, large inflated."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf, \
+            zf.open("weights.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        row = np.zeros(shape[1:], dtype=np.float32).tobytes()
+        for _ in range(shape[0]):
+            f.write(row)
+
+
+def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypatch):
+    """A 0.2 MB .npz that inflates to 157 MB of weights (one shard of 192 runs) is imported holding one part of
+    8 runs (6.5 MB) at a time, `gfm check`'s pass over the written store included: the traced peak stays under
+    a third of the weights, which loading any array whole would exceed."""
+    import tracemalloc
+
+    from gfm import importer, store_check, verdict
+    from gfm.config import StoreLayoutConfig
+
+    shape = (192, 25, 8192)
+    _zeros_npz(tmp_path / "big.npz", shape)
+    assert (tmp_path / "big.npz").stat().st_size < 400_000
+    whole = np.prod(shape) * 4
+    monkeypatch.setattr(importer, "PART_BYTES", 8 << 20)
+    monkeypatch.setattr(verdict, "READ_BYTES", 8 << 20)
+    # gfm.inputs.read_bytes reads a zarr.json with f.read(limit + 1), a buffer of the limit (64 MB) that is
+    # never filled: tracemalloc counts it, the resident memory does not. A 1 MB limit keeps it out of the peak.
+    monkeypatch.setattr(store_check, "MAX_JSON_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        summary = importer.import_trajectories(tmp_path / "big.npz", tmp_path / "big.zarr",
+                                               meta={"optimizer": {"name": "sgd", "lr": 0.1}},
+                                               chunks=StoreLayoutConfig(chunk_runs=8, chunk_steps=25))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["runs"] == 192 and main(["check", str(tmp_path / "big.zarr")]) == 0
+    assert peak < whole / 3, f"peak {peak / 1e6:.0f} MB for {whole / 1e6:.0f} MB of weights"
+
+
+def test_an_import_written_in_parts_is_byte_identical_to_one_written_whole(tmp_path, monkeypatch):
+    from gfm import importer
+    from gfm.config import StoreLayoutConfig
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "r.npz", weights=rng.normal(size=(24, 9, 13)).astype(np.float32),
+             loss=rng.uniform(size=(24, 9)).astype(np.float32), state_momentum_buffer=rng.normal(size=(24, 9, 13)))
+    meta = {"optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9}}
+    chunks = StoreLayoutConfig(chunk_runs=4, shard_runs=12, chunk_steps=4)
+    importer.import_trajectories(tmp_path / "r.npz", tmp_path / "whole.zarr", meta=meta, chunks=chunks)
+    monkeypatch.setattr(importer, "PART_BYTES", 1)  # one inner chunk of 4 runs at a time
+    importer.import_trajectories(tmp_path / "r.npz", tmp_path / "parts.zarr", meta=meta, chunks=chunks)
+    assert _files(tmp_path / "parts.zarr") == _files(tmp_path / "whole.zarr")
