@@ -411,6 +411,14 @@ def test_import_of_a_damaged_archive_is_one_line_and_leaves_nothing(tmp_path, ca
     assert code == 2 and "not a readable NumPy file (BadZipFile: Bad CRC-32" in err and err.count("\n") == 1
     assert _nothing_written(tmp_path)
 
+    np.savez_compressed(tmp_path / "deflated.npz", weights=np.random.default_rng(0).normal(size=(4, 50, 1300)))
+    raw = bytearray((tmp_path / "deflated.npz").read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # a damaged deflate stream
+    (tmp_path / "deflated.npz").write_bytes(bytes(raw))
+    code, err = _import_cli(capsys, tmp_path, meta, src=tmp_path / "deflated.npz")
+    assert code == 2 and "not a readable NumPy file (" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert _nothing_written(tmp_path)
+
 
 def _zeros_npz(path: Path, shape: tuple[int, int, int]) -> None:
     """A deflated .npz of zero weights, written row by row (never whole in memory): tiny on disk, large inflated."""

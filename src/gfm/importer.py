@@ -59,6 +59,7 @@ import re
 import shutil
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -364,8 +365,8 @@ def _open_source(src: Path) -> tuple[dict[str, _Array], zipfile.ZipFile | None]:
         if archive is not None:
             archive.close()
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
-        # truncated, object dtype (never unpickled), not NumPy, an unknown compression
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        # truncated, object dtype (never unpickled), not NumPy, an unknown compression, an encrypted member
         if archive is not None:
             archive.close()
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
@@ -525,7 +526,7 @@ def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path |
         # what this import wrote is of no use to anyone (an import never resumes): gone, lock released
         writer.release()
         shutil.rmtree(writer.tmp, ignore_errors=True)
-        if isinstance(exc, (OSError, EOFError, zipfile.BadZipFile)):  # the archive, read past its headers
+        if isinstance(exc, (OSError, EOFError, zipfile.BadZipFile, zlib.error)):  # the archive, past its headers
             raise TrajectoryImportError(f"{src}: not a readable NumPy file ({type(exc).__name__}: "
                                         f"{shorten(str(exc), 160, quote=False)})") from None
         raise
