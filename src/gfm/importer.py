@@ -10,7 +10,10 @@ Input:
 * ``.npy``: the weights alone, shaped (run, step, param) (memory-mapped, streamed block by block);
 * ``.npz``: ``weights`` (run, step, param) and optionally ``loss`` (run, step), ``lr`` (run, step),
   ``state_<name>`` (run, step, param) for the optimizer's state (``momentum_buffer``, ``exp_avg``,
-  ``exp_avg_sq``, ``square_avg``) and ``dataset_seed`` (run,). Arrays are read with ``allow_pickle=False``.
+  ``exp_avg_sq``, ``square_avg``) and ``dataset_seed`` (run,), each in C order (what ``np.savez`` writes for
+  an ordinary array). Only each array's header is read up front; the data is streamed out of the archive
+  as the store is written, a part of a block of runs at a time (at most ``PART_BYTES`` of weights and
+  state), so memory holds a part, whatever the arrays expand to.
 
 Step s of the arrays is optimizer step ``s * record_every``; step 0 is the initialisation.
 
@@ -39,24 +42,33 @@ loss; NaN cannot be mistaken for one, and the attribute ``loss_source: none`` te
 check``, which accepts NaN loss only under that attribute, and then requires it to be NaN everywhere) that
 no loss exists. The forecasters never read the loss.
 
-Hostile inputs: the source is opened only if it is a regular file, with ``allow_pickle=False`` (an object
-array is refused, never unpickled); every array's dtype and shape are checked before a value is converted,
-and the metadata file is read bounded in size and nesting depth (``gfm.inputs``).
+Hostile inputs: the source is opened only if it is a regular file; an array header naming an object dtype is
+refused, never unpickled; every array's dtype, shape and byte size are checked before a value is read, and
+the metadata file is read bounded in size and nesting depth (``gfm.inputs``). What ``gfm check`` would refuse
+in the store (a layout of negative, zero or non-integer sizes, tensor names it does not accept or that repeat,
+a non-integer ``steps``) is refused before anything is written; the written store is then checked with
+``gfm check``'s own rules before it is flagged complete and put in place, and removed if it fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
+import shutil
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from gfm._version import __version__
 from gfm.config import StoreLayoutConfig
-from gfm.errors import GFMError
+from gfm.errors import GFMError, shorten
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, SPECS, STATE_NAMES, momentum_buffer_from_weights
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
@@ -65,6 +77,11 @@ __all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajector
 
 # Defaults of hyper-parameters the metadata may leave out: gfm.optimizers.HYPER_DEFAULTS (config's defaults).
 _META_KEYS = {"optimizer", "record_every", "steps", "layout", "dataset_seed", "name", "missing_state"}
+_INT64_MAX = int(np.iinfo(np.int64).max)
+PART_BYTES = 64 << 20
+"""Most weights and optimizer state an import holds in memory at once (as float32), in whole inner chunks of
+runs; the source is read as it is written, a part of a block at a time."""
+_TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")  # what gfm check accepts (store_check._layout_problems)
 
 
 class TrajectoryImportError(GFMError, ValueError):
@@ -124,71 +141,204 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
         TrajectoryImportError: unknown keys, bad optimizer or hyper-parameters, layout or steps that do not fit.
     """
     unknown = set(data) - _META_KEYS
-    if unknown:
-        raise TrajectoryImportError(f"{source}: unknown keys {sorted(unknown)}; expected some of {sorted(_META_KEYS)}")
+    if unknown:  # keys of any type (YAML): sorted as text
+        raise TrajectoryImportError(f"{source}: unknown keys {shorten(sorted(unknown, key=str))}; expected some of "
+                                    f"{sorted(_META_KEYS)}")
     opt = data.get("optimizer")
-    if not isinstance(opt, dict) or opt.get("name") not in HYPER_NAMES:
-        raise TrajectoryImportError(f"{source}: optimizer.name: got {opt.get('name') if isinstance(opt, dict) else opt!r}; "
-                           f"expected one of {', '.join(sorted(HYPER_NAMES))}")
+    if not isinstance(opt, dict) or not isinstance(opt.get("name"), str) or opt["name"] not in HYPER_NAMES:
+        raise TrajectoryImportError(f"{source}: optimizer.name: got "
+                                    f"{shorten(opt.get('name') if isinstance(opt, dict) else opt)}; "
+                                    f"expected one of {', '.join(sorted(HYPER_NAMES))}")
     name = opt["name"]
     allowed = {*HYPER_NAMES[name], "eps", "name"}
     extra = set(opt) - allowed
     if extra:
-        raise TrajectoryImportError(f"{source}: optimizer.{sorted(extra)[0]}: not used by {name!r}; it reads "
-                           f"{', '.join(sorted(allowed - {'name'}))}")
+        raise TrajectoryImportError(f"{source}: optimizer.{shorten(sorted(extra, key=str)[0], quote=False)}: not used "
+                                    f"by {name!r}; it reads {', '.join(sorted(allowed - {'name'}))}")
     if "lr" not in opt:
         raise TrajectoryImportError(f"{source}: optimizer.lr is required")
     hyper = {}
     for key in (*HYPER_NAMES[name], "eps"):
         value = opt.get(key, HYPER_DEFAULTS.get(key))
-        arr = np.asarray(value, dtype=np.float64) if isinstance(value, (int, float, list)) and not isinstance(
-            value, bool) else None
-        if arr is None or arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != n_runs):
-            raise TrajectoryImportError(f"{source}: optimizer.{key}: got {value!r}; expected a number or a list of "
-                               f"{n_runs} numbers (one per run)")
-        if not np.isfinite(arr).all() or (arr < 0).any():
-            raise TrajectoryImportError(f"{source}: optimizer.{key}: got {value!r}; expected finite values >= 0")
-        hyper[key] = np.broadcast_to(arr, (n_runs,)).copy()
+        hyper[key] = _per_run(value, n_runs, _rate)
+        if hyper[key] is None:
+            raise TrajectoryImportError(f"{source}: optimizer.{key}: got {shorten(value)}; expected a finite number "
+                                        f">= 0, or a list of {n_runs} numbers (one per run), each finite and >= 0")
     every = data.get("record_every", 1)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise TrajectoryImportError(f"{source}: record_every: got {every!r}; expected an integer >= 1")
+    top = _INT64_MAX // (n_steps - 1)  # steps = (records - 1) * record_every must be an int64
+    if not _is_int(every) or not 1 <= every <= top:
+        raise TrajectoryImportError(f"{source}: record_every: got {shorten(every)}; expected an integer from 1 to "
+                                    f"{top}")
     steps = data.get("steps", (n_steps - 1) * every)
-    if steps != (n_steps - 1) * every:
-        raise TrajectoryImportError(f"{source}: steps: got {steps!r}; the arrays hold {n_steps} records every {every} steps, "
-                           f"i.e. {(n_steps - 1) * every} optimizer steps")
-    layout_data = data.get("layout", [{"name": "weights", "shape": [n_params]}])
-    try:
-        layout = layout_from_shapes([(str(t["name"]), tuple(int(s) for s in t["shape"])) for t in layout_data])
-    except (TypeError, KeyError, ValueError):
-        raise TrajectoryImportError(f"{source}: layout: expected a list of {{name, shape}} mappings") from None
-    size = sum(s.size for s in layout)
-    if size != n_params:
-        raise TrajectoryImportError(f"{source}: layout: its tensors hold {size} values; the arrays have {n_params} parameters")
+    if not _is_int(steps) or steps != (n_steps - 1) * every:
+        raise TrajectoryImportError(f"{source}: steps: got {shorten(steps)}; the arrays hold {n_steps} records every "
+                                    f"{every} steps, i.e. {(n_steps - 1) * every} optimizer steps: expected that "
+                                    "integer, or no steps key")
+    layout = _layout(data.get("layout", [{"name": "weights", "shape": [n_params]}]), n_params, source)
     seed_value = data.get("dataset_seed", 0)
-    seeds = _seeds(seed_value, n_runs)
+    seeds = _per_run(seed_value, n_runs, _seed)
     if seeds is None:
-        raise TrajectoryImportError(f"{source}: dataset_seed: got {seed_value!r:.80}; expected an integer >= 0 or a "
-                                    f"list of {n_runs} (one per run)")
+        raise TrajectoryImportError(f"{source}: dataset_seed: got {shorten(seed_value)}; expected an integer >= 0 or "
+                                    f"a list of {n_runs} (one per run), each at most 2**63 - 1")
     missing_state = data.get("missing_state", "error")
     if missing_state not in ("error", "zeros"):
-        raise TrajectoryImportError(f"{source}: missing_state: got {missing_state!r}; expected error or zeros")
-    store_name = str(data.get("name", "imported"))
-    if not store_name.replace("_", "").isalnum() or not store_name[:1].isalpha():
-        raise TrajectoryImportError(f"{source}: name: got {store_name!r}; use letters, digits and '_', starting with a letter")
+        raise TrajectoryImportError(f"{source}: missing_state: got {shorten(missing_state)}; expected error or zeros")
+    store_name = data.get("name", "imported")
+    if not isinstance(store_name, str) or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", store_name) is None:
+        raise TrajectoryImportError(f"{source}: name: got {shorten(store_name)}; use letters, digits and '_', "
+                                    "starting with a letter")
     return ImportMeta(name, hyper, every, steps, layout, seeds, store_name, missing_state)
 
 
-def _seeds(value: Any, n_runs: int) -> np.ndarray | None:
-    """Dataset seeds (run,) int64 from an integer or a list of integers >= 0 (they become directory names)."""
-    values = value if isinstance(value, list) else [value] * n_runs
-    if len(values) != n_runs or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
-                                        for v in values):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _rate(value: Any) -> float | None:
+    """A hyper-parameter: a finite number >= 0 (not a bool, a string or a number too large for a float)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
-    return np.asarray(values, dtype=np.int64)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
-def _open_source(src: Path) -> dict[str, Any]:
-    """The source arrays by name (``weights``, optional ``loss``, ``lr``, ``state/<name>``, ``dataset_seed``)."""
+def _seed(value: Any) -> int | None:
+    """A dataset seed: an integer from 0 to 2**63 - 1 (they are int64 arrays and directory names)."""
+    return int(value) if _is_int(value) and 0 <= value <= _INT64_MAX else None
+
+
+def _per_run(value: Any, n_runs: int, one) -> np.ndarray | None:
+    """(run,) values from one value or a list of ``n_runs`` of them, each through ``one`` (``_rate``: float64,
+    ``_seed``: int64); None when the list has another length or ``one`` refuses an item."""
+    if isinstance(value, list):
+        parsed = [one(v) for v in value] if len(value) == n_runs else [None]
+    else:
+        parsed = [one(value)] * n_runs
+    if any(v is None for v in parsed):
+        return None
+    return np.asarray(parsed, dtype=np.float64 if one is _rate else np.int64)
+
+
+def _layout(data: Any, n_params: int, source: str) -> tuple[ParamSpec, ...]:
+    """The tensors of the flat vector, refused with the rules of ``gfm check`` (store_check._layout_problems):
+    a non-empty list of ``{name, shape}``, names unique and of letters, digits, '_' and '.', sizes integers >= 1
+    adding up to the number of parameters."""
+    if not isinstance(data, list) or not data:
+        raise TrajectoryImportError(f"{source}: layout: got {shorten(data)}; expected a non-empty list of "
+                                    "{name, shape} mappings")
+    named, seen, total = [], {}, 0
+    for i, t in enumerate(data):
+        if not isinstance(t, dict) or set(t) != {"name", "shape"}:
+            raise TrajectoryImportError(f"{source}: layout[{i}]: got {shorten(t)}; expected a mapping of exactly "
+                                        "name and shape")
+        name, shape = t["name"], t["shape"]
+        if not isinstance(name, str) or _TENSOR_NAME.fullmatch(name) is None:
+            raise TrajectoryImportError(f"{source}: layout[{i}].name: got {shorten(name)}; expected letters, digits, "
+                                        "'_' and '.', not starting with '.' (e.g. 0.weight)")
+        if name in seen:
+            raise TrajectoryImportError(f"{source}: layout[{i}].name: {name!r} is also the name of layout[{seen[name]}]; "
+                                        "tensor names must be unique")
+        seen[name] = i
+        if not isinstance(shape, list) or not all(_is_int(n) and n >= 1 for n in shape):
+            raise TrajectoryImportError(f"{source}: layout[{i}].shape: got {shorten(shape)}; expected a list of "
+                                        "integers >= 1")
+        total += math.prod(shape)
+        if total > n_params:  # also stops products of huge numbers early
+            break
+        named.append((name, tuple(int(n) for n in shape)))
+    if total != n_params:
+        held = f"more than {n_params}" if total > n_params else str(total)
+        raise TrajectoryImportError(f"{source}: layout: its tensors hold {held} values; the arrays have {n_params} "
+                                    "parameters")
+    return layout_from_shapes(named)
+
+
+class _Array:
+    """One source array: shape and dtype from its header, and its rows read a block at a time (a memory map
+    of a ``.npy``; for a member of a ``.npz``, its stream out of the archive, read forward and reopened only
+    to go back), so that no more than one block of it is ever in memory."""
+
+    def __init__(self, src: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, *,
+                 mapped: np.ndarray | None = None, archive: zipfile.ZipFile | None = None,
+                 member: zipfile.ZipInfo | None = None, offset: int = 0):
+        self.src, self.name, self.shape, self.dtype = src, name, shape, dtype
+        self.mapped, self.archive, self.member, self.offset = mapped, archive, member, offset
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self._stream: IO[bytes] | None = None
+        self._row = 0  # the row the stream reads next
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (a read-only array of the source dtype)."""
+        if self.mapped is not None:
+            return np.asarray(self.mapped[start:stop])
+        if self._stream is None or start < self._row:
+            self.close()
+            self._stream = self.archive.open(self.member)
+            self._stream.read(self.offset)  # the header, parsed in _read_header
+            self._row = 0
+        while self._row < start:  # skip forward without holding more than a block
+            self._read(min(start - self._row, max(1, PART_BYTES // max(self.row_bytes, 1))))
+        return self._read(stop - start)
+
+    def _read(self, n: int) -> np.ndarray:
+        want = n * self.row_bytes
+        data = self._stream.read(want)
+        if len(data) != want:
+            raise TrajectoryImportError(f"{self.src}: {self.name}: the archive ends inside row {self._row + len(data) // max(self.row_bytes, 1)} "
+                                        f"of {self.shape[0]}; the file is truncated")
+        self._row += n
+        return np.frombuffer(data, dtype=self.dtype).reshape((n, *self.shape[1:]))
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+def _array_name(src: Path, member: str) -> str:
+    key = member.removesuffix(".npy")
+    if key in ("weights", "loss", "lr", "dataset_seed"):
+        return key
+    if key.startswith("state_"):
+        return "state/" + key.removeprefix("state_")
+    raise TrajectoryImportError(f"{src}: unknown array {shorten(key)}; expected weights, loss, lr, dataset_seed or "
+                                "state_<name>")
+
+
+def _read_member(src: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _Array:
+    """A ``.npz`` member's header (never its data): shape, dtype, order and size checked against each other."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise TrajectoryImportError(f"{src}: {name}: NumPy file format {version}; expected 1.0 or 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise TrajectoryImportError(f"{src}: not a readable NumPy file ({name} is an object array; those are "
+                                    "never unpickled)")
+    if dtype.itemsize == 0:
+        raise TrajectoryImportError(f"{src}: {name}: got dtype {shorten(str(dtype), quote=False)}; expected numbers")
+    if fortran and sum(n > 1 for n in shape) > 1:
+        raise TrajectoryImportError(f"{src}: {name}: stored in Fortran order; save it in C order "
+                                    "(np.ascontiguousarray) so that it can be read a block of runs at a time")
+    size = offset + math.prod(shape) * dtype.itemsize
+    if info.file_size != size:
+        raise TrajectoryImportError(f"{src}: {name}: the archive holds {info.file_size} bytes for it; its header "
+                                    f"(shape {shape}, {dtype}) needs {size}")
+    return _Array(src, name, shape, dtype, archive=archive, member=info, offset=offset)
+
+
+def _open_source(src: Path) -> tuple[dict[str, _Array], zipfile.ZipFile | None]:
+    """The source arrays by name (``weights``, optional ``loss``, ``lr``, ``state/<name>``, ``dataset_seed``),
+    headers only, and the open archive of a ``.npz`` (the caller closes it)."""
     from gfm.inputs import file_problem
 
     problem = file_problem(src)
@@ -196,27 +346,31 @@ def _open_source(src: Path) -> dict[str, Any]:
         raise TrajectoryImportError(f"{src}: file not found")
     if problem:
         raise TrajectoryImportError(f"{src}: {problem}")
+    if src.suffix not in (".npy", ".npz"):
+        raise TrajectoryImportError(f"{src}: expected a .npy or .npz file")
+    archive = None
     try:
         if src.suffix == ".npy":
-            return {"weights": np.load(src, mmap_mode="r", allow_pickle=False)}
-        if src.suffix == ".npz":
-            z = np.load(src, allow_pickle=False)
-            out = {}
-            for key in z.files:
-                if key in ("weights", "loss", "lr", "dataset_seed"):
-                    out[key] = z[key]
-                elif key.startswith("state_"):
-                    out["state/" + key.removeprefix("state_")] = z[key]
-                else:
-                    raise TrajectoryImportError(f"{src}: unknown array {key!r}; expected weights, loss, lr, dataset_seed or "
-                                       "state_<name>")
-            return out
-    except (ValueError, OSError, EOFError) as exc:  # truncated, object dtype (never unpickled), not NumPy
+            w = np.load(src, mmap_mode="r", allow_pickle=False)
+            return {"weights": _Array(src, "weights", w.shape, w.dtype, mapped=w)}, None
+        archive = zipfile.ZipFile(src)
+        out: dict[str, _Array] = {}
+        for info in archive.infolist():
+            name = _array_name(src, info.filename)
+            if name in out:
+                raise TrajectoryImportError(f"{src}: two arrays named {shorten(info.filename)}; expected each once")
+            out[name] = _read_member(src, archive, info, name)
+        return out, archive
+    except TrajectoryImportError:
+        if archive is not None:
+            archive.close()
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        # truncated, object dtype (never unpickled), not NumPy, an unknown compression, an encrypted member
+        if archive is not None:
+            archive.close()
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise TrajectoryImportError(f"{src}: not a readable NumPy file ({first})") from None
-    raise TrajectoryImportError(f"{src}: expected a .npy or .npz file")
-
-
 def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path | dict | None = None,
                         chunks: StoreLayoutConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the trajectories of ``src`` as a trajectory store at ``dest``.
@@ -232,21 +386,69 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         A summary: runs, records, params, optimizer, what was filled in, seconds.
 
     Raises:
-        TrajectoryImportError: unreadable source, bad shapes or metadata, or an existing ``dest``.
+        TrajectoryImportError: unreadable source, bad shapes or metadata, an existing ``dest``, or a written
+            store that ``gfm check`` would refuse (then nothing is put at ``dest``).
     """
-    from gfm.store import create_trajectory_store
-
     t0 = time.perf_counter()
     src, dest = Path(src), Path(dest)
     if dest.exists() and not overwrite:
         raise TrajectoryImportError(f"{dest} exists; pass --overwrite to replace it")
-    arrays = _open_source(src)
+    arrays, archive = _open_source(src)
+    try:
+        summary = _import(src, dest, arrays, meta, chunks)
+    finally:
+        for a in arrays.values():
+            a.close()
+        if archive is not None:
+            archive.close()
+    return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _check_arrays(src: Path, arrays: dict[str, _Array], R: int, T: int, P: int) -> None:
+    """Shapes and dtypes of every array (headers only)."""
+    for key, want in (("loss", (R, T)), ("lr", (R, T)), ("dataset_seed", (R,))):
+        if key in arrays and arrays[key].shape != want:
+            raise TrajectoryImportError(f"{src}: {key}: got shape {arrays[key].shape}; expected {want}")
+    for key, a in arrays.items():
+        kinds = "iu" if key == "dataset_seed" else "f"
+        if a.dtype.kind not in kinds:
+            raise TrajectoryImportError(f"{src}: {key}: got dtype {shorten(str(a.dtype), quote=False)}; expected "
+                                        f"{'integers' if kinds == 'iu' else 'floats'}")
+
+
+def _source_seeds(src: Path, arrays: dict[str, _Array], R: int) -> np.ndarray | None:
+    """The ``dataset_seed`` array (run,) as int64, refused outside 0..2**63 - 1; None when there is none."""
+    if "dataset_seed" not in arrays:
+        return None
+    seeds = arrays["dataset_seed"].rows(0, R)
+    if (seeds < 0).any() or (seeds > _INT64_MAX).any():
+        raise TrajectoryImportError(f"{src}: dataset_seed: negative values or values past 2**63 - 1; dataset seeds "
+                                    "are integers from 0 to 2**63 - 1")
+    return seeds.astype(np.int64)
+
+
+def _check_lr(src: Path, lr: _Array, R: int, T: int) -> None:
+    """Refuse non-finite or negative learning rates before anything is written (``gfm check`` refuses them in
+    every run, diverged or not), reading a block of runs at a time."""
+    block = max(1, PART_BYTES // (T * lr.dtype.itemsize))
+    for start in range(0, R, block):
+        rows = lr.rows(start, min(start + block, R))
+        bad = ~(np.isfinite(rows) & (rows >= 0)).all(axis=1)
+        if bad.any():
+            raise TrajectoryImportError(f"{src}: lr: runs {(start + np.flatnonzero(bad)[:5]).tolist()} hold "
+                                        "non-finite or negative learning rates")
+
+
+def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path | dict | None,
+            chunks: StoreLayoutConfig | None) -> dict[str, Any]:
+    from gfm.store import create_trajectory_store
+
     if "weights" not in arrays:
         raise TrajectoryImportError(f"{src}: no 'weights' array")
     W = arrays["weights"]
     if W.ndim != 3 or W.shape[1] < 2 or 0 in W.shape or W.dtype.kind != "f":
-        raise TrajectoryImportError(f"{src}: weights: got {W.dtype} shape {W.shape}; expected floats shaped "
-                           "(run, step, param) with at least 2 steps")
+        raise TrajectoryImportError(f"{src}: weights: got {shorten(str(W.dtype), quote=False)} shape {W.shape}; expected floats "
+                                    "shaped (run, step, param) with at least 2 steps")
     R, T, P = W.shape
     if isinstance(meta, dict):
         meta_data, meta_src = meta, "meta"
@@ -256,22 +458,11 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
             raise TrajectoryImportError(f"{src}: no metadata file; write {src.stem}.meta.yaml beside it or pass --meta")
         meta_data, meta_src = _load_meta_file(meta_path), str(meta_path)
     m = read_meta(meta_data, n_runs=R, n_steps=T, n_params=P, source=meta_src)
-    for key, want in (("loss", (R, T)), ("lr", (R, T)), ("dataset_seed", (R,))):
-        if key in arrays and arrays[key].shape != want:
-            raise TrajectoryImportError(f"{src}: {key}: got shape {arrays[key].shape}; expected {want}")
-    for key, a in arrays.items():
-        kinds = "iu" if key == "dataset_seed" else "f"
-        if a.dtype.kind not in kinds:
-            raise TrajectoryImportError(f"{src}: {key}: got dtype {a.dtype}; expected "
-                                        f"{'integers' if kinds == 'iu' else 'floats'}")
-    if "dataset_seed" in arrays and (arrays["dataset_seed"] < 0).any():
-        raise TrajectoryImportError(f"{src}: dataset_seed: negative values; dataset seeds are integers >= 0")
+    _check_arrays(src, arrays, R, T, P)
+    given_seeds = _source_seeds(src, arrays, R)
     if "lr" in arrays:
-        bad = ~(np.isfinite(arrays["lr"]) & (arrays["lr"] >= 0)).all(axis=1)
-        if bad.any():
-            raise TrajectoryImportError(f"{src}: lr: runs {np.flatnonzero(bad)[:5].tolist()} hold non-finite or "
-                                        "negative learning rates")
-    seeds = arrays["dataset_seed"].astype(np.int64) if "dataset_seed" in arrays else m.dataset_seed
+        _check_lr(src, arrays["lr"], R, T)
+    seeds = given_seeds if given_seeds is not None else m.dataset_seed
     state_names = STATE_NAMES[m.optimizer]
     unexpected = sorted(k for k in arrays if k.startswith("state/") and k[6:] not in state_names)
     if unexpected:
@@ -318,37 +509,93 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
         "loss_source": "none" if "loss" not in arrays else "imported",
         "versions": {"gfm": __version__, "numpy": np.__version__, "zarr": __import__("zarr").__version__},
     }
+    _refuse_what_check_refuses(src, attrs, m.layout, R, T, P)
     writer = create_trajectory_store(dest, n_runs=R, n_records=T, layout=m.layout, state_names=state_names,
                                      run_fields=run_fields, chunks=chunks, attrs=attrs, resume=False)
-    for b in range(writer.n_blocks):
-        rows = writer.block_range(b)
-        sl = slice(rows.start, rows.stop)
-        w = np.asarray(W[sl], dtype=np.float32)  # (block, step, param)
-        lr = (np.asarray(arrays["lr"][sl], dtype=np.float32) if "lr" in arrays
-              else np.repeat(m.hyper["lr"][sl, None], T, axis=1).astype(np.float32))
-        loss = (np.asarray(arrays["loss"][sl], dtype=np.float32) if "loss" in arrays
-                else np.full((len(rows), T), np.nan, dtype=np.float32))
-        block = {"weights": w, "loss": loss, "lr": lr, "final/weights": w[:, -1], "final/loss": loss[:, -1]}
-        rebuilt = {}
-        if any(v.startswith("reconstructed") for v in filled.values()):
-            rebuilt = SPECS[m.optimizer].state_from_weights(w, lr, {h: m.hyper[h][sl] for h in hyper_names})
-        for s in state_names:
-            key = f"state/{s}"
-            if key in arrays:
-                block[key] = np.asarray(arrays[key][sl], dtype=np.float32)
-            elif key in filled and filled[key].startswith("reconstructed"):
-                block[key] = rebuilt[s]
-            else:
-                block[key] = np.zeros_like(w)
-        finite = np.isfinite(w).reshape(len(rows), -1).all(1)
-        if "loss" in arrays:
-            finite &= np.isfinite(loss).all(1)
-        for s in state_names:  # a run whose state is not finite cannot be forecast from: flag it like check does
-            finite &= np.isfinite(block[f"state/{s}"]).reshape(len(rows), -1).all(1)
-        block.update({"runs/dataset_seed": seeds[sl], "runs/index": index[sl], "runs/lr_scale": np.ones(len(rows)),
-                      "runs/diverged": ~finite, **{f"runs/{h}": m.hyper[h][sl] for h in hyper_names}})
-        writer.write_block(b, block)
-    n_diverged = int(writer.group["runs/diverged"][:].sum())
-    writer.finish()
+    part = _part_runs(T, P, len(state_names), chunks.chunk_runs)
+    try:
+        for b in range(writer.n_blocks):
+            rows = writer.block_range(b)
+            for start in range(rows.start, rows.stop, part):
+                sub = range(start, min(start + part, rows.stop))
+                writer.write_rows(start, _block(arrays, m, filled, seeds, index, sub, T))
+            writer.mark_done(b)
+        n_diverged = int(writer.group["runs/diverged"][:].sum())
+        writer.finish(verify=lambda tmp: _verify(tmp, dest))
+    except BaseException as exc:
+        # what this import wrote is of no use to anyone (an import never resumes): gone, lock released
+        writer.release()
+        shutil.rmtree(writer.tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, EOFError, zipfile.BadZipFile, zlib.error)):  # the archive, past its headers
+            raise TrajectoryImportError(f"{src}: not a readable NumPy file ({type(exc).__name__}: "
+                                        f"{shorten(str(exc), 160, quote=False)})") from None
+        raise
     return {"store": str(dest), "runs": R, "records": T, "params": P, "optimizer": m.optimizer,
-            "diverged": n_diverged, "filled": filled, "seconds": round(time.perf_counter() - t0, 3)}
+            "diverged": n_diverged, "filled": filled}
+
+
+def _part_runs(T: int, P: int, n_state: int, chunk_runs: int) -> int:
+    """Runs read and written at once: whole inner chunks of runs (``chunk_runs``, so no chunk is written
+    twice) holding at most :data:`PART_BYTES` of weights and state, and at least one chunk of runs. A block
+    (shard) that fits is written in one piece, as ``gfm generate`` writes it."""
+    per_run = T * P * 4 * (1 + n_state)
+    return max(1, PART_BYTES // (per_run * chunk_runs)) * chunk_runs
+
+
+def _block(arrays: dict[str, _Array], m: ImportMeta, filled: dict[str, str], seeds: np.ndarray,
+           index: np.ndarray, rows: range, T: int) -> dict[str, np.ndarray]:
+    """Every array's values for the runs ``rows``: read from the source, or filled in as ``filled`` says."""
+    state_names = STATE_NAMES[m.optimizer]
+    hyper_names = [*HYPER_NAMES[m.optimizer], "eps"]
+    sl = slice(rows.start, rows.stop)
+    w = np.asarray(arrays["weights"].rows(rows.start, rows.stop), dtype=np.float32)  # (block, step, param)
+    lr = (np.asarray(arrays["lr"].rows(rows.start, rows.stop), dtype=np.float32) if "lr" in arrays
+          else np.repeat(m.hyper["lr"][sl, None], T, axis=1).astype(np.float32))
+    loss = (np.asarray(arrays["loss"].rows(rows.start, rows.stop), dtype=np.float32) if "loss" in arrays
+            else np.full((len(rows), T), np.nan, dtype=np.float32))
+    block = {"weights": w, "loss": loss, "lr": lr, "final/weights": w[:, -1], "final/loss": loss[:, -1]}
+    rebuilt = {}
+    if any(v.startswith("reconstructed") for v in filled.values()):
+        rebuilt = SPECS[m.optimizer].state_from_weights(w, lr, {h: m.hyper[h][sl] for h in hyper_names})
+    for s in state_names:
+        key = f"state/{s}"
+        if key in arrays:
+            block[key] = np.asarray(arrays[key].rows(rows.start, rows.stop), dtype=np.float32)
+        elif key in filled and filled[key].startswith("reconstructed"):
+            block[key] = rebuilt[s]
+        else:
+            block[key] = np.zeros_like(w)
+    finite = np.isfinite(w).reshape(len(rows), -1).all(1)
+    if "loss" in arrays:
+        finite &= np.isfinite(loss).all(1)
+    for s in state_names:  # a run whose state is not finite cannot be forecast from: flag it like check does
+        finite &= np.isfinite(block[f"state/{s}"]).reshape(len(rows), -1).all(1)
+    block.update({"runs/dataset_seed": seeds[sl], "runs/index": index[sl], "runs/lr_scale": np.ones(len(rows)),
+                  "runs/diverged": ~finite, **{f"runs/{h}": m.hyper[h][sl] for h in hyper_names}})
+    return block
+
+
+def _refuse_what_check_refuses(src: Path, attrs: dict[str, Any], layout: tuple[ParamSpec, ...], R: int, T: int,
+                               P: int) -> None:
+    """The attributes the store will have, through ``gfm check``'s rules for them, before anything is written
+    (read_meta refuses each case with a more precise message first; this keeps the two from drifting)."""
+    from gfm.store_check import _attr_problems
+
+    planned = {**attrs, "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
+               "n_runs": R, "n_records": T, "n_params": P, "block_runs": 1}
+    problems = _attr_problems(json.loads(json.dumps(planned)))
+    if problems:
+        raise TrajectoryImportError(f"{src}: gfm check would refuse the store: {problems[0]}")
+
+
+def _verify(tmp: Path, dest: Path) -> None:
+    """``gfm check`` of the written store, before it is put in place (every chunk decoded, a bounded block of
+    runs at a time)."""
+    from gfm.store_check import check_trajectory_store
+    from gfm.verdict import Verdict
+
+    verdict = Verdict(tmp, "trajectory store")
+    check_trajectory_store(tmp, verdict)
+    if verdict.problems:
+        raise TrajectoryImportError(f"{dest}: the written store fails gfm check ({shorten(verdict.problems[0], 200, quote=False)}); "
+                                    "nothing was put in place")

@@ -38,16 +38,24 @@ otherwise integrate the wrong rule.
 Durability: records are buffered and written ``chunk_steps`` at a time, one whole chunk per write, into
 ``<path>.partial``; the store is renamed into place only when the ``with`` block exits cleanly. An exception
 inside the block leaves the ``.partial`` store (readable by zarr, refused by ``open_trajectories``). Appending
-(``mode="a"``) writes the new run to its own partial store and then adds it to the finished store, which is
-flagged incomplete for the few writes that takes.
+(``mode="a"``) records the new run into ``<path>.partial`` too, then builds the grown store beside the old one
+(``<path>.append.partial``: the old store's files hard-linked, the new run added) and swaps the two in one
+step, so a reader, or a recorder killed at any moment, finds the old store whole or the grown one, never a
+store that is half of each. Where the file system cannot swap two directories in one step (not Linux, NFS),
+the old store is renamed to ``<path>.previous.partial`` for the instant between two renames, and the next
+recorder of the path puts it back if the second rename never happened.
+
+Concurrency: a recorder holds ``gfm generate``'s writer lock (the ``.writer.lock`` in ``<path>.partial``) from
+the start of its ``with`` block to the end, in both modes, so a second writer of the same store, in another
+process or in this one, is refused instead of emptying the first one's ``.partial``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -58,10 +66,22 @@ import torch
 import zarr
 
 from gfm._version import __version__
-from gfm.errors import GFMError, StoreSchemaError
+from gfm.errors import GFMError, StoreLockedError, StoreSchemaError, shorten
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
-from gfm.outputs import TRAJECTORY_STORE, claim_output
-from gfm.store import SCHEMA_VERSION, append_run, create_run_group, finish_run_group, partial_path
+from gfm.outputs import TMP_MARKER, TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
+from gfm.store import (
+    SCHEMA_VERSION,
+    _empty,
+    _fsync_tree,
+    append_run,
+    create_run_group,
+    exchange_paths,
+    finish_run_group,
+    link_store,
+    lock_partial,
+    partial_path,
+)
+from gfm.store_files import _LOCK_FILE
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
@@ -141,6 +161,26 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
     return name, hyper
 
 
+def _integer(value: Any, name: str, low: int) -> int:
+    """``value`` as a Python int: an int or a NumPy integer from ``low`` to 2**63 - 1; a bool, a float or
+    anything else is refused (``every=2.5`` has no meaning, and ``True`` is an accident)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not low <= value <= np.iinfo(np.int64).max:
+        raise RecordError(f"{name}={shorten(value)}; expected an integer from {low} to 2**63 - 1 (a Python or "
+                          "NumPy integer, not a bool or a float)")
+    return int(value)
+
+
+# The lock files this process holds: a POSIX lock does not exclude its own process, so two recorders of one
+# store in one interpreter are told apart here.
+_HELD: set[Path] = set()
+
+
+def _append_hook(stage: str) -> None:
+    """No-op; tests replace it to act inside an append (``"staged"``: the grown store is complete beside the
+    old one; ``"swapped"``: the two are swapped, the old one not yet removed)."""
+
+
 def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors]).numpy()
 
@@ -153,16 +193,15 @@ class Recorder:
                  chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False):
         if mode not in ("w", "a"):
             raise RecordError(f"mode {mode!r}; expected 'w' (new store) or 'a' (add a run to an existing store)")
-        if not isinstance(every, int) or every < 1:
-            raise RecordError(f"every={every!r}; expected an integer >= 1")
-        if not isinstance(chunk_steps, int) or chunk_steps < 1:
-            raise RecordError(f"chunk_steps={chunk_steps!r}; expected an integer >= 1")
+        every, chunk_steps = _integer(every, "every", 1), _integer(chunk_steps, "chunk_steps", 1)
+        dataset_seed = _integer(dataset_seed, "dataset_seed", 0)
         self.path = Path(path)
+        self.previous = self.path.with_name(f"{self.path.name}.previous.partial")  # see the module docstring
         if mode == "w" and self.path.exists() and not overwrite:
             raise RecordError(f"{self.path} exists; pass overwrite=True to replace it or mode='a' to add a run")
         if mode == "w":  # only ever replaces a trajectory store (gfm.outputs), whatever ``overwrite`` says
             claim_output(self.path, TRAJECTORY_STORE)
-        if mode == "a" and not self.path.exists():
+        if mode == "a" and not self.path.exists() and not self.previous.exists():
             raise RecordError(f"{self.path}: no store to add a run to (mode='a'); record the first run with mode='w'")
         self.model, self.optimizer, self.every, self.mode = model, optimizer, every, mode
         self.dataset_seed, self.evaluate, self.chunk_steps, self.name = int(dataset_seed), evaluate, chunk_steps, name
@@ -182,8 +221,9 @@ class Recorder:
                           "bias correction and the time axis assume it is)", stacklevel=3)
         self.n_params = self.layout[-1].offset + self.layout[-1].size
         self.state_names = STATE_NAMES[self.opt_name]
-        self.tmp = partial_path(self.path) if mode == "w" else self.path.with_name(
-            f"{self.path.name}.run-{uuid.uuid4().hex[:8]}.partial")
+        self.tmp = partial_path(self.path)  # the run being recorded, and the writer's lock, in both modes
+        self._lock: int | None = None
+        self._lock_key = Path(os.path.realpath(self.tmp.parent)) / self.tmp.name / _LOCK_FILE
         self.steps = 0  # optimizer steps seen
         self.n_written = 0  # records flushed to zarr
         self._buf: dict[str, list] = {"weights": [], "lr": [], **{f"state/{s}": [] for s in self.state_names}}
@@ -201,9 +241,13 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finish()
-        # on an exception the .partial store is left as it is: never renamed, so never taken for finished
+        try:
+            if exc_type is None:
+                self.finish()
+        finally:
+            # on an exception the .partial store is left as it is: never renamed, so never taken for
+            # finished; the lock goes, so that a retry (in this process too) can start over
+            self._release()
 
     # --- recording -------------------------------------------------------------------------------------
     def step(self, loss: float | torch.Tensor | None = None) -> None:
@@ -236,8 +280,38 @@ class Recorder:
             self._flush()
 
     def _open(self) -> None:
-        self._group = create_run_group(self.tmp, n_params=self.n_params, state_names=self.state_names,
-                                       chunk_steps=self.chunk_steps)
+        if self._lock_key in _HELD:
+            raise StoreLockedError(f"{self.path}: another recorder of this process is writing this store (it holds "
+                                   f"{self.tmp / _LOCK_FILE}); finish its `with` block first")
+        self._lock = lock_partial(self.path)  # refused while another process writes this store
+        _HELD.add(self._lock_key)
+        try:
+            if self.mode == "a":
+                self._restore_previous()
+            self._group = create_run_group(self.tmp, n_params=self.n_params, state_names=self.state_names,
+                                           chunk_steps=self.chunk_steps)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+            _HELD.discard(self._lock_key)
+
+    def _restore_previous(self) -> None:
+        """Undo what a recorder killed inside the two-rename swap left (module docstring): the old store back
+        at the path if the new one never got there, else the old one removed. Runs under the lock."""
+        if not self.previous.exists():
+            pass
+        elif not self.path.exists() and not self.path.is_symlink():
+            os.rename(self.previous, self.path)
+        else:
+            remove_output(self.previous, TRAJECTORY_STORE)
+        if not self.path.exists():
+            raise RecordError(f"{self.path}: no store to add a run to (mode='a'); record the first run with "
+                              "mode='w'")
 
     def _flush(self) -> None:
         """Append the buffered records: one whole chunk per array (the last one may be partial)."""
@@ -293,10 +367,13 @@ class Recorder:
         g["loss"].resize((1, T))
         g["loss"][0, :] = loss
         self._closed = True
-        if self.mode == "w":
-            self._finish_new(g, T, loss)
-        else:
-            self._finish_append(g, T, loss)
+        try:
+            if self.mode == "w":
+                self._finish_new(g, T, loss)
+            else:
+                self._finish_append(g, T, loss)
+        finally:
+            self._release()
         return self.path
 
     # --- store assembly --------------------------------------------------------------------------------
@@ -326,32 +403,74 @@ class Recorder:
         attrs = self._attrs(T)
         attrs.update({"n_runs": 1, "dataset_seeds": [self.dataset_seed], "complete": True})
         finish_run_group(g, self.tmp, self.path, loss=loss, fields=self._run_fields(loss, 0), attrs=attrs)
+        # the lock file moved into place with the store (held until now, as gfm generate's): not part of it
+        (self.path / _LOCK_FILE).unlink(missing_ok=True)
 
     def _finish_append(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
+        """Add the recorded run to the store at the path: the grown store is built beside it and swapped in,
+        so the store at the path is at every moment the old one or the grown one (module docstring)."""
         try:
-            main = zarr.open_group(self.path, mode="r+")
-            attrs = dict(main.attrs)
-            mine = json.loads(json.dumps(self._attrs(T)))
-            if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
-                raise StoreSchemaError(f"{self.path}: not a finished trajectory store of schema {SCHEMA_VERSION}")
-            for key, label in (("layout", "parameter layout"), ("n_records", "number of records"),
-                               ("state_names", "optimizer state")):
-                if attrs.get(key) != mine[key]:
-                    raise RecordError(f"{self.path}: this run's {label} ({mine[key]!r:.120}) differs from the "
-                                      f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
-            if attrs["optimizer"]["name"] != self.opt_name or attrs["task"]["record_every"] != self.every:
-                raise RecordError(f"{self.path}: store holds {attrs['optimizer']['name']} runs recorded every "
-                                  f"{attrs['task']['record_every']} steps; this run is {self.opt_name} every {self.every}")
-            seeds = main["runs/dataset_seed"][:]
-            fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
-            missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
-            if missing:
-                raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
-                                  "use the same optimizer")
-            append_run(main, g, loss=loss, fields=fields, dataset_seeds=sorted({*map(int, seeds), self.dataset_seed}),
-                       chunk_steps=self.chunk_steps)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            fields, seeds = self._append_fields(T, loss)
+        except GFMError:  # this run cannot join the store: its recording goes, the store stays as it was
+            _remove_partial(self.tmp)
+            raise
+        staged = open_temp_dir(self.path, TRAJECTORY_STORE, suffix=".append.partial")  # a leftover: removed
+        link_store(self.path, staged)
+        append_run(zarr.open_group(staged, mode="r+"), g, loss=loss, fields=fields, dataset_seeds=seeds,
+                   chunk_steps=self.chunk_steps)
+        (staged / TMP_MARKER).unlink()
+        _fsync_tree(staged)  # the swap must not outrun the new run's files to the disk
+        _append_hook("staged")
+        self._swap_in(staged)
+        _append_hook("swapped")
+        shutil.rmtree(staged)  # the old store now
+        _remove_partial(self.tmp)
+
+    def _append_fields(self, T: int, loss: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The per-run fields of the new run and the store's dataset seeds with it; refused when the store at
+        the path is not a finished store this run can join."""
+        main = zarr.open_group(self.path, mode="r")
+        attrs = dict(main.attrs)
+        mine = json.loads(json.dumps(self._attrs(T)))
+        if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
+            raise StoreSchemaError(f"{self.path}: not a finished trajectory store of schema {SCHEMA_VERSION}")
+        for key, label in (("layout", "parameter layout"), ("n_records", "number of records"),
+                           ("state_names", "optimizer state")):
+            if attrs.get(key) != mine[key]:
+                raise RecordError(f"{self.path}: this run's {label} ({mine[key]!r:.120}) differs from the "
+                                  f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
+        if attrs["optimizer"]["name"] != self.opt_name or attrs["task"]["record_every"] != self.every:
+            raise RecordError(f"{self.path}: store holds {attrs['optimizer']['name']} runs recorded every "
+                              f"{attrs['task']['record_every']} steps; this run is {self.opt_name} every {self.every}")
+        seeds = main["runs/dataset_seed"][:]
+        fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
+        missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
+        if missing:
+            raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
+                              "use the same optimizer")
+        return fields, sorted({*map(int, seeds), self.dataset_seed})
+
+    def _swap_in(self, staged: Path) -> None:
+        """Put the grown store ``staged`` at the path and the old store at ``staged``."""
+        if exchange_paths(staged, self.path):
+            return
+        # No one-step swap here: for the instant between the two renames nothing is at the path, and the old
+        # store waits at ``previous``, where the next recorder of the path finds it (_restore_previous).
+        remove_output(self.previous, TRAJECTORY_STORE)  # a leftover of an earlier swap, or nothing
+        os.rename(self.path, self.previous)
+        os.rename(staged, self.path)
+        os.rename(self.previous, staged)
+
+
+def _remove_partial(tmp: Path) -> None:
+    """Remove the recorder's ``.partial`` (the recorded run, now in the store) while still holding its lock:
+    the lock file goes last, and a second writer that made a new one in the meantime keeps its directory."""
+    _empty(tmp, keep=_LOCK_FILE)
+    (tmp / _LOCK_FILE).unlink(missing_ok=True)
+    try:
+        tmp.rmdir()
+    except OSError:  # a new writer's lock file is already in it: the directory is that writer's now
+        pass
 
 
 def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,

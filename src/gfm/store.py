@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from gfm.store_reader import TrajectoryStore, open_trajectories, read_runs
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
     "partial_path", "foreign_files", "compressor", "create_run_group", "finish_run_group", "append_run",
+    "lock_partial", "link_store", "exchange_paths",
 ]
 
 SCHEMA_VERSION = 1
@@ -109,18 +111,28 @@ class StoreWriter:
 
     def write_block(self, b: int, arrays: dict[str, np.ndarray]) -> None:
         """Write block ``b`` (every array's rows for runs ``block_range(b)``), then mark it durable."""
-        rows = self.block_range(b)
-        sl = slice(rows.start, rows.stop)
+        self.write_rows(self.block_range(b).start, arrays)
+        self.mark_done(b)
+
+    def write_rows(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write every array's rows from run ``start`` on: a whole block, or a part of one when a block is too
+        large to hold in memory at once (gfm import); :meth:`mark_done` then marks the block durable."""
         for name, value in arrays.items():
-            self.group[name][sl] = value
+            self.group[name][start : start + len(value)] = value
+
+    def mark_done(self, b: int) -> None:
+        """Flush the written block ``b`` to disk and mark it durable (a resumed writer skips it)."""
         _fsync_tree(self.tmp)
         marker_dir = self.tmp / _DONE_DIR
         marker_dir.mkdir(exist_ok=True)
         (marker_dir / f"{b:06d}.done").touch()
         _fsync_tree(marker_dir)
 
-    def finish(self) -> Path:
+    def finish(self, verify: Callable[[Path], object] | None = None) -> Path:
         """Mark complete, drop the block markers and rename ``.partial`` into place (atomic on one fs).
+
+        ``verify`` (gfm import: ``gfm check``'s rules) is called with the flagged ``.partial`` store before
+        the rename; it refuses by raising, which unflags the store and leaves it where it is.
 
         The writer's lock is held until the store is in place: a POSIX lock belongs to the open file, and the
         rename moves the lock file along with the store, so a second writer started at any moment before the
@@ -136,6 +148,12 @@ class StoreWriter:
             raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
         self.group.attrs["complete"] = True
         shutil.rmtree(self.tmp / _DONE_DIR, ignore_errors=True)
+        if verify is not None:
+            try:
+                verify(self.tmp)
+            except BaseException:
+                self.group.attrs["complete"] = False
+                raise
         _fsync_tree(self.tmp)
         _finish_hook("flagged", self)
         # an old store at the path is removed only if it is a trajectory store (gfm.outputs); anything else
@@ -291,17 +309,72 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
 
 
 
+def lock_partial(path: str | Path) -> int:
+    """Take the writer's lock of the store at ``path`` (the ``.writer.lock`` in ``<path>.partial``, the lock
+    ``gfm generate`` takes) and return its descriptor; closing it releases the lock. Refused with
+    :class:`StoreLockedError` while another process holds it, and with ``OutputError`` when the partial path
+    holds something that is not a writer's leftover."""
+    path = Path(path)
+    tmp = partial_path(path)
+    _claim_partial(tmp)
+    return _lock_writer(tmp, path)
+
+
+def link_store(src: Path, dst: Path) -> None:
+    """Fill the directory ``dst`` with the files of the store ``src`` (its writer's lock file left out) as hard
+    links, or copies where the file system has none. Sharing the files is safe because zarr never writes into
+    a file: it writes a new one beside it and renames it over the old name (``zarr.storage._local``), so a
+    write through ``dst`` replaces ``dst``'s entry and leaves ``src``'s file as it was."""
+    for dirpath, _, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(exist_ok=True)
+        for name in files:
+            if rel == Path(".") and name == _LOCK_FILE:
+                continue
+            try:
+                os.link(Path(dirpath, name), dst / rel / name)
+            except OSError:  # no hard links here (or across devices): a copy is as good, only slower
+                shutil.copy2(Path(dirpath, name), dst / rel / name)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap the directory entries ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``): a reader
+    of either path sees the old directory or the new one, never none. False, with nothing changed, where the
+    system or the file system cannot (not Linux, an old libc, NFS and some other file systems)."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 # --- one run at a time (gfm.recorder) -----------------------------------------------------------------------
 # A recorded run does not know its length in advance: its arrays grow along the step axis, one chunk of
 # ``chunk_steps`` records per write, and a finished one-run store is then renamed into place or appended to a
 # store of earlier runs. Chunks hold one run each (no shards), with the codec of the ``store:`` defaults.
 def create_run_group(tmp: Path, *, n_params: int, state_names: tuple[str, ...], chunk_steps: int,
                      chunks: StoreLayoutConfig | None = None) -> zarr.Group:
-    """An empty one-run store at ``tmp`` (a writer's leftover there is replaced; anything else is refused)."""
+    """An empty one-run store at ``tmp`` (a writer's leftover there is replaced; anything else is refused).
+    The writer's lock file there (:func:`lock_partial`) is kept: it must stay the file the caller holds."""
     if tmp.exists() or tmp.is_symlink():
         _claim_partial(tmp)  # a writer's leftover, or refused untouched
-        shutil.rmtree(tmp)
-    g = zarr.open_group(tmp, mode="w", zarr_format=3)
+        _empty(tmp, keep=_LOCK_FILE)
+    # mode "a" on the emptied directory: zarr's mode "w" would remove the whole directory, lock file included
+    g = zarr.open_group(tmp, mode="a", zarr_format=3)
     comp = compressor(chunks or StoreLayoutConfig())
     P, C = n_params, chunk_steps
     for name in ("weights", *(f"state/{s}" for s in state_names)):

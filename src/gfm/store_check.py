@@ -64,7 +64,7 @@ def first_problem(path: Path, problems: list[str]) -> str:
 def _layout_problems(layout: Any, n_params: int) -> list[str]:
     if not isinstance(layout, list) or not layout:
         return ["attribute layout must be a non-empty list"]
-    offset = 0
+    offset, seen = 0, {}
     for i, spec in enumerate(layout):
         ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
               and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.]*", spec["name"]) is not None
@@ -73,6 +73,10 @@ def _layout_problems(layout: Any, n_params: int) -> list[str]:
         if not ok:
             return [f"layout[{i}] must be {{name, shape, offset}} with offset {offset} (the sum of the sizes "
                     f"before it); got {spec!r:.120}"]
+        if spec["name"] in seen:  # load_into would put two tensors under one name
+            return [f"layout[{i}] is named {spec['name']!r:.80} like layout[{seen[spec['name']]}]; tensor names "
+                    "must be unique"]
+        seen[spec["name"]] = i
         offset += math.prod(spec["shape"])
     return [] if offset == n_params else [f"layout covers {offset} parameters; n_params is {n_params}"]
 
