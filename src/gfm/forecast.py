@@ -13,7 +13,13 @@ written under a temporary name and renamed when complete::
         samples            (run, sample, param) float32    only for models that sample (``n_samples() > 0``,
                                                           e.g. gfm_function): draws of the final-horizon weights
         attrs: schema_version, complete, kind="forecast", store, model, prefix_end, horizons, skipped_diverged,
-               samples (draws per run; 0 = point forecasts only)
+               samples (draws per run; 0 = point forecasts only), chunks (chunk files per array)
+
+Every chunk of every array is written, even one equal to the fill value, and the float arrays are filled with
+NaN: a chunk file that goes missing reads as NaN, never as a number, and the ``chunks`` attribute records how
+many files each array holds. The stage checks the store with ``gfm check``'s rules
+(:func:`gfm.forecast_check.verify_forecast_store`) before it is declared complete, and every reader
+(:func:`open_forecasts`) refuses what those rules refuse, naming the array and chunk.
 
 Draws are seeded by ``params.seed`` and each run's store index, so they do not depend on block boundaries.
 
@@ -35,6 +41,7 @@ import zarr
 
 from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.forecast_check import chunk_record, verify_forecast_store
 from gfm.forecasters import Trajectories, load_forecaster
 from gfm.inputs import tree_problems
 from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
@@ -87,6 +94,7 @@ def open_forecasts(path: str | Path) -> ForecastStore:
         raise StoreSchemaError(f"{path}: not a forecast store of schema {SCHEMA_VERSION}")
     if attrs.get("complete") is not True:
         raise StoreIncompleteError(f"{path}: forecast store is not complete; re-run the forecast stage")
+    verify_forecast_store(path)  # gfm check's rules: every chunk there, counted, decoded and finite
     samples = g["samples"][:] if int(attrs.get("samples") or 0) else None
     return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs, samples)
 
@@ -131,19 +139,28 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
     weights = np.concatenate(preds).astype(np.float32)
     g = zarr.open_group(str(out), mode="w", zarr_format=3)
     R, H, P = weights.shape
-    g.create_array("weights", shape=weights.shape, dtype="float32", chunks=(R, 1, P),
-                   dimension_names=("run", "horizon", "param"))[:] = weights
-    g.create_array("runs/store_index", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(index, np.int64)
-    g.create_array("runs/dataset_seed", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(seeds, np.int64)
+    _write_array(g, "weights", weights, (R, 1, P), ("run", "horizon", "param"))
+    _write_array(g, "runs/store_index", np.asarray(index, np.int64), (R,), None)
+    _write_array(g, "runs/dataset_seed", np.asarray(seeds, np.int64), (R,), None)
     if n_draws:
         samples = np.concatenate(draws).astype(np.float32)
-        g.create_array("samples", shape=samples.shape, dtype="float32", chunks=samples.shape,
-                       dimension_names=("run", "sample", "param"))[:] = samples
+        _write_array(g, "samples", samples, samples.shape, ("run", "sample", "param"))
     summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
                "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R,
                "samples": int(n_draws or 0)}
-    g.attrs.update({**summary, "complete": True})
+    g.attrs.update({**summary, "chunks": chunk_record(g), "complete": True})
+    verify_forecast_store(out)  # still under the stage's temporary name: refused, it is never renamed into place
     return summary
+
+
+def _write_array(g: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...],
+                 dims: tuple[str, ...] | None) -> None:
+    """Write ``data`` as array ``name`` with every chunk stored (even one equal to the fill value, which zarr
+    skips by default), so "a file per chunk of the grid" is what complete means; float arrays are filled
+    with NaN, so a chunk that goes missing reads as NaN, not as forecast zeros."""
+    fill = np.nan if data.dtype.kind == "f" else 0
+    g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=fill,
+                   dimension_names=dims, config={"write_empty_chunks": True})[:] = data
 
 
 def _draws(fc, prefix: Trajectories, horizon: int, n: int, seed: int, model_dir: Path, runs) -> np.ndarray:
