@@ -48,7 +48,8 @@ from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
 from gfm.split import read_split  # re-exported: evaluate and generalize import it from here
 from gfm.store import SCHEMA_VERSION, open_trajectories
 
-__all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
+__all__ = ["run", "forecast_model", "open_forecasts", "write_forecast_store", "ForecastStore", "read_split",
+           "test_runs"]
 
 
 def test_runs(split: dict[str, dict[str, list[int]]]) -> tuple[dict[str, list[int]], int]:
@@ -137,20 +138,30 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         index += runs
         seeds += [int(seed)] * len(runs)
     weights = np.concatenate(preds).astype(np.float32)
+    summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
+               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped,
+               "n_runs": len(weights), "samples": int(n_draws or 0)}
+    write_forecast_store(out, weights=weights, store_index=np.asarray(index, np.int64),
+                         dataset_seed=np.asarray(seeds, np.int64),
+                         samples=np.concatenate(draws).astype(np.float32) if n_draws else None, attrs=summary)
+    return summary
+
+
+def write_forecast_store(out: Path, *, weights: np.ndarray, store_index: np.ndarray, dataset_seed: np.ndarray,
+                         samples: np.ndarray | None, attrs: dict) -> None:
+    """Write the forecast store ``out`` (layout in the module docstring; ``attrs`` without ``chunks`` and
+    ``complete``, which are added here), then check it with ``gfm check``'s rules: a store they refuse raises
+    and is never flagged complete. The forecast stage writes under a temporary name, so a refused store is
+    never renamed into place."""
     g = zarr.open_group(str(out), mode="w", zarr_format=3)
     R, H, P = weights.shape
-    _write_array(g, "weights", weights, (R, 1, P), ("run", "horizon", "param"))
-    _write_array(g, "runs/store_index", np.asarray(index, np.int64), (R,), None)
-    _write_array(g, "runs/dataset_seed", np.asarray(seeds, np.int64), (R,), None)
-    if n_draws:
-        samples = np.concatenate(draws).astype(np.float32)
-        _write_array(g, "samples", samples, samples.shape, ("run", "sample", "param"))
-    summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
-               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R,
-               "samples": int(n_draws or 0)}
-    g.attrs.update({**summary, "chunks": chunk_record(g), "complete": True})
-    verify_forecast_store(out)  # still under the stage's temporary name: refused, it is never renamed into place
-    return summary
+    _write_array(g, "weights", weights.astype(np.float32), (R, 1, P), ("run", "horizon", "param"))
+    _write_array(g, "runs/store_index", store_index.astype(np.int64), (R,), None)
+    _write_array(g, "runs/dataset_seed", dataset_seed.astype(np.int64), (R,), None)
+    if samples is not None:
+        _write_array(g, "samples", samples.astype(np.float32), samples.shape, ("run", "sample", "param"))
+    g.attrs.update({**attrs, "chunks": chunk_record(g), "complete": True})
+    verify_forecast_store(out)
 
 
 def _write_array(g: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...],

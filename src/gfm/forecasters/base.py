@@ -192,6 +192,11 @@ class Forecaster:
         """The parameter count this fitted model can only forecast (None: any network size)."""
         return None
 
+    def fitted_schema(self) -> dict:
+        """What :attr:`extra` holds once fitted (a schema of :mod:`gfm.forecasters.fitted`), checked when a
+        saved model is loaded; nothing for a model that fits no values."""
+        return {}
+
     # --- front door ------------------------------------------------------------------------------------
     @torch.no_grad()
     def forecast(self, prefix: Trajectories, *, horizons: Sequence[int]) -> torch.Tensor:

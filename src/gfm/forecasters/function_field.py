@@ -318,6 +318,13 @@ class FunctionFieldGFM(Forecaster):
         return ((w - w_end).pow(2) / scale).mean()
 
     # --- forecasting ----------------------------------------------------------------------------------
+    def fitted_schema(self) -> dict:
+        from gfm.forecasters.fitted import COUNT, MAPPING, NUMBER, OPTIMIZER, POSITIVE, ListOf, Maybe
+
+        return {"optimizer": OPTIMIZER, "record_every": COUNT, "steps": COUNT, "n_params": COUNT,
+                "layers": ListOf(ListOf(COUNT, length=2), min_length=1), "best_val_loss": Maybe(NUMBER),
+                "spread": Maybe(POSITIVE), "calibration": Maybe(MAPPING)}
+
     def _shape(self) -> MLPShape:
         return MLPShape(tuple(tuple(layer) for layer in self.extra["layers"]))
 

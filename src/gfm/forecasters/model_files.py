@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gfm.config import to_dict
-from gfm.errors import GFMError
+from gfm.errors import GFMError, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
+from gfm.forecasters.fitted import fitted_problems
 from gfm.inputs import _is_int
 from gfm.verdict import Verdict
 
@@ -177,8 +178,16 @@ def load_forecaster(directory: str | Path) -> Forecaster:
                              "train stage")
     if not isinstance(meta.get("config") or {}, dict):
         raise ModelFileError(f"{cfg_path}: 'config' must be a mapping")
+    if prefix_end < 0:
+        raise ModelFileError(f"{cfg_path}: 'prefix_end' is {shorten(prefix_end, 40)}; expected a record index >= 0 "
+                             "(the model reads records 0..prefix_end); re-run the train stage")
     _check_safetensors_header(w_path, directory)
     fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
+    bad_fitted = fitted_problems(extra, fc.fitted_schema())
+    if bad_fitted:  # before the tensors: building a model reads these values
+        more = f" (and {len(bad_fitted) - 3} more)" if len(bad_fitted) > 3 else ""
+        raise ModelFileError(f"{cfg_path}: fitted values do not fit a {kind} model: {'; '.join(bad_fitted[:3])}"
+                             f"{more}; re-run the train stage")
     fc.extra = dict(extra)
     try:
         fc.load_state_tensors(load_file(str(w_path)))
