@@ -344,6 +344,12 @@ class FunctionFieldGFM(Forecaster):
         shape = mlp_shape(prefix.layout) if prefix.layout is not None else self._shape()
         if shape == self.module.shape:
             return self.module
+        mine = self.module.shape
+        if (shape.n_in, shape.n_out) != (mine.n_in, mine.n_out):  # probes are points of the input space, the
+            # basis spans outputs: both are learned for one input and one output size
+            raise ForecasterError(f"gfm_function: fitted on networks of {mine.n_in} inputs and {mine.n_out} "
+                                  f"outputs; the run's network has {shape.n_in} and {shape.n_out}. This model can "
+                                  "forecast other hidden widths and depths, not another input or output size")
         field = FunctionField(shape, self.module.x.detach(), self.module.basis.detach(), 1.0)
         field.load_state_dict(self.module.state_dict(), strict=True)
         return field
