@@ -273,7 +273,10 @@ class TrainedForecaster:
 
 def _integers(values: Any, name: str) -> tuple[int, ...]:
     """``values`` (an integer or a sequence of them) as ints; refuses 1.7, True, "3" rather than rounding."""
-    items = [values] if isinstance(values, int | np.integer) or np.ndim(values) == 0 else list(np.ravel(values))
+    if isinstance(values, np.ndarray | torch.Tensor):
+        items = values.reshape(-1).tolist()  # Python numbers: an integer array gives ints, a float one floats
+    else:
+        items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
     bad = [v for v in items if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer)]
     if bad:
         raise ForecasterError(f"{name}: got {shorten(bad[0], 40)}; expected integers (record indices or run "
