@@ -301,3 +301,16 @@ def test_function_model_refuses_another_input_size_even_with_allow_other_layout(
         model.forecast(run(2, 6), allow_other_layout=True)
     out = model.forecast(run(1, 12), allow_other_layout=True)  # another hidden width: what the field allows
     assert out.weights.shape == (1, 4, 37) and np.isfinite(out.weights).all()
+
+
+# --- the trajectory store's per-run fields (filled with 0; zarr stores no all-zero chunk) -----------------
+@pytest.mark.parametrize("field,message", [
+    ("lr", "runs/lr: 8 runs (8, 9, 10, 11, 12, ...) hold a learning rate of 0"),
+    ("dataset_seed", "runs/dataset_seed: 8 runs (8, 9, 10, 11, 12, ...) hold seeds the store does not list"),
+])
+def test_check_names_a_missing_chunk_of_a_per_run_field(tiny_store, tmp_path, field, message, capfd):
+    store = tmp_path / "store.zarr"
+    shutil.copytree(tiny_store, store)
+    assert _cli(["check", str(store)], capfd)[0] == 0
+    (store / "runs" / field / "c" / "1").unlink()
+    _assert_named(*_cli(["check", str(store)], capfd)[:2], message)

@@ -139,8 +139,9 @@ def load_forecaster(directory: str | Path) -> Forecaster:
 
     Everything ``gfm check`` asks of a model directory is checked here, so a stage never forecasts with a
     model that check refuses: both files regular and inside the directory, config JSON bounded in size and
-    depth, safetensors header (see :func:`_check_safetensors_header`), tensors of exactly the shapes the
-    model builds, every tensor and fitted value finite.
+    depth, safetensors header (see :func:`_check_safetensors_header`), ``prefix_end`` >= 0, fitted values
+    (``extra``) holding what the forecaster declares (:meth:`Forecaster.fitted_schema`), tensors of exactly
+    the shapes the model builds, every tensor and fitted value finite.
 
     Raises:
         ModelFileError: missing files, wrong format, unsafe, misshapen or non-finite tensors or names.
