@@ -39,7 +39,12 @@ def verify_forecast_store(path: Path) -> None:
     """Refuse (one line, :class:`~gfm.errors.StoreError`) a forecast store that ``gfm check`` would not call ok:
     the gate of every reader and of the writer before it declares a store complete."""
     v = Verdict(path, "forecast store")
-    check_forecast_store(path, v)
+    try:
+        check_forecast_store(path, v)
+    except GFMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what gfm check calls malformed, a reader refuses in one line
+        v.problems.append(f"malformed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
     if v.problems:
         more = f" (and {len(v.problems) - 1} more problems: gfm check {path})" if len(v.problems) > 1 else ""
         error = StoreIncompleteError if v.problems[0].startswith("no completion flag") else StoreSchemaError
