@@ -219,6 +219,8 @@ _FITTED = {
                              "extra.optimizer is 'lbfgs'"),
     "layers not pairs": ("gfm_function", lambda m: m["extra"].__setitem__("layers", [[6, 1, 2]]),
                          "extra.layers[0] is [6, 1, 2]"),
+    "n_params not the layers'": ("gfm_function", lambda m: m["extra"].__setitem__("n_params", 20),
+                                 "extra.n_params is 20; extra.layers hold 19"),
     "prefix_end -3": ("lstm", lambda m: m.__setitem__("prefix_end", -3), "'prefix_end' is -3"),
 }
 
@@ -246,6 +248,16 @@ def test_forecast_stage_refuses_damaged_fitted_values_in_one_line(staged, tiny_s
     code, _, err = _cli(r.forecast(), capfd)
     _assert_refused(code, err, "extra.scales is 'abc'")
     assert r.nothing_written()
+
+
+def test_gfm_fitted_values_that_contradict_each_other_are_named():
+    fc = make_forecaster("gfm_plain", {}, prefix_end=8, horizons=[16, 24])
+    extra = {"optimizer": "adam", "steps": 40, "record_every": 1, "dt": 0.025, "n_params": 19, "n_static": 3,
+             "n_features": 6, "n_run": 1, "scales": {"w": 1.0, "x": 1.0, "v": 1.0, "g": 1.0,
+                                                      "hyper_mean": {"lr": -4.6}, "hyper_std": {"lr": 0.0}}}
+    assert fc.fitted_relations(extra) == []
+    assert fc.fitted_relations({**extra, "dt": 0.5, "n_run": 2}) == [
+        "extra.dt is 0.5; record_every / steps is 0.025", "extra.n_run is 2; scales.hyper_mean holds 1"]
 
 
 def test_every_saved_kind_declares_what_its_fitted_values_hold():

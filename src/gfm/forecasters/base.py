@@ -197,6 +197,11 @@ class Forecaster:
         saved model is loaded; nothing for a model that fits no values."""
         return {}
 
+    def fitted_relations(self, extra: dict) -> list[str]:
+        """What is wrong between fitted values that each fit :meth:`fitted_schema` (one line each; empty: they
+        agree): values derived from others, which a damaged file could contradict without raising anywhere."""
+        return []
+
     # --- front door ------------------------------------------------------------------------------------
     @torch.no_grad()
     def forecast(self, prefix: Trajectories, *, horizons: Sequence[int]) -> torch.Tensor:

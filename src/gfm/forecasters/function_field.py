@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from gfm import optimizers as opt_rules
+from gfm.errors import shorten
 from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, register
 from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
 from gfm.forecasters.function_sampling import calibrate, sample_final
@@ -324,6 +325,13 @@ class FunctionFieldGFM(Forecaster):
         return {"optimizer": OPTIMIZER, "record_every": COUNT, "steps": COUNT, "n_params": COUNT,
                 "layers": ListOf(ListOf(COUNT, length=2), min_length=1), "best_val_loss": Maybe(NUMBER),
                 "spread": Maybe(POSITIVE), "calibration": Maybe(MAPPING)}
+
+    def fitted_relations(self, extra: dict) -> list[str]:
+        layers = extra["layers"]
+        if any(layers[i][1] != layers[i - 1][0] for i in range(1, len(layers))):
+            return [f"extra.layers {shorten(layers, 60)}: each layer must take the previous layer's outputs"]
+        n = MLPShape(tuple(tuple(layer) for layer in layers)).n_params
+        return [] if n == extra["n_params"] else [f"extra.n_params is {extra['n_params']}; extra.layers hold {n}"]
 
     def _shape(self) -> MLPShape:
         return MLPShape(tuple(tuple(layer) for layer in self.extra["layers"]))
