@@ -273,10 +273,10 @@ def test_api_refuses_a_nan_prefix_naming_the_run(st, capfd):
     store = st.root / "store.zarr"
     zarr.open_array(str(store / "weights"), mode="r+")[5, 2, 0] = np.nan  # a record the model reads
     model = gfm.load_forecaster(st.root / "models" / "linear", seed=1, store=store)
-    with pytest.raises(ForecasterError, match=r"run 5 hold non-finite values \(NaN or Inf\) in records 0\.\.8"):
+    with pytest.raises(ForecasterError, match=r"run 5 holds non-finite values \(NaN or Inf\) in records 0\.\.8"):
         model.forecast(store, runs=[4, 5])
     run = gfm.prefix_from_arrays(np.full((9, 19), np.nan, np.float32), optimizer="adam", lr=0.01)
-    with pytest.raises(ForecasterError, match="run 0 hold non-finite"):
+    with pytest.raises(ForecasterError, match="run 0 holds non-finite"):
         model.forecast(run)
 
 

@@ -300,7 +300,8 @@ def _refuse_nonfinite(part: Trajectories, prefix_end: int, label: str) -> None:
     for a in arrays:
         bad |= ~torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1).cpu()
     if bool(bad.any()):
-        raise ForecasterError(f"{label}: {_run_names([part], np.flatnonzero(bad.numpy()))} hold non-finite values "
+        verb = "holds" if int(bad.sum()) == 1 else "hold"
+        raise ForecasterError(f"{label}: {_run_names([part], np.flatnonzero(bad.numpy()))} {verb} non-finite values "
                               f"(NaN or Inf) in records 0..{prefix_end}, which the model reads; a diverged run has "
                               "no forecast (leave it out with runs=)")
 
