@@ -280,6 +280,30 @@ def test_api_refuses_a_nan_prefix_naming_the_run(st, capfd):
         model.forecast(run)
 
 
+def test_forecast_stage_refuses_a_nan_prefix_naming_the_store_run(st, capfd):
+    store = st.root / "store.zarr"
+    datasets = json.loads((st.root / "split.json").read_text())["datasets"]
+    seed = sorted(datasets)[0]
+    run = datasets[seed]["test"][0]
+    zarr.open_array(str(store / "weights"), mode="r+")[run, 3, 0] = np.nan  # as a missing chunk reads
+    argv = ["forecast", "--params", str(st.params), "--store", KEY, "--in", str(store), "--split",
+            str(st.root / "split.json"), "--models", str(st.root / "models"), "--out", str(st.root / "new")]
+    code, _, err = _cli(argv, capfd)
+    _assert_refused(code, err, f"store run {run} of dataset seed {seed} holds non-finite values in records 0..8 "
+                               "(not flagged diverged)")
+    assert not [p for p in st.root.iterdir() if p.name.startswith("new")]
+
+
+def test_a_forecaster_refuses_empty_and_non_integer_horizons(st):
+    from gfm.forecasters import load_forecaster
+
+    fc = load_forecaster(st.root / "models" / "linear" / "1")
+    prefix = Trajectories.from_store(open_trajectories(st.root / "store.zarr"), [0, 1], records=9)
+    for horizons, message in (([], "horizons: got none"), ([16.0], "horizons: got 16.0; expected integers")):
+        with pytest.raises(ForecasterError, match=message):
+            fc.forecast(prefix, horizons=horizons)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"horizons": []}, "horizons: got none"),
     ({"runs": [1.7]}, "runs: got 1.7; expected integers"),

@@ -120,6 +120,14 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         block = int(ts.attrs["block_runs"])
         for start in range(0, len(runs), block):
             prefix = Trajectories.from_store(ts, runs[start : start + block], records=fc_cfg.prefix_end + 1)
+            nan_runs = prefix.nonfinite_runs(fc_cfg.prefix_end)
+            if nan_runs.size:  # a damaged store (a missing chunk reads as NaN), not the model: say so
+                first = [int(r) for r in np.asarray(runs[start : start + block])[nan_runs][:5]]
+                which = f"runs {', '.join(map(str, first))} of dataset seed {seed} hold" if nan_runs.size > 1 else \
+                    f"run {first[0]} of dataset seed {seed} holds"
+                raise GFMError(f"{ts.path}: store {which} non-finite values in records 0..{fc_cfg.prefix_end} "
+                               f"(not flagged diverged); nothing was written (check the store with "
+                               f"`gfm check {ts.path}`)")
             with torch.no_grad():
                 pred = fc.forecast(prefix, horizons=horizons).cpu().numpy()
             bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)

@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.errors import shorten
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, load_forecaster
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers, load_forecaster
 from gfm.forecasters.run_arrays import layout_of, prefix_from_arrays
 from gfm.forecasters.trained_on import TrainedOn, model_directory, read_trained_on
 from gfm.layout import ParamSpec
@@ -247,11 +246,11 @@ class TrainedForecaster:
             RunMismatchError: the run does not match what the model was fitted on (each mismatch named).
             ForecasterError: a prefix shorter than the model reads, horizons it was not fitted for, bad input.
         """
-        hs = tuple(self.horizons) if horizons is None else _integers(horizons, "horizons")
+        hs = tuple(self.horizons) if horizons is None else integers(horizons, "horizons")
         if not hs:
             raise ForecasterError(f"horizons: got none; expected record indices among the fitted {list(self.horizons)} "
                                   "(or leave horizons out for all of them)")
-        parts, label = self._as_trajectories(run, None if runs is None else _integers(runs, "runs"))
+        parts, label = self._as_trajectories(run, None if runs is None else integers(runs, "runs"))
         problems = self.mismatches(parts[0], allow_other_layout=allow_other_layout)
         if problems:
             fitted = f" (fitted on store {self.trained_on.store})" if self.trained_on.store else ""
@@ -271,19 +270,6 @@ class TrainedForecaster:
                         run_ids=None if any(i is None for i in ids) else np.concatenate(ids), model=self.kind)
 
 
-def _integers(values: Any, name: str) -> tuple[int, ...]:
-    """``values`` (an integer or a sequence of them) as ints; refuses 1.7, True, "3" rather than rounding."""
-    if isinstance(values, np.ndarray | torch.Tensor):
-        items = values.reshape(-1).tolist()  # Python numbers: an integer array gives ints, a float one floats
-    else:
-        items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
-    bad = [v for v in items if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer)]
-    if bad:
-        raise ForecasterError(f"{name}: got {shorten(bad[0], 40)}; expected integers (record indices or run "
-                              "positions are never rounded)")
-    return tuple(int(v) for v in items)
-
-
 def _run_names(parts: list[Trajectories], positions: np.ndarray, limit: int = 5) -> str:
     """Runs at ``positions`` of the concatenated ``parts``, by store position when read from a store."""
     ids = [p.run_ids for p in parts]
@@ -294,14 +280,10 @@ def _run_names(parts: list[Trajectories], positions: np.ndarray, limit: int = 5)
 
 def _refuse_nonfinite(part: Trajectories, prefix_end: int, label: str) -> None:
     """Refuse a prefix (records 0..prefix_end of weights, lr and optimizer state) holding NaN or Inf."""
-    k = prefix_end + 1
-    arrays = [part.weights[:, :k], part.lr[:, :k].unsqueeze(-1), *(s[:, :k] for s in part.states.values())]
-    bad = torch.zeros(part.n_runs, dtype=torch.bool)
-    for a in arrays:
-        bad |= ~torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1).cpu()
-    if bool(bad.any()):
-        verb = "holds" if int(bad.sum()) == 1 else "hold"
-        raise ForecasterError(f"{label}: {_run_names([part], np.flatnonzero(bad.numpy()))} {verb} non-finite values "
+    bad = part.nonfinite_runs(prefix_end)
+    if bad.size:
+        verb = "holds" if bad.size == 1 else "hold"
+        raise ForecasterError(f"{label}: {_run_names([part], bad)} {verb} non-finite values "
                               f"(NaN or Inf) in records 0..{prefix_end}, which the model reads; a diverged run has "
                               "no forecast (leave it out with runs=)")
 
