@@ -49,11 +49,10 @@ def _with_oracle(root, tiny_store, params, name="oracle"):
     lv = zarr.open_group(str(root / "forecasts" / "last_value.zarr"), mode="r")
     idx = lv["runs/store_index"][:]
     truth = np.stack([ts.weights[int(r)][list(params.forecast.horizons)] for r in idx])
-    g = zarr.open_group(str(root / "forecasts" / f"{name}.zarr"), mode="w")
-    g.create_array("weights", data=truth.astype(np.float32))
-    g.create_array("runs/store_index", data=idx)
-    g.create_array("runs/dataset_seed", data=lv["runs/dataset_seed"][:])
-    g.attrs.update({**dict(lv.attrs), "model": name})
+    attrs = {k: v for k, v in dict(lv.attrs).items() if k not in ("chunks", "complete")}
+    forecast.write_forecast_store(root / "forecasts" / f"{name}.zarr", weights=truth, store_index=idx,
+                                  dataset_seed=lv["runs/dataset_seed"][:], samples=None,
+                                  attrs={**attrs, "model": name})
 
 
 def test_evaluate_scores_known_forecasts_exactly(pipeline, tiny_store):

@@ -8,9 +8,11 @@ trajectory store (.zarr)  schema version, completion flag, attributes (layout of
                           every chunk decoded (read in bounded blocks), weights / loss / state finite
                           for runs not flagged diverged, ``final/*`` equal to the last step, lr finite
 forecast store (.zarr)    kind, schema version, completion flag, shapes against its horizons,
-                          store indices unique, chunks readable
-model directory           ``load_forecaster`` accepts it (format, kind, config, safetensors header:
-                          size, F32 only, plain tensor names, tensors fit the model), tensors finite
+                          float arrays filled with NaN, every chunk of every grid present and
+                          counted (attribute ``chunks``), store indices unique, values finite
+model directory           ``load_forecaster`` accepts it (format, kind, config, fitted values as the
+                          forecaster declares them, safetensors header: size, F32 only, plain tensor
+                          names, tensors fit the model), tensors finite
 trained-model directory   ``summary.json`` lists exactly the seed directories, each a sound model
 split JSON                structure, decimal seeds, run ids, train / val / test disjoint
 metrics JSON              keys, counts, horizons, reference losses finite, MSEs non-negative

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from gfm.config import Params
-from gfm.errors import GFMError
+from gfm.errors import GFMError, shorten
 from gfm.forecast import open_forecasts, read_split, test_runs
 from gfm.outputs import (
     METRICS,
@@ -145,9 +145,8 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     n_show = min(params.evaluate.trajectory_params, ts.n_params)
     show_params = np.unique(np.linspace(0, ts.n_params - 1, n_show).round().astype(int))
     for name in params.store_models(store_key):
-        fs = open_forecasts(forecasts / f"{name}.zarr")
-        if fs.horizons != horizons or not np.array_equal(np.sort(fs.store_index), np.sort(runs)):
-            raise GFMError(f"{fs.path}: forecasts do not cover the same test runs and horizons; re-run forecast")
+        fs = open_forecasts(forecasts / f"{name}.zarr")  # refuses missing or non-finite chunks (gfm check's rules)
+        _check_fits(fs, horizons=horizons, prefix_end=k, runs=runs, n_params=ts.n_params)
         order = {int(r): i for i, r in enumerate(fs.store_index)}
         pred = fs.weights[[order[int(r)] for r in runs]]  # (run, horizon, param), aligned with `runs`
         se = ((pred.astype(np.float64) - truth) ** 2).mean(axis=2)  # (run, horizon)
@@ -202,6 +201,20 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     _write_plots(plots, curves, traj_rows)
     _write_json(metrics, result)
     return result
+
+
+def _check_fits(fs, *, horizons: list[int], prefix_end: int, runs: np.ndarray, n_params: int) -> None:
+    """Refuse a forecast store that is sound on its own but not a forecast of these test runs: other horizons,
+    prefix end or runs, or weights of another network size (they would be scored against the wrong truth)."""
+    if fs.horizons != horizons or fs.attrs.get("prefix_end") != prefix_end:
+        raise GFMError(f"{fs.path}: forecasts from prefix end {shorten(fs.attrs.get('prefix_end'), 20)} at horizons "
+                       f"{shorten(fs.horizons)}; params ask for {prefix_end} and {horizons}; re-run forecast")
+    if not np.array_equal(np.sort(fs.store_index), np.sort(runs)):
+        raise GFMError(f"{fs.path}: forecasts do not cover the same test runs ({fs.store_index.size} forecast, "
+                       f"{runs.size} non-diverged test runs in the split); re-run forecast")
+    if fs.weights.shape[2] != n_params:
+        raise GFMError(f"{fs.path}: forecasts hold {fs.weights.shape[2]} parameters per run; the trajectory store's "
+                       f"runs have {n_params}; re-run forecast on this store")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -13,7 +13,13 @@ written under a temporary name and renamed when complete::
         samples            (run, sample, param) float32    only for models that sample (``n_samples() > 0``,
                                                           e.g. gfm_function): draws of the final-horizon weights
         attrs: schema_version, complete, kind="forecast", store, model, prefix_end, horizons, skipped_diverged,
-               samples (draws per run; 0 = point forecasts only)
+               samples (draws per run; 0 = point forecasts only), chunks (chunk files per array)
+
+Every chunk of every array is written, even one equal to the fill value, and the float arrays are filled with
+NaN: a chunk file that goes missing reads as NaN, never as a number, and the ``chunks`` attribute records how
+many files each array holds. The stage checks the store with ``gfm check``'s rules
+(:func:`gfm.forecast_check.verify_forecast_store`) before it is declared complete, and every reader
+(:func:`open_forecasts`) refuses what those rules refuse, naming the array and chunk.
 
 Draws are seeded by ``params.seed`` and each run's store index, so they do not depend on block boundaries.
 
@@ -35,13 +41,15 @@ import zarr
 
 from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.forecast_check import chunk_record, verify_forecast_store
 from gfm.forecasters import Trajectories, load_forecaster
 from gfm.inputs import tree_problems
 from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
 from gfm.split import read_split  # re-exported: evaluate and generalize import it from here
 from gfm.store import SCHEMA_VERSION, open_trajectories
 
-__all__ = ["run", "forecast_model", "open_forecasts", "ForecastStore", "read_split", "test_runs"]
+__all__ = ["run", "forecast_model", "open_forecasts", "write_forecast_store", "ForecastStore", "read_split",
+           "test_runs"]
 
 
 def test_runs(split: dict[str, dict[str, list[int]]]) -> tuple[dict[str, list[int]], int]:
@@ -87,6 +95,7 @@ def open_forecasts(path: str | Path) -> ForecastStore:
         raise StoreSchemaError(f"{path}: not a forecast store of schema {SCHEMA_VERSION}")
     if attrs.get("complete") is not True:
         raise StoreIncompleteError(f"{path}: forecast store is not complete; re-run the forecast stage")
+    verify_forecast_store(path)  # gfm check's rules: every chunk there, counted, decoded and finite
     samples = g["samples"][:] if int(attrs.get("samples") or 0) else None
     return ForecastStore(path, g["weights"][:], g["runs/store_index"][:], g["runs/dataset_seed"][:], attrs, samples)
 
@@ -111,6 +120,14 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         block = int(ts.attrs["block_runs"])
         for start in range(0, len(runs), block):
             prefix = Trajectories.from_store(ts, runs[start : start + block], records=fc_cfg.prefix_end + 1)
+            nan_runs = prefix.nonfinite_runs(fc_cfg.prefix_end)
+            if nan_runs.size:  # a damaged store (a missing chunk reads as NaN), not the model: say so
+                first = [int(r) for r in np.asarray(runs[start : start + block])[nan_runs][:5]]
+                which = f"runs {', '.join(map(str, first))} of dataset seed {seed} hold" if nan_runs.size > 1 else \
+                    f"run {first[0]} of dataset seed {seed} holds"
+                raise GFMError(f"{ts.path}: store {which} non-finite values in records 0..{fc_cfg.prefix_end} "
+                               f"(not flagged diverged); nothing was written (check the store with "
+                               f"`gfm check {ts.path}`)")
             with torch.no_grad():
                 pred = fc.forecast(prefix, horizons=horizons).cpu().numpy()
             bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
@@ -129,21 +146,40 @@ def forecast_model(params: Params, *, store_key: str, model: str, ts, runs_by_se
         index += runs
         seeds += [int(seed)] * len(runs)
     weights = np.concatenate(preds).astype(np.float32)
+    summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
+               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped,
+               "n_runs": len(weights), "samples": int(n_draws or 0)}
+    write_forecast_store(out, weights=weights, store_index=np.asarray(index, np.int64),
+                         dataset_seed=np.asarray(seeds, np.int64),
+                         samples=np.concatenate(draws).astype(np.float32) if n_draws else None, attrs=summary)
+    return summary
+
+
+def write_forecast_store(out: Path, *, weights: np.ndarray, store_index: np.ndarray, dataset_seed: np.ndarray,
+                         samples: np.ndarray | None, attrs: dict) -> None:
+    """Write the forecast store ``out`` (layout in the module docstring; ``attrs`` without ``chunks`` and
+    ``complete``, which are added here), then check it with ``gfm check``'s rules: a store they refuse raises
+    and is never flagged complete. The forecast stage writes under a temporary name, so a refused store is
+    never renamed into place."""
     g = zarr.open_group(str(out), mode="w", zarr_format=3)
     R, H, P = weights.shape
-    g.create_array("weights", shape=weights.shape, dtype="float32", chunks=(R, 1, P),
-                   dimension_names=("run", "horizon", "param"))[:] = weights
-    g.create_array("runs/store_index", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(index, np.int64)
-    g.create_array("runs/dataset_seed", shape=(R,), dtype="int64", chunks=(R,))[:] = np.asarray(seeds, np.int64)
-    if n_draws:
-        samples = np.concatenate(draws).astype(np.float32)
-        g.create_array("samples", shape=samples.shape, dtype="float32", chunks=samples.shape,
-                       dimension_names=("run", "sample", "param"))[:] = samples
-    summary = {"kind": "forecast", "schema_version": SCHEMA_VERSION, "store": store_key, "model": model,
-               "prefix_end": fc_cfg.prefix_end, "horizons": horizons, "skipped_diverged": skipped, "n_runs": R,
-               "samples": int(n_draws or 0)}
-    g.attrs.update({**summary, "complete": True})
-    return summary
+    _write_array(g, "weights", weights.astype(np.float32), (R, 1, P), ("run", "horizon", "param"))
+    _write_array(g, "runs/store_index", store_index.astype(np.int64), (R,), None)
+    _write_array(g, "runs/dataset_seed", dataset_seed.astype(np.int64), (R,), None)
+    if samples is not None:
+        _write_array(g, "samples", samples.astype(np.float32), samples.shape, ("run", "sample", "param"))
+    g.attrs.update({**attrs, "chunks": chunk_record(g), "complete": True})
+    verify_forecast_store(out)
+
+
+def _write_array(g: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...],
+                 dims: tuple[str, ...] | None) -> None:
+    """Write ``data`` as array ``name`` with every chunk stored (even one equal to the fill value, which zarr
+    skips by default), so "a file per chunk of the grid" is what complete means; float arrays are filled
+    with NaN, so a chunk that goes missing reads as NaN, not as forecast zeros."""
+    fill = np.nan if data.dtype.kind == "f" else 0
+    g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=fill,
+                   dimension_names=dims, config={"write_empty_chunks": True})[:] = data
 
 
 def _draws(fc, prefix: Trajectories, horizon: int, n: int, seed: int, model_dir: Path, runs) -> np.ndarray:

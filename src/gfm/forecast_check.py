@@ -1,19 +1,117 @@
 """``gfm check`` of a forecast store (the forecast stage's output, written by :mod:`gfm.forecast`): kind, schema
-version, completion flag, shapes against its horizons, the optional ``samples`` draws, store indices unique,
-every chunk decoded and finite."""
+version, completion flag, shapes against its horizons, the optional ``samples`` draws, the float arrays filled
+with NaN, every chunk of every array's grid present and counted in the ``chunks`` attribute, store indices
+unique, every chunk decoded and finite.
+
+The same rules gate every reader: :func:`gfm.forecast.open_forecasts` (evaluate, generalize, the Python API)
+and the forecast stage itself, which checks what it wrote before the store is renamed into place
+(:func:`verify_forecast_store`). A chunk file that is missing would otherwise read as the array's fill value,
+which zarr returns without complaint: numbers nobody forecast."""
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from gfm import verdict
-from gfm.errors import GFMError
+from gfm.errors import GFMError, StoreIncompleteError, StoreSchemaError, shorten
 from gfm.inputs import array_meta_problems, chunk_file_limit, foreign_files, read_json, tree_problems
 from gfm.verdict import Verdict, foreign_line, is_int, runs_text, zarr_attrs
 
-__all__ = ["check_forecast_store"]
+__all__ = ["check_forecast_store", "verify_forecast_store", "chunk_record"]
+
+FLOAT_ARRAYS = ("weights", "samples")  # filled with NaN: a chunk that is not there never reads as a number
+
+
+def chunk_record(group) -> dict[str, int]:
+    """The completeness record the forecast stage writes (attribute ``chunks``): how many chunk files each
+    array of the open Zarr ``group`` holds, which is every chunk of its grid (the stage writes empty chunks
+    too)."""
+    names = ("weights", "runs/store_index", "runs/dataset_seed", "samples")
+    return {name: int(group[name].nchunks) for name in names if name in group}
+
+
+def verify_forecast_store(path: Path) -> None:
+    """Refuse (one line, :class:`~gfm.errors.StoreError`) a forecast store that ``gfm check`` would not call ok:
+    the gate of every reader and of the writer before it declares a store complete."""
+    v = Verdict(path, "forecast store")
+    try:
+        check_forecast_store(path, v)
+    except GFMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what gfm check calls malformed, a reader refuses in one line
+        v.problems.append(f"malformed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
+    if v.problems:
+        more = f" (and {len(v.problems) - 1} more problems: gfm check {path})" if len(v.problems) > 1 else ""
+        error = StoreIncompleteError if v.problems[0].startswith("no completion flag") else StoreSchemaError
+        raise error(f"{path}: {v.problems[0]}{more}")
+
+
+def _grid(meta: dict) -> tuple[list[int], Callable[[tuple[int, ...]], str]]:
+    """Chunks per dimension of a checked array's ``zarr.json``, and the file key of a chunk's coordinates."""
+    shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+    enc = meta["chunk_key_encoding"]
+    sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
+    prefix = ("c" + sep) if enc["name"] == "default" else ""
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunk, strict=True)]
+    if not shape:
+        return grid, lambda _: "c" if enc["name"] == "default" else "0"
+    return grid, lambda coords: prefix + sep.join(map(str, coords))
+
+
+def _missing_chunks(name: str, meta: dict, files: dict[str, int], limit: int = 5) -> tuple[int, list[str]]:
+    """The number of chunks in the grid of array ``name`` and the first ``limit`` chunk keys with no file.
+    Walks the grid only until ``limit`` are found past the files present, so a huge declared grid costs no
+    more than the store's own listing."""
+    grid, key = _grid(meta)
+    n = math.prod(grid)
+    present = {rel[len(name) + 1:] for rel in files if rel.startswith(name + "/")}
+    missing: list[str] = []
+    for coords in itertools.product(*map(range, grid)):
+        if key(coords) not in present:
+            missing.append(key(coords))
+            if len(missing) == limit:
+                break
+    return n, missing
+
+
+def _completeness_problems(attrs: dict, metas: dict[str, dict], files: dict[str, int]) -> list[str]:
+    """NaN fill of the float arrays, every chunk of every grid present, the ``chunks`` record agreeing."""
+    problems = []
+    for name in FLOAT_ARRAYS:
+        if name in metas and metas[name].get("fill_value") != "NaN":
+            problems.append(f"array {name}: fill_value {metas[name].get('fill_value')!r:.40}; a forecast store's "
+                            "float arrays are filled with NaN, so a missing chunk cannot read as numbers "
+                            "(written by an older gfm?); re-run the forecast stage")
+    record = attrs.get("chunks")
+    if not isinstance(record, dict):
+        problems.append("no completeness record (attribute chunks: chunk files per array; written by an older "
+                        "gfm or not by the forecast stage); re-run the forecast stage")
+    for name, meta in metas.items():
+        n, missing = _missing_chunks(name, meta, files)
+        if missing:
+            problems.append(f"array {name}: chunk{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
+                            f"(of {n} in its grid; a missing chunk would read as its fill value); re-run the "
+                            "forecast stage")
+        elif isinstance(record, dict) and record.get(name) != n:
+            problems.append(f"array {name}: attribute chunks records {shorten(record.get(name), 40)} chunk "
+                            f"files, its grid has {n}")
+    return problems
+
+
+def _nonfinite_chunks(values: np.ndarray, start: int, meta: dict, limit: int = 5) -> list[str]:
+    """Keys of the chunks holding the non-finite values of rows ``start..`` of an array (first ``limit``)."""
+    _, key = _grid(meta)
+    chunk = np.asarray(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    at = np.argwhere(~np.isfinite(values))
+    if not at.size:
+        return []
+    at[:, 0] += start
+    return [key(tuple(int(c) for c in row)) for row in np.unique(at // chunk, axis=0)[:limit]]
 
 
 def check_forecast_store(path: Path, v: Verdict) -> None:
@@ -74,6 +172,10 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
     foreign = foreign_files(files, {"", "runs"}, metas)
     if foreign:
         v.problems.append(foreign_line(foreign))
+    incomplete = _completeness_problems(attrs, metas, files)
+    if incomplete:
+        v.problems += incomplete
+        return
     try:
         g = zarr.open_group(str(path), mode="r")
         w, idx, seeds = g["weights"], g["runs/store_index"], g["runs/dataset_seed"]
@@ -83,6 +185,7 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
     R, H, P = w.shape
     block = max(1, verdict.READ_BYTES // max(1, H * P * 4))
     nonfinite: list[int] = []
+    bad_chunks: list[str] = []
     try:
         index = idx[:]
         seeds[:]
@@ -90,13 +193,16 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
             part = w[start : start + block]
             bad_rows = ~np.isfinite(part.reshape(part.shape[0], -1)).all(axis=1)
             nonfinite += (np.flatnonzero(bad_rows) + start).tolist()
+            if bad_rows.any() and len(bad_chunks) < 5:
+                bad_chunks += _nonfinite_chunks(part, start, metas["weights"], 5 - len(bad_chunks))
     except Exception as exc:  # noqa: BLE001
         v.problems.append(f"chunk data unreadable ({type(exc).__name__})")
         return
     if len(np.unique(index)) != len(index) or (index < 0).any():
         v.problems.append("runs/store_index must be distinct non-negative run ids")
     elif nonfinite:  # the forecast stage refuses to write these; a store holding them is not its output
-        v.problems.append(f"weights: non-finite forecasts of {runs_text(index[nonfinite])} (store runs)")
+        v.problems.append(f"weights: non-finite forecasts of {runs_text(index[nonfinite])} (store runs) in chunk"
+                          f"{'s' if len(bad_chunks) > 1 else ''} {', '.join(dict.fromkeys(bad_chunks))}")
     elif n_draws:
         try:
             draws = g["samples"][:]  # (run, draw, param): the final horizon only, small beside the weights
@@ -105,6 +211,8 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
             return
         bad = ~np.isfinite(draws.reshape(len(draws), -1)).all(axis=1)
         if bad.any():
-            v.problems.append(f"samples: non-finite draws of {runs_text(index[np.flatnonzero(bad)])} (store runs)")
+            chunks = _nonfinite_chunks(draws, 0, metas["samples"])
+            v.problems.append(f"samples: non-finite draws of {runs_text(index[np.flatnonzero(bad)])} (store runs) "
+                              f"in chunk{'s' if len(chunks) > 1 else ''} {', '.join(chunks)}")
     v.summary = (f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
                  + (f", {n_draws} draws per run" if n_draws else ""))

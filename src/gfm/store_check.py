@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gfm import verdict
-from gfm.errors import StoreError, StoreIncompleteError, StoreSchemaError
+from gfm.errors import StoreError, StoreIncompleteError, StoreSchemaError, shorten
 from gfm.inputs import (
     MAX_JSON_BYTES,
     _is_int,
@@ -244,16 +244,36 @@ def check_trajectory_store(path: Path, v: Verdict) -> None:
         return
     try:
         diverged = arrays["runs/diverged"][:].astype(bool)
-        for name in sorted(g["runs"].array_keys()):
-            if not np.isfinite(np.asarray(g[f"runs/{name}"][:], dtype=np.float64)).all():
-                v.problems.append(f"runs/{name} holds non-finite values")
+        fields = {name: g[f"runs/{name}"][:] for name in sorted(g["runs"].array_keys())}
     except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
         v.problems.append(f"runs/*: chunk data unreadable ({type(exc).__name__})")
         return
+    v.problems += _run_field_problems(fields, attrs)
     no_loss = attrs.get("loss_source") == "none"
     _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
     v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
                  f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read")
+
+
+def _run_field_problems(fields: dict[str, np.ndarray], attrs: dict) -> list[str]:
+    """Per-run fields that cannot be what was recorded. Their arrays are filled with 0 and zarr writes no file
+    for a chunk equal to the fill value (a block of runs none of which diverged, a weight decay of 0), so a
+    missing chunk cannot be told from the files: it reads as 0, which is refused where 0 is never a recorded
+    value: a dataset seed the store does not list (every writer lists its runs' seeds in ``dataset_seeds``)
+    and a learning rate of 0."""
+    problems = [f"runs/{name} holds non-finite values" for name, a in fields.items()
+                if not np.isfinite(np.asarray(a, dtype=np.float64)).all()]
+    seeds = attrs.get("dataset_seeds")
+    if "dataset_seed" in fields and isinstance(seeds, list):
+        stray = np.flatnonzero(~np.isin(fields["dataset_seed"], np.asarray(seeds, dtype=np.int64)))
+        if stray.size:
+            problems.append(f"runs/dataset_seed: {runs_text(stray)} hold seeds the store does not list in "
+                            f"dataset_seeds {shorten(seeds, 60)} (a missing chunk reads as 0)")
+    if "lr" in fields:
+        zero = np.flatnonzero(np.asarray(fields["lr"]) == 0)
+        if zero.size:
+            problems.append(f"runs/lr: {runs_text(zero)} hold a learning rate of 0 (what a missing chunk reads as)")
+    return problems
 
 
 def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P: int, v: Verdict, *,

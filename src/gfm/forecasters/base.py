@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from gfm.errors import GFMError
+from gfm.errors import GFMError, shorten
 from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
@@ -46,6 +46,19 @@ class ForecasterError(GFMError, ValueError):
 
 class ModelFileError(GFMError, ValueError):
     """A saved model directory is missing, malformed or unsafe."""
+
+
+def integers(values: Any, name: str) -> tuple[int, ...]:
+    """``values`` (an integer or a sequence of them) as ints; refuses 1.7, True, "3" rather than rounding."""
+    if isinstance(values, np.ndarray | torch.Tensor):
+        items = values.reshape(-1).tolist()  # Python numbers: an integer array gives ints, a float one floats
+    else:
+        items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
+    bad = [v for v in items if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer)]
+    if bad:
+        raise ForecasterError(f"{name}: got {shorten(bad[0], 40)}; expected integers (record indices or run "
+                              "positions are never rounded)")
+    return tuple(int(v) for v in items)
 
 
 @dataclass
@@ -93,6 +106,15 @@ class Trajectories:
         return dataclasses.replace(
             self, weights=self.weights[:, : k + 1], lr=self.lr[:, : k + 1],
             states={n: s[:, : k + 1] for n, s in self.states.items()})
+
+    def nonfinite_runs(self, k: int) -> np.ndarray:
+        """Positions of the runs whose records 0..k (weights, lr, optimizer state) hold NaN or Inf: what a
+        forecaster reads from a prefix ending at k."""
+        arrays = [self.weights[:, : k + 1], self.lr[:, : k + 1], *(s[:, : k + 1] for s in self.states.values())]
+        bad = torch.zeros(self.n_runs, dtype=torch.bool)
+        for a in arrays:
+            bad |= ~torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1).cpu()
+        return np.flatnonzero(bad.numpy())
 
     def select(self, runs: np.ndarray | Sequence[int]) -> Trajectories:
         """A subset of runs."""
@@ -220,6 +242,16 @@ class Forecaster:
         """The parameter count this fitted model can only forecast (None: any network size)."""
         return None
 
+    def fitted_schema(self) -> dict:
+        """What :attr:`extra` holds once fitted (a schema of :mod:`gfm.forecasters.fitted`), checked when a
+        saved model is loaded; nothing for a model that fits no values."""
+        return {}
+
+    def fitted_relations(self, extra: dict) -> list[str]:
+        """What is wrong between fitted values that each fit :meth:`fitted_schema` (one line each; empty: they
+        agree): values derived from others, which a damaged file could contradict without raising anywhere."""
+        return []
+
     # --- front door ------------------------------------------------------------------------------------
     @torch.no_grad()
     def forecast(self, prefix: Trajectories, *, horizons: Sequence[int]) -> torch.Tensor:
@@ -235,7 +267,9 @@ class Forecaster:
         Raises:
             ForecasterError: prefix too short or a horizon the model was not fitted for.
         """
-        horizons = tuple(int(h) for h in horizons)
+        horizons = integers(horizons, "horizons")
+        if not horizons:
+            raise ForecasterError(f"{self.name}: horizons: got none; expected some of the fitted {list(self.horizons)}")
         if prefix.n_records < self.prefix_end + 1:
             raise ForecasterError(f"{self.name}: needs records 0..{self.prefix_end} "
                                   f"({self.prefix_end + 1} records); the prefix has {prefix.n_records}")

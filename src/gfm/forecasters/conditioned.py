@@ -120,6 +120,13 @@ class LSTMZForecaster(LSTMForecaster):
         self.extra["z_mean"], self.extra["z_std"] = self._z_stats
         return log
 
+    def fitted_schema(self) -> dict:
+        from gfm.forecasters.fitted import NUMBER, POSITIVE, ListOf
+
+        encoder = FunctionFieldGFM(self._encoder_config(), prefix_end=self.prefix_end, horizons=self.horizons)
+        return {**super().fitted_schema(), "encoder": encoder.fitted_schema(),
+                "z_mean": ListOf(NUMBER, length=self.config.basis), "z_std": ListOf(POSITIVE, length=self.config.basis)}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().state_tensors()
         if self.encoder is None:

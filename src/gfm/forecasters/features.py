@@ -20,7 +20,7 @@ import torch
 from gfm.forecasters.base import Trajectories
 
 __all__ = [
-    "to_rows", "from_rows", "fit_scales", "time_grid", "sequence_features", "residual_targets",
+    "to_rows", "from_rows", "fit_scales", "scales_schema", "time_grid", "sequence_features", "residual_targets",
     "decode_residual", "SEQUENCE_FEATURES",
 ]
 
@@ -74,6 +74,15 @@ def fit_scales(train: Trajectories, prefix_end: int, horizons: Sequence[int]) ->
         # constant lr across the store: the feature is then identically 0, not 0/0
         "log_lr_std": std if std > 1e-6 else 1.0,
     }
+
+
+def scales_schema(n_horizons: int) -> dict:
+    """What :func:`fit_scales` returns, as a schema of :mod:`gfm.forecasters.fitted`: every scale is positive
+    (an identically zero quantity gets scale 1), one per horizon."""
+    from gfm.forecasters.fitted import NUMBER, POSITIVE, ListOf
+
+    return {"weight": POSITIVE, "displacement": POSITIVE, "step": POSITIVE,
+            "horizon": ListOf(POSITIVE, length=n_horizons), "log_lr_mean": NUMBER, "log_lr_std": POSITIVE}
 
 
 def time_grid(prefix: Trajectories) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories
-from gfm.forecasters.features import decode_residual, fit_scales, residual_targets
+from gfm.forecasters.features import decode_residual, fit_scales, residual_targets, scales_schema
 from gfm.schema import spec
 
 __all__ = ["FitOptions", "BUDGET_KEYS", "AdamW", "EarlyStopping", "make_optimizer", "val_scores", "fit_rows", "seeded",
@@ -299,6 +299,9 @@ class DirectForecaster(Forecaster):
         out = predict_rows(self.module, self._inputs(prefix))
         columns = [self.horizons.index(h) for h in horizons]
         return self._decode(out, prefix, columns).cpu()
+
+    def fitted_schema(self) -> dict:
+        return {"scales": scales_schema(len(self.horizons))}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.module is None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from gfm import optimizers as opt_rules
+from gfm.errors import shorten
 from gfm.forecasters.base import (
     Forecaster,
     ForecasterError,
@@ -326,6 +327,20 @@ class FunctionFieldGFM(Forecaster):
         return ((w - w_end).pow(2) / scale).mean()
 
     # --- forecasting ----------------------------------------------------------------------------------
+    def fitted_schema(self) -> dict:
+        from gfm.forecasters.fitted import COUNT, MAPPING, NUMBER, OPTIMIZER, POSITIVE, ListOf, Maybe
+
+        return {"optimizer": OPTIMIZER, "record_every": COUNT, "steps": COUNT, "n_params": COUNT,
+                "layers": ListOf(ListOf(COUNT, length=2), min_length=1), "best_val_loss": Maybe(NUMBER),
+                "spread": Maybe(POSITIVE), "calibration": Maybe(MAPPING)}
+
+    def fitted_relations(self, extra: dict) -> list[str]:
+        layers = extra["layers"]
+        if any(layers[i][1] != layers[i - 1][0] for i in range(1, len(layers))):
+            return [f"extra.layers {shorten(layers, 60)}: each layer must take the previous layer's outputs"]
+        n = MLPShape(tuple(tuple(layer) for layer in layers)).n_params
+        return [] if n == extra["n_params"] else [f"extra.n_params is {extra['n_params']}; extra.layers hold {n}"]
+
     def _shape(self) -> MLPShape:
         return MLPShape(tuple(tuple(layer) for layer in self.extra["layers"]))
 
@@ -355,6 +370,12 @@ class FunctionFieldGFM(Forecaster):
         shape = mlp_shape(prefix.layout) if prefix.layout is not None else self._shape()
         if shape == self.module.shape:
             return self.module
+        mine = self.module.shape
+        if (shape.n_in, shape.n_out) != (mine.n_in, mine.n_out):  # probes are points of the input space, the
+            # basis spans outputs: both are learned for one input and one output size
+            raise ForecasterError(f"gfm_function: fitted on networks of {mine.n_in} inputs and {mine.n_out} "
+                                  f"outputs; the run's network has {shape.n_in} and {shape.n_out}. This model can "
+                                  "forecast other hidden widths and depths, not another input or output size")
         field = FunctionField(shape, self.module.x.detach(), self.module.basis.detach(), 1.0)
         field.load_state_dict(self.module.state_dict(), strict=True)
         return field

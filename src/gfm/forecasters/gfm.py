@@ -266,6 +266,21 @@ class _GFMBase(Forecaster):
     def fixed_n_params(self) -> int | None:
         return int(self.extra["n_params"]) if self.config.field == "joint" and "n_params" in self.extra else None
 
+    def fitted_schema(self) -> dict:
+        from gfm.forecasters.fitted import COUNT, NON_NEGATIVE_INT, NUMBER, OPTIMIZER, POSITIVE, Maybe
+
+        return {"optimizer": OPTIMIZER, "steps": COUNT, "record_every": COUNT, "dt": POSITIVE, "n_params": COUNT,
+                "n_static": NON_NEGATIVE_INT, "n_features": COUNT, "scales": Scales.schema(),
+                "n_run": NON_NEGATIVE_INT, "best_val_loss": Maybe(NUMBER)}
+
+    def fitted_relations(self, extra: dict) -> list[str]:
+        out = []
+        if not math.isclose(extra["dt"], extra["record_every"] / extra["steps"], rel_tol=1e-9):
+            out.append(f"extra.dt is {extra['dt']!r}; record_every / steps is {extra['record_every'] / extra['steps']!r}")
+        if extra["n_run"] != len(extra["scales"]["hyper_mean"]):
+            out.append(f"extra.n_run is {extra['n_run']}; scales.hyper_mean holds {len(extra['scales']['hyper_mean'])}")
+        return out
+
     def _context(self, traj: Trajectories) -> Context:
         cfg = self.config
         return build_context(traj, self.prefix_end, self.scales, velocity_windows=tuple(cfg.velocity_windows),

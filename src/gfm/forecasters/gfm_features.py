@@ -65,6 +65,15 @@ class Scales:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @staticmethod
+    def schema() -> dict:
+        """What :meth:`to_json` gives, as a schema of :mod:`gfm.forecasters.fitted` (scales are positive:
+        a degenerate one is fitted as 1)."""
+        from gfm.forecasters.fitted import NON_NEGATIVE, NUMBER, POSITIVE, MapOf
+
+        return {"w": POSITIVE, "x": POSITIVE, "v": POSITIVE, "g": POSITIVE, "hyper_mean": MapOf(NUMBER),
+                "hyper_std": MapOf(NON_NEGATIVE)}
+
     @classmethod
     def from_json(cls, d: dict) -> Scales:
         return cls(**d)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from gfm.config import to_dict
 from gfm.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
+from gfm.forecasters.fitted import fitted_problems
 from gfm.inputs import _is_int
 from gfm.verdict import Verdict
 
@@ -138,9 +139,11 @@ def load_forecaster(directory: str | Path) -> Forecaster:
 
     Everything ``gfm check`` asks of a model directory is checked here, so a stage never forecasts with a
     model that check refuses: both files regular and inside the directory, config JSON bounded in size and
-    depth, safetensors header (see :func:`_check_safetensors_header`), config sizes equal to those the
-    tensors were built with and tensors of exactly the shapes the model builds (both compared from the header
-    before anything is allocated: :func:`_check_sizes`, :func:`_dry_load`), every tensor and fitted value finite.
+    depth, safetensors header (see :func:`_check_safetensors_header`), ``prefix_end`` >= 0, fitted values
+    (``extra``) holding what the forecaster declares (:meth:`Forecaster.fitted_schema`), config sizes equal to
+    those the tensors were built with and tensors of exactly the shapes the model builds (both compared from
+    the header before anything is allocated: :func:`_check_sizes`, :func:`_dry_load`), every tensor and fitted
+    value finite.
 
     Raises:
         ModelFileError: missing files, wrong format, unsafe, misshapen or non-finite tensors or names.
@@ -178,8 +181,16 @@ def load_forecaster(directory: str | Path) -> Forecaster:
                              "train stage")
     if not isinstance(meta.get("config") or {}, dict):
         raise ModelFileError(f"{cfg_path}: 'config' must be a mapping")
+    if prefix_end < 0:
+        raise ModelFileError(f"{cfg_path}: 'prefix_end' is {shorten(prefix_end, 40)}; expected a record index >= 0 "
+                             "(the model reads records 0..prefix_end); re-run the train stage")
     shapes = _check_safetensors_header(w_path, directory)
     fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
+    bad_fitted = fitted_problems(extra, fc.fitted_schema()) or fc.fitted_relations(extra)
+    if bad_fitted:  # before the tensors: building a model reads these values
+        more = f" (and {len(bad_fitted) - 3} more)" if len(bad_fitted) > 3 else ""
+        raise ModelFileError(f"{cfg_path}: fitted values do not fit a {kind} model: {'; '.join(bad_fitted[:3])}"
+                             f"{more}; re-run the train stage")
     fc.extra = dict(extra)
     _check_sizes(fc, shapes, cfg_path, w_path)
     try:

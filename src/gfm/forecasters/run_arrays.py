@@ -36,6 +36,9 @@ def layout_of(layout: Any, n_params: int | None = None) -> tuple[ParamSpec, ...]
     else:
         raise ForecasterError(f"layout: got {type(layout).__name__}; expected a torch.nn.Module or a list of "
                               "(name, shape) pairs")
+    bad = next((s for s in specs if any(int(d) < 1 for d in s.shape)), None)
+    if bad is not None:  # a store's layout holds positive sizes only (gfm check); a negative one would slice garbage
+        raise ForecasterError(f"layout: tensor {bad.name!r} has shape {list(bad.shape)}; expected positive sizes")
     total = sum(s.size for s in specs)
     if n_params is not None and total != n_params:
         raise ForecasterError(f"layout: its tensors hold {total} parameters; the weights have {n_params}")

@@ -36,7 +36,6 @@ parameter count), from ``summary.json`` beside the per-seed directories (the sto
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, load_forecaster
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers, load_forecaster
 from gfm.forecasters.run_arrays import layout_of, prefix_from_arrays
 from gfm.forecasters.trained_on import TrainedOn, model_directory, read_trained_on
 from gfm.layout import ParamSpec
@@ -207,7 +206,9 @@ class TrainedForecaster:
             return [Trajectories.from_store(run, ids[s : s + block], records=records)
                     for s in range(0, len(ids), block)], str(run.path)
         if isinstance(run, Trajectories):
-            return [run if runs is None else run.select(runs)], "the run"
+            if runs is not None and (not len(runs) or min(runs) < 0 or max(runs) >= run.n_runs):
+                raise ForecasterError(f"runs: expected positions 0..{run.n_runs - 1}; got {list(runs)[:8]}")
+            return [run if runs is None else run.select(list(runs))], "the run"
         if isinstance(run, np.ndarray | torch.Tensor):
             raise ForecasterError("a bare array does not say its optimizer, lr or state: wrap it with "
                                   "gfm.prefix_from_arrays(weights, optimizer=..., lr=...) first")
@@ -245,23 +246,46 @@ class TrainedForecaster:
             RunMismatchError: the run does not match what the model was fitted on (each mismatch named).
             ForecasterError: a prefix shorter than the model reads, horizons it was not fitted for, bad input.
         """
-        hs = tuple(self.horizons) if horizons is None else (
-            (int(horizons),) if isinstance(horizons, int | np.integer) else tuple(int(h) for h in horizons))
-        parts, label = self._as_trajectories(run, runs)
+        hs = tuple(self.horizons) if horizons is None else integers(horizons, "horizons")
+        if not hs:
+            raise ForecasterError(f"horizons: got none; expected record indices among the fitted {list(self.horizons)} "
+                                  "(or leave horizons out for all of them)")
+        parts, label = self._as_trajectories(run, None if runs is None else integers(runs, "runs"))
         problems = self.mismatches(parts[0], allow_other_layout=allow_other_layout)
         if problems:
             fitted = f" (fitted on store {self.trained_on.store})" if self.trained_on.store else ""
             raise RunMismatchError(f"{label} does not match the {self.kind} model {self.directory}{fitted}:\n  - "
                                    + "\n  - ".join(problems))
+        for p in parts:  # a forecast from a NaN prefix is NaN or, worse, a number: refused, as the stage does
+            _refuse_nonfinite(p, self.prefix_end, label)
         preds = [self.forecaster.forecast(self._on_model_time(p), horizons=hs).cpu().numpy() for p in parts]
         weights = np.concatenate(preds).astype(np.float32)
         bad = ~np.isfinite(weights.reshape(len(weights), -1)).all(axis=1)
-        if bad.any():
-            warnings.warn(f"{self.kind} forecasts non-finite weights for run(s) {np.flatnonzero(bad)[:5].tolist()}",
-                          stacklevel=2)
+        if bad.any():  # the forecast stage refuses to write these; the API does not return them either
+            raise ForecasterError(f"{label}: the {self.kind} model forecasts non-finite weights (NaN or Inf) for "
+                                  f"{_run_names(parts, np.flatnonzero(bad))}; check the model with gfm check "
+                                  f"{self.directory}")
         ids = [p.run_ids for p in parts]
         return Forecast(weights=weights, horizons=hs, record_every=parts[0].record_every, layout=parts[0].layout,
                         run_ids=None if any(i is None for i in ids) else np.concatenate(ids), model=self.kind)
+
+
+def _run_names(parts: list[Trajectories], positions: np.ndarray, limit: int = 5) -> str:
+    """Runs at ``positions`` of the concatenated ``parts``, by store position when read from a store."""
+    ids = [p.run_ids for p in parts]
+    names = np.concatenate(ids)[positions] if all(i is not None for i in ids) else positions
+    shown = ", ".join(str(int(r)) for r in names[:limit]) + (", ..." if len(names) > limit else "")
+    return f"run{'s' if len(names) > 1 else ''} {shown}"
+
+
+def _refuse_nonfinite(part: Trajectories, prefix_end: int, label: str) -> None:
+    """Refuse a prefix (records 0..prefix_end of weights, lr and optimizer state) holding NaN or Inf."""
+    bad = part.nonfinite_runs(prefix_end)
+    if bad.size:
+        verb = "holds" if bad.size == 1 else "hold"
+        raise ForecasterError(f"{label}: {_run_names([part], bad)} {verb} non-finite values "
+                              f"(NaN or Inf) in records 0..{prefix_end}, which the model reads; a diverged run has "
+                              "no forecast (leave it out with runs=)")
 
 
 def load(model_dir: str | Path, *, seed: int | str | None = None, store: str | Path | None = None) -> TrainedForecaster:
