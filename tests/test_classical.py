@@ -80,7 +80,8 @@ def test_learned_baselines_beat_last_value_on_held_out_geometric_runs():
         fc = make_forecaster(kind, {**fit, **opts}, prefix_end=K, horizons=H)
         log = fc.fit(train, val, rng=fit_rng(0))
         assert log[-1]["best_val_loss"] < log[0]["val_loss"], kind
-        at_least(f"beats_last_value[{kind}]", base / mse(fc, test), 3)
+        # measured 5.3-6.8x (lfd2, introspection) and 64-93x (wnn) over seeds (BENCHMARKS.md, "Test margins")
+        at_least(f"beats_last_value[{kind}]", base / mse(fc, test), 2)
 
 
 def test_lfd2_regulariser_penalises_late_steps_larger_than_the_first():

@@ -162,7 +162,7 @@ def test_overfits_one_trajectory(tiny_params, tiny_runs):
     pred = fc.forecast(one.prefix(K), horizons=[hz[-1]])[:, 0]
     err = float((pred - one.weights[:, hz[-1]]).pow(2).mean())
     stop = float((one.weights[:, K] - one.weights[:, hz[-1]]).pow(2).mean())
-    at_least("overfit[gfm_function]", stop / err, 50)
+    at_least("overfit[gfm_function]", stop / err, 30)  # measured 113-152x over seeds (BENCHMARKS.md)
 
 
 def test_lstm_z_reads_the_run_code_and_round_trips(tiny_params, tiny_runs, tmp_path):

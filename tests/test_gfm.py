@@ -107,7 +107,7 @@ def test_velocity_heads_overfit_a_single_tiny_adam_trajectory(kind, options, tin
     fc = make_forecaster(kind, {**OVERFIT, **options}, prefix_end=f.prefix_end, horizons=f.horizons)
     log = fc.fit(one, one, rng=fit_rng(0))
     first, best = log[0]["train_loss"], min(r["train_loss"] for r in log)
-    at_least(f"overfit[{kind} {options}]", first / best, 100)
+    at_least(f"overfit[{kind} {options}]", first / best, 50)  # measured 226-263x over seeds (BENCHMARKS.md)
 
 
 @pytest.mark.parametrize("target", ["velocity", "gradient"])
