@@ -186,13 +186,14 @@ def load_forecaster(directory: str | Path) -> Forecaster:
                              "(the model reads records 0..prefix_end); re-run the train stage")
     shapes = _check_safetensors_header(w_path, directory)
     fc = make_forecaster(kind, meta.get("config") or {}, prefix_end=prefix_end, horizons=horizons)
+    # sizes first: an edited size option is the cause of every fitted value that then fails to fit it
+    _check_sizes(fc, shapes, cfg_path, w_path)
     bad_fitted = fitted_problems(extra, fc.fitted_schema()) or fc.fitted_relations(extra)
     if bad_fitted:  # before the tensors: building a model reads these values
         more = f" (and {len(bad_fitted) - 3} more)" if len(bad_fitted) > 3 else ""
         raise ModelFileError(f"{cfg_path}: fitted values do not fit a {kind} model: {'; '.join(bad_fitted[:3])}"
                              f"{more}; re-run the train stage")
     fc.extra = dict(extra)
-    _check_sizes(fc, shapes, cfg_path, w_path)
     try:
         _dry_load(fc, shapes)
         fc.load_state_tensors(load_file(str(w_path)))
