@@ -181,6 +181,17 @@ def test_a_leftover_marked_as_another_kind_is_refused(tmp_path):
     assert open_temp_dir(tmp_path / "out", PLOTS) == tmp and sorted(p.name for p in tmp.iterdir()) == [MARKER_FILE]
 
 
+def test_a_leftover_of_a_gfm_before_markers_is_cleared(tmp_path):
+    """A ``<out>.tmp`` that a killed run of an older gfm marked with its temporary marker is still ours."""
+    from gfm.outputs import open_temp_dir
+
+    old = tmp_path / "out.tmp"
+    old.mkdir()
+    (old / ".gfm-writing").touch()
+    (old / "mse_vs_horizon.csv").write_text("model,hor")
+    assert open_temp_dir(tmp_path / "out", PLOTS) == old and sorted(p.name for p in old.iterdir()) == [MARKER_FILE]
+
+
 def test_a_partial_store_of_an_interrupted_recording_is_ours(tmp_path):
     """A one-run store of gfm.record is marked from its first write, so its leftover is replaced."""
     from gfm.store import create_run_group

@@ -57,6 +57,7 @@ WORKSPACE_MARKER = ".gfm-workspace.json"  # written into every gfm workspace (gf
 MARKER_KEY = "gfm_output"  # {"kind": ..., "gfm": ...}: a JSON output's key, a store's root attribute
 MARKER_FILE = ".gfm-output.json"  # {MARKER_KEY: marker} in every other directory output
 SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
+_OLD_TMP_MARKER = ".gfm-writing"  # the marker a gfm before MARKER_FILE wrote into a temporary directory
 _COUNT_LIMIT = 10_000  # files counted in a refused directory before "more than"
 _JSON_BYTES = 256 << 20  # a JSON output larger than this is not parsed to find its marker (never ours)
 
@@ -394,10 +395,12 @@ def remove_output(path: str | Path, kind: Kind) -> None:
 
 def _clear_leftover(tmp: Path, kind: Kind) -> None:
     """Remove a temporary path left by an interrupted run, only if it is ours: an empty directory, or one
-    whose marker (written before anything else) names this kind."""
+    whose marker (written before anything else) names this kind, or holds the temporary marker of a gfm before
+    ownership markers (a run killed before an upgrade must not block the next one)."""
     if not tmp.exists() and not tmp.is_symlink():
         return
-    if tmp.is_dir() and not tmp.is_symlink() and (not any(tmp.iterdir()) or kind.marked_as(tmp) == kind.name):
+    if tmp.is_dir() and not tmp.is_symlink() and (not any(tmp.iterdir()) or kind.marked_as(tmp) == kind.name
+                                                  or _plain_file(tmp / _OLD_TMP_MARKER)):
         shutil.rmtree(tmp)
         return
     why = _what_blocks(tmp, kind) or f"is not a temporary {kind.name} of this stage"
