@@ -11,6 +11,7 @@ import torch
 
 from gfm.config import to_dict
 from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, load_forecaster, make_forecaster
+from gfm.outputs import MARKER_FILE
 from gfm.split import make_split
 from gfm.store import open_trajectories
 from margins import THREADS, at_least, fit_rng
@@ -105,7 +106,7 @@ def test_deterministic_under_a_fixed_seed(kind, fitted, data, tiny_params):
 def test_save_load_round_trip_gives_identical_forecasts(kind, fitted, data, tmp_path):
     fc, pred = fitted(kind)
     path = fc.save(tmp_path / kind)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [MARKER_FILE, "config.json", "weights.safetensors"]
     loaded = load_forecaster(path)
     assert type(loaded) is type(fc) and to_dict(loaded.config) == to_dict(fc.config) and loaded.horizons == fc.horizons
     assert torch.equal(loaded.forecast(data["test"], horizons=fc.horizons), pred)

@@ -104,7 +104,7 @@ def test_every_stage_replaces_its_own_earlier_output(built):
                  built.report):
         verdicts = check_path(path)
         assert all(v.ok for v in verdicts), [line for v in verdicts for line in v.lines()]
-    leftovers = [p for p in built.root.rglob("*") if p.name.endswith((".tmp", ".partial", ".gfm-writing"))]
+    leftovers = [p for p in built.root.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     assert not leftovers
     json.loads(built.generalize.read_text())
 
@@ -256,16 +256,15 @@ def test_a_stale_temporary_path_of_someone_else_is_refused(built, tmp_path, capf
 
 
 def test_a_leftover_of_an_interrupted_run_is_cleared(built, tmp_path, capfd):
-    """The stage's own leftover (marked) beside the output is removed and the stage runs."""
-    from gfm.outputs import TMP_MARKER
+    """The stage's own leftover (marked as its kind from the start) beside the output is removed and the
+    stage runs."""
+    from gfm.outputs import MARKER_FILE, PLOTS, marker_kind, open_temp_dir
 
-    tmp = tmp_path / "plots.tmp"
-    tmp.mkdir()
-    (tmp / TMP_MARKER).touch()
+    tmp = open_temp_dir(tmp_path / "plots", PLOTS)  # what an interrupted evaluate leaves
     (tmp / "mse_vs_horizon.csv").write_text("model,hor")  # cut short by a kill
     assert main(_stage_argv("evaluate-plots", str(tmp_path / "plots"), built, tmp_path)) == 0
     assert not tmp.exists() and (tmp_path / "plots" / "trajectory.csv").is_file()
-    assert not (tmp_path / "plots" / TMP_MARKER).exists()
+    assert (tmp_path / "plots" / MARKER_FILE).is_file() and marker_kind(tmp_path / "plots") == PLOTS.name
 
 
 # --- real processes ---------------------------------------------------------------------------------------

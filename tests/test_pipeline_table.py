@@ -161,14 +161,15 @@ def test_paths_from_the_table():
 
 def test_train_index_lists_the_stores_models_and_refuses_a_foreign_file(tmp_path, capsys):
     from gfm.config import load_params
-    from gfm.train_index import run
+    from gfm.outputs import marked
+    from gfm.train_index import TRAIN_INDEX, run
 
     params = load_params(TINY)
     key = next(iter(params.stores))
     out = tmp_path / "index.json"
     result = run(TINY, key, out)
     assert result == {"store": key, "models": {m: params.models[m]["kind"] for m in params.store_models(key)}}
-    assert json.loads(out.read_text()) == result
+    assert json.loads(out.read_text()) == marked(TRAIN_INDEX, result)  # with its ownership marker (gfm.outputs)
     assert capsys.readouterr().out == f"{len(result['models'])} models\n"
     foreign = tmp_path / "notes.json"
     foreign.write_text('{"mine": 1}\n')

@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, run_tool
 from gfm import cli, train
 from gfm.forecasters import FORECASTERS, load_forecaster
+from gfm.outputs import MARKER_FILE
 
 STORE = "mlp_regression-adam"
 
@@ -36,11 +37,11 @@ def test_one_model_per_dataset_seed_with_logs_and_summary(tiny_params, tiny_stor
     summary = _run(tiny_params, tiny_store, split_file, out)
     seeds = sorted(json.loads(split_file.read_text())["datasets"])
     assert sorted(summary.seeds) == seeds == ["1", "2"]
-    assert sorted(p.name for p in out.iterdir()) == [*seeds, "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, *seeds, "summary.json"]
     assert not out.with_name("lstm.tmp").exists()
     for seed in seeds:
         d = out / seed
-        assert sorted(p.name for p in d.iterdir()) == ["config.json", "train_log.csv", "weights.safetensors"]
+        assert sorted(p.name for p in d.iterdir()) == [MARKER_FILE, "config.json", "train_log.csv", "weights.safetensors"]
         rows = list(csv.DictReader((d / "train_log.csv").open()))
         assert list(rows[0]) == list(train.LOG_COLUMNS) and len(rows) == summary.seeds[seed]["epochs"] >= 1
         assert all(float(r["val_loss"]) == float(r["val_loss"]) for r in rows)  # finite: val runs were given

@@ -15,6 +15,7 @@ import zarr
 
 from gfm import cli, train, tuning
 from gfm.forecasters import FORECASTERS, load_forecaster
+from gfm.outputs import MARKER_FILE
 
 STORE = "mlp_regression-adam"
 LEARNED = ["lstm", "wnn", "gfm"]
@@ -119,7 +120,7 @@ def test_tuning_records_every_trial_and_uses_the_choice_for_every_seed(trained, 
             assert all(getattr(cfg, k) == v for k, v in t["chosen_options"].items()), (model, seed)
         final = str(tiny_params.forecast.horizons[-1])
         assert meta["seeds"]["1"]["val_weight_mse"][final] == pytest.approx(scores[t["chosen"]])
-        assert sorted(p.name for p in trained[model].iterdir()) == ["1", "2", "summary.json"]
+        assert sorted(p.name for p in trained[model].iterdir()) == [MARKER_FILE, "1", "2", "summary.json"]
 
 
 def test_training_and_tuning_never_read_test_runs(tiny_params, tiny_store, split_file, trained, tmp_path):

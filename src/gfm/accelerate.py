@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
-from gfm.outputs import ACCELERATE, claim_output, write_text_output
+from gfm.outputs import ACCELERATE, claim_output, write_json_output
 from gfm.pipeline import PATHS, under
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.seeds import hashed_seed
@@ -367,5 +366,5 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         result["seconds"] = round(time.perf_counter() - t_start, 3)
         result["threads"] = torch.get_num_threads()
     out = Path(out)
-    write_text_output(out, ACCELERATE, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_json_output(out, ACCELERATE, result)
     return result

@@ -128,7 +128,7 @@ def _check_json(path: Path, v: Verdict) -> None:
         v.kind = "generalisation metrics"
         if not isinstance(data["pairs"], list) or not all(isinstance(p, dict) and "models" in p for p in data["pairs"]):
             v.problems.append("'pairs' must be a list of objects with 'models'")
-    elif set(data) == {"store", "models"}:
+    elif set(data) - {"gfm_output"} == {"store", "models"}:  # gfm_output: the writer's marker (gfm.outputs)
         v.kind = "model index"
         if not isinstance(data["models"], dict) or not all(isinstance(k, str) for k in data["models"].values()):
             v.problems.append("'models' must map model names to forecaster kinds")

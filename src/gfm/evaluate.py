@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from gfm.outputs import (
     discard_temp,
     open_temp_dir,
     replace_output,
-    write_text_output,
+    write_json_output,
 )
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
@@ -218,7 +217,7 @@ def _check_fits(fs, *, horizons: list[int], prefix_end: int, runs: np.ndarray, n
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_text_output(path, METRICS, json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    write_json_output(path, METRICS, data)
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from gfm.config import Params
 from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
 from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
-from gfm.outputs import GENERALIZE, claim_output, write_text_output
+from gfm.outputs import GENERALIZE, claim_output, write_json_output
 from gfm.pipeline import under
 from gfm.store import open_trajectories
 
@@ -109,5 +108,5 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
             }
         entry["last_value"] = {**mean_std(base), "per_seed": base.tolist()}
         result["pairs"].append(entry)
-    write_text_output(out, GENERALIZE, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_json_output(out, GENERALIZE, result)
     return result

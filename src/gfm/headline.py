@@ -35,13 +35,15 @@ from pathlib import Path
 from gfm.errors import GFMError
 from gfm.inputs import MAX_JSON_BYTES, read_bytes, read_json
 from gfm.outputs import (
+    MARKER_FILE,
+    MARKER_KEY,
     SNAKEMAKE_STAMP,
     Kind,
     claim_output,
     discard_temp,
     open_temp_dir,
     replace_output,
-    write_text_output,
+    write_json_output,
 )
 
 __all__ = ["HEADLINE", "PLOT_DATA", "PLOT_KINDS", "headline_metrics", "plot_rows", "run"]
@@ -64,14 +66,14 @@ def _own_headline(path: Path) -> str | None:
         data = read_json(path)
     except (OSError, GFMError):
         return "is a file that is not a headline metrics JSON (not JSON)"
-    if not isinstance(data, dict) or set(data) != {KEY}:
+    if not isinstance(data, dict) or set(data) - {MARKER_KEY} != {KEY}:
         return f"is a JSON file that is not a headline metrics JSON (it must hold exactly the key {KEY!r})"
     return None
 
 
 def _own_plot_data(path: Path) -> str | None:
     for entry in sorted(path.iterdir()):
-        if entry.name == SNAKEMAKE_STAMP:
+        if entry.name in (SNAKEMAKE_STAMP, MARKER_FILE):
             continue
         if entry.name not in PLOT_KINDS or entry.is_symlink() or not entry.is_dir():
             return f"holds {entry.name}, which is not one of {sorted(PLOT_KINDS)} (headline plot data)"
@@ -191,5 +193,5 @@ def run(metrics: Sequence[Path], *, plots: Path, out: Path, plot_data: Path) -> 
         discard_temp(tmp)
         raise
     replace_output(tmp, plot_data, PLOT_DATA)
-    write_text_output(out, HEADLINE, json.dumps(headline, indent=1, allow_nan=False) + "\n")
+    write_json_output(out, HEADLINE, headline, sort_keys=False, allow_nan=False)
     return headline

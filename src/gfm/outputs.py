@@ -1,6 +1,9 @@
 """What a stage may replace: its own earlier artifact, or nothing (RELIABILITY.md, "outputs").
 
 Every stage writes its output beside the target (``<out>.tmp`` / ``<out>.partial``) and renames it into place.
+Every output carries a marker written by the command that made it: ``{"kind": <kind name>, "gfm": <version>}``
+under :data:`MARKER_KEY`, at the top of a JSON output, in a trajectory store's root attributes, and in the
+:data:`MARKER_FILE` of any other directory output (written into its temporary directory before anything else).
 Before anything is written, and again right before the rename, :func:`claim_output` decides whether the path
 may be replaced:
 
@@ -9,22 +12,23 @@ may be replaced:
   ``Snakefile``), or a path below a file;
 * absent, or an empty directory: fine (Snakemake and DVC delete declared outputs before a job runs, so this
   is the pipeline's normal case);
-* this stage's own artifact (recognised by its markers, see :data:`KINDS`, and holding nothing else): fine;
-  a symbolic link to one: the link is replaced, its target is left alone;
-* anything else (user files, another stage's artifact, a link to anything else) is refused with an
-  :class:`OutputError` naming the path and what it holds, and left untouched.
+* this stage's own artifact: its marker names this kind, and it holds nothing but such an artifact's files
+  (:data:`KINDS`); a symbolic link to one: the link is replaced, its target is left alone;
+* anything else is refused with an :class:`OutputError` naming the path and what it holds, and left
+  untouched: user files, whatever their names; another stage's artifact; an artifact of this kind without a
+  marker (written before markers existed, or made by hand), which the user removes if it is an old output.
 
-A leftover temporary path of an interrupted run is removed only if it is recognisably this stage's own (the
-:data:`TMP_MARKER` file written into every temporary directory, or the stage's artifact); anything else
-there is refused the same way.
+A leftover temporary path of an interrupted run is removed only if its marker names this stage's kind (or it
+is an empty directory); anything else there is refused the same way. Readers never look at markers: an
+artifact without one is as good an input as before.
 
 Usage (every stage)::
 
-    tmp = open_temp_dir(out, MODELS)        # refuses, or an empty temporary directory beside out
+    tmp = open_temp_dir(out, MODELS)        # refuses, or a temporary directory beside out holding the marker
     ...write into tmp...
     replace_output(tmp, out, MODELS)        # checks out again, removes the old artifact, renames
 
-    write_text_output(out, SPLIT, text)     # file outputs: checked, written beside out, renamed
+    write_json_output(out, SPLIT, data)     # JSON outputs: marked, checked, written beside out, renamed
 """
 
 from __future__ import annotations
@@ -37,20 +41,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gfm._version import __version__
 from gfm.atomic import write_text_atomic
 from gfm.errors import GFMError, one_line
 
 __all__ = [
-    "OutputError", "Kind", "KINDS", "TMP_MARKER", "WORKSPACE_MARKER", "claim_output", "unsafe_location", "open_temp_dir",
-    "replace_output", "remove_output", "write_text_output", "discard_temp",
+    "OutputError", "Kind", "KINDS", "MARKER_KEY", "MARKER_FILE", "WORKSPACE_MARKER", "marker", "marked", "marker_kind",
+    "claim_output", "unsafe_location", "open_temp_dir", "replace_output", "remove_output", "write_text_output",
+    "write_json_output", "discard_temp",
     "TRAJECTORY_STORE", "FORECASTS", "MODELS", "MODEL", "PLOTS", "REPORT", "SPLIT", "METRICS", "GENERALIZE",
     "ACCELERATE", "WORKSPACE",
 ]
 
 WORKSPACE_MARKER = ".gfm-workspace.json"  # written into every gfm workspace (gfm.workspace)
-TMP_MARKER = ".gfm-writing"  # inside every temporary output directory until the rename: "this one is ours"
+MARKER_KEY = "gfm_output"  # {"kind": ..., "gfm": ...}: a JSON output's key, a store's root attribute
+MARKER_FILE = ".gfm-output.json"  # {MARKER_KEY: marker} in every other directory output
 SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
+_OLD_TMP_MARKER = ".gfm-writing"  # the marker a gfm before MARKER_FILE wrote into a temporary directory
 _COUNT_LIMIT = 10_000  # files counted in a refused directory before "more than"
+_JSON_BYTES = 256 << 20  # a JSON output larger than this is not parsed to find its marker (never ours)
 
 
 class OutputError(GFMError, ValueError):
@@ -59,11 +68,54 @@ class OutputError(GFMError, ValueError):
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of stage output: ``own(path)`` is None for this stage's artifact, else what is there instead."""
+    """One kind of stage output, named in its marker. ``own(path)`` judges the contents: None if everything at
+    ``path`` belongs to such an artifact, else what is there instead (the marker alone proves nothing about a
+    file someone put into a marked directory). ``marker_of(path)``: the kind named by the marker at ``path``
+    (default :func:`marker_kind`; a format that cannot hold :data:`MARKER_KEY` brings its own)."""
 
     name: str
     is_dir: bool
     own: Callable[[Path], str | None]
+    marker_of: Callable[[Path], str | None] | None = None
+
+    def marked_as(self, path: Path) -> str | None:
+        return (self.marker_of or marker_kind)(path)
+
+
+# --- markers -----------------------------------------------------------------------------------------------
+def marker(kind: Kind) -> dict[str, str]:
+    """The marker of a ``kind`` output written by this gfm."""
+    return {"kind": kind.name, "gfm": __version__}
+
+
+def marked(kind: Kind, data: dict) -> dict:
+    """``data`` (a JSON output, a store's root attributes) with the marker of ``kind`` as its first key."""
+    return {MARKER_KEY: marker(kind), **{k: v for k, v in data.items() if k != MARKER_KEY}}
+
+
+def _json_of(path: Path, limit: int) -> object:
+    """The JSON in the regular file ``path`` (not a link), or None: missing, larger than ``limit``, not JSON."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def marker_kind(path: Path) -> str | None:
+    """The kind named by the gfm marker at ``path`` (written by any gfm version), None if it carries none: a
+    directory's :data:`MARKER_FILE` or, for a Zarr store, its root attributes; a JSON file's top-level key."""
+    if path.is_dir():
+        data = _json_of(path / MARKER_FILE, 1 << 16)
+        if data is None:
+            data = _zarr_attrs(path)
+    else:
+        data = _json_of(path, _JSON_BYTES)
+    mark = data.get(MARKER_KEY) if isinstance(data, dict) else None
+    kind = mark.get("kind") if isinstance(mark, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 # --- recognisers --------------------------------------------------------------------------------------------
@@ -99,7 +151,8 @@ def _holds(paths: list[Path], root: Path, what: str) -> str:
 def _entries(path: Path, what: str, legit: Callable[[Path], bool], required: str | None = None) -> str | None:
     """A directory artifact judged by its entries: None if every entry is ``legit`` (Snakemake's timestamp
     aside) and ``required`` is there, else what is wrong."""
-    bad = [e for e in sorted(path.iterdir()) if e.name != SNAKEMAKE_STAMP and not legit(e)]
+    bad = [e for e in sorted(path.iterdir()) if not legit(e)
+           and not (e.name in (SNAKEMAKE_STAMP, MARKER_FILE) and _plain_file(e))]
     if bad:
         return _holds(bad, path, what)
     if required is not None and not (path / required).is_file():
@@ -217,7 +270,9 @@ MODELS = Kind("trained-models directory", True, _own_models)
 MODEL = Kind("model directory", True, _own_model)
 PLOTS = Kind("plot-data directory", True, _own_plots)
 REPORT = Kind("report directory", True, _own_report)
-WORKSPACE = Kind("gfm workspace", True, _own_workspace)
+# a workspace is marked by its own file (gfm.workspace), which predates the other markers
+WORKSPACE = Kind("gfm workspace", True, _own_workspace,
+                 lambda p: "gfm workspace" if (p / WORKSPACE_MARKER).is_file() else None)
 SPLIT = Kind("split JSON", False, _json_kind("a split JSON", {"datasets"}))
 METRICS = Kind("metrics JSON", False, _json_kind("a metrics JSON", {"models", "counts"}))
 GENERALIZE = Kind("generalisation metrics JSON", False, _json_kind("a generalisation metrics JSON", {"pairs"}))
@@ -263,6 +318,21 @@ def _refuse(path: Path, why: str) -> OutputError:
                                 "another path)"))
 
 
+def _judge(p: Path, kind: Kind) -> str | None:
+    """None if ``p`` (an existing non-empty directory or a regular file) is this stage's own artifact: its
+    marker names ``kind`` and nothing foreign is inside. Names and contents alone never make it ours."""
+    found = kind.marked_as(p)
+    if found == kind.name:
+        return kind.own(p)
+    verb = "holds" if p.is_dir() else "is"
+    if found is not None:
+        return f"{verb} a {found} (so its gfm marker says), not a {kind.name}"
+    if kind.own(p) is None:  # the files of an output written before markers existed, or a look-alike
+        return (f"{verb} a {kind.name} without a gfm ownership marker (written by a gfm before markers, or not "
+                "by gfm; if it is an old output you no longer need, delete it yourself)")
+    return kind.own(p)
+
+
 def claim_output(path: str | Path, kind: Kind) -> Path:
     """Check that this stage may (re)place ``path`` with a new ``kind`` artifact; returns it as a Path.
 
@@ -299,12 +369,12 @@ def _what_blocks(p: Path, kind: Kind) -> str | None:
                 return f"is a directory (holding {held}), not a {kind.name}"
             if not any(p.iterdir()):
                 return None
-            return kind.own(p)
+            return _judge(p, kind)
         if not stat.S_ISREG(st.st_mode):
             return f"is not a regular file or directory (a {_special(st.st_mode)}), not a {kind.name}"
         if kind.is_dir:
             return f"is a file ({p.name}, {st.st_size} bytes), not a {kind.name}"
-        return kind.own(p)
+        return _judge(p, kind)
     except OSError as exc:  # unreadable: never replaced
         return f"cannot be inspected ({exc.strerror or exc})"
 
@@ -324,11 +394,13 @@ def remove_output(path: str | Path, kind: Kind) -> None:
 
 
 def _clear_leftover(tmp: Path, kind: Kind) -> None:
-    """Remove a temporary path left by an interrupted run, only if it is recognisably ours."""
+    """Remove a temporary path left by an interrupted run, only if it is ours: an empty directory, or one
+    whose marker (written before anything else) names this kind, or holds the temporary marker of a gfm before
+    ownership markers (a run killed before an upgrade must not block the next one)."""
     if not tmp.exists() and not tmp.is_symlink():
         return
-    if tmp.is_dir() and not tmp.is_symlink() and (
-            (tmp / TMP_MARKER).is_file() or not any(tmp.iterdir()) or kind.own(tmp) is None):
+    if tmp.is_dir() and not tmp.is_symlink() and (not any(tmp.iterdir()) or kind.marked_as(tmp) == kind.name
+                                                  or _plain_file(tmp / _OLD_TMP_MARKER)):
         shutil.rmtree(tmp)
         return
     why = _what_blocks(tmp, kind) or f"is not a temporary {kind.name} of this stage"
@@ -337,13 +409,14 @@ def _clear_leftover(tmp: Path, kind: Kind) -> None:
 
 
 def open_temp_dir(out: str | Path, kind: Kind, *, suffix: str = ".tmp") -> Path:
-    """Claim ``out`` and return an empty temporary directory ``<out><suffix>`` beside it (a leftover of an
-    interrupted run of this stage is removed first), marked with :data:`TMP_MARKER` until the rename."""
+    """Claim ``out`` and return a temporary directory ``<out><suffix>`` beside it (a leftover of an
+    interrupted run of this stage is removed first) that holds only the marker :data:`MARKER_FILE`: it marks
+    the unfinished output as ours, and stays in the finished one."""
     out = claim_output(out, kind)
     tmp = out.with_name(out.name + suffix)
     _clear_leftover(tmp, kind)
     tmp.mkdir(parents=True)
-    (tmp / TMP_MARKER).touch()
+    (tmp / MARKER_FILE).write_text(json.dumps({MARKER_KEY: marker(kind)}) + "\n")
     return tmp
 
 
@@ -363,14 +436,22 @@ def replace_output(tmp: str | Path, out: str | Path, kind: Kind, *, keep_tmp_on_
         if not keep_tmp_on_refusal:
             discard_temp(tmp)
         raise
-    (tmp / TMP_MARKER).unlink(missing_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return out
 
 
 def write_text_output(out: str | Path, kind: Kind, text: str) -> Path:
-    """Write a file output: claim ``out``, then write it atomically (:func:`gfm.atomic.write_text_atomic`),
-    claiming it again right before the rename: it may have changed while the stage ran."""
+    """Write a file output whose ``text`` carries its marker: claim ``out``, then write it atomically
+    (:func:`gfm.atomic.write_text_atomic`), claiming it again right before the rename: it may have changed
+    while the stage ran. JSON outputs use :func:`write_json_output`, which adds the marker."""
     out = claim_output(out, kind)
     return write_text_atomic(out, text, check=lambda: claim_output(out, kind))
+
+
+def write_json_output(out: str | Path, kind: Kind, data: dict, *, sort_keys: bool = True,
+                      allow_nan: bool = True) -> Path:
+    """Write the JSON output ``data`` with the marker of ``kind`` (:func:`marked`) as :func:`write_text_output`
+    does; one space of indent, like every JSON output of the pipeline."""
+    text = json.dumps(marked(kind, data), indent=1, sort_keys=sort_keys, allow_nan=allow_nan) + "\n"
+    return write_text_output(out, kind, text)

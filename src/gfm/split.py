@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from gfm.config import SplitConfig
 from gfm.errors import GFMError
-from gfm.outputs import SPLIT, write_text_output
+from gfm.outputs import SPLIT, write_json_output
 from gfm.store import open_trajectories
 
 __all__ = ["make_split", "run", "read_split", "read_split_structure", "split_problems", "SplitError", "PARTS"]
@@ -64,7 +63,7 @@ def run(cfg: SplitConfig, *, store: Path, out: Path) -> dict:
     ts = open_trajectories(store)
     runs = ts.runs
     split = make_split(runs["dataset_seed"], runs["index"], runs["diverged"].astype(bool), cfg)
-    write_text_output(out, SPLIT, json.dumps(split, indent=1, sort_keys=True) + "\n")
+    write_json_output(out, SPLIT, split)
     return split
 
 

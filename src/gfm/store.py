@@ -16,7 +16,8 @@ the unit of generation and of durability (a killed writer redoes only unfinished
 unit of reading, so "first k steps of all runs" touches only the first ceil(k / chunk_steps) chunk rows.
 
 A store is written under ``<path>.partial`` and renamed into place only when complete; the root attributes
-carry ``schema_version``, ``complete``, the generating config, the parameter layout and package versions.
+carry ``schema_version``, ``complete``, the generating config, the parameter layout, package versions and the
+ownership marker of :mod:`gfm.outputs` (``gfm_output``).
 
 Three modules: this one writes (:func:`create_trajectory_store` for generate and import, :func:`create_run_group`
 and :func:`append_run` for :mod:`gfm.recorder`), :mod:`gfm.store_reader` reads and :mod:`gfm.store_files` tells
@@ -216,17 +217,21 @@ def _lock_writer(tmp: Path, path: Path) -> int:
 
 def _claim_partial(tmp: Path) -> None:
     """A leftover ``<store>.partial`` is reused or emptied only if it is a writer's: an empty directory, one
-    holding the writer's lock file, or a Zarr group. Anything else at that path is refused untouched."""
-    from gfm.outputs import OutputError
+    holding the writer's lock file (:func:`_lock_writer` creates it first), or a Zarr group whose root
+    attributes carry the trajectory-store marker (gfm.outputs; :func:`create_run_group` writes it with the
+    group). Anything else at that path, a Zarr store of someone else included, is refused untouched."""
+    from gfm.outputs import TRAJECTORY_STORE, OutputError
 
     if not tmp.exists() and not tmp.is_symlink():
         return
     if tmp.is_dir() and not tmp.is_symlink():
         entries = {c.name for c in tmp.iterdir()}
-        if not entries or _LOCK_FILE in entries or (tmp / "zarr.json").is_file():
+        lock = tmp / _LOCK_FILE
+        if not entries or (lock.is_file() and not lock.is_symlink()) \
+                or TRAJECTORY_STORE.marked_as(tmp) == TRAJECTORY_STORE.name:
             return
     what = "is a symbolic link" if tmp.is_symlink() else "is not a directory" if not tmp.is_dir() else \
-        f"holds {len(list(tmp.iterdir()))} entries and no {_LOCK_FILE} or zarr.json"
+        f"holds {len(list(tmp.iterdir()))} entries, no {_LOCK_FILE} and no trajectory-store marker"
     raise OutputError(f"{tmp}: the store's partial path {what}, so it is not a leftover of a writer; refusing to "
                       "remove it (move it away or choose another output path)")
 
@@ -247,16 +252,17 @@ def create_trajectory_store(path: str | Path, *, n_runs: int, n_records: int, la
     Resuming keeps the finished blocks of an earlier, interrupted writer, but only if its attributes equal
     ``attrs`` (same config, same layout); anything else is wiped and started over.
     """
-    from gfm.outputs import TRAJECTORY_STORE, claim_output
+    from gfm.outputs import TRAJECTORY_STORE, claim_output, marked
 
     path = claim_output(path, TRAJECTORY_STORE)  # a store (to be replaced) or nothing: refused before any write
     tmp = partial_path(path)
     _claim_partial(tmp)
     n_params = layout[-1].offset + layout[-1].size
     block = min(chunks.shard_runs, n_runs)
-    attrs = {**attrs, "schema_version": SCHEMA_VERSION, "complete": False,
-             "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
-             "n_runs": n_runs, "n_records": n_records, "n_params": n_params, "block_runs": block}
+    attrs = marked(TRAJECTORY_STORE, {
+        **attrs, "schema_version": SCHEMA_VERSION, "complete": False,
+        "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in layout],
+        "n_runs": n_runs, "n_records": n_records, "n_params": n_params, "block_runs": block})
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. exactly as zarr will store them
     lock = _lock_writer(tmp, path)
     try:
@@ -368,13 +374,17 @@ def exchange_paths(a: Path, b: Path) -> bool:
 # store of earlier runs. Chunks hold one run each (no shards), with the codec of the ``store:`` defaults.
 def create_run_group(tmp: Path, *, n_params: int, state_names: tuple[str, ...], chunk_steps: int,
                      chunks: StoreLayoutConfig | None = None) -> zarr.Group:
-    """An empty one-run store at ``tmp`` (a writer's leftover there is replaced; anything else is refused).
-    The writer's lock file there (:func:`lock_partial`) is kept: it must stay the file the caller holds."""
+    """An empty one-run store at ``tmp``, marked as a trajectory store from its first write (a writer's
+    leftover there is replaced; anything else is refused). The writer's lock file there (:func:`lock_partial`)
+    is kept: it must stay the file the caller holds."""
+    from gfm.outputs import TRAJECTORY_STORE, marked
+
     if tmp.exists() or tmp.is_symlink():
         _claim_partial(tmp)  # a writer's leftover, or refused untouched
         _empty(tmp, keep=_LOCK_FILE)
     # mode "a" on the emptied directory: zarr's mode "w" would remove the whole directory, lock file included
     g = zarr.open_group(tmp, mode="a", zarr_format=3)
+    g.attrs.update(marked(TRAJECTORY_STORE, {}))
     comp = compressor(chunks or StoreLayoutConfig())
     P, C = n_params, chunk_steps
     for name in ("weights", *(f"state/{s}" for s in state_names)):

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from gfm.errors import GFMError
-from gfm.outputs import Kind, write_text_output
+from gfm.outputs import MARKER_KEY, Kind, write_json_output
 
 __all__ = ["TRAIN_INDEX", "index", "run"]
 
@@ -23,7 +23,7 @@ def _own_index(path: Path) -> str | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return "is a file that is not a train index (not JSON)"
-    if not isinstance(data, dict) or set(data) != {"store", "models"}:
+    if not isinstance(data, dict) or set(data) - {MARKER_KEY} != {"store", "models"}:
         return "is a JSON file that is not a train index (keys other than store, models)"
     return None
 
@@ -43,6 +43,6 @@ def run(params_file: str | Path, store: str, out: Path) -> dict:
     from gfm.config import load_params
 
     result = index(load_params(params_file), store)
-    write_text_output(out, TRAIN_INDEX, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_json_output(out, TRAIN_INDEX, result)
     print(f"{len(result['models'])} models")
     return result

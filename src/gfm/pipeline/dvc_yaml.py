@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfm.atomic import write_text_atomic
+from gfm.outputs import Kind, claim_output, write_text_output
 from gfm.pipeline import PATHS, SRC, STAGES, Stage
 from gfm.pipeline.closure import code_deps, collapsed
 
-__all__ = ["render_dvc_yaml", "render_stage", "add_commands"]
+__all__ = ["render_dvc_yaml", "render_stage", "add_commands", "DVC_YAML"]
 
 
 _DVC_ITEM = {"stores": {"task": "${item.task}", "optimizer": "${item.optimizer.name}", "store": "${key}"},
@@ -46,6 +46,28 @@ plots:
       y_label: weight (one test run)
       template: workflow/plots/trajectory.json
 """
+
+# The first line of every file `gfm pipeline --write` writes: its ownership marker (YAML has no place for the
+# JSON marker of gfm.outputs), so --write replaces only a dvc.yaml it generated, never params.yaml or a README.
+_GENERATED = HEADER.splitlines()[0] + "\n"
+
+
+def _generated(path: Path) -> str | None:
+    """The kind named by ``path``'s marker: :data:`DVC_YAML`'s name if it starts with the generated-by line."""
+    try:
+        with path.open("rb") as f:
+            first = f.read(len(_GENERATED.encode()))
+    except OSError:
+        return None
+    return "generated dvc.yaml" if first == _GENERATED.encode() else None
+
+
+def _own_dvc_yaml(path: Path) -> str | None:
+    return None if _generated(path) else "is a file that `gfm pipeline` did not write (it does not start with " \
+                                          "the generated-by line of a dvc.yaml)"
+
+
+DVC_YAML = Kind("generated dvc.yaml", False, _own_dvc_yaml, _generated)
 
 
 def _dvc_path(entry: str, item: dict | None) -> str:
@@ -107,15 +129,16 @@ def render_dvc_yaml(src: str | Path = SRC) -> str:
 
 # --- commands ------------------------------------------------------------------------------------------------
 def _cmd_pipeline(args: argparse.Namespace) -> int:
+    # before any work: a dvc.yaml this command wrote, or nothing; anything else is refused untouched
+    out = None if args.write is None else claim_output(args.write, DVC_YAML)
     text = render_dvc_yaml(args.src)
-    if args.write is None:
+    if out is None:
         print(text, end="")
         return 0
-    out = Path(args.write)
-    if out.exists() and out.read_text() == text:
+    if out.is_file() and out.read_bytes() == text.encode():
         print(f"{out}: up to date")
         return 0
-    write_text_atomic(out, text)
+    write_text_output(out, DVC_YAML, text)
     print(f"{out}: written from the stage table in {SRC}/pipeline/__init__.py")
     return 0
 
@@ -132,7 +155,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("pipeline", help="dvc.yaml from the stage table (src/gfm/pipeline/__init__.py)",
                        description="Render dvc.yaml from the stage table, with each stage's code dependencies "
                                    "computed from the source; print it, or write it with --write.")
-    p.add_argument("--write", metavar="DVC.yaml", help="write here (atomically) instead of printing")
+    p.add_argument("--write", metavar="DVC.yaml", help="write here (atomically) instead of printing; an existing "
+                   "file is replaced only if this command wrote it (its generated-by first line)")
     p.add_argument("--src", default=SRC, metavar="DIR", help="the gfm package source (default: %(default)s)")
     p.set_defaults(func=_cmd_pipeline)
     t = sub.add_parser("train-index", help="a store's index.json: its trained models and their kinds")
