@@ -150,7 +150,7 @@ class ReportConfig:
     target_task: str = spec("mlp_regression", doc="task on which the paper's claims are checked")
     claims: list[ClaimSpec] = spec([], doc="claims checked on target_task's stores (reports/claims.json)")
     level: float = spec(0.95, gt=0, lt=1, doc="confidence level of the paired intervals")
-    tolerance: float = spec(0.1, ge=0, lt=1, doc="relative change of a headline number that another machine's "
+    tolerance: float = spec(0.05, ge=0, lt=1, doc="relative change of a headline number that another machine's "
                             "round-off can cause; a verdict whose interval ends that close to its threshold "
                             "is 'unstable' (README, Reproducibility)")
 
