@@ -68,7 +68,7 @@ import zarr
 from gfm._version import __version__
 from gfm.errors import GFMError, StoreLockedError, StoreSchemaError, shorten
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
-from gfm.outputs import TMP_MARKER, TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
+from gfm.outputs import MARKER_FILE, TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
 from gfm.store import (
     SCHEMA_VERSION,
     _empty,
@@ -420,7 +420,7 @@ class Recorder:
         link_store(self.path, staged)
         append_run(zarr.open_group(staged, mode="r+"), g, loss=loss, fields=fields, dataset_seeds=seeds,
                    chunk_steps=self.chunk_steps)
-        (staged / TMP_MARKER).unlink()
+        (staged / MARKER_FILE).unlink()  # a store is marked by its root attributes (link_store copied them)
         _fsync_tree(staged)  # the swap must not outrun the new run's files to the disk
         _append_hook("staged")
         self._swap_in(staged)
