@@ -10,9 +10,6 @@ which zarr returns without complaint: numbers nobody forecast."""
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import numpy as np
 from gfm import verdict
 from gfm.errors import GFMError, StoreIncompleteError, StoreSchemaError, shorten
 from gfm.inputs import array_meta_problems, chunk_file_limit, foreign_files, read_json, tree_problems
+from gfm.store_files import chunk_grid, missing_chunks
 from gfm.verdict import Verdict, foreign_line, is_int, runs_text, zarr_attrs
 
 __all__ = ["check_forecast_store", "verify_forecast_store", "chunk_record"]
@@ -51,34 +49,6 @@ def verify_forecast_store(path: Path) -> None:
         raise error(f"{path}: {v.problems[0]}{more}")
 
 
-def _grid(meta: dict) -> tuple[list[int], Callable[[tuple[int, ...]], str]]:
-    """Chunks per dimension of a checked array's ``zarr.json``, and the file key of a chunk's coordinates."""
-    shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
-    enc = meta["chunk_key_encoding"]
-    sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
-    prefix = ("c" + sep) if enc["name"] == "default" else ""
-    grid = [math.ceil(s / c) for s, c in zip(shape, chunk, strict=True)]
-    if not shape:
-        return grid, lambda _: "c" if enc["name"] == "default" else "0"
-    return grid, lambda coords: prefix + sep.join(map(str, coords))
-
-
-def _missing_chunks(name: str, meta: dict, files: dict[str, int], limit: int = 5) -> tuple[int, list[str]]:
-    """The number of chunks in the grid of array ``name`` and the first ``limit`` chunk keys with no file.
-    Walks the grid only until ``limit`` are found past the files present, so a huge declared grid costs no
-    more than the store's own listing."""
-    grid, key = _grid(meta)
-    n = math.prod(grid)
-    present = {rel[len(name) + 1:] for rel in files if rel.startswith(name + "/")}
-    missing: list[str] = []
-    for coords in itertools.product(*map(range, grid)):
-        if key(coords) not in present:
-            missing.append(key(coords))
-            if len(missing) == limit:
-                break
-    return n, missing
-
-
 def _completeness_problems(attrs: dict, metas: dict[str, dict], files: dict[str, int]) -> list[str]:
     """NaN fill of the float arrays, every chunk of every grid present, the ``chunks`` record agreeing."""
     problems = []
@@ -92,7 +62,7 @@ def _completeness_problems(attrs: dict, metas: dict[str, dict], files: dict[str,
         problems.append("no completeness record (attribute chunks: chunk files per array; written by an older "
                         "gfm or not by the forecast stage); re-run the forecast stage")
     for name, meta in metas.items():
-        n, missing = _missing_chunks(name, meta, files)
+        n, missing = missing_chunks(name, meta, files)
         if missing:
             problems.append(f"array {name}: chunk{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
                             f"(of {n} in its grid; a missing chunk would read as its fill value); re-run the "
@@ -105,7 +75,7 @@ def _completeness_problems(attrs: dict, metas: dict[str, dict], files: dict[str,
 
 def _nonfinite_chunks(values: np.ndarray, start: int, meta: dict, limit: int = 5) -> list[str]:
     """Keys of the chunks holding the non-finite values of rows ``start..`` of an array (first ``limit``)."""
-    _, key = _grid(meta)
+    _, key = chunk_grid(meta)
     chunk = np.asarray(meta["chunk_grid"]["configuration"]["chunk_shape"])
     at = np.argwhere(~np.isfinite(values))
     if not at.size:

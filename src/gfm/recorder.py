@@ -73,6 +73,7 @@ from gfm.store import (
     SCHEMA_VERSION,
     _empty,
     _fsync_tree,
+    all_chunks,
     append_run,
     create_run_group,
     exchange_paths,
@@ -320,7 +321,7 @@ class Recorder:
             return
         g, start = self._group, self.n_written
         for name, rows in self._buf.items():
-            arr = g[name]
+            arr = all_chunks(g[name])  # an all-NaN chunk (a diverged run) is written and counted too
             if name == "lr":
                 arr.resize((1, start + n))
                 arr[0, start : start + n] = np.asarray(rows, dtype=np.float32)
@@ -364,8 +365,9 @@ class Recorder:
         g = self._group
         T = self.n_written
         loss = np.asarray(self._loss[:T], dtype=np.float32)
-        g["loss"].resize((1, T))
-        g["loss"][0, :] = loss
+        arr = all_chunks(g["loss"])
+        arr.resize((1, T))
+        arr[0, :] = loss
         self._closed = True
         try:
             if self.mode == "w":

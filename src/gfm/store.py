@@ -16,8 +16,14 @@ the unit of generation and of durability (a killed writer redoes only unfinished
 unit of reading, so "first k steps of all runs" touches only the first ceil(k / chunk_steps) chunk rows.
 
 A store is written under ``<path>.partial`` and renamed into place only when complete; the root attributes
-carry ``schema_version``, ``complete``, the generating config, the parameter layout, package versions and the
-ownership marker of :mod:`gfm.outputs` (``gfm_output``).
+carry ``schema_version``, ``complete``, the generating config, the parameter layout, package versions, the
+ownership marker of :mod:`gfm.outputs` (``gfm_output``) and the completeness record ``chunks`` (the chunk
+files each array holds, :func:`gfm.store_files.chunk_counts`). Every chunk of the arrays that are not sharded
+(``loss``, ``lr``, ``final/*``, ``runs/*``) is written even when it equals the fill value, which zarr skips by
+default: a per-run field's fill is 0, so a chunk file that went missing would read as "not diverged", a weight
+decay of 0, run index 0. With every chunk written and counted, readers refuse a store whose files disagree with
+the record (:mod:`gfm.store_check`). The sharded ``weights`` and ``state/*`` are written as before (their fill
+is NaN and record 0 of every run is data, so every shard is written); their shard files are counted too.
 
 Three modules: this one writes (:func:`create_trajectory_store` for generate and import, :func:`create_run_group`
 and :func:`append_run` for :mod:`gfm.recorder`), :mod:`gfm.store_reader` reads and :mod:`gfm.store_files` tells
@@ -43,13 +49,13 @@ from zarr.codecs import BloscCodec
 from gfm.config import StoreLayoutConfig
 from gfm.errors import StoreLockedError
 from gfm.layout import ParamSpec
-from gfm.store_files import _DONE_DIR, _LOCK_FILE, foreign_files, partial_path
+from gfm.store_files import _DONE_DIR, _LOCK_FILE, chunk_counts, foreign_files, partial_path
 from gfm.store_reader import TrajectoryStore, open_trajectories, read_runs
 
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
     "partial_path", "foreign_files", "compressor", "create_run_group", "finish_run_group", "append_run",
-    "lock_partial", "link_store", "exchange_paths",
+    "lock_partial", "link_store", "exchange_paths", "all_chunks",
 ]
 
 SCHEMA_VERSION = 1
@@ -58,6 +64,16 @@ SCHEMA_VERSION = 1
 def compressor(chunks: StoreLayoutConfig) -> BloscCodec:
     """The Blosc codec of every array of a store, from the params section ``store:``."""
     return BloscCodec(cname=chunks.cname, clevel=chunks.clevel, shuffle=chunks.shuffle)
+
+
+_ALL_CHUNKS = {"write_empty_chunks": True}  # a chunk equal to the fill value is written too (module docstring)
+
+
+def all_chunks(arr: zarr.Array) -> zarr.Array:
+    """``arr`` writing every chunk it is given, even one equal to its fill value (module docstring). A sharded
+    array is returned as it is: written this way its shards would also hold their all-NaN inner chunks, which
+    would change the bytes of every store's weights."""
+    return arr if arr.shards is not None else arr.with_config(_ALL_CHUNKS)
 
 
 def _finish_hook(stage: str, writer: StoreWriter) -> None:
@@ -119,7 +135,7 @@ class StoreWriter:
         """Write every array's rows from run ``start`` on: a whole block, or a part of one when a block is too
         large to hold in memory at once (gfm import); :meth:`mark_done` then marks the block durable."""
         for name, value in arrays.items():
-            self.group[name][start : start + len(value)] = value
+            all_chunks(self.group[name])[start : start + len(value)] = value
 
     def mark_done(self, b: int) -> None:
         """Flush the written block ``b`` to disk and mark it durable (a resumed writer skips it)."""
@@ -147,6 +163,8 @@ class StoreWriter:
         missing = set(range(self.n_blocks)) - self.done_blocks()
         if missing:
             raise RuntimeError(f"cannot finish {self.path}: blocks {sorted(missing)} were not written")
+        # the record before the flag: a store flagged complete always says what complete means
+        self.group.attrs["chunks"] = chunk_counts(self.tmp)
         self.group.attrs["complete"] = True
         shutil.rmtree(self.tmp / _DONE_DIR, ignore_errors=True)
         if verify is not None:
@@ -280,8 +298,9 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
     if resume and (tmp / "zarr.json").is_file():
         try:
             group = zarr.open_group(tmp, mode="r+")
-            # "complete": a writer killed inside finish(), between the flag and the rename
-            if {**dict(group.attrs), "complete": False} == attrs:
+            # "complete" and "chunks": a writer killed inside finish(), between the record and the rename
+            kept = {k: v for k, v in group.attrs.items() if k != "chunks"}
+            if {**kept, "complete": False} == attrs:
                 # A writer killed inside zarr's own write of a chunk leaves its temporary file (`*.partial`)
                 # beside the chunk; any such file would be renamed into the finished store. Only the store's
                 # own files are kept, so a resumed store is byte-identical to an uninterrupted one.
@@ -302,14 +321,14 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
                            compressors=comp, fill_value=np.nan, dimension_names=("run", "step", "param"))
     for name in ("loss", "lr"):
         group.create_array(name, shape=(n_runs, n_records), dtype="float32", chunks=(block, n_records),
-                           compressors=comp, fill_value=np.nan, dimension_names=("run", "step"))
+                           compressors=comp, fill_value=np.nan, dimension_names=("run", "step"), config=_ALL_CHUNKS)
     group.create_array("final/weights", shape=(n_runs, n_params), dtype="float32", chunks=(block, n_params),
-                       compressors=comp, fill_value=np.nan, dimension_names=("run", "param"))
+                       compressors=comp, fill_value=np.nan, dimension_names=("run", "param"), config=_ALL_CHUNKS)
     group.create_array("final/loss", shape=(n_runs,), dtype="float32", chunks=(block,), compressors=comp,
-                       fill_value=np.nan, dimension_names=("run",))
+                       fill_value=np.nan, dimension_names=("run",), config=_ALL_CHUNKS)
     for name, dtype in run_fields.items():
         group.create_array(f"runs/{name}", shape=(n_runs,), dtype=dtype, chunks=(block,), compressors=comp,
-                           fill_value=0, dimension_names=("run",))
+                           fill_value=0, dimension_names=("run",), config=_ALL_CHUNKS)
     group.attrs.update(attrs)
     return StoreWriter(path, group, n_runs, block, lock)
 
@@ -392,7 +411,7 @@ def create_run_group(tmp: Path, *, n_params: int, state_names: tuple[str, ...], 
                        fill_value=np.nan, dimension_names=("run", "step", "param"))
     for name in ("loss", "lr"):
         g.create_array(name, shape=(1, 0), dtype="float32", chunks=(1, C), compressors=comp,
-                       fill_value=np.nan, dimension_names=("run", "step"))
+                       fill_value=np.nan, dimension_names=("run", "step"), config=_ALL_CHUNKS)
     return g
 
 
@@ -405,11 +424,17 @@ def finish_run_group(g: zarr.Group, tmp: Path, path: Path, *, loss: np.ndarray, 
     comp = compressor(chunks or StoreLayoutConfig())
     T, P = g["weights"].shape[1:]
     g.create_array("final/weights", data=g["weights"][:, T - 1], chunks=(1, P), compressors=comp,
-                   dimension_names=("run", "param"))
-    g.create_array("final/loss", data=loss[None, -1], chunks=(1,), compressors=comp, dimension_names=("run",))
+                   dimension_names=("run", "param"), config=_ALL_CHUNKS)
+    g.create_array("final/loss", data=loss[None, -1], chunks=(1,), compressors=comp, dimension_names=("run",),
+                   config=_ALL_CHUNKS)
     for k, v in fields.items():
-        g.create_array(f"runs/{k}", data=v, chunks=(1,), compressors=comp, dimension_names=("run",))
-    g.attrs.update(json.loads(json.dumps(attrs)))
+        g.create_array(f"runs/{k}", data=v, chunks=(1,), compressors=comp, dimension_names=("run",),
+                       config=_ALL_CHUNKS)
+    attrs = json.loads(json.dumps(attrs))
+    complete = attrs.pop("complete", None)  # the record before the flag, as StoreWriter.finish
+    g.attrs.update({**attrs, "chunks": chunk_counts(tmp)})
+    if complete is not None:
+        g.attrs["complete"] = complete
     replace_output(tmp, path, TRAJECTORY_STORE, keep_tmp_on_refusal=True)
 
 
@@ -420,18 +445,24 @@ def append_run(main: zarr.Group, g: zarr.Group, *, loss: np.ndarray, fields: dic
     R, T, P = int(main.attrs["n_runs"]), *g["weights"].shape[1:]
     main.attrs["complete"] = False  # readers refuse the store while it grows
     for name in ("weights", *(f"state/{s}" for s in main.attrs["state_names"])):
-        arr = main[name]
+        arr = all_chunks(main[name])
         arr.resize((R + 1, T, P))
         for s in range(0, T, chunk_steps):  # bounded memory: one chunk of one run at a time
             arr[R, s : s + chunk_steps] = g[name][0, s : s + chunk_steps]
     for name in ("loss", "lr"):
-        main[name].resize((R + 1, T))
-        main[name][R] = g[name][0]
-    main["final/weights"].resize((R + 1, P))
-    main["final/weights"][R] = g["weights"][0, T - 1]
-    main["final/loss"].resize((R + 1,))
-    main["final/loss"][R] = loss[-1]
+        arr = all_chunks(main[name])
+        arr.resize((R + 1, T))
+        arr[R] = g[name][0]
+    arr = all_chunks(main["final/weights"])
+    arr.resize((R + 1, P))
+    arr[R] = g["weights"][0, T - 1]
+    arr = all_chunks(main["final/loss"])
+    arr.resize((R + 1,))
+    arr[R] = loss[-1]
     for k, v in fields.items():
-        main[f"runs/{k}"].resize((R + 1,))
-        main[f"runs/{k}"][R] = v[0]
-    main.attrs.update({"n_runs": R + 1, "dataset_seeds": dataset_seeds, "complete": True})
+        arr = all_chunks(main[f"runs/{k}"])
+        arr.resize((R + 1,))
+        arr[R] = v[0]
+    main.attrs.update({"n_runs": R + 1, "dataset_seeds": dataset_seeds})
+    # the record of the grown store (its files counted, not those of the store it grew from), then the flag
+    main.attrs.update({"chunks": chunk_counts(main.store.root), "complete": True})

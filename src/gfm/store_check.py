@@ -32,6 +32,7 @@ from gfm.inputs import (
     read_json,
     tree_problems,
 )
+from gfm.store_files import chunk_record_problems
 from gfm.verdict import Verdict, foreign_line, runs_text
 
 __all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "check_trajectory_store"]
@@ -50,6 +51,7 @@ class StoreInspection:
     attrs: dict | None = None
     arrays: dict[str, dict] = field(default_factory=dict)  # relative path -> zarr.json of each own array
     foreign: list[str] = field(default_factory=list)  # files that are not the store's (not fatal)
+    recorded: bool = True  # False: written before stores recorded their chunk files (attribute chunks)
 
     def raise_first(self) -> None:
         if self.problems:
@@ -217,8 +219,27 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
         if big:
             p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
         p += _run_block_problems(out.arrays["weights"], files, R)
+        p += _record_problems(out, files)
         out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
     return out
+
+
+def _record_problems(out: StoreInspection, files: dict[str, int]) -> list[str]:
+    """The completeness record (attribute ``chunks``, :mod:`gfm.store`) against the chunk files present: a
+    per-run field's fill value is 0, so without it a lost chunk file reads as "not diverged", run index 0. A
+    store without the record predates it and is read as before (``gfm check`` says so in its summary)."""
+    record = out.attrs.get("chunks")
+    if record is None:
+        out.recorded = False
+        return []
+    redo = "the store lost files or was edited; re-create it (gfm generate, gfm.record or gfm import)"
+    if not isinstance(record, dict) or not all(isinstance(k, str) and _is_int(n) and n >= 0
+                                               for k, n in record.items()):
+        return [f"attribute chunks {shorten(record, 80)}: expected the chunk files of each array by name"]
+    stray = [shorten(k, 60, quote=False) for k in sorted(set(record) - set(out.arrays))]
+    if stray:
+        return [_listed(stray, "attribute chunks records arrays the store does not hold") + f"; {redo}"]
+    return chunk_record_problems(record, out.arrays, files, redo)
 
 
 # --- gfm check: the structure as above, then every chunk decoded ------------------------------------------
@@ -252,15 +273,16 @@ def check_trajectory_store(path: Path, v: Verdict) -> None:
     no_loss = attrs.get("loss_source") == "none"
     _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
     v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
-                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read")
+                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read"
+                 f"{'' if inspection.recorded else ', written before stores recorded their chunk files'}")
 
 
 def _run_field_problems(fields: dict[str, np.ndarray], attrs: dict) -> list[str]:
-    """Per-run fields that cannot be what was recorded. Their arrays are filled with 0 and zarr writes no file
-    for a chunk equal to the fill value (a block of runs none of which diverged, a weight decay of 0), so a
-    missing chunk cannot be told from the files: it reads as 0, which is refused where 0 is never a recorded
-    value: a dataset seed the store does not list (every writer lists its runs' seeds in ``dataset_seeds``)
-    and a learning rate of 0."""
+    """Per-run fields that cannot be what was recorded. Their arrays are filled with 0; a store written before
+    the completeness record (:func:`_record_problems`) holds no file for a chunk equal to the fill value (a
+    block of runs none of which diverged, a weight decay of 0), so a missing chunk there cannot be told from the
+    files: it reads as 0, which is refused where 0 is never a recorded value: a dataset seed the store does not
+    list (every writer lists its runs' seeds in ``dataset_seeds``) and a learning rate of 0."""
     problems = [f"runs/{name} holds non-finite values" for name, a in fields.items()
                 if not np.isfinite(np.asarray(a, dtype=np.float64)).all()]
     seeds = attrs.get("dataset_seeds")

@@ -3,12 +3,15 @@ writer's bookkeeping (the lock file, the done-markers of finished blocks) inside
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["partial_path", "foreign_files", "is_chunk_key"]
+__all__ = ["partial_path", "foreign_files", "is_chunk_key", "chunk_grid", "present_chunks", "missing_chunks",
+           "chunk_counts", "chunk_record_problems"]
 
 _DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
 _LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
@@ -48,6 +51,90 @@ def is_chunk_key(meta: dict, key: str) -> bool:
     parts = key.split(sep)
     return len(parts) == len(grid) and all(
         p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < n for p, n in zip(parts, grid))
+
+
+# --- completeness records (attribute ``chunks``) -----------------------------------------------------------
+# zarr writes no file for a chunk equal to the array's fill value and reads a missing chunk as that value, so a
+# deleted chunk file reads as zeros (or NaN) without complaint. A store that records how many chunk files each
+# array holds lets a reader tell a lost file from a never-written one by listing files, reading no chunk.
+def chunk_grid(meta: dict) -> tuple[list[int], Callable[[tuple[int, ...]], str]]:
+    """Chunks per dimension of a checked array's ``zarr.json``, and the file key of a chunk's coordinates."""
+    shape, chunk = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+    enc = meta["chunk_key_encoding"]
+    sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
+    prefix = ("c" + sep) if enc["name"] == "default" else ""
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunk, strict=True)]
+    if not shape:
+        return grid, lambda _: "c" if enc["name"] == "default" else "0"
+    return grid, lambda coords: prefix + sep.join(map(str, coords))
+
+
+def present_chunks(name: str, meta: dict, files: dict[str, int] | list[str]) -> set[str]:
+    """Keys of the chunk files of array ``name`` among ``files`` (paths relative to the store root)."""
+    head = name + "/"
+    return {rel[len(head):] for rel in files
+            if rel.startswith(head) and rel != head + "zarr.json" and is_chunk_key(meta, rel[len(head):])}
+
+
+def missing_chunks(name: str, meta: dict, files: dict[str, int] | list[str], limit: int = 5) -> tuple[int, list[str]]:
+    """The number of chunks in the grid of array ``name`` and the first ``limit`` chunk keys with no file.
+    Walks the grid only until ``limit`` are found past the files present, so a huge declared grid costs no
+    more than the store's own listing."""
+    grid, key = chunk_grid(meta)
+    n = math.prod(grid)
+    present = present_chunks(name, meta, files)
+    missing: list[str] = []
+    for coords in itertools.product(*map(range, grid)):
+        if key(coords) not in present:
+            missing.append(key(coords))
+            if len(missing) == limit:
+                break
+    return n, missing
+
+
+def chunk_counts(path: str | Path) -> dict[str, int]:
+    """The completeness record of the store at ``path``: the chunk files each of its arrays holds, by the
+    array's path (listing only; a writer's leftover temporary files are not chunk keys and not counted)."""
+    root = Path(path)
+    counts: dict[str, int] = {}
+    for dirpath, dirs, _ in os.walk(root):
+        dirs.sort()
+        d = Path(dirpath)
+        try:
+            meta = json.loads((d / "zarr.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("node_type") != "array":
+            continue
+        dirs[:] = []  # below an array there are only its chunk files
+        name = d.relative_to(root).as_posix()
+        files = [Path(p, f).relative_to(root).as_posix() for p, _, fs in os.walk(d) for f in fs]
+        counts[name] = len(present_chunks(name, meta, files))
+    return dict(sorted(counts.items()))
+
+
+def chunk_record_problems(record: dict, metas: dict[str, dict], files: dict[str, int], redo: str) -> list[str]:
+    """Where the completeness ``record`` and the chunk files of the arrays ``metas`` disagree: an array with
+    fewer (or more) chunk files than recorded, naming the chunks of its grid with no file, and an array the
+    record does not list. ``redo`` ends each line (what re-creates the store)."""
+    problems = []
+    for name, meta in metas.items():
+        want = record.get(name)
+        if want is None:
+            problems.append(f"array {name} is not in the completeness record (attribute chunks); {redo}")
+            continue
+        have = len(present_chunks(name, meta, files))
+        if have == want:
+            continue
+        n, missing = missing_chunks(name, meta, files)
+        if have < want and missing:
+            problems.append(f"array {name}: chunk{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
+                            f"({have} chunk files, {want} recorded; a missing chunk would read as its fill "
+                            f"value); {redo}")
+        else:
+            problems.append(f"array {name}: {have} chunk files, attribute chunks records {want!r:.40} (of {n} in "
+                            f"its grid); {redo}")
+    return problems
 
 
 def foreign_files(path: str | Path) -> list[Path]:
