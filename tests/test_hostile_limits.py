@@ -46,7 +46,8 @@ EDITS = {
     "gfm_plain": ({}, {"config": {"depth": 10**5}}, ["config.depth is 100000", "depth 2"]),
     "gfm_function": ({}, {"config": {"probes": 10**9}}, ["config.probes is 1000000000", "probes 8"]),
     # no size option: the horizons size its output layer (2 x 10^9 floats); the shape-only dry run refuses it
-    "lfd2": ({}, {"horizons": [16, 10**9]}, ["tensors do not fit a 'lfd2' model"]),
+    # (the fitted values, one per horizon, no longer fit the edited horizons: refused before any tensor is read)
+    "lfd2": ({}, {"horizons": [16, 10**9]}, ["fitted values do not fit a lfd2 model"]),
 }
 # a joint field sized by a fitted value (extra.n_params): 10^6 parameters would be a 10^12-float skip map
 JOINT = ("gfm_plain", {"field": "joint"}, {"extra": {"n_params": 10**6}}, ["tensors do not fit a 'gfm_plain' model"])
