@@ -15,13 +15,6 @@ from gfm._version import __version__
 
 __all__ = ["__version__", "open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"]
 
-# name -> module holding it under the same name (imported on first access).
-_LAZY = {
-    "open_trajectories": "gfm.store",
-    "record": "gfm.recorder",
-    "forecast_run": "gfm.forecasters.trained",
-    "prefix_from_arrays": "gfm.forecasters.trained",
-}
 
 
 def load_forecaster(model_dir, *, seed=None, store=None):
@@ -42,10 +35,19 @@ def load_forecaster(model_dir, *, seed=None, store=None):
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    # Each name from the module that holds it under the same name, imported on first access.
+    if name == "open_trajectories":
+        from gfm.store import open_trajectories
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return open_trajectories
+    if name == "record":
+        from gfm.recorder import record
+
+        return record
+    if name in ("forecast_run", "prefix_from_arrays"):
+        from gfm.forecasters import trained
+
+        return getattr(trained, name)
     raise AttributeError(f"module 'gfm' has no attribute {name!r}")
 
 
