@@ -24,6 +24,7 @@ from gfm.cli import main
 from gfm.errors import StoreLockedError
 from gfm.recorder import RecordError
 from gfm.store import partial_path
+from kill_helpers import sigkill_at_zarr_write
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,31 +76,15 @@ def _appended_and_killed(store: Path, *, at_write: int | None = None, at_stage: 
     """Append seed 2 to ``store`` in a forked child that is SIGKILLed inside its ``at_write``-th file write
     through zarr (after writing half of zarr's temporary file) or at the append stage ``at_stage``. No cleanup
     of any kind runs. Returns the child's wait status."""
-    import uuid
-
-    from zarr.storage import _local
-
     pid = os.fork()
     if pid == 0:  # the child: never returns to pytest
         try:
             torch.set_num_threads(1)
-            real, count = _local._put, [0]
-
-            def put(path, value, exclusive=False):
-                count[0] += 1
-                if count[0] == at_write:  # what zarr's _atomic_write does, cut short
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    data = bytes(value.as_buffer_like())
-                    with open(path.with_suffix(f".{uuid.uuid4().hex}.partial"), "wb") as f:
-                        f.write(data[: len(data) // 2])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real(path, value, exclusive)
-
             def hook(stage):
                 if stage == at_stage:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            _local._put = put
+            sigkill_at_zarr_write(at_write)
             recorder._append_hook = hook
             record_run(store, 2, "a")
         finally:

@@ -23,6 +23,7 @@ from gfm.errors import StoreSchemaError
 from gfm.importer import import_trajectories
 from gfm.store import open_trajectories, partial_path
 from gfm.store_files import chunk_counts
+from kill_helpers import interrupt_generate_at_block
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -163,15 +164,7 @@ def test_a_generate_killed_and_resumed_writes_a_matching_record(tiny_params, tmp
     rename): the resumed writer reuses every finished block and its store's record matches its files."""
     out = tmp_path / "out.zarr"
     real = generate.simulate
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(generate, "simulate", dying)
+    interrupt_generate_at_block(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         generate.run(tiny_params, "mlp_regression-sgd", out=out, progress=False)
     monkeypatch.setattr(generate, "simulate", real)

@@ -25,6 +25,7 @@ from gfm import evaluate, forecast, generate, outputs, report, split, store, tra
 from gfm.cli import main
 from gfm.config import ForecastConfig, SplitConfig, TrainConfig, load_params
 from gfm.store import partial_path
+from kill_helpers import sigkill_at_zarr_write
 
 KEY = "mlp_regression-adam"
 
@@ -364,28 +365,13 @@ def test_an_unwritable_output_is_one_line(tiny_store, tmp_path, capsys):
 def _killed_at(n: int, params, out: Path) -> int:
     """Run generate in a forked child that is SIGKILLed inside its ``n``-th file write through zarr, after
     writing half of zarr's temporary file (no cleanup of any kind runs). Returns the child's wait status."""
-    import uuid
-
     import torch
-    from zarr.storage import _local
 
     pid = os.fork()
     if pid == 0:  # the child: never returns to pytest
         try:
             torch.set_num_threads(1)  # no OpenMP pool after a fork
-            real, count = _local._put, [0]
-
-            def put(path, value, exclusive=False):
-                count[0] += 1
-                if count[0] == n:  # what zarr's _atomic_write does, cut short
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    data = bytes(value.as_buffer_like())
-                    with open(path.with_suffix(f".{uuid.uuid4().hex}.partial"), "wb") as f:
-                        f.write(data[: len(data) // 2])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real(path, value, exclusive)
-
-            _local._put = put
+            sigkill_at_zarr_write(n)
             generate.run(params, "mlp_regression-adam", out=out, progress=False)
         finally:
             os._exit(0)

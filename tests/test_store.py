@@ -16,6 +16,7 @@ from gfm import generate
 from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
 from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
 from gfm.tasks import make_task
+from kill_helpers import interrupt_generate_at_block
 
 
 def test_plain_zarr_reader_sees_the_layout(tiny_store):
@@ -108,15 +109,7 @@ def test_interrupted_generation_resumes_finished_blocks(tiny_params, tmp_path, m
 
     out = tmp_path / "out.zarr"
     real = generate.simulate
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(generate, "simulate", dying)
+    interrupt_generate_at_block(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         generate.run(tiny_params, "mlp_regression-sgd", out=out, progress=False)
     assert not out.exists() and partial_path(out).exists()
