@@ -16,6 +16,7 @@ from gfm.forecasters.base import (
     Forecaster,
     ForecasterError,
     ModelFileError,
+    StoreNotSupported,
     Trajectories,
     load_forecaster,
     make_forecaster,
@@ -30,7 +31,8 @@ from gfm.forecasters.trained import (  # noqa: E402  (a trained model + what it 
 )
 
 __all__ = [
-    "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "Trajectories", "load_forecaster",
+    "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "StoreNotSupported", "Trajectories",
+    "load_forecaster",
     "make_forecaster", "register", "Forecast", "RunMismatchError", "TrainedForecaster", "TrainedOn",
     "prefix_from_arrays",
 ]

@@ -35,13 +35,19 @@ from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
     "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
-    "ForecasterError", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "SizeEstimate",
+    "ForecasterError", "StoreNotSupported", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "SizeEstimate",
 ]
 
 
 
 class ForecasterError(GFMError, ValueError):
     """Bad forecaster name, config or input (e.g. a prefix shorter than the model needs)."""
+
+
+class StoreNotSupported(ForecasterError):
+    """This forecaster cannot forecast this store (its layout, activation or loss is one the forecaster cannot
+    rebuild or was not made for). Raised by ``fit`` or ``forecast``; the stages record it as the model's refusal
+    of the store, with this message as the one-line reason, and go on with the other models."""
 
 
 class ModelFileError(GFMError, ValueError):
