@@ -21,6 +21,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_declare(args: argparse.Namespace) -> int:
+    from gfm.declared import declare
+
+    print(declare(args.store, params_path=args.params, task=args.task, models=args.models, write=args.write),
+          end="" if not args.write else "\n")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from gfm.store import open_trajectories
 
@@ -106,6 +114,19 @@ def add_parsers(sub) -> None:
                     help="take Zarr chunking from this params file's `store:`")
     im.add_argument("--overwrite", action="store_true", help="replace an existing store")
     im.set_defaults(func=_cmd_import)
+
+    d = sub.add_parser("declare", help="declare a recorded or imported store in params (a task of kind "
+                                       "`recorded` and its store entry), so the pipeline runs it")
+    d.add_argument("store", metavar="STORE.zarr", help="the store gfm.record or gfm import wrote")
+    d.add_argument("--params", default="params.yaml", metavar="PARAMS.yaml",
+                   help="the params file (default: %(default)s); paths are written relative to its directory")
+    d.add_argument("--task", default=None, metavar="NAME",
+                   help="task name (default: the store's recorded name, else its directory's stem)")
+    d.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="forecasters to train on it (default: train.models)")
+    d.add_argument("--write", action="store_true",
+                   help="edit the params file in place (comments kept); without it, print the entries")
+    d.set_defaults(func=_cmd_declare)
 
     i = sub.add_parser("info", help="summarise a trajectory store")
     i.add_argument("store", metavar="STORE.zarr", help="the trajectory store to summarise")

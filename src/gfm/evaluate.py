@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+import zarr
 
 from gfm.config import Params
 from gfm.errors import GFMError, shorten
@@ -50,6 +52,7 @@ from gfm.outputs import (
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
+from gfm.tasks.recorded import recorded_task
 from gfm.uncertainty import covered, crps
 
 __all__ = ["run", "mean_std", "downstream_losses", "uncertainty_scores"]
@@ -84,6 +87,8 @@ def uncertainty_scores(task, setups, draws: np.ndarray, true_w: np.ndarray, true
                 "crps": mean_std(per_seed(per_run(crps(x, y))))}
 
     n_draws = draws.shape[1]
+    if task is None:  # no network to score the draws with on the run's own data (a declared store without it)
+        return {"samples": int(n_draws), **scores(draws, true_w)}
     loss = np.stack([downstream_losses(task, setups, draws[:, j])[0] for j in range(n_draws)], 1)  # (run, draw)
     return {"samples": int(n_draws), **scores(draws, true_w), "loss": scores(loss, true_loss)}
 
@@ -94,7 +99,6 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     claim_output(plots, PLOTS)  # before any work: outputs this stage may not replace are refused (gfm.outputs)
     claim_output(metrics, METRICS)
     spec, task_cfg = params.lookup_store(store_key)
-    task = make_task(task_cfg)
     ts = open_trajectories(store)
     by_seed, skipped = test_runs(read_split(split, store=ts))
     runs = np.array([r for s in sorted(by_seed, key=int) for r in by_seed[s]], dtype=np.int64)
@@ -116,10 +120,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     w_prefix = np.concatenate(prefix_parts)  # (run, param)
     losses = read_runs(ts.loss, runs)  # (run, record)
     true_loss_final, loss_prefix = losses[:, -1], losses[:, k]
-    index = ts.runs["index"]
-    setups = [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])),
-                        task_name=spec.task)
-              for i, r in enumerate(runs)]
+    task, setups, absent = _downstream_data(params, spec, task_cfg, ts, store, runs, seed_of)
     present = set(seed_of.tolist())
     seeds = [int(s) for s in params.generate.dataset_seeds if int(s) in present]  # params order: per_seed lists
     seeds += sorted(present - set(seeds))
@@ -129,13 +130,17 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         return [float(np.mean(v[masks[s]])) for s in seeds]
 
     final_true_w = truth[:, -1]
-    _, acc_final = downstream_losses(task, setups, final_true_w)
-    _, acc_prefix = downstream_losses(task, setups, w_prefix)
-    reference = {"true_final_loss": mean_std(per_seed(true_loss_final)),
-                 "prefix_loss": mean_std(per_seed(loss_prefix))}
-    if acc_final is not None:
-        reference["true_final_accuracy"] = mean_std(per_seed(acc_final))
-        reference["prefix_accuracy"] = mean_std(per_seed(acc_prefix))
+    reference: dict = {}
+    if task is not None:
+        loss_final_eval, acc_final = downstream_losses(task, setups, final_true_w)
+        loss_prefix_eval, acc_prefix = downstream_losses(task, setups, w_prefix)
+        if task_cfg.kind == "recorded":  # the store's loss is the user's (minibatch, training set): the
+            true_loss_final, loss_prefix = loss_final_eval, loss_prefix_eval  # references are on the same data
+        reference = {"true_final_loss": mean_std(per_seed(true_loss_final)),
+                     "prefix_loss": mean_std(per_seed(loss_prefix))}
+        if acc_final is not None:
+            reference["true_final_accuracy"] = mean_std(per_seed(acc_final))
+            reference["prefix_accuracy"] = mean_std(per_seed(acc_prefix))
 
     models: dict[str, dict] = {}
     curves: list[dict] = []
@@ -151,20 +156,21 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         se = ((pred.astype(np.float64) - truth) ** 2).mean(axis=2)  # (run, horizon)
         by_h = {str(h): mean_std(per_seed(se[:, j])) for j, h in enumerate(horizons)}
         final_se = se[:, -1]
-        loss_fc, acc_fc = downstream_losses(task, setups, pred[:, -1])
-        drop_true = np.array(per_seed(loss_prefix)) - np.array(per_seed(true_loss_final))
-        drop_fc = np.array(per_seed(loss_prefix)) - np.array(per_seed(loss_fc))
         entry = {
             "final_mse": {**mean_std(per_seed(final_se)), "per_seed": per_seed(final_se)},
             "final_mse_median_run": float(np.median(final_se)),
             "mse_by_horizon": by_h,
             "nonfinite_runs": int((~np.isfinite(final_se)).sum()),
-            "downstream": {"loss": mean_std(per_seed(loss_fc)),
-                           "recovered": mean_std(np.where(drop_true != 0, drop_fc / np.where(drop_true != 0, drop_true, 1), np.nan))},
             "_per_seed_final": per_seed(final_se),
         }
-        if acc_fc is not None:
-            entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
+        if task is not None:
+            loss_fc, acc_fc = downstream_losses(task, setups, pred[:, -1])
+            drop_true = np.array(per_seed(loss_prefix)) - np.array(per_seed(true_loss_final))
+            drop_fc = np.array(per_seed(loss_prefix)) - np.array(per_seed(loss_fc))
+            entry["downstream"] = {"loss": mean_std(per_seed(loss_fc)),
+                                   "recovered": mean_std(np.where(drop_true != 0, drop_fc / np.where(drop_true != 0, drop_true, 1), np.nan))}
+            if acc_fc is not None:
+                entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
         if fs.samples is not None:
             draws = fs.samples[[order[int(r)] for r in runs]]  # (run, draw, param), aligned with `runs`
             entry["uncertainty"] = uncertainty_scores(task, setups, draws, final_true_w, true_loss_final, per_seed)
@@ -196,10 +202,35 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
                    "diverged_runs_in_store": int(ts.runs["diverged"].sum()), "runs_in_store": ts.n_runs},
         "reference": reference, "models": models,
     }
+    if task is None:
+        result["downstream_absent"] = absent
     # plots first, metrics last: a metrics file is only ever newer than the plots it summarises
     _write_plots(plots, curves, traj_rows)
     _write_json(metrics, result)
     return result
+
+
+def _downstream_data(params: Params, spec, task_cfg, ts, store: Path, runs: np.ndarray, seed_of: np.ndarray):
+    """The network and each test run's own data that downstream metrics are computed with: ``(task, setups,
+    "")``, or ``(None, [], reason)`` when the store cannot give them. A generated run's data is regenerated from
+    its seeds; a declared store's is its held-out evaluation data (``eval/x``, ``eval/y``) through the network
+    rebuilt from its layout, activation and loss (gfm.tasks.recorded), never another task's data."""
+    if task_cfg.kind != "recorded":
+        task = make_task(task_cfg)
+        index = ts.runs["index"]
+        return task, [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])),
+                                task_name=spec.task) for i, r in enumerate(runs)], ""
+    group = zarr.open_group(store, mode="r")
+    has_eval = "eval" in group and "x" in group["eval"] and "y" in group["eval"]
+    task, reason = recorded_task(dict(ts.attrs), ts.layout, has_eval)
+    if task is None:
+        return None, [], reason
+    order = np.argsort(runs)
+    x = np.empty((runs.size, *group["eval/x"].shape[1:]), dtype=np.float32)
+    y = np.empty((runs.size, *group["eval/y"].shape[1:]), dtype=group["eval/y"].dtype)
+    x[order], y[order] = group["eval/x"].get_orthogonal_selection(runs[order]), \
+        group["eval/y"].get_orthogonal_selection(runs[order])
+    return task, [SimpleNamespace(x=torch.from_numpy(x[i]), y=torch.from_numpy(y[i])) for i in range(runs.size)], ""
 
 
 def _check_fits(fs, *, horizons: list[int], prefix_end: int, runs: np.ndarray, n_params: int) -> None:

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 from tqdm import tqdm
 
 from gfm._version import __version__
 from gfm.config import OptimizerConfig, Params, TaskConfig, to_dict
+from gfm.declared import intake
 from gfm.errors import GFMError
 from gfm.optimizers import STATE_NAMES, init_state, lr_multipliers, update
 from gfm.runs import RunSetup, batch_schedule, run_ids, setup_run
@@ -161,6 +163,10 @@ def run(params: Params, key: str, *, out: Path, progress: bool | None = None) ->
     """Generate store ``key`` of ``params`` into ``out`` (resuming finished blocks of an interrupted run)."""
     t0 = time.perf_counter()
     spec, task_cfg = params.lookup_store(key)
+    if task_cfg.kind == "recorded":  # a declared store: taken in, not generated (gfm.declared)
+        done = intake(params, key, out=Path(out))
+        n_div = int(zarr.open_array(Path(out) / "runs" / "diverged", mode="r")[:].sum())
+        return GenerateSummary(key, done["runs"], n_div, 0, 0, time.perf_counter() - t0, "declared")
     task = make_task(task_cfg)
     opt = spec.optimizer
     device = resolve_device(params.device)

@@ -32,6 +32,13 @@ def trigger(rule):
     return lambda wc: trigger_values(config, rule, wc.get("task"), wc.get("optimizer"), wc.get("model"))
 
 
+def declared_source(wildcards):
+    """The store a declared task takes in (tasks.<task>.path: a generate job's input, so Snakemake re-runs it
+    when the store changes); nothing for a generated task."""
+    task = config["tasks"].get(wildcards.task, {})
+    return [task["path"]] if task.get("kind") == "recorded" else []
+
+
 def store_models(task, optimizer):
     """Forecasters trained on one store: its own `models` list, else train.models (as Params.store_models)."""
     own = config["stores"][f"{task}-{optimizer}"].get("models")

@@ -2,9 +2,11 @@
 
 
 rule generate:
-    """Train every run of one (task, optimizer) store at once and record the trajectories."""
+    """Train every run of one (task, optimizer) store at once and record the trajectories; a declared store
+    (task kind `recorded`) is taken in from its path instead."""
     input:
         code=CODE["generate"],
+        declared=declared_source,
     output:
         directory(path("trajectories")),
     log:

@@ -3,6 +3,7 @@ view and hash of a config."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -18,11 +19,20 @@ _REQUIRED = {"tasks": "a mapping of task names to tasks", "stores": "a mapping o
                                                                      "one: a study with no store has nothing to run)"}
 
 
-def parse_params(data: Any, *, source: str = "params") -> Params:
-    """Validate a parsed params mapping, sizes included (``limits:``); raise ParamsError listing every problem."""
+def parse_params(data: Any, *, source: str = "params", root: str | Path = ".") -> Params:
+    """Validate a parsed params mapping, sizes included (``limits:``); raise ParamsError listing every problem.
+
+    Declared stores (tasks of kind ``recorded``) are read from their paths, relative to ``root`` (the
+    workspace: the params file's directory), which gives them their sizes (gfm.declared)."""
     problems: list[str] = []
     if isinstance(data, dict):
         problems += [f"{key}: missing; expected {what}" for key, what in _REQUIRED.items() if key not in data]
+        if isinstance(data.get("tasks"), dict) and any(
+                isinstance(t, dict) and t.get("kind") == "recorded" for t in data["tasks"].values()):
+            from gfm.declared import source_problems
+
+            data = {**data, "tasks": copy.deepcopy(data["tasks"])}  # filled in from the stores, not the caller's
+            problems += source_problems(data, Path(root))
     try:
         params = build(Params, data, "", problems)
     except RecursionError:  # only from data built in Python: load_params bounds the nesting of files
@@ -45,7 +55,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as exc:  # unreadable: permissions, an I/O error
         raise ParamsError(f"cannot read the file ({shorten(exc.strerror or exc, 120, quote=False)})",
                           source=str(path)) from None
-    return parse_params(data, source=str(path))
+    return parse_params(data, source=str(path), root=path.parent)
 
 
 def config_hash(obj: Any) -> str:

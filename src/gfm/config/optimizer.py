@@ -60,7 +60,7 @@ class OptimizerConfig:
     update rules in gfm.optimizers). Each hyper-parameter is a number or a per-run Range."""
 
     name: OptimizerName
-    lr: Hyper = spec(ge=0)
+    lr: Hyper | None = spec(None, ge=0, doc="required, except for a recorded store (whose runs carry their own)")
     momentum: Hyper = spec(HYPER_DEFAULTS["momentum"], ge=0, lt=1)
     beta1: Hyper = spec(HYPER_DEFAULTS["beta1"], ge=0, lt=1)
     beta2: Hyper = spec(HYPER_DEFAULTS["beta2"], ge=0, lt=1)

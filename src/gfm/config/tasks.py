@@ -173,11 +173,48 @@ class CIFAR10Config(TaskConfig):
         return out
 
 
+@dataclass(frozen=True, kw_only=True)  # kw_only: required fields after the base class's defaults
+class RecordedConfig(TaskConfig):
+    """A store recorded from a user's own training loop (``gfm.record``) or imported (``gfm import``), declared
+    by its path: the pipeline takes it in instead of generating one (gfm.declared). Its network, optimizer,
+    recording interval, loss and activation are the store's own; ``gfm declare`` writes this entry.
+
+    ``runs_per_dataset``, ``steps`` and ``record_every`` are not written in params: they are read from the store
+    when the params file is loaded (``runs_per_dataset`` = the fewest runs of any dataset seed), so every check
+    that needs a size sees the store's, and ``n_params`` is its layout's."""
+
+    kind: Literal["recorded"] = "recorded"
+    path: str = spec(doc="the store (a .zarr directory), relative to the workspace root")
+    sha256: str = spec(doc="content hash of the store (gfm declare writes it); a changed store is refused "
+                           "until it is declared again, and its change re-runs its stages under DVC")
+    n_layout_params: int = spec(0, ge=0, doc="read from the store, never written: its parameter count")
+    root: str = spec(".", doc="set when params are loaded, never written: the directory `path` is relative to")
+
+    @property
+    def source(self) -> str:
+        """The store's path as this process opens it (``path`` below the params file's directory)."""
+        return self.path if self.path.startswith("/") else f"{self.root.rstrip('/')}/{self.path}"
+
+    def n_params(self) -> int:
+        return self.n_layout_params
+
+    def layer_dims(self) -> list[int]:  # only the cost estimates of generation and jump-ahead read it
+        return [1, self.n_layout_params]
+
+    def _check(self):
+        out = super()._check()
+        if not (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)):
+            out.append(("sha256", f"got {shorten(self.sha256, 70)}; expected 64 lowercase hex digits (run "
+                                  f"`gfm declare {self.path}` to write it)"))
+        return out
+
+
 TASK_KINDS: dict[str, type[TaskConfig]] = {
     "least_squares": LeastSquaresConfig,
     "mlp_regression": MLPRegressionConfig,
     "mlp_classification": MLPClassificationConfig,
     "digits": DigitsConfig,
     "cifar10": CIFAR10Config,
+    "recorded": RecordedConfig,
 }
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def params_problems(p: Params) -> list[tuple[str, str]]:
     """Every cross-section problem as (key, message), in the order ParamsError lists them."""
-    return [*_name_problems(p), *_model_list_problems(p), *_pair_problems(p), *p.report.check_models(p.models),
+    return [*_name_problems(p), *_recorded_problems(p), *_model_list_problems(p), *_pair_problems(p), *p.report.check_models(p.models),
             *_listed_model_problems(p, "generalize"), *_accelerate_problems(p), *_horizon_problems(p),
             *reference_problems(p), *size_problems(p)]
 
@@ -38,6 +38,43 @@ def _name_problems(p: Params) -> list[tuple[str, str]]:
             out.append((f"models.{name}", "model names use letters, digits and '_' and start with a letter"))
         if not isinstance(m, dict) or not isinstance(m.get("kind"), str):
             out.append((f"models.{name}", f"got {shorten(m)}; expected a mapping with a 'kind' (a forecaster name)"))
+    return out
+
+
+def _recorded_problems(p: Params) -> list[tuple[str, str]]:
+    """A generated store needs its learning rate; a recorded store takes every hyper-parameter from its runs
+    (its entry names the optimizer only, which must be the store's), has one store entry, and takes no part
+    in what needs a task that can be re-run (the jump-ahead experiment) or compared by its config
+    (generalisation pairs)."""
+    from gfm.config.optimizer import OptimizerConfig
+
+    out, entries = [], {}
+    defaults = OptimizerConfig(name="sgd")
+    for key, st in p.stores.items():
+        task = p.tasks.get(st.task)
+        if task is None:
+            continue
+        if task.kind != "recorded":
+            if st.optimizer.lr is None:
+                out.append((f"stores.{key}.optimizer.lr", "missing; expected a number or {low, high, log}"))
+            continue
+        entries.setdefault(st.task, []).append(key)
+        set_keys = [k for k in ("lr", "momentum", "beta1", "beta2", "alpha", "eps", "weight_decay", "schedule")
+                    if getattr(st.optimizer, k) != getattr(defaults, k)]
+        if set_keys:
+            out.append((f"stores.{key}.optimizer.{set_keys[0]}", "a recorded store's hyper-parameters are its "
+                        "runs' own (read from the store); give only the optimizer's name"))
+        if key in p.accelerate.stores:
+            out.append((f"accelerate.stores.{key}", "a recorded store cannot be re-trained by jump-ahead (its "
+                        "data and loop are the user's); remove it"))
+        for i, pair in enumerate(p.generalize.pairs):
+            if key in (pair.source, pair.target):
+                out.append((f"generalize.pairs[{i}]", f"{key!r} is a recorded store; generalisation pairs "
+                            "compare generated tasks"))
+    for name, keys in entries.items():
+        if len(keys) > 1:
+            out.append((f"tasks.{name}", f"a recorded task is one store; stores {', '.join(keys)} use it "
+                        "(declare each store as its own task)"))
     return out
 
 
