@@ -10,9 +10,10 @@ import yaml
 from conftest import TINY
 from gfm import generalize, generate, split, train
 from gfm.config import parse_params
+from gfm.forecasters import StoreNotSupported
 
 
-def test_transfer_between_widths(tmp_path):
+def test_transfer_between_widths(tmp_path, monkeypatch):
     data = yaml.safe_load(TINY.read_text())
     wide = dict(data["tasks"]["mlp_regression"], hidden=[10], runs_per_dataset=8)
     data["tasks"]["mlp_regression_w10"] = wide
@@ -50,3 +51,31 @@ def test_transfer_between_widths(tmp_path):
     # linear extrapolation has no parameters: transfer and in-distribution are the same forecast
     assert pair["models"]["linear"]["transfer"]["mean"] == pair["models"]["linear"]["in_distribution"]["mean"]
     assert json.loads(out.read_text())["pairs"][0]["target"] == "mlp_regression_w10-sgd"
+    # a model that refused the target store at train time (refused.json, no weights): not scored, the reason kept
+    refused = root / "models" / "mlp_regression_w10" / "sgd" / "lstm"
+    for seed in refused.iterdir():
+        if seed.is_dir():
+            for f in seed.iterdir():
+                f.unlink()
+            seed.rmdir()
+    (refused / "refused.json").write_text(json.dumps({"model": "lstm", "kind": "lstm", "refused": "no tanh"}))
+    again = generalize.run(params, data=root, out=tmp_path / "again.json")["pairs"][0]
+    assert again["models"]["lstm"] == {"refused": "target mlp_regression_w10-sgd: no tanh"}
+    assert again["models"]["linear"] == pair["models"]["linear"]
+    # a model that refuses, at forecast time, the store it was fitted on is refused too; one fitted on the source
+    # that refuses the target cannot transfer (a scored entry's error)
+    score = generalize._final_mse
+    data["generalize"]["models"] = ["linear"]
+    for refuser in ("mlp_regression_w10", "mlp_regression"):
+        def refusing(model_dir, target, k, final, refuser=refuser):
+            if model_dir.parent.name == "linear" and model_dir.parents[2].name == refuser:
+                raise StoreNotSupported("needs the tanh network")
+            return score(model_dir, target, k, final)
+
+        monkeypatch.setattr(generalize, "_final_mse", refusing)
+        got = generalize.run(parse_params(data), data=root, out=tmp_path / f"{refuser}.json")["pairs"][0]["models"]
+        if refuser == "mlp_regression_w10":
+            assert got["linear"] == {"refused": "target mlp_regression_w10-sgd: needs the tanh network"}
+        else:
+            assert got["linear"]["error"] == "transfer: StoreNotSupported: needs the tanh network"
+            assert math.isnan(got["linear"]["transfer"]["mean"]) and math.isfinite(got["linear"]["in_distribution"]["mean"])

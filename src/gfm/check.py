@@ -170,6 +170,10 @@ def _check_metrics(data: dict, v: Verdict) -> None:
         if not isinstance(m, dict):
             v.problems.append(f"models.{name}: expected an object")
             continue
+        if "refused" in m:  # a model that refused this store: its reason and nothing else (gfm.model_entries)
+            if set(m) != {"refused"} or not isinstance(m["refused"], str) or not m["refused"].strip():
+                v.problems.append(f"models.{name}: a refusal holds only 'refused', a non-empty reason")
+            continue
         mean_std(m.get("final_mse"), f"models.{name}.final_mse")
         for h, ms in (m.get("mse_by_horizon") or {}).items():
             mean_std(ms, f"models.{name}.mse_by_horizon.{h}.mse")

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from gfm.config import Params
+from gfm.model_entries import NOT_COMPUTED, cell_text, refusal, refused_cell, scored
 from gfm.stats import METHOD, paired_ratio, seeds_to_resolve, verdict
 
 __all__ = ["fmt", "table", "model_order", "paired", "claims", "write_claims", "paired_section", "generalize_paired",
@@ -20,9 +21,12 @@ __all__ = ["fmt", "table", "model_order", "paired", "claims", "write_claims", "p
 
 
 def fmt(ms: dict | None, digits: int = 3) -> str:
-    """``mean ± std`` in compact scientific notation; ``n/a`` for missing, ``inf``/``nan`` shown as is."""
+    """``mean ± std`` in compact scientific notation; ``n/a`` for missing, ``-`` for a score over no values
+    (``n`` 0: e.g. coverage when no run's draws were finite), ``inf``/``nan`` of real values shown as is."""
     if not ms:
         return "n/a"
+    if ms.get("n") == 0:
+        return NOT_COMPUTED
     m, s = ms["mean"], ms["std"]
     if not math.isfinite(m):
         return str(m)
@@ -36,10 +40,19 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _final_per_seed(m: dict, name: str) -> list[float] | None:
-    """Per-seed final-step MSE of model ``name`` in one store's metrics (None: not trained there, or metrics
-    written before per-seed values were kept)."""
+    """Per-seed final-step MSE of model ``name`` in one store's metrics (None: not trained there, refused, or
+    metrics written before per-seed values were kept)."""
     entry = m["models"].get(name)
-    return None if entry is None else entry["final_mse"].get("per_seed")
+    return None if entry is None or refusal(entry) is not None else entry["final_mse"].get("per_seed")
+
+
+def _not_compared(m: dict, names: tuple[str, ...]) -> str | None:
+    """Why the models ``names`` cannot be compared on one store (not trained there, or refused it), or None."""
+    missing = [n for n in names if n not in m["models"]]
+    notes = [f"{' and '.join(missing)} not trained on {m['store']}"] if missing else []
+    notes += [f"{n} refused {m['store']}: {refusal(m['models'][n])}" for n in names
+              if n in m["models"] and refusal(m["models"][n]) is not None]
+    return "; ".join(notes) or None
 
 
 def paired(m: dict, model: str, baseline: str, threshold: float, level: float, tolerance: float = 0.0) -> dict:
@@ -47,10 +60,10 @@ def paired(m: dict, model: str, baseline: str, threshold: float, level: float, t
     ``verdict`` on "ratio < threshold" (``unstable`` within ``tolerance`` of it: gfm.stats.verdict) and a
     ``note`` (why there is no verdict, if so)."""
     a, b = _final_per_seed(m, model), _final_per_seed(m, baseline)
-    missing = [n for n in (model, baseline) if n not in m["models"]]
-    if missing:
+    why = _not_compared(m, (model, baseline))
+    if why:
         return {"ratio": None, "ci": [None, None], "n_seeds": 0, "per_seed_ratios": [], "level": level,
-                "verdict": "skipped", "note": f"{' and '.join(missing)} not trained on {m['store']}"}
+                "verdict": "skipped", "note": why}
     if a is None or b is None:
         return {"ratio": None, "ci": [None, None], "n_seeds": 0, "per_seed_ratios": [], "level": level,
                 "verdict": "not resolved", "note": "metrics without final_mse.per_seed (re-run evaluate)"}
@@ -71,8 +84,8 @@ def paired(m: dict, model: str, baseline: str, threshold: float, level: float, t
 
 def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
     """``report.claims`` checked on every store of ``report.target_task``: one row per (store, claim), paired over
-    dataset seeds (gfm.stats). A claim whose models were not trained on a store gets verdict ``skipped`` and a
-    ``note``. These rows are ``reports/claims.json``."""
+    dataset seeds (gfm.stats). A claim whose models were not trained on a store, or refused it, gets verdict
+    ``skipped`` and a ``note`` (with the refusal's reason). These rows are ``reports/claims.json``."""
     rows = []
     level = params.report.level
     for key, m in metrics.items():
@@ -80,7 +93,8 @@ def claims(params: Params, metrics: dict[str, dict]) -> list[dict]:
             continue
         for c in params.report.claims:
             text = c.text or f"{c.model} final MSE / {c.baseline} < {c.threshold:g}"
-            mean = {n: (m["models"][n]["final_mse"]["mean"] if n in m["models"] else None) for n in (c.model, c.baseline)}
+            have = scored(m["models"])
+            mean = {n: (have[n]["final_mse"]["mean"] if n in have else None) for n in (c.model, c.baseline)}
             rows.append({"store": key, "task": m["task"], "optimizer": m["optimizer"], "claim": text,
                          "model": c.model, "baseline": c.baseline, "threshold": c.threshold,
                          "model_mean": _json_num(mean[c.model]), "baseline_mean": _json_num(mean[c.baseline]),
@@ -111,7 +125,7 @@ def verdict_text(r: dict) -> str:
     v = r["verdict"]
     text = {"met": "met", "not met": "**not met**", "not resolved": "not resolved", "unstable": "unstable",
             "skipped": "skipped"}[v]
-    return text + (f" ({r['note']})" if r.get("note") and v != "met" else "")
+    return text + (f" ({cell_text(r['note'], 600)})" if r.get("note") and v != "met" else "")
 
 
 def method_line(params: Params) -> str:
@@ -125,7 +139,8 @@ def method_line(params: Params) -> str:
 
 def paired_section(params: Params, metrics: dict[str, dict]) -> list[str]:
     """Per store, the paper's method (the models of ``report.claims``) and the store's best other model (lowest
-    mean final MSE) against every other model: ratio [interval] and the verdict on "ratio < 1"."""
+    mean final MSE) against every other model: ratio [interval] and the verdict on "ratio < 1". A model that
+    refused the store is no column and its row says why."""
     methods = list(dict.fromkeys(c.model for c in params.report.claims))
     lines = ["## Paired comparisons (final-step weight MSE)", "",
              "Each cell: final MSE of the column model ÷ the row model, paired over dataset seeds "
@@ -135,16 +150,20 @@ def paired_section(params: Params, metrics: dict[str, dict]) -> list[str]:
              + " and the store's best other model by mean final MSE.", ""]
     any_table = False
     for key, m in metrics.items():
-        names = [n for n in model_order(params) if n in m["models"]]
-        refs = [n for n in methods if n in m["models"]]
+        have = scored(m["models"])
+        names = [n for n in model_order(params) if n in have]
+        refs = [n for n in methods if n in have]
         others = [n for n in names if n not in refs]
-        finite = [n for n in others if math.isfinite(m["models"][n]["final_mse"]["mean"])]
-        best = min(finite, key=lambda n: m["models"][n]["final_mse"]["mean"]) if finite else None
+        finite = [n for n in others if math.isfinite(have[n]["final_mse"]["mean"])]
+        best = min(finite, key=lambda n: have[n]["final_mse"]["mean"]) if finite else None
         cols = refs + ([best] if best else [])
         if not cols or len(names) < 2:
             continue
         rows = []
-        for n in names:
+        for n in [n for n in model_order(params) if n in m["models"]]:
+            if n not in have:
+                rows.append([n, refused_cell(refusal(m["models"][n])), *["refused"] * (len(cols) - 1)])
+                continue
             cells = []
             for ref in cols:
                 if ref == n:
@@ -171,7 +190,8 @@ def generalize_paired(params: Params, data: dict) -> list[str]:
     """The comparisons the transfer table invites, paired over the target's dataset seeds: each model's transfer
     ÷ in-distribution MSE (the cost of transfer; "< 1" = transfer beats fitting on the target), and on transfer,
     the paper's method (report.claims models; when none is transferred, the last of generalize.models) ÷ every
-    other transferred model ("< 1" = it transfers better)."""
+    other transferred model ("< 1" = it transfers better). A model refused on a pair gets one row saying why and
+    no comparison."""
     level, tol = params.report.level, params.report.tolerance
     methods = [n for n in dict.fromkeys(c.model for c in params.report.claims) if n in data["models"]]
     if not methods and len(data["models"]) > 1:
@@ -180,15 +200,18 @@ def generalize_paired(params: Params, data: dict) -> list[str]:
     for pair in data["pairs"]:
         name = f"{pair['source']} → {pair['target']}"
         seeds = pair.get("dataset_seeds")
-        per = {n: {w: pair["models"][n][w].get("per_seed") for w in ("transfer", "in_distribution")}
-               for n in data["models"]}
+        have = scored(pair["models"])
+        per = {n: {w: e[w].get("per_seed") for w in ("transfer", "in_distribution")} for n, e in have.items()}
         for n in data["models"]:
+            if n not in have:
+                rows.append([name, n, "n/a", f"skipped ({refused_cell(refusal(pair['models'].get(n)) or 'no result')})"])
+                continue
             rows.append([name, f"{n} transfer ÷ {n} in-dist.", *paired_cells(per[n]["transfer"],
                                                                             per[n]["in_distribution"], seeds, level,
                                                                             tol)])
         for a in methods:
             for b in data["models"]:
-                if b != a:
+                if b != a and a in have and b in have:
                     rows.append([name, f"{a} ÷ {b} (transfer)",
                                  *paired_cells(per[a]["transfer"], per[b]["transfer"], seeds, level, tol)])
     if not rows:
@@ -208,23 +231,35 @@ def paired_cells(a: list[float] | None, b: list[float] | None, seeds, level: flo
 
 def uncertainty_section(metrics: dict[str, dict]) -> list[str]:
     """Markdown table of the sampled forecasts' scores (evaluate's ``uncertainty``), one row per (store, model)
-    that sampled; empty when none did. A 90% interval is called calibrated when it covers 0.85-0.95."""
+    that sampled; empty when none did. A 90% interval is called calibrated when it covers 0.85-0.95. The scores
+    are over the runs whose draws are all finite; ``non-finite draws`` counts the others (``-`` scores: no run
+    had finite draws)."""
     rows = []
     for key, m in metrics.items():
-        for name, e in m["models"].items():
+        for name, e in scored(m["models"]).items():
             u = e.get("uncertainty")
             if u is None:
                 continue
-            c90 = u["coverage_90"]["mean"]
-            rows.append([key, name, str(u["samples"]), fmt(u["coverage_50"], 2), fmt(u["coverage_90"], 2),
-                         "yes" if 0.85 <= c90 <= 0.95 else "no", fmt(u["crps"]),
-                         fmt(u["loss"]["coverage_90"], 2), fmt(u["loss"]["crps"])])
+            loss = u.get("loss") or {}
+            rows.append([key, name, str(u["samples"]), str(u.get("nonfinite_draw_runs", 0)),
+                         fmt(u["coverage_50"], 2), fmt(u["coverage_90"], 2), _calibrated(u["coverage_90"]),
+                         fmt(u["crps"]), fmt(loss.get("coverage_90"), 2), fmt(loss.get("crps"))])
     if not rows:
         return []
     return ["## Uncertainty: sampled final weights", "",
             "Models that sample give draws of each test run's final weights, their spread calibrated to 90% "
             "coverage on validation runs. Coverage = share of the true final weights inside the draws' central "
             "50% / 90% interval; CRPS in weight units (lower is better; equals the mean absolute error of a point "
-            "forecast); `loss` = the same for the training loss the draws reach. Mean ± std over dataset seeds.",
-            ""] + table(["store", "model", "draws", "coverage 50%", "coverage 90%", "90% within 0.85-0.95",
-                         "CRPS", "loss coverage 90%", "loss CRPS"], rows) + [""]
+            "forecast); `loss` = the same for the training loss the draws reach. Mean ± std over dataset seeds, "
+            "over the test runs whose draws are all finite: `non-finite draws` counts the runs with a non-finite "
+            "draw (their point forecasts are scored above; `-`: no run had finite draws).",
+            ""] + table(["store", "model", "draws", "non-finite draws", "coverage 50%", "coverage 90%",
+                         "90% within 0.85-0.95", "CRPS", "loss coverage 90%", "loss CRPS"], rows) + [""]
+
+
+def _calibrated(coverage_90: dict) -> str:
+    """``yes`` when the mean 90% coverage lies in 0.85-0.95, ``no`` otherwise, ``-`` without a score."""
+    c90 = coverage_90.get("mean")
+    if fmt(coverage_90) == NOT_COMPUTED or not isinstance(c90, (int, float)) or not math.isfinite(c90):
+        return NOT_COMPUTED
+    return "yes" if 0.85 <= c90 <= 0.95 else "no"

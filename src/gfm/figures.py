@@ -19,6 +19,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from gfm.model_entries import refusal
 from gfm.stats import paired_ratio
 
 __all__ = ["store_figures", "xlv_heatmap", "generalize_points", "generalize_figure", "accelerate_figure",
@@ -61,14 +62,17 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def store_figures(metrics: dict[str, dict], plots_dir: Path, fig_dir: Path) -> dict[str, list[str]]:
     """store key -> [error-vs-horizon PNG, trajectory PNG] (names in ``fig_dir``), from each store's
-    ``<plots_dir>/<task>/<optimizer>/{mse_vs_horizon,trajectory}.csv``."""
+    ``<plots_dir>/<task>/<optimizer>/{mse_vs_horizon,trajectory}.csv``. Models that refused the store are not
+    drawn (the tables say why)."""
     plt = _pyplot()
     figs: dict[str, list[str]] = {}
     for key, m in metrics.items():
         pdir = plots_dir / m["task"] / m["optimizer"]
+        refused = {n for n, e in m["models"].items() if refusal(e) is not None}
         curves: dict[str, list[tuple[int, float]]] = {}
         for row in _read_csv(pdir / "mse_vs_horizon.csv"):
-            curves.setdefault(row["model"], []).append((int(row["step"]), float(row["mse"])))
+            if row["model"] not in refused:
+                curves.setdefault(row["model"], []).append((int(row["step"]), float(row["mse"])))
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for name, pts in curves.items():
             ax.plot(*zip(*pts), marker="o", ms=3, label=name)
@@ -76,13 +80,16 @@ def store_figures(metrics: dict[str, dict], plots_dir: Path, fig_dir: Path) -> d
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("weight MSE (test runs)")
         ax.set_title(f"{m['task']} / {m['optimizer']}: forecast error vs horizon")
-        ax.legend(fontsize=7, ncol=2)
+        if curves:
+            ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         a = f"{key}-mse.png"
         _save(fig, fig_dir / a)
 
         series: dict[tuple[int, str], list[tuple[int, float]]] = {}
         for row in _read_csv(pdir / "trajectory.csv"):
+            if row["series"] in refused:
+                continue
             series.setdefault((int(row["param"]), row["series"]), []).append((int(row["step"]), float(row["value"])))
         params_shown = sorted({p for p, _ in series})
         fig, axes = plt.subplots(1, len(params_shown), figsize=(3.2 * len(params_shown), 3), dpi=100, squeeze=False)
@@ -149,12 +156,14 @@ def generalize_points(data: dict, level: float) -> list[dict]:
     the per-seed MSE ratios to last_value on the target), its ``ci`` (``level`` t interval; NaN without one),
     the ``per_seed`` ratios and a ``note`` when there is no point (the model cannot transfer, or a seed's MSE
     has no log ratio). Pairs without per-seed values (older generalize output) fall back to the stored mean
-    xLV without an interval."""
+    xLV without an interval. A model refused on a pair has no point there."""
     rows = []
     for pair in data["pairs"]:
         base = (pair.get("last_value") or {}).get("per_seed")
         for name in data["models"]:
-            m = pair["models"][name]
+            m = pair["models"].get(name)
+            if m is None or refusal(m) is not None:
+                continue
             for what in ("transfer", "in_distribution"):
                 row = {"pair": f"{pair['source']} → {pair['target']}", "target": pair["target"],
                        "label": pair["label"], "model": name, "fitted_on": what, "note": m.get("error")}

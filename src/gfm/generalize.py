@@ -11,7 +11,13 @@ Output: ``data/metrics/generalize.json``::
 
     {"pairs": [{"source", "target", "label", "dataset_seeds": [...], "models": {name: {"transfer": {mean, std,
       n, per_seed}, "in_distribution": {...}, "transfer_xlv": {...}, "in_distribution_xlv": {...},
-      "error": null | str}}, "last_value": {mean, std, n, per_seed}}]}
+      "error": null | str} | {"refused": str}}, "last_value": {mean, std, n, per_seed} | {"refused": str}}]}
+
+A model that refused the source or the target store at train time (its model directory holds ``refused.json``
+instead of weights, gfm.forecasters.StoreNotSupported) is not scored on that pair: its entry is
+``{"refused": "<source|target> <store>: <reason>"}``, as evaluate's metrics write a refusal. So is a model fitted on the
+target that refuses to forecast it. A model fitted on the source that refuses to forecast the target (or fails
+to) is the ``error`` of a scored entry: it cannot transfer.
 
 ``per_seed`` lists are in ``dataset_seeds`` order (``generate.dataset_seeds`` order), one value per seed with
 test runs, so the report can compare two models, or transfer with in-distribution, paired by seed (gfm.stats).
@@ -31,7 +37,8 @@ import torch
 from gfm.config import Params
 from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
-from gfm.forecasters import ForecasterError, Trajectories, load_forecaster
+from gfm.forecasters import ForecasterError, StoreNotSupported, Trajectories, load_forecaster
+from gfm.model_entries import refusal_of
 from gfm.outputs import GENERALIZE, claim_output, write_json_output
 from gfm.pipeline import under
 from gfm.store import open_trajectories
@@ -52,6 +59,23 @@ def pair_label(params: Params, source: str, target: str) -> str:
                 va, vb = list(va), list(vb)
             diffs.append(f"{name} {va} -> {vb}")
     return "; ".join(diffs) or "same task"
+
+
+def _refusals(data: Path, names: list[str], sides: dict[str, tuple[str, object]]) -> dict[str, str]:
+    """model -> why it is not scored on a pair: it refused the source or the target store at train time
+    (``sides``: side -> (store key, store spec))."""
+    out: dict[str, str] = {}
+    for name in names:
+        for side, (key, spec) in sides.items():
+            reason = refusal_of(under(data, "model", spec.task, spec.optimizer.name, name, replaces="data"))
+            if reason is not None and name not in out:
+                out[name] = f"{side} {key}: {reason}"
+    return out
+
+
+def _first_line(exc: BaseException, limit: int) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (empty for an empty message)."""
+    return (str(exc).splitlines() or [""])[0][:limit]
 
 
 def _final_mse(model_dir: Path, target: Trajectories, prefix_end: int, final: int) -> float:
@@ -77,6 +101,8 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
                  "models": {}}
         scores: dict[str, dict[str, list[float]]] = {}
         errors: dict[str, str] = {}
+        refused = _refusals(data, ["last_value", *gcfg.models],
+                            {"source": (pair.source, src_spec), "target": (pair.target, tgt_spec)})
         order = {int(d): i for i, d in enumerate(params.generate.dataset_seeds)}
         seeds_used = []
         for seed in sorted(by_seed, key=lambda d: (order.get(int(d), len(order)), int(d))):
@@ -87,17 +113,30 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
             target = Trajectories.from_store(tgt_store, runs)
             for name in ["last_value", *gcfg.models]:
                 row = scores.setdefault(name, {"transfer": [], "in_distribution": []})
+                if name in refused:
+                    row["transfer"].append(float("nan"))
+                    row["in_distribution"].append(float("nan"))
+                    continue
                 for what, spec in (("transfer", src_spec), ("in_distribution", tgt_spec)):
                     model_dir = under(data, "model", spec.task, spec.optimizer.name, name, replaces="data") / str(seed)
                     try:
                         row[what].append(_final_mse(model_dir, target, k, final))
+                    except StoreNotSupported as exc:
+                        if what == "in_distribution":  # fitted on the target, refuses to forecast it
+                            refused.setdefault(name, f"target {pair.target}: {_first_line(exc, 300)}")
+                        else:  # fitted on the source, refuses the target: it cannot transfer
+                            errors[name] = f"{what}: {type(exc).__name__}: {_first_line(exc, 160)}"
+                        row[what].append(float("nan"))
                     except (ForecasterError, RuntimeError, ValueError) as exc:
                         # e.g. a joint field sized for another network: a real, reportable limitation
-                        errors[name] = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                        errors[name] = f"{what}: {type(exc).__name__}: {_first_line(exc, 160)}"
                         row[what].append(float("nan"))
         base = np.array(scores["last_value"]["in_distribution"])
         entry["dataset_seeds"] = seeds_used
         for name in gcfg.models:
+            if name in refused:
+                entry["models"][name] = {"refused": refused[name]}
+                continue
             row = scores[name]
             entry["models"][name] = {
                 "transfer": {**mean_std(row["transfer"]), "per_seed": list(row["transfer"])},
@@ -106,7 +145,8 @@ def run(params: Params, *, data: Path = Path("data"), out: Path) -> dict:
                 "in_distribution_xlv": mean_std(np.array(row["in_distribution"]) / base),
                 "error": errors.get(name),
             }
-        entry["last_value"] = {**mean_std(base), "per_seed": base.tolist()}
+        entry["last_value"] = ({"refused": refused["last_value"]} if "last_value" in refused
+                               else {**mean_std(base), "per_seed": base.tolist()})
         result["pairs"].append(entry)
     write_json_output(out, GENERALIZE, result)
     return result

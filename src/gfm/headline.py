@@ -8,13 +8,14 @@ compare two commits. This stage condenses them into files that git tracks (``cac
   the same test runs (xLV, mean over dataset seeds; the README results table shows it with its std):
   ``{"final_xlv": {<store>: {<model>: xlv}}}``, stores and models in params order. ``last_value`` itself is
   left out (its xLV is 1 by definition), and so is a store that does not train ``last_value`` (it has no
-  xLV). Values are rounded to 4 significant digits so that a re-run that changes nothing a reader could
+  xLV), and so is a model that refused a store (``{"refused": reason}`` in evaluate's metrics: no number). Values are rounded to 4 significant digits so that a re-run that changes nothing a reader could
   see changes nothing in the diff; non-finite values (a diverged forecast) are written as ``null``.
 * ``plots/error_vs_horizon/<store>.csv`` (step, model, mse, mse_std) and ``plots/trajectory/<store>.csv``
   (step, param, series, value): evaluate's plot data of each store, one directory per kind of plot. DVC
   configures plots by path prefix, so each kind needs a directory of its own for its own template
   (dvc.yaml ``plots:``; the templates are workflow/plots/*.json). Evaluate keeps its per-store directories,
-  which the report reads.
+  which the report reads. Rows of a model that refused the store are left out, and a store where every model
+  refused has no error-vs-horizon file (there is nothing to draw).
 
 Usage::
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from gfm.errors import GFMError
 from gfm.inputs import MAX_JSON_BYTES, read_bytes, read_json
+from gfm.model_entries import refusal, scored
 from gfm.outputs import (
     MARKER_FILE,
     MARKER_KEY,
@@ -56,6 +58,7 @@ PLOT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "error_vs_horizon": ("mse_vs_horizon.csv", ("step", "model", "mse", "mse_std")),
     "trajectory": ("trajectory.csv", ("step", "param", "series", "value")),
 }
+_MODEL_COLUMN = {"error_vs_horizon": "model", "trajectory": "series"}  # the column naming a row's model
 _MAX_CSV_BYTES = 256 << 20  # evaluate's plot CSVs are ~50 KB per store in the default study
 # a store key names files here: <task>-<optimizer>, as the params schema and the Snakemake wildcards allow
 _STORE_KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-([a-z]+)")
@@ -114,8 +117,8 @@ def headline_metrics(metrics: Iterable[dict]) -> dict[str, dict[str, dict[str, f
             raise GFMError(f"metrics of store {store!r}: no 'store'/'models' keys; not written by evaluate")
         if store in out:
             raise GFMError(f"store {store}: given twice")
-        row = {name: _significant(_xlv(store, name, entry)) for name, entry in models.items()
-               if name != REFERENCE and isinstance(entry, dict) and "final_xlv" in entry}
+        row = {name: _significant(_xlv(store, name, entry)) for name, entry in scored(models).items()
+               if name != REFERENCE and "final_xlv" in entry}
         if row:
             out[store] = row
     return {KEY: out}
@@ -181,13 +184,16 @@ def run(metrics: Sequence[Path], *, plots: Path, out: Path, plot_data: Path) -> 
         for kind, (name, columns) in PLOT_KINDS.items():
             (tmp / kind).mkdir()
             for doc in docs:
+                if kind == "error_vs_horizon" and not scored(doc["models"]):
+                    continue  # every model refused this store: no curve to draw
+                refused = {n for n, e in doc["models"].items() if refusal(e) is not None}
                 src = Path(plots) / doc["task"] / doc["optimizer"] / name
                 raw = _read(src, _MAX_CSV_BYTES, f"plot data not found (run the evaluate stage of store {doc['store']})")
                 try:
                     text = raw.decode()
                 except UnicodeDecodeError:
                     raise GFMError(f"{src}: not a UTF-8 CSV file") from None
-                rows = plot_rows(text, columns, source=str(src))
+                rows = [r for r in plot_rows(text, columns, source=str(src)) if r[_MODEL_COLUMN[kind]] not in refused]
                 (tmp / kind / f"{doc['store']}.csv").write_text(_csv_text(rows, columns))
     except BaseException:
         discard_temp(tmp)

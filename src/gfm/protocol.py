@@ -4,7 +4,8 @@ Reads the train stage's ``data/models/<task>/<optimizer>/<model>/summary.json`` 
 (never a test run: the train stage reads none) and builds
 
 * one table per store: the shared budget, the updates each model actually used, whether its validation
-  curve had flattened, the trials of its search and the options it chose (:func:`protocol_section`);
+  curve had flattened, the trials of its search and the options it chose (:func:`protocol_section`); a model
+  that refused the store (``refused.json`` instead of weights) has a row saying why;
 * one figure per store: every learned model's validation score against updates on the tuning seed
   (:func:`val_curve_figures`), so a reader can see that no model ran out of budget while still improving.
 
@@ -24,8 +25,10 @@ import math
 from pathlib import Path
 
 from gfm.config import Params
+from gfm.model_entries import refusal_of, refused_cell
 
-__all__ = ["FLAT_SHARE", "load_summaries", "read_log", "flattened", "protocol_section", "val_curve_figures"]
+__all__ = ["FLAT_SHARE", "load_summaries", "load_refusals", "read_log", "flattened", "protocol_section",
+           "val_curve_figures"]
 
 FLAT_SHARE = 0.05  # share of a fit's whole validation improvement that its last quarter of budget may bring
 
@@ -41,6 +44,17 @@ def load_summaries(params: Params, models_dir: Path) -> dict[str, dict[str, dict
             summary = json.loads(path.read_text())
             if summary.get("budget_steps"):
                 out.setdefault(key, {})[name] = summary
+    return out
+
+
+def load_refusals(params: Params, models_dir: Path) -> dict[str, dict[str, str]]:
+    """store key -> model -> reason, for every model that refused its store at train time."""
+    out: dict[str, dict[str, str]] = {}
+    for key, st in params.stores.items():
+        for name in params.store_models(key):
+            reason = refusal_of(models_dir / st.task / st.optimizer.name / name)
+            if reason is not None:
+                out.setdefault(key, {})[name] = reason
     return out
 
 
@@ -72,6 +86,7 @@ def _options_text(options: dict) -> str:
 def protocol_section(params: Params, models_dir: Path) -> list[str]:
     """Markdown: the training protocol and, per store, each learned model's budget use and tuning."""
     summaries = load_summaries(params, models_dir)
+    refusals = load_refusals(params, models_dir)
     b, t = params.train.budget, params.train.tuning
     lines = ["## Training protocol (every learned model alike)", "",
              f"Budget: {b.steps} optimizer updates per fit (AdamW, cosine decay, gradient-norm clip), validation "
@@ -84,33 +99,38 @@ def protocol_section(params: Params, models_dir: Path) -> list[str]:
              "", f"'flattened': seeds whose validation curve had flattened before the budget ran out: stopped on "
                  f"patience, or the last quarter of the budget brought less than {FLAT_SHARE:.0%} of the fit's whole "
                  "improvement in validation score.", ""]
-    if not summaries:
+    if not summaries and not refusals:
         return lines + ["No learned model was trained.", ""]
-    for key, models in summaries.items():
+    for key in [k for k in params.stores if k in summaries or k in refusals]:
         rows = []
-        for name, s in models.items():
-            budget = int(s["budget_steps"])
-            seeds = s.get("seeds", {})
-            used = [int(e.get("steps_used", 0)) for e in seeds.values()]
-            st = params.stores[key]
-            flat = sum(flattened(read_log(models_dir / st.task / st.optimizer.name / name / seed / "train_log.csv"),
-                                 budget)
-                       for seed in seeds
-                       if (models_dir / st.task / st.optimizer.name / name / seed / "train_log.csv").is_file())
-            tuning = s.get("tuning")
-            if tuning:
-                scores = ", ".join(f"{tr['val_final_mse']:.3g}" for tr in tuning["trials"])
-                chosen = f"{_options_text(tuning['chosen_options'])} (trial {tuning['chosen'] + 1} of " \
-                         f"{len(tuning['trials'])}; val scores {scores})"
-            else:
-                chosen = "not tuned"
-            rows.append([name, str(budget), f"{min(used)}-{max(used)}" if used else "-",
-                         f"{flat}/{len(seeds)}", chosen])
+        for name in params.store_models(key):
+            if name in refusals.get(key, {}):
+                rows.append([name, refused_cell(refusals[key][name]), "-", "-", "-"])
+            elif name in summaries.get(key, {}):
+                rows.append(_learned_row(params, models_dir, key, name, summaries[key][name]))
         lines += [f"### {key}", "",
                   "| model | budget (updates) | updates used | flattened | chosen options |",
                   "|---|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     return lines
+
+
+def _learned_row(params: Params, models_dir: Path, key: str, name: str, s: dict) -> list[str]:
+    """One learned model's row of :func:`protocol_section` from its summary.json ``s``."""
+    budget = int(s["budget_steps"])
+    seeds = s.get("seeds", {})
+    used = [int(e.get("steps_used", 0)) for e in seeds.values()]
+    st = params.stores[key]
+    logs = [models_dir / st.task / st.optimizer.name / name / seed / "train_log.csv" for seed in seeds]
+    flat = sum(flattened(read_log(log), budget) for log in logs if log.is_file())
+    tuning = s.get("tuning")
+    if tuning:
+        scores = ", ".join(f"{tr['val_final_mse']:.3g}" for tr in tuning["trials"])
+        chosen = f"{_options_text(tuning['chosen_options'])} (trial {tuning['chosen'] + 1} of " \
+                 f"{len(tuning['trials'])}; val scores {scores})"
+    else:
+        chosen = "not tuned"
+    return [name, str(budget), f"{min(used)}-{max(used)}" if used else "-", f"{flat}/{len(seeds)}", chosen]
 
 
 def val_curve_figures(params: Params, models_dir: Path, fig_dir: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ from gfm.comparisons import (
 )
 from gfm.config import Params
 from gfm.errors import GFMError
+from gfm.model_entries import DOWNSTREAM_NOTE, NOT_COMPUTED, refusal, refused_cell, scored
 from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
 from gfm.pipeline import under
 from gfm.protocol import protocol_section, val_curve_figures
@@ -70,8 +71,54 @@ def load_metrics(params: Params, metrics_dir: Path) -> dict[str, dict]:
 
 
 def _cell(m: dict, name: str, fn) -> str:
-    """A table cell for model ``name`` of one store's metrics, ``n/a`` where it was not trained there."""
-    return fn(m["models"][name]) if name in m["models"] else "n/a"
+    """A table cell for model ``name`` of one store's metrics: ``fn`` of its entry; ``n/a`` where it was not
+    trained there, ``refused: <reason>`` where it refused the store (gfm.model_entries)."""
+    if name not in m["models"]:
+        return "n/a"
+    reason = refusal(m["models"][name])
+    return refused_cell(reason) if reason is not None else fn(m["models"][name])
+
+
+def _xlv_cell(e: dict) -> str:
+    """Final xLV of a scored entry; ``-`` when the store has no xLV (``last_value`` not scored there)."""
+    return fmt(e["final_xlv"], 2) if "final_xlv" in e else NOT_COMPUTED
+
+
+def _downstream_cell(e: dict) -> str:
+    """``loss / recovered`` of a scored entry; ``-`` when downstream metrics were not computed."""
+    d = e.get("downstream")
+    if not d or "loss" not in d:
+        return NOT_COMPUTED
+    return f"{fmt(d['loss'])} / {fmt(d.get('recovered'), 2) if 'recovered' in d else NOT_COMPUTED}"
+
+
+def _accuracy_cell(e: dict) -> str:
+    """Downstream accuracy of a scored entry; ``-`` when not computed."""
+    d = e.get("downstream") or {}
+    return fmt(d["accuracy"]) if "accuracy" in d else NOT_COMPUTED
+
+
+def _reference_cell(m: dict, key: str) -> str:
+    """A reference number (``prefix_loss``, ``true_final_accuracy``, ...) of one store; ``-`` when absent."""
+    ref = m.get("reference") or {}
+    return fmt(ref[key]) if key in ref else NOT_COMPUTED
+
+
+def _downstream_missing(metrics: dict[str, dict]) -> bool:
+    """Whether some store's downstream metrics (reference losses, a scored model's ``downstream``) are absent."""
+    for m in metrics.values():
+        ref = m.get("reference") or {}
+        if "true_final_loss" not in ref or "prefix_loss" not in ref:
+            return True
+        if any("downstream" not in e for e in scored(m["models"]).values()):
+            return True
+    return False
+
+
+def _has_accuracy(m: dict) -> bool:
+    """Whether a store reports accuracy (a classification task): in its reference or any model's downstream."""
+    return "true_final_accuracy" in (m.get("reference") or {}) or any(
+        "accuracy" in (e.get("downstream") or {}) for e in scored(m["models"]).values())
 
 
 def results_block(params: Params, metrics: dict[str, dict], claim_rows: list[dict] | None = None) -> list[str]:
@@ -83,8 +130,7 @@ def results_block(params: Params, metrics: dict[str, dict], claim_rows: list[dic
              f"{params.forecast.horizons[-1]}.", ""]
     stores = list(metrics)
     header = ["model", *[f"{metrics[k]['task']}<br>{metrics[k]['optimizer']}" for k in stores]]
-    rows = [[name, *[fmt(metrics[k]["models"].get(name, {}).get("final_xlv"), 2) for k in stores]]
-            for name in model_order(params)]
+    rows = [[name, *[_cell(metrics[k], name, _xlv_cell) for k in stores]] for name in model_order(params)]
     lines += table(header, rows)
     unc = uncertainty_section(metrics)
     if unc:
@@ -138,9 +184,12 @@ def generalize_section(params: Params, metrics_dir: Path) -> list[str]:
     for pair in data["pairs"]:
         cells = []
         for n in data["models"]:
-            m = pair["models"][n]
+            m = pair["models"].get(n)
+            if m is None or refusal(m) is not None:
+                cells.append(refused_cell(refusal(m)) if m is not None else "n/a")
+                continue
             cells.append(f"{fmt(m['transfer_xlv'], 2)} / {fmt(m['in_distribution_xlv'], 2)}"
-                         + (" (cannot transfer)" if m["error"] else ""))
+                         + (" (cannot transfer)" if m.get("error") else ""))
         rows.append([f"{pair['source']} → {pair['target']}", pair["label"], *cells])
     return lines + table(header, rows) + [""] + generalize_paired(params, data)
 
@@ -149,9 +198,10 @@ HEADLINE_FIGURE, GENERALIZE_FIGURE, ACCELERATE_FIGURE = "headline-xlv.png", "gen
 
 
 def _xlv_grid(params: Params, metrics: dict[str, dict]) -> tuple[list[str], list[str], list[list[float | None]]]:
-    """The headline table's numbers (mean final xLV) as models x stores; models trained nowhere left out."""
+    """The headline table's numbers (mean final xLV) as models x stores (None: not trained or refused there);
+    models with no xLV anywhere left out."""
     stores = [f"{m['task']} / {m['optimizer']}" for m in metrics.values()]
-    rows = {name: [((m["models"].get(name) or {}).get("final_xlv") or {}).get("mean") for m in metrics.values()]
+    rows = {name: [(scored(m["models"]).get(name, {}).get("final_xlv") or {}).get("mean") for m in metrics.values()]
             for name in model_order(params)}
     rows = {name: row for name, row in rows.items() if any(v is not None for v in row)}
     return list(rows), stores, list(rows.values())
@@ -170,7 +220,7 @@ def summary_figures(params: Params, metrics: dict[str, dict], fig_dir: Path, met
                                   "at the prefix)")
         out["headline"] = HEADLINE_FIGURE
     data = _load_generalize(metrics_dir) if metrics_dir is not None else {"pairs": []}
-    if data["pairs"] and data["models"]:
+    if data["pairs"] and data["models"] and figures.generalize_points(data, params.report.level):  # not all refused
         figures.generalize_figure(data, params.report.level, fig_dir / GENERALIZE_FIGURE)
         out["generalize"] = GENERALIZE_FIGURE
     results = _accelerate_results(params, accelerate_dir) if accelerate_dir is not None else []
@@ -214,16 +264,14 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
               "`recovered` = (L_prefix − L_forecast) / (L_prefix − L_final): 1 = as good as training to the end, "
               "0 = no better than stopping at the prefix, < 0 = worse.", ""]
     header = ["store", "prefix loss", "true final loss", *[f"{n} loss / recovered" for n in model_order(params)]]
-    rows = []
-    for k, m in metrics.items():
-        ref = m["reference"]
-        rows.append([k, fmt(ref["prefix_loss"]), fmt(ref["true_final_loss"]),
-                     *[_cell(m, n, lambda e: f"{fmt(e['downstream']['loss'])} / {fmt(e['downstream']['recovered'], 2)}")
-                       for n in model_order(params)]])
+    rows = [[k, _reference_cell(m, "prefix_loss"), _reference_cell(m, "true_final_loss"),
+             *[_cell(m, n, _downstream_cell) for n in model_order(params)]] for k, m in metrics.items()]
     lines += table(header, rows) + [""]
-    acc_rows = [[k, fmt(m["reference"]["prefix_accuracy"]), fmt(m["reference"]["true_final_accuracy"]),
-                 *[_cell(m, n, lambda e: fmt(e["downstream"].get("accuracy"))) for n in model_order(params)]]
-                for k, m in metrics.items() if "true_final_accuracy" in m["reference"]]
+    if _downstream_missing(metrics):
+        lines += [DOWNSTREAM_NOTE, ""]
+    acc_rows = [[k, _reference_cell(m, "prefix_accuracy"), _reference_cell(m, "true_final_accuracy"),
+                 *[_cell(m, n, _accuracy_cell) for n in model_order(params)]]
+                for k, m in metrics.items() if _has_accuracy(m)]
     if acc_rows:
         lines += ["Accuracy (classification tasks, on each run's training data):", ""]
         lines += table(["store", "prefix", "true final", *model_order(params)], acc_rows) + [""]
