@@ -161,6 +161,33 @@ def _copy_pipeline(repo: Path, into: Path, *, guard: tuple[Path, ...]) -> None:
             shutil.copy2(src, out)
 
 
+def _declared_paths_absolute(text: bytes, base: Path) -> bytes:
+    """The preset's text, with the relative path of every declared store (a task of kind ``recorded``) made
+    absolute: it is relative to the preset's directory, and the workspace's params.yaml lies elsewhere. Only
+    those values change (ruamel's round trip keeps the rest as written); a preset without one is copied as is."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    if b"recorded" not in text:
+        return text
+    editor = YAML(typ="rt")
+    editor.preserve_quotes = True
+    editor.width = 4096
+    doc = editor.load(text)
+    changed = False
+    for entry in (doc.get("tasks") or {}).values():
+        if isinstance(entry, dict) and entry.get("kind") == "recorded" and isinstance(entry.get("path"), str) \
+                and not os.path.isabs(entry["path"]):
+            entry["path"] = str(base / entry["path"])
+            changed = True
+    if not changed:
+        return text
+    out = io.StringIO()
+    editor.dump(doc, out)
+    return out.getvalue().encode()
+
+
 def _build(staging: Path, dest_abs: Path, repo: Path, params: Path, text: bytes) -> None:
     """A complete new workspace in the empty folder ``staging``: git and DVC first (dvc init then writes
     .dvc/.gitignore), then the copies, the ignores, the first commit, and the marker last."""
@@ -239,7 +266,7 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
     if not params.is_file():
         raise WorkspaceError(f"{params}: no such params file (presets are params.<name>.yaml in the repository root)")
     load_params(params)   # ParamsError names the file, the key and what is allowed
-    text = params.read_bytes()
+    text = _declared_paths_absolute(params.read_bytes(), params.resolve().parent)
     missing = [name for name in PIPELINE_FILES if not (repo / name).exists()]
     if missing:
         raise WorkspaceError(f"{repo}: not the pipeline repository (missing {', '.join(missing)})")
