@@ -104,13 +104,20 @@ def test_nan_forecasts_are_refused_naming_the_runs_and_chunk(st, capfd):
     assert st.nothing_scored()
 
 
-def test_nan_draws_are_refused_naming_the_chunk(st, capfd):
+def test_uncounted_nan_draws_are_refused_naming_the_chunk(st, capfd):
+    """Draws may be non-finite (the point forecast stands; evaluate scores the other runs' draws), but only the
+    runs the writer counted in nonfinite_draw_runs: one that became NaN or Inf later is named with its chunk."""
     store = st.forecasts / "linear.zarr"
     _with_samples(store)
     zarr.open_array(str(store / "samples"), mode="r+")[0, 1, 0] = np.inf
     _assert_named(*_cli(["check", str(store)], capfd)[:2], "samples: non-finite draws of 1 runs")
-    with pytest.raises(StoreSchemaError, match="in chunk c/0/0/0"):
+    with pytest.raises(StoreSchemaError, match="in chunk c/0/0/0; attribute nonfinite_draw_runs records 0 such runs"):
         forecast.open_forecasts(store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["nonfinite_draw_runs"] = 1  # what the forecast stage writes for such draws
+    (store / "zarr.json").write_text(json.dumps(meta))
+    assert _cli(["check", str(store)], capfd)[0] == 0
+    assert forecast.open_forecasts(store).attrs["nonfinite_draw_runs"] == 1
 
 
 def test_a_store_without_nan_fill_or_chunk_record_is_refused(st, capfd):

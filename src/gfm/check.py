@@ -15,7 +15,9 @@ model directory           ``load_forecaster`` accepts it (format, kind, config, 
                           names, tensors fit the model), tensors finite
 trained-model directory   ``summary.json`` lists exactly the seed directories, each a sound model
 split JSON                structure, decimal seeds, run ids, train / val / test disjoint
-metrics JSON              keys, counts, horizons, reference losses finite, MSEs non-negative
+metrics JSON              keys, counts, horizons, reference losses finite, MSEs non-negative; a refused
+                          model's entry holds its reason alone
+model refusal JSON        model, kind and a one-line reason (a model that refused the store: gfm.refusals)
 CSV (logs, plot data)     header, one field per column, numbers where numbers belong
 report directory          ``summary.md`` and ``summary.html`` present and non-empty
 ``*.partial`` / ``*.tmp``  an interrupted writer's leftovers: never a finished artifact
@@ -128,10 +130,19 @@ def _check_json(path: Path, v: Verdict) -> None:
         v.kind = "generalisation metrics"
         if not isinstance(data["pairs"], list) or not all(isinstance(p, dict) and "models" in p for p in data["pairs"]):
             v.problems.append("'pairs' must be a list of objects with 'models'")
-    elif set(data) - {"gfm_output"} == {"store", "models"}:  # gfm_output: the writer's marker (gfm.outputs)
+    elif set(data) - {"gfm_output", "refused"} == {"store", "models"}:  # gfm_output: the writer's marker
         v.kind = "model index"
         if not isinstance(data["models"], dict) or not all(isinstance(k, str) for k in data["models"].values()):
             v.problems.append("'models' must map model names to forecaster kinds")
+        elif not isinstance(data.get("refused", {}), dict) or not set(data.get("refused", {})) <= set(data["models"]) \
+                or not all(isinstance(r, str) for r in data.get("refused", {}).values()):
+            v.problems.append("'refused' must map listed model names to the reasons they refused the store")
+    elif {"model", "kind", "refused"} <= set(data):
+        from gfm.refusals import refusal_problems
+
+        v.kind = "model refusal"
+        v.problems += refusal_problems(data)
+        v.summary = "" if v.problems else f"{data['model']} ({data['kind']}) refused the store: {data['refused']}"
     else:
         v.problems.append(f"unrecognised JSON (keys {sorted(data)[:6]})")
 
@@ -177,7 +188,8 @@ def _check_metrics(data: dict, v: Verdict) -> None:
         mean_std(m.get("final_mse"), f"models.{name}.final_mse")
         for h, ms in (m.get("mse_by_horizon") or {}).items():
             mean_std(ms, f"models.{name}.mse_by_horizon.{h}.mse")
-    v.summary = f"store {data.get('store')}, {len(models)} models"
+    refused = sum(isinstance(m, dict) and "refused" in m for m in models.values())
+    v.summary = f"store {data.get('store')}, {len(models)} models" + (f" ({refused} refused)" if refused else "")
 
 
 _INT_COLUMNS = {"epoch", "horizon", "step", "param"}

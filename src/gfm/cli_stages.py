@@ -60,9 +60,15 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     result = split.run(params.split, store=Path(args.inp), out=Path(args.out))
-    sizes = {d: {k: len(v) for k, v in e.items()} for d, e in result["datasets"].items()}
-    print(json.dumps(sizes, sort_keys=True))
+    print(split_line(Path(args.out), result["datasets"]))
     return 0
+
+
+def split_line(out: Path, datasets: dict[str, dict[str, list[int]]]) -> str:
+    """What ``gfm split`` prints: one line of totals (the run ids are in the file)."""
+    total = {part: sum(len(e[part]) for e in datasets.values()) for part in ("train", "val", "test", "diverged")}
+    return (f"wrote {out}: {len(datasets)} dataset seeds, {total['train']} train, {total['val']} val, "
+            f"{total['test']} test runs ({total['diverged']} diverged)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -75,9 +81,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ParamsError(problems, source=args.params)
     summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
                         out=Path(args.out), progress=False if args.quiet else None)
-    print(json.dumps({"store": summary.store, "model": summary.model, "seconds": summary.seconds,
-                      "seeds": sorted(summary.seeds)}, sort_keys=True))
+    print(train_line(Path(args.out), summary))
     return 0
+
+
+def train_line(out: Path, summary) -> str:
+    """What ``gfm train`` prints: one line, the fits or the model's refusal of the store (a refusal is not a
+    failure: the job succeeds; the details are in ``summary.json`` / ``refused.json``)."""
+    if summary.refused is not None:
+        return f"{summary.store}/{summary.model}: refused the store: {summary.refused} (wrote {out}/refused.json)"
+    return (f"wrote {out}: {summary.model} ({summary.kind}) fitted on {len(summary.seeds)} dataset seeds in "
+            f"{summary.seconds} s")
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
@@ -86,8 +100,17 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     summary = forecast.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
                            models=Path(args.models), out=Path(args.out), names=args.model or None)
-    print(json.dumps({name: s["n_runs"] for name, s in summary.items()}, sort_keys=True))
+    print(forecast_line(Path(args.out), summary))
     return 0
+
+
+def forecast_line(out: Path, summaries: dict[str, dict]) -> str:
+    """What ``gfm forecast`` prints: one line, the models forecast and those that refused the store, with why."""
+    done = {n: s for n, s in summaries.items() if "refused" not in s}
+    runs = sorted({s["n_runs"] for s in done.values()})
+    line = f"wrote {out}: {len(done)} models forecast" + (f" {runs[0]} test runs" if len(runs) == 1 else "")
+    refused = [f"{n} ({s['refused']})" for n, s in summaries.items() if "refused" in s]
+    return line + (f"; {len(refused)} refused the store: {'; '.join(refused)}" if refused else "")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -96,8 +119,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
                           forecasts=Path(args.forecasts), metrics=Path(args.metrics), plots=Path(args.plots))
-    print(json.dumps({n: m["final_mse"] for n, m in result["models"].items()}, sort_keys=True))
+    print(evaluate_line(Path(args.metrics), result))
     return 0
+
+
+def evaluate_line(metrics: Path, result: dict) -> str:
+    """What ``gfm evaluate`` prints: one line, how many models were scored and which refused the store."""
+    refused = [n for n, m in result["models"].items() if "refused" in m]
+    scored = len(result["models"]) - len(refused)
+    return (f"wrote {metrics}: {scored} models scored on {result['counts']['test_runs']} test runs"
+            + (f"; refused the store: {', '.join(refused)}" if refused else ""))
 
 
 def _cmd_generalize(args: argparse.Namespace) -> int:

@@ -16,6 +16,12 @@ Per (task, optimizer, model), on the non-diverged test runs of each dataset seed
   training loss the draws reach, under ``uncertainty`` (keys ``coverage_50``, ``coverage_90``, ``crps``,
   ``loss``).
 
+A model that refused the store (``<model>.refused.json`` in the forecast directory, gfm.refusals) appears as
+``models[<model>] = {"refused": "<reason>"}`` and nothing else; the others are scored as usual. A store every
+model refused still gets a valid metrics file: its counts and reference block, and only refusals under
+``models`` (and plot CSVs with no model rows). Of sampled draws, only the runs whose draws are all finite are
+scored; ``uncertainty.nonfinite_draw_runs`` counts the rest.
+
 Outputs: ``data/metrics/<task>/<optimizer>.json`` and, under ``data/plots/<task>/<optimizer>/``,
 ``mse_vs_horizon.csv`` and ``trajectory.csv`` (long format), all DVC-cached. The report draws them; the
 headline stage (gfm.headline) condenses them into what ``dvc metrics`` / ``dvc plots`` show.
@@ -49,11 +55,13 @@ from gfm.outputs import (
     replace_output,
     write_json_output,
 )
+from gfm.refusals import forecast_refusal_path, read_refusal
 from gfm.runs import RunId, setup_run
 from gfm.store import open_trajectories, read_runs
 from gfm.tasks import make_task
 from gfm.tasks.recorded import recorded_task
 from gfm.uncertainty import covered, crps
+from gfm.verdict import READ_BYTES
 
 __all__ = ["run", "mean_std", "downstream_losses", "uncertainty_scores"]
 
@@ -75,22 +83,42 @@ def downstream_losses(task, setups, theta: np.ndarray) -> tuple[np.ndarray, np.n
     return loss, (None if acc is None else acc.numpy())
 
 
-def uncertainty_scores(task, setups, draws: np.ndarray, true_w: np.ndarray, true_loss: np.ndarray, per_seed) -> dict:
+def uncertainty_scores(task, setups, draws: np.ndarray, true_w: np.ndarray, true_loss: np.ndarray,
+                       seed_of: np.ndarray, seeds: list[int]) -> dict:
     """Coverage of the central 50% and 90% intervals and the CRPS (gfm.uncertainty) of sampled final weights
     ``draws`` (run, draw, param) against the true final weights, pooled over parameters within a run, and of
     the training loss those draws reach against the run's true final loss; each as mean +- std over dataset
-    seeds of the per-seed means."""
+    seeds of the per-seed means (``seed_of``: each run's dataset seed; ``seeds``: their order).
+
+    Only runs whose draws are all finite are scored (a non-finite draw has no interval or CRPS to speak of);
+    ``nonfinite_draw_runs`` counts the others, and a seed with none left drops out of the mean (``n`` counts
+    the seeds scored; all-NaN scores with ``n`` 0 when no run is)."""
+    finite = np.isfinite(draws.reshape(len(draws), -1)).all(axis=1)
+    keep = np.flatnonzero(finite)
+    scored = [s for s in seeds if (seed_of[keep] == s).any()]
+
+    def per_seed(v: np.ndarray) -> list[float]:
+        return [float(np.mean(v[seed_of[keep] == s])) for s in scored]
+
+    def summary(values: list[float]) -> dict:
+        return mean_std(values) if values else {"mean": float("nan"), "std": float("nan"), "n": 0}
+
     def scores(x: np.ndarray, y: np.ndarray) -> dict:
+        if not keep.size:
+            return {k: summary([]) for k in ("coverage_50", "coverage_90", "crps")}
         per_run = lambda v: v.reshape(len(v), -1).mean(1)  # noqa: E731 - (run, ...) -> (run,)
-        return {"coverage_50": mean_std(per_seed(per_run(covered(x, y, 0.5)))),
-                "coverage_90": mean_std(per_seed(per_run(covered(x, y, 0.9)))),
-                "crps": mean_std(per_seed(per_run(crps(x, y))))}
+        return {"coverage_50": summary(per_seed(per_run(covered(x, y, 0.5)))),
+                "coverage_90": summary(per_seed(per_run(covered(x, y, 0.9)))),
+                "crps": summary(per_seed(per_run(crps(x, y))))}
 
     n_draws = draws.shape[1]
+    kept, kept_setups = draws[keep], [setups[i] for i in keep] if task is not None else []
+    out = {"samples": int(n_draws), "nonfinite_draw_runs": int((~finite).sum()), **scores(kept, true_w[keep])}
     if task is None:  # no network to score the draws with on the run's own data (a declared store without it)
-        return {"samples": int(n_draws), **scores(draws, true_w)}
-    loss = np.stack([downstream_losses(task, setups, draws[:, j])[0] for j in range(n_draws)], 1)  # (run, draw)
-    return {"samples": int(n_draws), **scores(draws, true_w), "loss": scores(loss, true_loss)}
+        return out
+    loss = (np.stack([downstream_losses(task, kept_setups, kept[:, j])[0] for j in range(n_draws)], 1) if keep.size
+            else None)  # (run, draw)
+    return {**out, "loss": scores(loss, true_loss[keep])}
 
 
 def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: Path, metrics: Path,
@@ -107,9 +135,10 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
         raise GFMError(f"{split}: no non-diverged test runs to evaluate")
     horizons = list(params.forecast.horizons)
     k = params.forecast.prefix_end
-    # whole test runs, one write block at a time, keeping only the horizon and prefix-end records: memory is
-    # bounded by a block, not by the test set (BENCHMARKS.md "Bounded memory")
-    block = int(ts.attrs["block_runs"])
+    # whole test runs, as many as fit READ_BYTES at a time, keeping only the horizon and prefix-end records:
+    # memory is bounded by that, not by the test set (BENCHMARKS.md "Bounded memory"); not one write block at a
+    # time, which is one run of a recorded store, and a read call per run
+    block = max(1, READ_BYTES // (4 * ts.n_records * ts.n_params))
     truth_parts, prefix_parts = [], []
     for start in range(0, runs.size, block):
         w = read_runs(ts.weights, runs[start : start + block])  # (block, record, param)
@@ -149,6 +178,10 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     n_show = min(params.evaluate.trajectory_params, ts.n_params)
     show_params = np.unique(np.linspace(0, ts.n_params - 1, n_show).round().astype(int))
     for name in params.store_models(store_key):
+        reason = _refusal(forecasts, name)
+        if reason is not None:  # the model refused the store: listed with its reason, nothing to score
+            models[name] = {"refused": reason}
+            continue
         fs = open_forecasts(forecasts / f"{name}.zarr")  # refuses missing or non-finite chunks (gfm check's rules)
         _check_fits(fs, horizons=horizons, prefix_end=k, runs=runs, n_params=ts.n_params)
         order = {int(r): i for i, r in enumerate(fs.store_index)}
@@ -173,7 +206,8 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
                 entry["downstream"]["accuracy"] = mean_std(per_seed(acc_fc))
         if fs.samples is not None:
             draws = fs.samples[[order[int(r)] for r in runs]]  # (run, draw, param), aligned with `runs`
-            entry["uncertainty"] = uncertainty_scores(task, setups, draws, final_true_w, true_loss_final, per_seed)
+            entry["uncertainty"] = uncertainty_scores(task, setups, draws, final_true_w, true_loss_final, seed_of,
+                                                      seeds)
         models[name] = entry
         for h in horizons:
             curves.append({"model": name, "horizon": h, "step": h * ts.record_every,
@@ -182,11 +216,12 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
             for j, h in enumerate(horizons):
                 traj_rows.append({"param": int(p), "step": h * ts.record_every, "series": name,
                                   "value": float(pred[plot_run, j, p])})
-    if "last_value" in models:
+    scored = [entry for entry in models.values() if "refused" not in entry]
+    if "last_value" in models and "refused" not in models["last_value"]:
         base = np.array(models["last_value"]["_per_seed_final"])
-        for entry in models.values():
+        for entry in scored:
             entry["final_xlv"] = mean_std(np.array(entry["_per_seed_final"]) / base)
-    for entry in models.values():
+    for entry in scored:
         entry.pop("_per_seed_final")
 
     true_traj = read_runs(ts.weights, runs[plot_run : plot_run + 1])[0]  # (record, param): one whole run
@@ -231,6 +266,18 @@ def _downstream_data(params: Params, spec, task_cfg, ts, store: Path, runs: np.n
     x[order], y[order] = group["eval/x"].get_orthogonal_selection(runs[order]), \
         group["eval/y"].get_orthogonal_selection(runs[order])
     return task, [SimpleNamespace(x=torch.from_numpy(x[i]), y=torch.from_numpy(y[i])) for i in range(runs.size)], ""
+
+
+def _refusal(forecasts: Path, name: str) -> str | None:
+    """The reason model ``name`` refused the store, from the forecast directory's ``<name>.refused.json``
+    (gfm.refusals), or None when it forecast."""
+    path = forecast_refusal_path(forecasts, name)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if (forecasts / f"{name}.zarr").exists():
+        raise GFMError(f"{forecasts}: holds both {name}.zarr and {path.name}; a forecast directory holds one "
+                       "of them per model; re-run forecast")
+    return read_refusal(path, model=name)["refused"]
 
 
 def _check_fits(fs, *, horizons: list[int], prefix_end: int, runs: np.ndarray, n_params: int) -> None:

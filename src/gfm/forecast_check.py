@@ -1,7 +1,8 @@
 """``gfm check`` of a forecast store (the forecast stage's output, written by :mod:`gfm.forecast`): kind, schema
 version, completion flag, shapes against its horizons, the optional ``samples`` draws, the float arrays filled
 with NaN, every chunk of every array's grid present and counted in the ``chunks`` attribute, store indices
-unique, every chunk decoded and finite.
+unique, every chunk decoded, forecasts finite, and the runs with non-finite draws as many as the store records
+(attribute ``nonfinite_draw_runs``: draws may be non-finite, point forecasts may not).
 
 The same rules gate every reader: :func:`gfm.forecast.open_forecasts` (evaluate, generalize, the Python API)
 and the forecast stage itself, which checks what it wrote before the store is renamed into place
@@ -174,15 +175,30 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
         v.problems.append(f"weights: non-finite forecasts of {runs_text(index[nonfinite])} (store runs) in chunk"
                           f"{'s' if len(bad_chunks) > 1 else ''} {', '.join(dict.fromkeys(bad_chunks))}")
     elif n_draws:
-        try:
-            draws = g["samples"][:]  # (run, draw, param): the final horizon only, small beside the weights
-        except Exception as exc:  # noqa: BLE001
-            v.problems.append(f"samples: chunk data unreadable ({type(exc).__name__})")
-            return
-        bad = ~np.isfinite(draws.reshape(len(draws), -1)).all(axis=1)
-        if bad.any():
-            chunks = _nonfinite_chunks(draws, 0, metas["samples"])
-            v.problems.append(f"samples: non-finite draws of {runs_text(index[np.flatnonzero(bad)])} (store runs) "
-                              f"in chunk{'s' if len(chunks) > 1 else ''} {', '.join(chunks)}")
+        _check_draws(g, attrs, index, metas["samples"], v)
     v.summary = (f"model {attrs.get('model')}, {R} runs x {H} horizons x {P} params"
-                 + (f", {n_draws} draws per run" if n_draws else ""))
+                 + (f", {n_draws} draws per run" if n_draws else "")
+                 + (f" ({attrs['nonfinite_draw_runs']} runs with non-finite draws)"
+                    if n_draws and attrs.get("nonfinite_draw_runs") else ""))
+
+
+def _check_draws(g, attrs: dict, index: np.ndarray, meta: dict, v: Verdict) -> None:
+    """Draws may be non-finite (a sampled trajectory can blow up where the point forecast does not), but only as
+    many runs as the writer counted in ``nonfinite_draw_runs`` (absent: 0, the stores of a gfm that refused
+    them): a draw that became NaN or Inf afterwards is named with its chunk."""
+    recorded = attrs.get("nonfinite_draw_runs", 0)
+    if not is_int(recorded) or not 0 <= recorded <= len(index):
+        v.problems.append(f"attribute nonfinite_draw_runs {recorded!r:.40}: expected the number of runs with "
+                          f"non-finite draws (0..{len(index)})")
+        return
+    try:
+        draws = g["samples"][:]  # (run, draw, param): the final horizon only, small beside the weights
+    except Exception as exc:  # noqa: BLE001
+        v.problems.append(f"samples: chunk data unreadable ({type(exc).__name__})")
+        return
+    bad = ~np.isfinite(draws.reshape(len(draws), -1)).all(axis=1)
+    if int(bad.sum()) != recorded:
+        chunks = _nonfinite_chunks(draws, 0, meta)
+        where = f" in chunk{'s' if len(chunks) > 1 else ''} {', '.join(chunks)}" if chunks else ""
+        v.problems.append(f"samples: non-finite draws of {runs_text(index[np.flatnonzero(bad)])} (store runs)"
+                          f"{where}; attribute nonfinite_draw_runs records {recorded} such runs")

@@ -50,7 +50,7 @@ __all__ = [
     "claim_output", "unsafe_location", "open_temp_dir", "replace_output", "remove_output", "write_text_output",
     "write_json_output", "discard_temp",
     "TRAJECTORY_STORE", "FORECASTS", "MODELS", "MODEL", "PLOTS", "REPORT", "SPLIT", "METRICS", "GENERALIZE",
-    "ACCELERATE", "WORKSPACE",
+    "ACCELERATE", "WORKSPACE", "REFUSAL",
 ]
 
 WORKSPACE_MARKER = ".gfm-workspace.json"  # written into every gfm workspace (gfm.workspace)
@@ -208,10 +208,17 @@ def _own_trajectory_store(path: Path) -> str | None:
     return _zarr_artifact(path, "a trajectory store", forecast=False)
 
 
+def _own_refusal(p: Path) -> bool:
+    """A model refusal JSON (gfm.refusals) written by a stage: a plain file marked as one."""
+    return _plain_file(p) and marker_kind(p) == REFUSAL.name and REFUSAL.own(p) is None
+
+
 def _own_forecasts(path: Path) -> str | None:
-    """forecast --out: a directory of ``<model>.zarr`` forecast stores."""
-    return _entries(path, "forecast stores (<model>.zarr)", lambda e: e.name.endswith(".zarr") and _plain_dir(e)
-                    and _zarr_artifact(e, "a forecast store", forecast=True) is None)
+    """forecast --out: a directory of ``<model>.zarr`` forecast stores and ``<model>.refused.json`` refusals."""
+    return _entries(path, "forecast stores (<model>.zarr) or refusals (<model>.refused.json)",
+                    lambda e: (e.name.endswith(".zarr") and _plain_dir(e)
+                               and _zarr_artifact(e, "a forecast store", forecast=True) is None)
+                    or (e.name.endswith(".refused.json") and _own_refusal(e)))
 
 
 _MODEL_FILES = {"config.json", "weights.safetensors", "train_log.csv"}
@@ -223,7 +230,11 @@ def _own_model(path: Path) -> str | None:
 
 
 def _own_models(path: Path) -> str | None:
-    """train --out: summary.json and one model directory per dataset seed."""
+    """train --out: summary.json and one model directory per dataset seed, or (a model that refused the store)
+    refused.json alone."""
+    if (path / "refused.json").exists() or (path / "refused.json").is_symlink():
+        return _entries(path, "a model's refusal of a store (refused.json alone)",
+                        lambda e: e.name == "refused.json" and _own_refusal(e), required="refused.json")
     return _entries(path, "trained models (summary.json and <seed>/ model directories)",
                     lambda e: _plain_file(e, {"summary.json"})
                     or (e.name.isdigit() and _plain_dir(e) and _own_model(e) is None), required="summary.json")
@@ -277,8 +288,10 @@ SPLIT = Kind("split JSON", False, _json_kind("a split JSON", {"datasets"}))
 METRICS = Kind("metrics JSON", False, _json_kind("a metrics JSON", {"models", "counts"}))
 GENERALIZE = Kind("generalisation metrics JSON", False, _json_kind("a generalisation metrics JSON", {"pairs"}))
 ACCELERATE = Kind("accelerate metrics JSON", False, _json_kind("an accelerate metrics JSON", {"plain", "models"}))
+# a model's refusal of a store (gfm.refusals): written inside a trained-models or forecast directory, never alone
+REFUSAL = Kind("model refusal JSON", False, _json_kind("a model refusal JSON", {"model", "kind", "refused"}))
 KINDS = {k.name: k for k in (TRAJECTORY_STORE, FORECASTS, MODELS, MODEL, PLOTS, REPORT, WORKSPACE, SPLIT, METRICS,
-                             GENERALIZE, ACCELERATE)}
+                             GENERALIZE, ACCELERATE, REFUSAL)}
 
 
 # --- the checks --------------------------------------------------------------------------------------------

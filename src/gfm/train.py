@@ -13,6 +13,10 @@ costs more than most of them. Output (written to a temporary sibling, then renam
         <dataset_seed>/train_log.csv epoch,train_loss,val_loss,best_val_loss (losses in the model's
                                      own normalised units; one epoch-0 row of weight MSE for closed-form models)
 
+A forecaster that cannot forecast the store raises ``StoreNotSupported`` in its fit: the directory then holds
+``refused.json`` alone (gfm.refusals: model, kind, the one-line reason) and the job succeeds, so the store's
+other models are forecast and scored as usual. Any other error fails the job.
+
 Usage::
 
     gfm train --params params.yaml --store mlp_regression-sgd --model lstm \\
@@ -42,8 +46,9 @@ from tqdm import tqdm
 from gfm.config import Params, to_dict
 from gfm.config.sizes import _count, _size
 from gfm.errors import GFMError, ParamsError, on_out_of_memory
-from gfm.forecasters import FORECASTERS, Forecaster, Trajectories, make_forecaster
+from gfm.forecasters import FORECASTERS, Forecaster, StoreNotSupported, Trajectories, make_forecaster
 from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
+from gfm.refusals import REFUSED_FILE, refusal_reason, write_refusal
 from gfm.schema import build
 from gfm.seeds import hashed_seed
 from gfm.split import SplitError, read_split
@@ -69,6 +74,7 @@ class TrainSummary:
     device: str
     seeds: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    refused: str | None = None  # the reason, when the forecaster refused the store (StoreNotSupported)
 
 
 def model_problems(params: Params, names: list[str] | None = None) -> list[str]:
@@ -284,7 +290,8 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         progress: tqdm bar on stderr (None = only when stderr is a terminal).
 
     Returns:
-        The summary also written to ``out/summary.json``.
+        The summary also written to ``out/summary.json``; for a model that refused the store (``StoreNotSupported``
+        from its fit) one whose ``refused`` holds the reason, and ``out`` holds only ``refused.json``.
 
     Raises:
         ParamsError: unknown model or invalid model options.
@@ -391,6 +398,11 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
                 "seeds": {seed: {k: v for k, v in e.items() if k not in TIMING_KEYS}
                           for seed, e in summary.seeds.items()}}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    except StoreNotSupported as exc:  # the model's refusal of this store, not a failure: recorded, job succeeds
+        discard_temp(tmp)
+        summary.refused, summary.seeds = refusal_reason(exc), {}
+        tmp = open_temp_dir(out, MODELS)
+        write_refusal(tmp / REFUSED_FILE, model=model, kind=kind, reason=summary.refused, stage="train")
     except BaseException:
         discard_temp(tmp)  # a failed fit leaves nothing beside the output
         raise
