@@ -52,6 +52,7 @@ from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
 from gfm.outputs import ACCELERATE, claim_output, write_json_output
 from gfm.pipeline import PATHS, under
+from gfm.refusals import REFUSED_FILE, read_refusal
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.seeds import hashed_seed
 from gfm.split import SplitError, read_split
@@ -307,7 +308,13 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     all_runs = run_ids(params.generate.dataset_seeds, task_cfg.runs_per_dataset)
     chosen = _read_split_runs(split, part, all_runs)
     t_start = time.perf_counter()
-    per_model: dict[str, list[dict]] = {"plain": [], **{m: [] for m in acc.models}}
+    refused = {}  # models that refused this store at train time (gfm.refusals): reported, never run
+    for name in acc.models:
+        mark = under(models, "model", spec.task, spec.optimizer.name, name, replaces=PATHS["models"]) / REFUSED_FILE
+        if mark.exists():
+            refused[name] = read_refusal(mark, model=name)["refused"]
+    jumpers = [m for m in acc.models if m not in refused]
+    per_model: dict[str, list[dict]] = {"plain": [], **{m: [] for m in jumpers}}
     for d, ids in sorted(chosen.items(), key=lambda kv: int(kv[0])):
         ids = ids[: acc.runs] if acc.runs else ids
         if not ids:
@@ -318,7 +325,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         plain = simulate_jumps(task, spec.optimizer, data, budget=budget, forecaster=None, every=acc.every,
                                horizons=list(acc.horizons))
         per_model["plain"].append(plain)
-        for name in acc.models:
+        for name in jumpers:
             path = under(models, "model", spec.task, spec.optimizer.name, name, replaces=PATHS["models"]) / str(d)
             try:
                 fc = load_forecaster(path)
@@ -355,7 +362,9 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
                   "initial_loss_mean": float(plain["loss"][:, 0].mean())},
         "models": {},
     }
-    for name in acc.models:
+    for name, reason in refused.items():
+        result["models"][name] = {"refused": reason}
+    for name in jumpers:
         loop = cat(name)
         result["models"][name] = summarise(plain, loop, budget=budget,
                                            timing=acc.timing)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gfm.accelerate import SPEEDUP_TARGET
 from gfm.config import Params
+from gfm.model_entries import cell_text
 from gfm.pipeline import under
 
 __all__ = ["accelerate_section"]
@@ -44,13 +45,16 @@ def accelerate_section(params: Params, metrics_dir: Path) -> list[str]:
         timing = "seconds" in r
         header = ["loop", "steps to target", "speed-up (steps)", "reached", "final loss (mean)", "final ≤ plain",
                   "jumps accepted / rejected"] + (["s to target", "speed-up (wall)"] if timing else [])
-        m0 = next(iter(r["models"].values()), None)
+        m0 = next((m for m in r["models"].values() if "refused" not in m), None)
         plain_row = ["plain", _g(m0["plain_steps_to_target_mean"]) if m0 else "–", "1", "1",
                      _g(r["plain"]["final_loss_mean"]), "–", "–"]
         if timing:
             plain_row += [_g(m0["plain_seconds_to_target_mean"]) if m0 else "–", "1"]
         rows = [plain_row]
         for name, m in r["models"].items():
+            if "refused" in m:  # the model refused this store (gfm.refusals): its reason, no numbers
+                rows.append([name, f"refused: {cell_text(m['refused'])}"] + ["–"] * (len(header) - 2))
+                continue
             row = [name, _g(m["steps_to_target_mean"]), f"{m['speedup_steps']:.2f}x" + (" ✓" if m["meets_target"] else ""),
                    f"{m['reached']:.0%}", _g(m["final_loss_mean"]), f"{m['no_worse_final']:.0%}",
                    f"{m['accepted']} / {m['rejected']}"]
@@ -60,7 +64,7 @@ def accelerate_section(params: Params, metrics_dir: Path) -> list[str]:
         lines += [f"### {key} ({r['plain']['runs']} runs, budget {r['budget']} steps)", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                   *["| " + " | ".join(row) + " |" for row in rows], ""]
-        met = [n for n, m in r["models"].items() if m["meets_target"]]
+        met = [n for n, m in r["models"].items() if m.get("meets_target")]
         lines += [f"Target met by: {', '.join(met)}." if met else
                   f"Target ({SPEEDUP_TARGET}x fewer steps, no worse final loss) not met by any forecaster.", ""]
     return lines
