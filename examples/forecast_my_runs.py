@@ -1,7 +1,7 @@
 """Your own training runs through the whole pipeline: record them with gfm.record, declare the store, run it.
 
     python examples/forecast_my_runs.py        # records 32 runs of the loop below (~1 min on 2 cores) into
-                                               # data/recorded/my_runs.zarr and writes params.my_runs.yaml
+                                               # recorded/my_runs.zarr and writes params.my_runs.yaml
     make run PRESET=my_runs                    # trains, forecasts, evaluates and reports it in build/my_runs/
                                                # (~3 min on 2 cores); report: build/my_runs/reports/summary.md
 
@@ -125,7 +125,7 @@ def write_study(params: str | Path, stores: dict[str, str | Path], seeds: list[i
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default="data/recorded/my_runs.zarr", help="the store to record (default: %(default)s)")
+    ap.add_argument("--store", default="recorded/my_runs.zarr", help="the store to record (default: %(default)s)")
     ap.add_argument("--params", default="params.my_runs.yaml", help="the preset to write (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=16, help="runs per dataset seed (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default: %(default)s)")
