@@ -107,6 +107,22 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
     with pytest.raises(accelerate.AccelerateError, match="train model 'lfd2'"):
         accelerate.run(bad, store_key="least_squares_1d_gd-sgd", split=tmp_path / "split.json",
                        models=tmp_path / "models", out=tmp_path / "x.json")
+    # a model that refused the store at train time is reported with its reason; the others still jump
+    import shutil
+
+    from gfm.refusals import REFUSED_FILE, write_refusal
+
+    shutil.rmtree(tmp_path / "models" / "linear")
+    (tmp_path / "models" / "linear").mkdir()
+    write_refusal(tmp_path / "models" / "linear" / REFUSED_FILE, model="linear", kind="linear",
+                  reason="linear: cannot | forecast <this>", stage="train")
+    r2 = accelerate.run(params, store_key="least_squares_1d_gd-sgd", split=tmp_path / "split.json",
+                        models=tmp_path / "models", out=tmp_path / "refused.json")
+    assert r2["models"]["linear"] == {"refused": "linear: cannot | forecast <this>"}
+    assert r2["models"]["exp_fit"] == r["models"]["exp_fit"]
+    (tmp_path / "acc" / "least_squares_1d_gd" / "sgd.json").write_text((tmp_path / "refused.json").read_text())
+    assert "| linear | refused: linear: cannot \\| forecast &lt;this&gt; |" in "\n".join(
+        accelerate_section(params, tmp_path / "acc"))
 
 
 @pytest.mark.parametrize("edit, match", [
