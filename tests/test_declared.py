@@ -203,3 +203,22 @@ def test_a_workspace_reads_the_declared_store_from_where_the_preset_names_it(tmp
         {k: v for k, v in yaml.safe_load(params.read_text()).items() if k != "tasks"}
     # a preset without a declared store is copied byte for byte
     assert _declared_paths_absolute(TINY.read_bytes(), ROOT) == TINY.read_bytes()
+
+
+def test_gfm_rechunk_rewrites_a_recorded_store_for_reading_many_runs_per_call(tmp_path, recorded):
+    out = tmp_path / "fast.zarr"
+    proc = subprocess.run([sys.executable, "-m", "gfm", "rechunk", str(recorded), str(out)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}: 8 runs x 13 records x 17 params, 8 runs per chunk"
+    src, dst = zarr.open_group(recorded, mode="r"), zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(dst["weights"][:], src["weights"][:])
+    assert dst["weights"].chunks[0] == 8 and dst.attrs["block_runs"] == 8
+    # its own input is never its output, and a directory that is not a store is never replaced
+    assert subprocess.run([sys.executable, "-m", "gfm", "rechunk", str(out), str(out)], capture_output=True,
+                          text=True).returncode == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    bad = subprocess.run([sys.executable, "-m", "gfm", "rechunk", str(recorded), str(tmp_path / "mine")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"

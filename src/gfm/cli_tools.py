@@ -29,6 +29,17 @@ def _cmd_declare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rechunk(args: argparse.Namespace) -> int:
+    from gfm.config import StoreLayoutConfig
+    from gfm.declared import rechunk
+
+    chunks = load_params(args.params).store if args.params else StoreLayoutConfig()
+    done = rechunk(args.src, args.dest, chunks=chunks)
+    print(f"wrote {done['store']}: {done['runs']} runs x {done['records']} records x {done['params']} params, "
+          f"{chunks.chunk_runs} runs per chunk")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from gfm.store import open_trajectories
 
@@ -127,6 +138,14 @@ def add_parsers(sub) -> None:
     d.add_argument("--write", action="store_true",
                    help="edit the params file in place (comments kept); without it, print the entries")
     d.set_defaults(func=_cmd_declare)
+
+    r = sub.add_parser("rechunk", help="rewrite a trajectory store in the generated chunk layout (a gfm.record "
+                                       "store holds one run per chunk; forecasting reads many runs per call)")
+    r.add_argument("src", metavar="SRC.zarr", help="the finished store to rewrite")
+    r.add_argument("dest", metavar="DEST.zarr", help="the store to write (a trajectory store there is replaced)")
+    r.add_argument("--params", default=None, metavar="PARAMS.yaml",
+                   help="take the chunk layout from this params file's `store:` (default: its defaults)")
+    r.set_defaults(func=_cmd_rechunk)
 
     i = sub.add_parser("info", help="summarise a trajectory store")
     i.add_argument("store", metavar="STORE.zarr", help="the trajectory store to summarise")

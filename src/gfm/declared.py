@@ -31,7 +31,7 @@ from typing import Any
 from gfm.errors import GFMError, shorten
 
 __all__ = ["DeclaredStore", "store_digest", "read_declared", "source_problems", "declare_entries", "declare",
-           "default_task_name", "intake", "DeclareError"]
+           "default_task_name", "intake", "rechunk", "DeclareError"]
 
 _SKIP = {".writer.lock"}  # a writer's lock file: not content (gfm.store_files counts it as the store's own)
 _READ = 1 << 20
@@ -192,14 +192,7 @@ def intake(params, key: str, *, out: Path) -> dict:
     Returns:
         ``{"store", "runs", "records", "params", "source"}`` of the written store.
     """
-    import shutil
-
-    import numpy as np
-    import zarr
-
-    from gfm.store import create_trajectory_store
     from gfm.store_check import check_trajectory_store
-    from gfm.store_reader import open_trajectories
     from gfm.verdict import Verdict
 
     spec, task_cfg = params.lookup_store(key)
@@ -216,26 +209,51 @@ def intake(params, key: str, *, out: Path) -> dict:
     check_trajectory_store(src, verdict)
     if verdict.problems:
         raise DeclareError(f"{src}: fails gfm check ({shorten(verdict.problems[0], 200, quote=False)})")
+    done = rechunk(src, out, chunks=params.store,
+                   attrs={"declared": {"path": task_cfg.path, "sha256": task_cfg.sha256, "task": spec.task},
+                          "store": key})
+    return {**done, "source": task_cfg.path}
+
+
+def rechunk(src: str | Path, out: str | Path, *, chunks, attrs: dict | None = None) -> dict:
+    """Write the finished trajectory store ``src`` at ``out`` in the chunk layout ``chunks`` (a
+    :class:`~gfm.config.StoreLayoutConfig`: ``chunk_runs`` runs per chunk, ``shard_runs`` per write block), with
+    every array's values, its root attributes (``attrs`` added) and its held-out evaluation data; checked with
+    ``gfm check``'s rules before it is put in place, and nothing left behind on failure. ``out`` may hold only a
+    trajectory store (replaced) or nothing (gfm.outputs).
+
+    Returns:
+        ``{"store", "runs", "records", "params"}`` of the written store.
+    """
+    import shutil
+
+    import numpy as np
+    import zarr
+
+    from gfm.store import create_trajectory_store
+    from gfm.store_reader import open_trajectories
+
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise DeclareError(f"{out}: is the store to rewrite; write it elsewhere")
     ts = open_trajectories(src)
-    attrs = {k: v for k, v in ts.attrs.items()
-             if k not in ("schema_version", "complete", "layout", "n_runs", "n_records", "n_params", "block_runs",
-                          "chunks", "gfm_output")}
-    attrs["declared"] = {"path": task_cfg.path, "sha256": task_cfg.sha256, "task": spec.task}
-    attrs["store"] = key
-    layout = ts.layout
-    run_fields = {name: np.dtype(arr.dtype) for name, arr in zarr.open_group(src / "runs", mode="r").arrays()}
-    writer = create_trajectory_store(out, n_runs=ts.n_runs, n_records=ts.n_records, layout=layout,
-                                     state_names=ts.state_names, run_fields=run_fields, chunks=params.store,
-                                     attrs=attrs, resume=False)
+    keep = {k: v for k, v in ts.attrs.items()
+            if k not in ("schema_version", "complete", "layout", "n_runs", "n_records", "n_params", "block_runs",
+                         "chunks", "gfm_output")}
     src_group = zarr.open_group(src, mode="r")
+    run_fields = {name: np.dtype(arr.dtype) for name, arr in src_group["runs"].arrays()}
+    writer = create_trajectory_store(out, n_runs=ts.n_runs, n_records=ts.n_records, layout=ts.layout,
+                                     state_names=ts.state_names, run_fields=run_fields, chunks=chunks,
+                                     attrs={**keep, **(attrs or {})}, resume=False)
+    extra = sorted(name for name, _ in src_group["eval"].arrays()) if "eval" in src_group else []
     try:
-        if "eval" in src_group:
-            for name, arr in src_group["eval"].arrays():
-                writer.group.create_array(f"eval/{name}", shape=arr.shape, dtype=arr.dtype,
-                                          chunks=(min(writer.block_runs, arr.shape[0]), *arr.shape[1:]),
-                                          fill_value=0, dimension_names=arr.metadata.dimension_names)
+        for name in extra:  # the held-out data, one row per run like every per-run array
+            arr = src_group[f"eval/{name}"]
+            writer.group.create_array(f"eval/{name}", shape=arr.shape, dtype=arr.dtype,
+                                      chunks=(min(writer.block_runs, arr.shape[0]), *arr.shape[1:]),
+                                      fill_value=0, dimension_names=arr.metadata.dimension_names)
         per_run = ts.n_records * ts.n_params * 4 * (1 + len(ts.state_names))
-        part = max(1, _PART_BYTES // (per_run * params.store.chunk_runs)) * params.store.chunk_runs
+        part = max(1, _PART_BYTES // (per_run * chunks.chunk_runs)) * chunks.chunk_runs
         for b in range(writer.n_blocks):  # a bounded part of a block at a time, whole chunks of runs each
             rows = writer.block_range(b)
             for start in range(rows.start, rows.stop, part):
@@ -243,9 +261,8 @@ def intake(params, key: str, *, out: Path) -> dict:
                 arrays = {"weights": ts.weights[sl], "loss": ts.loss[sl], "lr": ts.lr[sl],
                           **{f"state/{s}": ts.state(s)[sl] for s in ts.state_names},
                           "final/weights": src_group["final/weights"][sl], "final/loss": src_group["final/loss"][sl],
-                          **{f"runs/{n}": src_group[f"runs/{n}"][sl] for n in run_fields}}
-                if "eval" in src_group:
-                    arrays.update({f"eval/{n}": a[sl] for n, a in src_group["eval"].arrays()})
+                          **{f"runs/{n}": src_group[f"runs/{n}"][sl] for n in run_fields},
+                          **{f"eval/{n}": src_group[f"eval/{n}"][sl] for n in extra}}
                 writer.write_rows(start, arrays)
             writer.mark_done(b)
         writer.finish(verify=lambda tmp: _verify(tmp, out))
@@ -253,8 +270,7 @@ def intake(params, key: str, *, out: Path) -> dict:
         writer.release()
         shutil.rmtree(writer.tmp, ignore_errors=True)
         raise
-    return {"store": str(out), "runs": ts.n_runs, "records": ts.n_records, "params": ts.n_params,
-            "source": task_cfg.path}
+    return {"store": str(out), "runs": ts.n_runs, "records": ts.n_records, "params": ts.n_params}
 
 
 def _verify(tmp: Path, out: Path) -> None:
