@@ -39,8 +39,14 @@ def load_params(path: str | Path):
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    n_runs = sum(len(params.generate.dataset_seeds) * params.tasks[s.task].runs_per_dataset
-                 for s in params.stores.values())
+    def runs(task) -> int:  # a declared store's runs are its own, over its own dataset seeds
+        if task.kind == "recorded":
+            from gfm.declared import read_declared
+
+            return read_declared(task.source).n_runs
+        return len(params.generate.dataset_seeds) * task.runs_per_dataset
+
+    n_runs = sum(runs(params.tasks[s.task]) for s in params.stores.values())
     print(f"{args.params}: ok ({len(params.tasks)} tasks, {len(params.stores)} stores, {n_runs} runs)")
     return 0
 
