@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from gfm.forecasters.base import ForecasterError, Trajectories, load_forecaster, make_forecaster
+from gfm.forecasters.base import (
+    ForecasterError,
+    StoreNotSupported,
+    Trajectories,
+    load_forecaster,
+    make_forecaster,
+)
 from gfm.forecasters.function_field import FunctionField, mlp_apply, mlp_shape
 from gfm.layout import layout_from_shapes
+from gfm.network import ACTIVATIONS, Network
 from margins import at_least, fit_rng
 from stage_helpers import first_seed_runs
 
@@ -24,33 +32,66 @@ def field_for(layout, probes: int = 7, basis: int = 2, seed: int = 0) -> Functio
     shape = mlp_shape(layout)
     g = torch.Generator().manual_seed(seed)
     f = FunctionField(shape, torch.randn(probes, shape.n_in, generator=g, dtype=torch.float64),
-                      torch.randn(probes, shape.n_out, basis, generator=g, dtype=torch.float64), 1e-3)
+                      torch.randn(probes, shape.n_out, basis, generator=g, dtype=torch.float64), 1e-3,
+                      activation="relu")
     return f.double()
 
 
-def test_mlp_apply_matches_torch_module():
-    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).double()
-    layout = mlp_layout(3, 5, 2)
-    w = torch.cat([p.detach().flatten() for p in net.parameters()])
+# the torch.nn module of every activation a store may name, with its default options
+_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
+            "elu": nn.ELU, "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU, "identity": nn.Identity}
+
+
+def test_every_store_activation_has_its_module_here():
+    assert sorted(_MODULES) == sorted(ACTIVATIONS)
+
+
+def sequential(dims: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers += [nn.Linear(a, b)] + ([_MODULES[activation]()] if i < len(dims) - 2 else [])
+    return nn.Sequential(*layers).double()
+
+
+def flat(net: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("activation", list(_MODULES))
+def test_mlp_apply_matches_torch_module(activation):
+    """mlp_apply with a store's activation computes what nn.Sequential with that module computes."""
+    torch.manual_seed(0)
+    net = sequential([3, 5, 4, 2], activation)
+    shape = mlp_shape(layout_from_shapes([(n, tuple(p.shape)) for n, p in net.named_parameters()]))
     x = torch.randn(11, 3, dtype=torch.float64)
-    assert torch.allclose(mlp_apply(mlp_shape(layout), w, x), net(x))
+    assert torch.allclose(mlp_apply(shape, flat(net), x, activation), net(x), atol=1e-12)
+    if activation != "relu":  # the activation is not decoration: ReLU gives another function
+        assert not torch.allclose(mlp_apply(shape, flat(net), x, "relu"), net(x), atol=1e-6)
 
 
-def test_surrogate_is_the_data_loss_gradient_when_probes_are_the_data():
+@pytest.mark.parametrize("activation", list(_MODULES))
+def test_surrogate_is_the_data_loss_gradient_when_probes_are_the_data(activation):
     """With the probes at the training inputs, equal weights and h = the targets, the surrogate is exactly
-    the full-batch MSE gradient of the network: the field's structure holds the true gradient field."""
-    layout = mlp_layout(1, 6, 1)
-    net = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1)).double()
+    the full-batch MSE gradient of the network with the store's activation (autograd through nn.Sequential):
+    the field's structure holds the true gradient field, for every activation it may be given."""
+    torch.manual_seed(1)
+    net = sequential([1, 6, 5, 1], activation)
+    layout = layout_from_shapes([(n, tuple(p.shape)) for n, p in net.named_parameters()])
     x = torch.randn(20, 1, dtype=torch.float64)
     y = 0.7 * x
     loss = (net(x) - y).pow(2).mean()
     true = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))])
-    field = FunctionField(mlp_shape(layout), x.clone(), y[:, :, None].clone(), 1e-3).double()
+    field = FunctionField(mlp_shape(layout), x.clone(), y[:, :, None].clone(), 1e-3, activation=activation).double()
     with torch.no_grad():
         field.logc.fill_(float(np.log(np.e - 1)))   # softplus -> 1: weights 1/P, the mean over the data
-    w = torch.cat([p.detach().flatten() for p in net.parameters()])
-    got = field.surrogate(w, torch.ones(1, dtype=torch.float64))
+    got = field.surrogate(flat(net), torch.ones(1, dtype=torch.float64))
     assert torch.allclose(got, true, atol=1e-12)
+
+
+def test_an_unknown_activation_name_is_refused():
+    with pytest.raises(ForecasterError, match="activation 'swish'"):
+        FunctionField(mlp_shape(mlp_layout(1, 3, 1)), torch.zeros(2, 1), torch.zeros(2, 1, 1), 1e-3,
+                      activation="swish")
 
 
 def test_surrogate_permutes_with_the_hidden_units():
@@ -87,7 +128,7 @@ def test_code_inference_recovers_the_generating_code():
                                     layout_from_shapes([("a.weight", (4, 2)), ("a.bias", (4,)),
                                                         ("b.weight", (1, 5)), ("b.bias", (1,))])])
 def test_non_mlp_layouts_are_refused_by_name(layout):
-    with pytest.raises(ForecasterError, match="not an MLP"):
+    with pytest.raises(StoreNotSupported, match="not an MLP"):
         mlp_shape(layout)
 
 
@@ -200,3 +241,142 @@ def test_rollout_loss_trains_through_the_optimizer_map(tiny_params, tiny_runs):
     loss = fc1._rollout_loss(train, runs, z, torch.Generator().manual_seed(1))
     loss.backward()
     assert torch.isfinite(loss) and fc1.module.x.grad is not None and fc1.module.x.grad.abs().sum() > 0
+
+
+# --- the store's activation: a Tanh network is forecast as one ------------------------------------------------
+class CustomMLP(nn.Module):
+    """An MLP layout whose activation only its forward says: gfm.record cannot read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(1, 6), nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def record_runs(path, make_net, n_runs: int, steps: int = 12, **record_kw):
+    """``n_runs`` Adam runs of ``make_net()`` fitting y = a sin(2x), a different a per run, into one store."""
+    import gfm
+
+    for r in range(n_runs):
+        torch.manual_seed(r)
+        net = make_net()
+        opt = torch.optim.Adam(net.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(100 + r)
+        x = torch.randn(32, 1, generator=g)
+        y = (0.5 + r / n_runs) * torch.sin(2 * x)
+        with gfm.record(path, net, opt, mode="w" if r == 0 else "a", **record_kw) as rec:
+            for _ in range(steps):
+                loss = (net(x) - y).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.step(loss)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tanh_runs(tmp_path_factory):
+    """Trajectories of 6 recorded runs of nn.Sequential(Linear, Tanh, Linear) (activation read from the module)."""
+    from gfm.store import open_trajectories
+
+    path = record_runs(tmp_path_factory.mktemp("tanh") / "t.zarr",
+                       lambda: nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)), 6, loss="mse")
+    return Trajectories.from_store(open_trajectories(path), np.arange(6))
+
+
+def tanh_fit(runs):
+    fc = make_forecaster("gfm_function", {"steps": 10, "eval_every": 5, "probes": 4, "batch_size": 4, "samples": 0},
+                         prefix_end=4, horizons=[8, 12])
+    fc.fit(runs.select(range(3)), runs.select([3]), rng=fit_rng(0))
+    return fc
+
+
+def test_a_tanh_store_is_fitted_and_forecast_as_a_tanh_network(tanh_runs, tmp_path):
+    """The store says tanh; the fitted field's surrogate is the gradient through nn.Sequential(Tanh) (not ReLU)
+    of its probe loss, the saved model keeps the activation, and a ReLU run is refused, not forecast."""
+    import dataclasses
+
+    assert tanh_runs.network == Network("tanh", "mse")
+    fc = tanh_fit(tanh_runs)
+    assert fc.extra["activation"] == "tanh" and fc.module.activation == "tanh"
+    field = fc.module
+    w = tanh_runs.weights[4, 5].double()
+    z = torch.randn(field.basis.shape[-1], dtype=torch.float64)
+    net = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    nn.utils.vector_to_parameters(w, net.parameters())
+    x, c, basis = (t.detach().double() for t in (field.x, field.weights(), field.basis))
+    h = torch.einsum("pom,m->po", basis, z)
+    probe_loss = (c[:, None] * (net(x) - h).pow(2)).sum()
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(probe_loss, list(net.parameters()))])
+    got = field.double().surrogate(w, z)
+    field.float()
+    assert torch.allclose(got, exact, atol=1e-10)
+    test = tanh_runs.select([4, 5]).prefix(4)
+    out = fc.forecast(test, horizons=[8, 12])
+    assert out.shape == (2, 2, 19) and torch.isfinite(out).all()
+    fc.save(tmp_path / "m")
+    again = load_forecaster(tmp_path / "m")
+    assert again.extra["activation"] == "tanh" and torch.equal(again.forecast(test, horizons=[8, 12]), out)
+    relu = dataclasses.replace(test, network=Network("relu", "mse"))
+    with pytest.raises(StoreNotSupported, match="fitted on networks with tanh between layers; the run's network uses relu"):
+        again.forecast(relu, horizons=[8, 12])
+
+
+def test_a_model_saved_before_models_kept_their_activation_is_relu(tanh_runs, tmp_path):
+    """Before the activation was recorded gfm_function had only ReLU: a saved model without extra.activation
+    was fitted with it; an explicit null is refused at load."""
+    import json
+
+    from gfm.forecasters.base import ModelFileError
+
+    fc = tanh_fit(tanh_runs)
+    fc.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    del meta["extra"]["activation"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    assert load_forecaster(tmp_path / "m").module.activation == "relu"
+    meta["extra"]["activation"] = None
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="extra.activation is null"):
+        load_forecaster(tmp_path / "m")
+
+
+def test_a_store_that_does_not_know_its_activation_is_refused(tmp_path):
+    """A custom forward recorded without activation=: the store says null, and gfm_function and lstm_z (its
+    encoder) refuse it with StoreNotSupported, the one-line reason the stages record, instead of assuming ReLU."""
+    from gfm.store import open_trajectories
+
+    path = record_runs(tmp_path / "c.zarr", CustomMLP, 3, steps=6)
+    runs = Trajectories.from_store(open_trajectories(path), np.arange(3))
+    assert runs.network == Network(None, None)
+    for kind, options in (("gfm_function", {"steps": 2, "probes": 2, "samples": 0}),
+                          ("lstm_z", {"steps": 2, "probes": 2, "hidden": 4})):
+        fc = make_forecaster(kind, options, prefix_end=2, horizons=[4])
+        with pytest.raises(StoreNotSupported) as err:
+            fc.fit(runs.select([0, 1]), runs.select([2]), rng=fit_rng(0))
+        assert str(err.value) == ("gfm_function: the store does not record its network's activation; record it "
+                                  "with gfm.record(..., activation=...)")
+
+
+def test_a_run_held_as_arrays_says_its_activation_through_its_module(tanh_runs):
+    """prefix_from_arrays(layout=module) reads the module's activation: a ReLU run is refused by a model fitted on
+    Tanh runs; a module that does not say is taken as the fitted network, as a run without a layout is."""
+    from gfm.forecasters.run_arrays import prefix_from_arrays
+
+    fc = tanh_fit(tanh_runs)
+    w = tanh_runs.weights[4, :5].numpy()
+    states = {k: v[4, :5].numpy() for k, v in tanh_runs.states.items()}
+
+    def run(module):
+        return prefix_from_arrays(w, optimizer="adam", lr=0.05, states=states, layout=module)
+
+    relu = run(nn.Sequential(nn.Linear(1, 6), nn.ReLU(), nn.Linear(6, 1)))
+    assert relu.network == Network("relu", None)
+    with pytest.raises(StoreNotSupported, match="the run's network uses relu"):
+        fc.forecast(relu, horizons=[12])
+    tanh = run(nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)))
+    custom = run(CustomMLP())
+    assert custom.network is None
+    assert torch.equal(fc.forecast(tanh, horizons=[12]), fc.forecast(custom, horizons=[12]))

@@ -52,7 +52,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "optimizer": ts.optimizer["name"], "task": ts.attrs["task"]["kind"],
         "diverged": int(runs["diverged"].sum()), "state": list(ts.state_names),
         "layout": [(s.name, list(s.shape)) for s in ts.layout],
-        "loss_recorded": ts.attrs.get("loss_source") != "none",
+        "loss_recorded": ts.attrs.get("loss_source") != "none", "network": ts.network.as_attr(),
+        "eval_samples": ts.group["eval/x"].shape[1] if ts.has_eval_data else 0,
     }, indent=1))
     return 0
 

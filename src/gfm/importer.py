@@ -10,7 +10,9 @@ Input:
 * ``.npy``: the weights alone, shaped (run, step, param) (memory-mapped, streamed block by block);
 * ``.npz``: ``weights`` (run, step, param) and optionally ``loss`` (run, step), ``lr`` (run, step),
   ``state_<name>`` (run, step, param) for the optimizer's state (``momentum_buffer``, ``exp_avg``,
-  ``exp_avg_sq``, ``square_avg``) and ``dataset_seed`` (run,), each in C order (what ``np.savez`` writes for
+  ``exp_avg_sq``, ``square_avg``), ``dataset_seed`` (run,) and held-out evaluation data ``eval_x`` (run,
+  sample, *input_shape) floats with ``eval_y`` (run, sample) float targets or integer class labels (both or
+  neither; stored as ``eval/x``, ``eval/y``, :mod:`gfm.eval_data`), each in C order (what ``np.savez`` writes for
   an ordinary array). Only each array's header is read up front; the data is streamed out of the archive
   as the store is written, a part of a block of runs at a time (at most ``PART_BYTES`` of weights and
   state), so memory holds a part, whatever the arrays expand to.
@@ -29,6 +31,12 @@ Metadata (YAML, safe loader, or JSON)::
     dataset_seed: 0            # optional: one seed for all runs, or a list (overridden by the npz array)
     name: imported             # optional: the store's task name (key <name>-<optimizer>)
     missing_state: error       # optional: error | zeros, when the optimizer has state and the npz lacks it
+    activation: tanh           # optional: the activation between the layers (gfm.network.ACTIVATIONS), null
+    loss: mse                  # optional: the training loss (mse | cross_entropy | least_squares), null
+
+``activation`` and ``loss`` go into the store's root attribute ``network`` (absent = null = not known): a
+forecaster that rebuilds the network's function (``gfm_function``) refuses a store whose activation is not
+known rather than assume one. A ``.npy`` source carries no evaluation data.
 
 Missing pieces are filled the way the rest of the pipeline expects, and said so in the store's attributes:
 ``lr`` = the run's ``lr`` at every step; a missing momentum buffer is reconstructed exactly from the weights
@@ -69,6 +77,8 @@ import numpy as np
 from gfm._version import __version__
 from gfm.config import StoreLayoutConfig
 from gfm.errors import GFMError, shorten
+from gfm.eval_data import shape_problem, value_problem
+from gfm.network import ACTIVATIONS, LOSSES, Network
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, SPECS, STATE_NAMES, momentum_buffer_from_weights
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
@@ -76,7 +86,8 @@ __all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajector
            "momentum_buffer_from_weights"]
 
 # Defaults of hyper-parameters the metadata may leave out: gfm.optimizers.HYPER_DEFAULTS (config's defaults).
-_META_KEYS = {"optimizer", "record_every", "steps", "layout", "dataset_seed", "name", "missing_state"}
+_META_KEYS = {"optimizer", "record_every", "steps", "layout", "dataset_seed", "name", "missing_state", "activation",
+              "loss"}
 _INT64_MAX = int(np.iinfo(np.int64).max)
 PART_BYTES = 64 << 20
 """Most weights and optimizer state an import holds in memory at once (as float32), in whole inner chunks of
@@ -100,6 +111,7 @@ class ImportMeta:
     dataset_seed: np.ndarray  # (run,) int64
     name: str
     missing_state: str
+    network: Network = Network(None, None)
 
 
 def default_meta_path(src: Path) -> Path | None:
@@ -187,7 +199,14 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
     if not isinstance(store_name, str) or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", store_name) is None:
         raise TrajectoryImportError(f"{source}: name: got {shorten(store_name)}; use letters, digits and '_', "
                                     "starting with a letter")
-    return ImportMeta(name, hyper, every, steps, layout, seeds, store_name, missing_state)
+    network = {}
+    for key, names in (("activation", ACTIVATIONS), ("loss", LOSSES)):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or value not in names):
+            raise TrajectoryImportError(f"{source}: {key}: got {shorten(value)}; expected one of {', '.join(names)}, "
+                                        "or null (not known)")
+        network[key] = value
+    return ImportMeta(name, hyper, every, steps, layout, seeds, store_name, missing_state, Network(**network))
 
 
 def _is_int(value: Any) -> bool:
@@ -306,10 +325,12 @@ def _array_name(src: Path, member: str) -> str:
     key = member.removesuffix(".npy")
     if key in ("weights", "loss", "lr", "dataset_seed"):
         return key
+    if key in ("eval_x", "eval_y"):
+        return "eval/" + key.removeprefix("eval_")
     if key.startswith("state_"):
         return "state/" + key.removeprefix("state_")
-    raise TrajectoryImportError(f"{src}: unknown array {shorten(key)}; expected weights, loss, lr, dataset_seed or "
-                                "state_<name>")
+    raise TrajectoryImportError(f"{src}: unknown array {shorten(key)}; expected weights, loss, lr, dataset_seed, "
+                                "state_<name>, eval_x or eval_y")
 
 
 def _read_member(src: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _Array:
@@ -410,10 +431,58 @@ def _check_arrays(src: Path, arrays: dict[str, _Array], R: int, T: int, P: int) 
         if key in arrays and arrays[key].shape != want:
             raise TrajectoryImportError(f"{src}: {key}: got shape {arrays[key].shape}; expected {want}")
     for key, a in arrays.items():
+        if key.startswith("eval/"):
+            continue  # _check_eval
         kinds = "iu" if key == "dataset_seed" else "f"
         if a.dtype.kind not in kinds:
             raise TrajectoryImportError(f"{src}: {key}: got dtype {shorten(str(a.dtype), quote=False)}; expected "
                                         f"{'integers' if kinds == 'iu' else 'floats'}")
+
+
+def _check_eval(src: Path, arrays: dict[str, _Array], R: int, loss: str | None) -> None:
+    """The evaluation arrays' shapes and dtypes (headers only): both or neither, one (sample, *input_shape)
+    and one (sample,) per run, with the rules of gfm.record's ``eval_data`` (:mod:`gfm.eval_data`)."""
+    x, y = arrays.get("eval/x"), arrays.get("eval/y")
+    if x is None and y is None:
+        return
+    if x is None or y is None:
+        raise TrajectoryImportError(f"{src}: {'eval_x' if x is not None else 'eval_y'} without "
+                                    f"{'eval_y' if x is not None else 'eval_x'}; evaluation data needs both")
+    if x.shape[:1] != (R,) or y.shape[:1] != (R,):
+        raise TrajectoryImportError(f"{src}: eval_x {x.shape} / eval_y {y.shape}: expected {R} runs first, as weights")
+    problem = shape_problem(x.shape[1:], x.dtype.kind, y.shape[1:], y.dtype.kind, loss)
+    if problem:
+        raise TrajectoryImportError(f"{src}: eval_{problem} (each run's eval_x is (sample, *input_shape), its eval_y "
+                                    "(sample,))")
+
+
+_EVAL_CHUNK_BYTES = 8 << 20  # most bytes of eval/x in one chunk (whole runs, at least one)
+
+
+def _write_eval(src: Path, writer: Any, arrays: dict[str, _Array], rows: range, chunk_runs: int) -> None:
+    """Copy the evaluation data of the runs ``rows`` into the store, a chunk of runs at a time, refusing
+    non-finite inputs or targets and negative labels as they stream past."""
+    x_src, y_src = arrays["eval/x"], arrays["eval/y"]
+    for start in range(rows.start, rows.stop, chunk_runs):
+        stop = min(start + chunk_runs, rows.stop)
+        with np.errstate(over="ignore"):  # past float32's range becomes Inf, refused below
+            x = np.asarray(x_src.rows(start, stop), dtype=np.float32)
+            y_raw = y_src.rows(start, stop)
+            if y_raw.dtype.kind in "iu" and y_raw.size and (int(y_raw.min()) < 0 or int(y_raw.max()) > _INT64_MAX):
+                raise TrajectoryImportError(f"{src}: eval_y: runs {start}..{stop - 1} hold class labels below 0 or "
+                                            "past 2**63 - 1")
+            y = np.asarray(y_raw, dtype=np.float32 if y_raw.dtype.kind == "f" else np.int64)
+        problem = value_problem(x, y)
+        if problem:
+            raise TrajectoryImportError(f"{src}: eval data of runs {start}..{stop - 1}: {problem}")
+        writer.write_rows(start, {"eval/x": x, "eval/y": y})
+
+
+def _eval_chunk_runs(x: _Array, block: int) -> int:
+    """Runs per chunk of ``eval/x``: the most whole runs within :data:`_EVAL_CHUNK_BYTES` that divide a block
+    of the store (so that no chunk belongs to two blocks), at least one."""
+    per_run = max(1, math.prod(x.shape[1:]) * 4)
+    return max(d for d in range(1, block + 1) if block % d == 0 and (d == 1 or d * per_run <= _EVAL_CHUNK_BYTES))
 
 
 def _source_seeds(src: Path, arrays: dict[str, _Array], R: int) -> np.ndarray | None:
@@ -441,7 +510,7 @@ def _check_lr(src: Path, lr: _Array, R: int, T: int) -> None:
 
 def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path | dict | None,
             chunks: StoreLayoutConfig | None) -> dict[str, Any]:
-    from gfm.store import create_trajectory_store
+    from gfm.store import create_eval_arrays, create_trajectory_store
 
     if "weights" not in arrays:
         raise TrajectoryImportError(f"{src}: no 'weights' array")
@@ -459,6 +528,7 @@ def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path |
         meta_data, meta_src = _load_meta_file(meta_path), str(meta_path)
     m = read_meta(meta_data, n_runs=R, n_steps=T, n_params=P, source=meta_src)
     _check_arrays(src, arrays, R, T, P)
+    _check_eval(src, arrays, R, m.network.loss)
     given_seeds = _source_seeds(src, arrays, R)
     if "lr" in arrays:
         _check_lr(src, arrays["lr"], R, T)
@@ -506,19 +576,26 @@ def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path |
                                                   else "per run") for h in hyper_names},
                       "schedule": {"kind": "imported"}},
         "state_names": list(state_names), "source": f"gfm import {src.name}", "filled": filled,
-        "loss_source": "none" if "loss" not in arrays else "imported",
+        "loss_source": "none" if "loss" not in arrays else "imported", "network": m.network.as_attr(),
         "versions": {"gfm": __version__, "numpy": np.__version__, "zarr": __import__("zarr").__version__},
     }
     _refuse_what_check_refuses(src, attrs, m.layout, R, T, P)
     writer = create_trajectory_store(dest, n_runs=R, n_records=T, layout=m.layout, state_names=state_names,
                                      run_fields=run_fields, chunks=chunks, attrs=attrs, resume=False)
     part = _part_runs(T, P, len(state_names), chunks.chunk_runs)
+    has_eval = "eval/x" in arrays
     try:
+        if has_eval:
+            eval_runs = _eval_chunk_runs(arrays["eval/x"], writer.block_runs)
+            create_eval_arrays(writer.group, n_runs=R, x_shape=arrays["eval/x"].shape[1:], run_chunk=eval_runs,
+                               y_dtype="float32" if arrays["eval/y"].dtype.kind == "f" else "int64", chunks=chunks)
         for b in range(writer.n_blocks):
             rows = writer.block_range(b)
             for start in range(rows.start, rows.stop, part):
                 sub = range(start, min(start + part, rows.stop))
                 writer.write_rows(start, _block(arrays, m, filled, seeds, index, sub, T))
+            if has_eval:
+                _write_eval(src, writer, arrays, rows, eval_runs)
             writer.mark_done(b)
         n_diverged = int(writer.group["runs/diverged"][:].sum())
         writer.finish(verify=lambda tmp: _verify(tmp, dest))
@@ -531,7 +608,8 @@ def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path |
                                         f"{shorten(str(exc), 160, quote=False)})") from None
         raise
     return {"store": str(dest), "runs": R, "records": T, "params": P, "optimizer": m.optimizer,
-            "diverged": n_diverged, "filled": filled}
+            "diverged": n_diverged, "filled": filled, "network": m.network.as_attr(),
+            "eval_samples": int(arrays["eval/x"].shape[1]) if has_eval else 0}
 
 
 def _part_runs(T: int, P: int, n_state: int, chunk_runs: int) -> int:

@@ -22,6 +22,15 @@ What is recorded, per run (R runs, T records, P parameters; record j is after j 
 * ``state/<name>``: the optimizer's own state after the updates up to that record (``momentum_buffer``,
   ``exp_avg``/``exp_avg_sq``, ``square_avg``), zeros where torch has not created it yet.
 * ``lr``: ``param_groups[0]["lr"]`` when the record is taken, i.e. the lr of the update leaving it.
+* ``network`` (root attribute): ``{"activation": ..., "loss": ...}`` (:mod:`gfm.network`), what a forecaster
+  that rebuilds the network's function (``gfm_function``) and evaluate's downstream loss need and the layout
+  does not say (a Tanh MLP has the layout of a ReLU one). The activation is read from ``model`` where its code
+  says it exactly (:func:`gfm.network.read_activation`: an ``nn.Sequential`` of ``nn.Linear`` layers with one
+  kind of default-option activation module between them), else taken from ``activation=``; a given activation
+  that contradicts the one read is refused. The loss is never read from a module: ``loss=`` or null (not
+  known). A consumer that needs a value the store leaves null refuses the store instead of assuming one.
+* ``eval/x``, ``eval/y`` with ``eval_data=(x, y)``: the run's held-out evaluation data (:mod:`gfm.eval_data`),
+  x (sample, *input_shape) as float32 and y (sample,) as float32 targets or int64 class labels.
 * ``loss``: with ``evaluate`` (a zero-argument callable returning a number, e.g. the full training-set loss),
   its value at each record, which is what generated stores hold. Without it, the loss passed to the ``step``
   that leaves the record (the minibatch loss at the recorded weights), and for the last record the
@@ -67,12 +76,15 @@ import zarr
 
 from gfm._version import __version__
 from gfm.errors import GFMError, StoreLockedError, StoreSchemaError, shorten
+from gfm.eval_data import eval_arrays
+from gfm.network import ACTIVATIONS, LOSSES, Network, network_of, read_activation
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 from gfm.outputs import MARKER_FILE, TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
 from gfm.store import (
     SCHEMA_VERSION,
     _empty,
     _fsync_tree,
+    add_eval_arrays,
     all_chunks,
     append_run,
     create_run_group,
@@ -85,7 +97,7 @@ from gfm.store import (
 from gfm.store_files import _LOCK_FILE
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
-__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "HYPER_NAMES"]
+__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "network_spec", "HYPER_NAMES"]
 
 # HYPER_NAMES (gfm.optimizers) is re-exported here: the per-run hyper-parameters a store holds, by optimizer.
 
@@ -162,6 +174,26 @@ def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, flo
     return name, hyper
 
 
+def network_spec(model: torch.nn.Module, activation: str | None = None, loss: str | None = None) -> Network:
+    """The ``network`` attribute of a recording of ``model``: its activation read from the module where it can
+    be (:func:`gfm.network.read_activation`), else the one given; the loss as given (None: not known).
+
+    Raises:
+        RecordError: a name outside :data:`gfm.network.ACTIVATIONS` / :data:`gfm.network.LOSSES`, or an
+            ``activation`` that contradicts the one the module's code says.
+    """
+    if activation is not None and activation not in ACTIVATIONS:
+        raise RecordError(f"activation={shorten(activation)}; expected one of {', '.join(ACTIVATIONS)} (torch.nn's "
+                          "module of that name, default options), or None where the model's code says it")
+    if loss is not None and loss not in LOSSES:
+        raise RecordError(f"loss={shorten(loss)}; expected one of {', '.join(LOSSES)}, or None (not known)")
+    read = read_activation(model)
+    if read is not None and activation is not None and read != activation:
+        raise RecordError(f"activation={activation!r}, but the model ({type(model).__name__}) applies {read} between "
+                          "its layers; pass the model's own activation or leave activation= out")
+    return Network(read or activation, loss)
+
+
 def _integer(value: Any, name: str, low: int) -> int:
     """``value`` as a Python int: an int or a NumPy integer from ``low`` to 2**63 - 1; a bool, a float or
     anything else is refused (``every=2.5`` has no meaning, and ``True`` is an accident)."""
@@ -191,7 +223,8 @@ class Recorder:
 
     def __init__(self, path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
                  every: int = 1, mode: str = "w", dataset_seed: int = 0, evaluate: Callable[[], Any] | None = None,
-                 chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False):
+                 chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False,
+                 activation: str | None = None, loss: str | None = None, eval_data: Any = None):
         if mode not in ("w", "a"):
             raise RecordError(f"mode {mode!r}; expected 'w' (new store) or 'a' (add a run to an existing store)")
         every, chunk_steps = _integer(every, "every", 1), _integer(chunk_steps, "chunk_steps", 1)
@@ -207,6 +240,9 @@ class Recorder:
         self.model, self.optimizer, self.every, self.mode = model, optimizer, every, mode
         self.dataset_seed, self.evaluate, self.chunk_steps, self.name = int(dataset_seed), evaluate, chunk_steps, name
         self.opt_name, self.hyper = optimizer_spec(optimizer)
+        self.network = network_spec(model, activation, loss)
+        # validated and copied now: a bad argument is refused before the training loop, not after it
+        self.eval = None if eval_data is None else eval_arrays(eval_data, self.network.loss, RecordError)
         self.params = [p for _, p in model.named_parameters()]
         ids = {id(p) for p in self.params}
         stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in ids)
@@ -289,6 +325,11 @@ class Recorder:
         try:
             if self.mode == "a":
                 self._restore_previous()
+                try:
+                    self._check_joinable()
+                except RecordError:  # refused before anything was recorded: no .partial left behind
+                    _remove_partial(self.tmp)
+                    raise
             self._group = create_run_group(self.tmp, n_params=self.n_params, state_names=self.state_names,
                                            chunk_steps=self.chunk_steps)
         except BaseException:
@@ -368,6 +409,8 @@ class Recorder:
         arr = all_chunks(g["loss"])
         arr.resize((1, T))
         arr[0, :] = loss
+        if self.eval is not None:
+            add_eval_arrays(g, *self.eval)
         self._closed = True
         try:
             if self.mode == "w":
@@ -388,6 +431,7 @@ class Recorder:
             "optimizer": {"name": self.opt_name, **{k: self.hyper[k] for k in (*HYPER_NAMES[self.opt_name], "eps")},
                           "schedule": {"kind": "recorded"}},
             "state_names": list(self.state_names), "loss_source": self._loss_source,
+            "network": self.network.as_attr(),
             "source": "gfm.record", "schema_version": SCHEMA_VERSION, "complete": False,
             "layout": [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in self.layout],
             "n_records": T, "n_params": self.n_params, "block_runs": 1,
@@ -434,17 +478,12 @@ class Recorder:
         the path is not a finished store this run can join."""
         main = zarr.open_group(self.path, mode="r")
         attrs = dict(main.attrs)
-        mine = json.loads(json.dumps(self._attrs(T)))
         if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
             raise StoreSchemaError(f"{self.path}: not a finished trajectory store of schema {SCHEMA_VERSION}")
-        for key, label in (("layout", "parameter layout"), ("n_records", "number of records"),
-                           ("state_names", "optimizer state")):
-            if attrs.get(key) != mine[key]:
-                raise RecordError(f"{self.path}: this run's {label} ({mine[key]!r:.120}) differs from the "
-                                  f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
-        if attrs["optimizer"]["name"] != self.opt_name or attrs["task"]["record_every"] != self.every:
-            raise RecordError(f"{self.path}: store holds {attrs['optimizer']['name']} runs recorded every "
-                              f"{attrs['task']['record_every']} steps; this run is {self.opt_name} every {self.every}")
+        self._check_joinable()
+        if attrs.get("n_records") != T:
+            raise RecordError(f"{self.path}: this run's number of records ({T}) differs from the store's "
+                              f"({attrs.get('n_records')!r:.40}); runs of one store must match")
         seeds = main["runs/dataset_seed"][:]
         fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
         missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
@@ -452,6 +491,49 @@ class Recorder:
             raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
                               "use the same optimizer")
         return fields, sorted({*map(int, seeds), self.dataset_seed})
+
+    def _check_joinable(self) -> None:
+        """Refuse a run that cannot join the store at the path for what is known before training: layout,
+        optimizer, ``every``, network, evaluation data (checked when the block is entered, so a mismatch costs
+        no training, and again when the run is added; the number of records is checked then). A store written
+        before stores recorded their network reads as not knowing it (``gfm.network.network_of``)."""
+        path = self.path
+        try:
+            main = zarr.open_group(path, mode="r")
+            attrs = dict(main.attrs)
+        except Exception:  # noqa: BLE001 - not a store at all: _append_fields refuses it with the reason
+            return
+        if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
+            return
+        mine = json.loads(json.dumps(self._attrs(1)))
+        for key, label in (("layout", "parameter layout"), ("state_names", "optimizer state")):
+            if attrs.get(key) != mine[key]:
+                raise RecordError(f"{path}: this run's {label} ({mine[key]!r:.120}) differs from the "
+                                  f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
+        opt, task = attrs.get("optimizer") or {}, attrs.get("task") or {}
+        if opt.get("name") != self.opt_name or task.get("record_every") != self.every:
+            raise RecordError(f"{path}: store holds {shorten(opt.get('name'), 40)} runs recorded every "
+                              f"{shorten(task.get('record_every'), 40)} steps; this run is {self.opt_name} every "
+                              f"{self.every}")
+        try:
+            theirs = network_of(attrs)
+        except ValueError as exc:
+            raise RecordError(f"{path}: {exc}") from None
+        if theirs != self.network:
+            old = "" if "network" in attrs else " (the store was written before stores recorded their network)"
+            raise RecordError(f"{path}: this run's network {self.network.as_attr()} differs from the store's "
+                              f"{theirs.as_attr()}{old}; runs of one store must match (activation=, loss=)")
+        held = "eval" in main
+        if held != (self.eval is not None):
+            raise RecordError(f"{path}: the store holds evaluation data for {'every' if held else 'no'} run; this "
+                              f"run {'has none (pass eval_data=)' if held else 'has eval_data'}; a store holds it "
+                              "for every run or for none")
+        if held:
+            x, y = self.eval
+            want = (main["eval/x"].shape[1:], str(main["eval/y"].dtype))
+            if (x.shape, str(y.dtype)) != want:
+                raise RecordError(f"{path}: this run's eval_data is x {x.shape} with {y.dtype} targets; the store "
+                                  f"holds x {want[0]} with {want[1]} targets for every run")
 
     def _swap_in(self, staged: Path) -> None:
         """Put the grown store ``staged`` at the path and the old store at ``staged``."""
@@ -478,7 +560,8 @@ def _remove_partial(tmp: Path) -> None:
 
 def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,
            mode: str = "w", dataset_seed: int = 0, evaluate: Callable[[], Any] | None = None,
-           chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False) -> Recorder:
+           chunk_steps: int = 32, name: str = "recorded", overwrite: bool = False, activation: str | None = None,
+           loss: str | None = None, eval_data: Any = None) -> Recorder:
     """Record a training loop of ``model`` under ``optimizer`` into the trajectory store at ``path``.
 
     Args:
@@ -494,13 +577,23 @@ def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         chunk_steps: records per chunk, the unit in which records are written.
         name: the store's task name (its key becomes ``<name>-<optimizer>``).
         overwrite: with ``mode="w"``, replace an existing store.
+        activation: the activation between the model's layers, a name of :data:`gfm.network.ACTIVATIONS`;
+            needed where the module's code does not say it (see :func:`network_spec`), refused where it says
+            another one. Stored, with ``loss``, in the root attribute ``network`` (null: not known).
+        loss: the training loss, a name of :data:`gfm.network.LOSSES` (``mse``, ``cross_entropy``,
+            ``least_squares``), or None (not known).
+        eval_data: ``(x, y)`` held-out evaluation data of this run (tensors or arrays): x (sample,
+            *input_shape) floats, y (sample,) float targets or integer class labels. Every run of a store has
+            it, with the same shapes, or none does.
 
     Returns:
         A :class:`Recorder`; use it in a ``with`` block and call ``rec.step(loss)`` after each optimizer step.
 
     Raises:
         RecordError: unsupported optimizer, optimizer parameters outside the model, existing store (without
-            ``overwrite``), or a run that does not match the store it is added to.
+            ``overwrite``), a bad or contradicted activation or loss, bad evaluation data, or a run that does not
+            match the store it is added to (layout, optimizer, network, evaluation data).
     """
     return Recorder(path, model, optimizer, every=every, mode=mode, dataset_seed=dataset_seed, evaluate=evaluate,
-                    chunk_steps=chunk_steps, name=name, overwrite=overwrite)
+                    chunk_steps=chunk_steps, name=name, overwrite=overwrite, activation=activation, loss=loss,
+                    eval_data=eval_data)

@@ -9,6 +9,8 @@ Layout (R runs, T recorded steps, P parameters)::
     final/weights   (run, param)       float32   = weights[:, -1], so "final step of all runs" reads R x P
     final/loss      (run,)             float32
     runs/<field>    (run,)             per-run seed, dataset seed, index, hyper-parameters, ``diverged``
+    eval/x, eval/y  (run, sample, ...) optional held-out evaluation data of recorded and imported runs
+                                       (:mod:`gfm.eval_data`)
 
 Every array is chunked so that each file belongs to exactly one block of ``shard_runs`` runs: a block is
 the unit of generation and of durability (a killed writer redoes only unfinished blocks). ``weights`` and
@@ -55,7 +57,8 @@ from gfm.store_reader import TrajectoryStore, open_trajectories, read_runs
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
     "partial_path", "foreign_files", "compressor", "create_run_group", "finish_run_group", "append_run",
-    "lock_partial", "link_store", "exchange_paths", "all_chunks",
+    "lock_partial", "link_store", "exchange_paths", "all_chunks", "add_eval_arrays",
+    "create_eval_arrays",
 ]
 
 SCHEMA_VERSION = 1
@@ -415,6 +418,26 @@ def create_run_group(tmp: Path, *, n_params: int, state_names: tuple[str, ...], 
     return g
 
 
+def create_eval_arrays(g: zarr.Group, *, n_runs: int, x_shape: tuple[int, ...], y_dtype: str, run_chunk: int,
+                       chunks: StoreLayoutConfig | None = None) -> None:
+    """Empty ``eval/x`` (run, sample, *input_shape) float32 and ``eval/y`` (run, sample) ``y_dtype`` in ``g``
+    (held-out evaluation data, :mod:`gfm.eval_data`), ``run_chunk`` runs a chunk, every chunk written."""
+    comp = compressor(chunks or StoreLayoutConfig())
+    dims = ("run", "sample", *(f"input_{i}" for i in range(len(x_shape) - 1)))
+    g.create_array("eval/x", shape=(n_runs, *x_shape), dtype="float32", chunks=(run_chunk, *x_shape),
+                   compressors=comp, fill_value=np.nan, dimension_names=dims, config=_ALL_CHUNKS)
+    g.create_array("eval/y", shape=(n_runs, x_shape[0]), dtype=y_dtype, chunks=(run_chunk, x_shape[0]),
+                   compressors=comp, fill_value=0, dimension_names=("run", "sample"), config=_ALL_CHUNKS)
+
+
+def add_eval_arrays(g: zarr.Group, x: np.ndarray, y: np.ndarray, chunks: StoreLayoutConfig | None = None) -> None:
+    """Put one run's held-out evaluation data (:mod:`gfm.eval_data`, already validated) into the one-run store
+    ``g``: ``eval/x`` (1, sample, *input_shape) and ``eval/y`` (1, sample), one chunk per run."""
+    create_eval_arrays(g, n_runs=1, x_shape=x.shape, y_dtype=str(y.dtype), run_chunk=1, chunks=chunks)
+    all_chunks(g["eval/x"])[0] = x
+    all_chunks(g["eval/y"])[0] = y
+
+
 def finish_run_group(g: zarr.Group, tmp: Path, path: Path, *, loss: np.ndarray, fields: dict[str, np.ndarray],
                      attrs: dict[str, Any], chunks: StoreLayoutConfig | None = None) -> None:
     """Complete the one-run store ``g`` at ``tmp`` (final weights and loss, per-run fields, ``attrs``) and
@@ -440,8 +463,9 @@ def finish_run_group(g: zarr.Group, tmp: Path, path: Path, *, loss: np.ndarray, 
 
 def append_run(main: zarr.Group, g: zarr.Group, *, loss: np.ndarray, fields: dict[str, np.ndarray],
                dataset_seeds: list[int], chunk_steps: int) -> None:
-    """Add the one-run store ``g`` as the last run of the finished store ``main`` (same layout, optimizer state
-    and number of records: the caller checks). ``main`` is flagged incomplete while it grows."""
+    """Add the one-run store ``g`` as the last run of the finished store ``main`` (same layout, optimizer state,
+    number of records and evaluation data shapes: the caller checks). ``main`` is flagged incomplete while it
+    grows."""
     R, T, P = int(main.attrs["n_runs"]), *g["weights"].shape[1:]
     main.attrs["complete"] = False  # readers refuse the store while it grows
     for name in ("weights", *(f"state/{s}" for s in main.attrs["state_names"])):
@@ -463,6 +487,11 @@ def append_run(main: zarr.Group, g: zarr.Group, *, loss: np.ndarray, fields: dic
         arr = all_chunks(main[f"runs/{k}"])
         arr.resize((R + 1,))
         arr[R] = v[0]
+    if "eval" in g:  # held-out evaluation data (gfm.eval_data): the caller checked both stores hold it alike
+        for name in ("eval/x", "eval/y"):
+            arr = all_chunks(main[name])
+            arr.resize((R + 1, *arr.shape[1:]))
+            arr[R] = g[name][0]
     main.attrs.update({"n_runs": R + 1, "dataset_seeds": dataset_seeds})
     # the record of the grown store (its files counted, not those of the store it grew from), then the flag
     main.attrs.update({"chunks": chunk_counts(main.store.root), "complete": True})

@@ -1,11 +1,14 @@
 """The structural check of a trajectory store (layout: :mod:`gfm.store`), shared by every stage that opens one
 (:func:`gfm.store_reader.open_trajectories`) and by ``gfm check``: schema version, completion flag, attributes
-(sizes, layout adding up to ``n_params``, optimizer state names, task record_every / steps), and every array's
+(sizes, layout adding up to ``n_params``, optimizer state names, task record_every / steps, the ``network``
+attribute where there is one: :func:`gfm.network.network_problem`), the optional evaluation arrays' shapes
+against each other and the loss (:mod:`gfm.eval_data`), and every array's
 ``zarr.json`` against them: shape, dtype (float32 data), regular chunk grid, only codecs of
 :data:`gfm.inputs.KNOWN_CODECS`. No data chunk is read. Files that are not the store's own
 (:func:`gfm.inputs.foreign_files`) are listed for ``gfm check``; they do not stop a stage (zarr never reads them).
 
-``gfm check`` (:func:`check_trajectory_store`) then decodes every chunk, a bounded block of runs at a time.
+``gfm check`` (:func:`check_trajectory_store`) then decodes every chunk, a bounded block of runs at a time
+(evaluation data included: finite inputs and targets, class labels >= 0).
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ def _attr_problems(attrs: dict) -> list[str]:
                         f"record_every; got {task!r:.120}")
     if not isinstance(attrs.get("store"), str):
         problems.append("attribute store (the store's key) must be a string")
+    if "network" in attrs:
+        from gfm.network import network_problem
+
+        bad = network_problem(attrs["network"])
+        if bad:
+            problems.append(f"attribute network {shorten(attrs['network'], 80)}: {bad}")
     return problems
 
 
@@ -180,6 +189,8 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
         "final/weights": ((R, P), "float32"), "final/loss": ((R,), "float32"),
         "runs/dataset_seed": ((R,), "int64"), "runs/index": ((R,), "int64"), "runs/diverged": ((R,), "bool"),
         **{f"state/{s}": ((R, T, P), "float32") for s in attrs["state_names"]}}
+    if (path / "eval").exists() or (path / "eval").is_symlink():  # held-out data (gfm.eval_data): both arrays
+        expected.update({"eval/x": (None, "float32"), "eval/y": (None, {"float32", "int64"})})
     runs_dir = path / "runs"
     if runs_dir.is_dir():
         for e in sorted(os.scandir(runs_dir), key=lambda e: e.name):
@@ -200,7 +211,9 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
             p += bad
         else:
             out.arrays[name] = meta
-    for group in ("final", "runs", "state"):
+    if not p and "eval/x" in out.arrays:
+        p += _eval_problems(out)
+    for group in ("final", "runs", "state", "eval"):
         meta_path = path / group / "zarr.json"
         if meta_path.is_file():
             try:
@@ -220,8 +233,16 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
             p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
         p += _run_block_problems(out.arrays["weights"], files, R)
         p += _record_problems(out, files)
-        out.foreign = foreign_files(files, {"", "final", "runs", "state"}, out.arrays)
+        out.foreign = foreign_files(files, {"", "final", "runs", "state", "eval"}, out.arrays)
     return out
+
+
+def _eval_problems(out: StoreInspection) -> list[str]:
+    """The evaluation arrays' shapes against each other, the run count and the store's loss."""
+    from gfm.eval_data import layout_problems
+    from gfm.network import network_of
+
+    return layout_problems(out.arrays, out.attrs["n_runs"], network_of(out.attrs).loss)
 
 
 def _record_problems(out: StoreInspection, files: dict[str, int]) -> list[str]:
@@ -272,9 +293,35 @@ def check_trajectory_store(path: Path, v: Verdict) -> None:
     v.problems += _run_field_problems(fields, attrs)
     no_loss = attrs.get("loss_source") == "none"
     _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
+    has_eval = "eval/x" in inspection.arrays
+    if has_eval:
+        _check_eval_data(g, R, v)
     v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
-                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}every chunk read"
+                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}"
+                 f"{'evaluation data ' + str(inspection.arrays['eval/x']['shape'][1]) + ' samples a run, ' if has_eval else ''}"
+                 "every chunk read"
                  f"{'' if inspection.recorded else ', written before stores recorded their chunk files'}")
+
+
+def _check_eval_data(g, R: int, v: Verdict) -> None:
+    """Every chunk of ``eval/x`` and ``eval/y``, a bounded block of runs at a time: inputs and targets finite,
+    class labels >= 0 (gfm.eval_data)."""
+    from gfm.eval_data import value_problem
+
+    x_arr, y_arr = g["eval/x"], g["eval/y"]
+    block = max(1, verdict.READ_BYTES // max(1, math.prod(x_arr.shape[1:]) * 4))
+    bad: list[int] = []
+    for start in range(0, R, block):
+        stop = min(start + block, R)
+        try:
+            x, y = x_arr[start:stop], y_arr[start:stop]
+        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode is the verdict
+            v.problems.append(f"eval runs {start}..{stop - 1}: chunk data unreadable ({type(exc).__name__})")
+            continue
+        bad += [start + i for i in range(stop - start) if value_problem(x[i], y[i])]
+    if bad:
+        v.problems.append(f"eval/x, eval/y: {runs_text(np.asarray(bad))} hold non-finite inputs or targets, or "
+                          "negative class labels")
 
 
 def _run_field_problems(fields: dict[str, np.ndarray], attrs: dict) -> list[str]:

@@ -125,7 +125,30 @@ class TrajectoryStore:
     def optimizer(self) -> dict[str, Any]:
         return self.attrs["optimizer"]
 
+    @property
+    def network(self) -> Any:
+        """The network's activation and loss (:func:`gfm.network.network_of`; a field None: not known)."""
+        from gfm.network import network_of
+
+        return network_of(self.attrs)
+
+    @property
+    def has_eval_data(self) -> bool:
+        """Whether the store holds held-out evaluation data (``eval/x``, ``eval/y``: :mod:`gfm.eval_data`)."""
+        return "eval/x" in self.group and "eval/y" in self.group
+
     # reads
+    def eval_data(self, runs: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out evaluation data of runs ``runs`` (store positions): x (run, sample, *input_shape)
+        float32 and y (run, sample) float32 targets or int64 class labels.
+
+        Raises:
+            StoreSchemaError: the store holds none (:attr:`has_eval_data`) or a chunk does not decode.
+        """
+        if not self.has_eval_data:
+            raise StoreSchemaError(f"{self.path}: the store holds no evaluation data (eval/x, eval/y)")
+        return read_runs(self.group["eval/x"], runs), read_runs(self.group["eval/y"], runs)
+
     def prefix(self, k: int, runs: Any = slice(None)) -> np.ndarray:
         """Recorded steps 0..k (inclusive) of the selected runs: (run, k + 1, param)."""
         if not 0 <= k < self.n_records:

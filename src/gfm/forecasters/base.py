@@ -81,6 +81,8 @@ class Trajectories:
         steps: total optimizer steps of a full run (m); record j is at time t = j * record_every / steps.
         run_ids: (run,) positions of these runs in their store (for bookkeeping).
         layout: the tensors of the flat parameter vector (the store's layout), when known.
+        network: the store's activation and loss (:class:`gfm.network.Network`, whose fields may be None: the
+            store does not know); None when the runs do not come from a store and nothing says.
     """
 
     weights: torch.Tensor
@@ -92,6 +94,7 @@ class Trajectories:
     hyper: dict[str, torch.Tensor] = field(default_factory=dict)
     run_ids: np.ndarray | None = None
     layout: tuple[Any, ...] | None = None  # gfm.layout.ParamSpec, in flat-vector order
+    network: Any = None  # gfm.network.Network
 
     @property
     def n_runs(self) -> int:
@@ -140,6 +143,7 @@ class Trajectories:
     def from_store(cls, store: Any, runs: Sequence[int] | np.ndarray, *, records: int | None = None) -> Trajectories:
         """Read runs ``runs`` (store positions) of a :class:`~gfm.store.TrajectoryStore`, optionally only the
         first ``records`` records (a prefix read touches only the first chunk rows)."""
+        from gfm.network import network_of
         from gfm.store import read_runs
 
         runs = np.asarray(runs, dtype=np.int64)
@@ -153,7 +157,7 @@ class Trajectories:
             record_every=store.record_every, steps=int(store.attrs["task"]["steps"]),
             states={n: read(store.state(n)) for n in store.state_names},
             hyper={n: torch.from_numpy(v[runs].astype(np.float32)) for n, v in store.hyper.items()},
-            run_ids=runs, layout=store.layout)
+            run_ids=runs, layout=store.layout, network=network_of(store.attrs))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ sequence. If ``lstm_z`` closes the gap to ``gfm_function``, the gain came from t
 ``lstm``, it came from the field.
 
 The encoder's fit is this model's first phase; its learned tensors are saved beside the LSTM's (prefixed
-``enc_``) and its fitted values under ``extra["encoder"]``.
+``enc_``) and its fitted values under ``extra["encoder"]`` (the activation it was fitted with among them). The
+encoder rebuilds the network's function, so ``lstm_z`` refuses what ``gfm_function`` refuses: a store that
+does not record its activation, and runs of another activation than the one it was fitted on
+(``StoreNotSupported``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ parameters through the network's *function*. This field is built from that struc
 
     g(w | h) = grad_w  sum_p c_p * || f_w(x_p) - h_p ||^2
 
-a gradient surrogate, where f_w is the network computed from the flat weights and the store's layout (linear
-layers with ReLU between them), x_p are P learned probe inputs with learned weights c_p, and h_p is the run's
+a gradient surrogate, where f_w is the network computed from the flat weights, the store's layout (linear
+layers) and the store's activation between them (attribute ``network``, :mod:`gfm.network`), x_p are P learned
+probe inputs with learned weights c_p, and h_p is the run's
 *target function* at the probes. The optimizer's own rule (``gfm.optimizers.update``: SGD, momentum,
 Nesterov, Adam, AdamW, RMSprop, with the logged state at the prefix end) turns g into the update, as in the
 paper's optimizer-aware field. Because g is a gradient through the network, the field couples every
@@ -22,6 +23,11 @@ z is the ridge least-squares solution of g(w_k | B z) = g_k over the prefix. Tra
 matching on the rule head's gradient target) fits the probes, their weights, the basis and the ridge
 strength on the training runs: each minibatch infers z from each run's own prefix, exactly as at forecast
 time, then matches the surrogate to the recovered gradient at random recorded steps of the whole run.
+
+The activation is part of the field: the same weights of a Tanh and of a ReLU network are different functions
+with different gradients. A store that does not record its activation is refused (``StoreNotSupported``), never
+forecast as if it were ReLU; the fitted model keeps the activation it was fitted with and refuses runs of
+another. A model saved before models kept it was fitted with ReLU, the only activation it had.
 
 Forecasting integrates the optimizer map from w_K step by step (the flow of a discrete optimizer is its own
 update; no ODE discretisation is involved), with the learning rate held at its last logged value.
@@ -42,6 +48,7 @@ from gfm.forecasters.base import (
     Forecaster,
     ForecasterError,
     SizeEstimate,
+    StoreNotSupported,
     Trajectories,
     known_sizes,
     register,
@@ -50,9 +57,10 @@ from gfm.forecasters.base import (
 from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
 from gfm.forecasters.function_sampling import calibrate, sample_final
 from gfm.forecasters.gfm_features import recover_gradient
+from gfm.network import ACTIVATIONS, activation_fn
 from gfm.schema import spec
 
-__all__ = ["FunctionFieldConfig", "FunctionFieldGFM", "MLPShape", "mlp_shape"]
+__all__ = ["FunctionFieldConfig", "FunctionFieldGFM", "MLPShape", "mlp_shape", "mlp_apply", "run_activation"]
 
 _SECOND_MOMENTS = ("exp_avg_sq", "square_avg")  # optimizer states under a square root in the update
 
@@ -100,10 +108,10 @@ def mlp_shape(layout) -> MLPShape:
     layer's input the previous layer's output.
 
     Raises:
-        ForecasterError: the layout is missing or is not such an MLP (e.g. least squares, a CNN).
+        StoreNotSupported: the layout is missing or is not such an MLP (e.g. least squares, a CNN).
     """
     if not layout:
-        raise ForecasterError("gfm_function: needs the store's parameter layout (an MLP: weight, bias, ...)")
+        raise StoreNotSupported("gfm_function: needs the store's parameter layout (an MLP: weight, bias, ...)")
     specs = list(layout)
     shapes = [tuple(s.shape) for s in specs]
     problem = None
@@ -121,14 +129,35 @@ def mlp_shape(layout) -> MLPShape:
                 break
             layers.append((w[0], w[1]))
     if problem:
-        raise ForecasterError(f"gfm_function: the layout is not an MLP of linear layers with biases ({problem}); "
+        raise StoreNotSupported(f"gfm_function: the layout is not an MLP of linear layers with biases ({problem}); "
                               f"this field applies to the mlp_regression, mlp_classification and digits tasks")
     return MLPShape(tuple(layers))
 
 
-def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """f_w(x) for stacked flat weights ``w`` (..., D) at inputs ``x`` (P, in): (..., P, out); ReLU between
-    layers, as the project's MLP tasks build them."""
+_UNKNOWN_ACTIVATION = ("gfm_function: the store does not record its network's activation; record it with "
+                       "gfm.record(..., activation=...)")
+
+
+def run_activation(runs: Trajectories) -> str | None:
+    """The activation of the runs' network as their store records it (:func:`gfm.network.network_of`); None
+    when the runs do not say (Trajectories built from arrays, not read from a store).
+
+    Raises:
+        StoreNotSupported: the store says it does not know its activation.
+    """
+    network = runs.network
+    if network is None:
+        return None
+    if network.activation is None:
+        raise StoreNotSupported(_UNKNOWN_ACTIVATION)
+    return network.activation
+
+
+def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """f_w(x) for stacked flat weights ``w`` (..., D) at inputs ``x`` (P, in): (..., P, out), with
+    ``activation`` (a name of :data:`gfm.network.ACTIVATIONS`) between layers and none after the last, as
+    ``nn.Sequential(Linear, act, Linear, ...)`` computes."""
+    act = activation_fn(activation)
     lead, h, at = w.shape[:-1], x.expand(*w.shape[:-1], *x.shape), 0
     for n, (o, i) in enumerate(shape.layers):
         weight = w[..., at: at + o * i].reshape(*lead, o, i)
@@ -136,16 +165,20 @@ def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor
         at += o * i + o
         h = h @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
         if n < len(shape.layers) - 1:
-            h = torch.relu(h)
+            h = act(h)
     return h
 
 
 class FunctionField(nn.Module):
-    """Probes, their weights, the target basis and the ridge strength: every learned part of the field."""
+    """Probes, their weights, the target basis and the ridge strength: every learned part of the field, on the
+    network of ``shape`` with ``activation`` between its layers."""
 
-    def __init__(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor, ridge: float):
+    def __init__(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor, ridge: float, *, activation: str):
         super().__init__()
-        self.shape = shape
+        if activation not in ACTIVATIONS:
+            raise ForecasterError(f"gfm_function: activation {shorten(activation)}; expected one of "
+                                  f"{', '.join(ACTIVATIONS)}")
+        self.shape, self.activation = shape, activation
         self.x = nn.Parameter(probes)                                    # (P, in)
         self.logc = nn.Parameter(torch.full((len(probes),), math.log(math.e - 1)))  # softplus -> 1
         self.basis = nn.Parameter(basis)                                 # (P, out, M)
@@ -157,7 +190,7 @@ class FunctionField(nn.Module):
     def _vjps(self, w: torch.Tensor, cotangents: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
         """grad_w of sum(f_w(x) * cot) for each cotangent (..., P, out), batched over the leading dims."""
         w = w if w.requires_grad else w.detach().requires_grad_(True)
-        f = mlp_apply(self.shape, w, self.x)
+        f = mlp_apply(self.shape, w, self.x, self.activation)
         out = []
         for n, cot in enumerate(cotangents):
             cot = cot(f) if callable(cot) else cot
@@ -225,7 +258,12 @@ class FunctionFieldGFM(Forecaster):
 
     # --- building -------------------------------------------------------------------------------------
     def _build(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor) -> None:
-        self.module = FunctionField(shape, probes, basis, self.config.ridge)
+        self.module = FunctionField(shape, probes, basis, self.config.ridge, activation=self._activation())
+
+    def _activation(self) -> str:
+        """The activation this model was fitted with (a model saved before models kept it: ReLU, the only one
+        gfm_function had then)."""
+        return self.extra.get("activation") or "relu"
 
     def _init_parts(self, train: Trajectories, shape: MLPShape, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Probes: standard-normal quantiles for one input (the tasks standardise their inputs), random
@@ -239,7 +277,8 @@ class FunctionFieldGFM(Forecaster):
         else:
             probes = torch.randn(P, shape.n_in, generator=rng)
         with torch.no_grad():
-            final = mlp_apply(shape, train.weights[:, -1].float().cpu(), probes).reshape(train.n_runs, -1)
+            final = mlp_apply(shape, train.weights[:, -1].float().cpu(), probes, self._activation())
+            final = final.reshape(train.n_runs, -1)
             _, s, vh = torch.linalg.svd(final, full_matrices=False)
         k = min(M, vh.shape[0])
         basis = torch.zeros(P * shape.n_out, M)
@@ -250,12 +289,16 @@ class FunctionFieldGFM(Forecaster):
     def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
         cfg, K = self.config, self.prefix_end
         shape = mlp_shape(train.layout)
+        activation = run_activation(train)
+        if activation is None:  # fitting rebuilds the network's function: it must be known, never assumed
+            raise StoreNotSupported(_UNKNOWN_ACTIVATION)
         if shape.n_params != train.n_params:
             raise ForecasterError(f"gfm_function: the layout has {shape.n_params} parameters, the runs {train.n_params}")
         if train.optimizer not in opt_rules.STATE_NAMES:
             raise ForecasterError(f"gfm_function: unknown optimizer {train.optimizer!r}")
         self.extra = {"optimizer": train.optimizer, "record_every": train.record_every, "steps": train.steps,
-                      "layers": [list(layer) for layer in shape.layers], "n_params": train.n_params}
+                      "layers": [list(layer) for layer in shape.layers], "n_params": train.n_params,
+                      "activation": activation}
         probes, basis = self._init_parts(train, shape, rng)
         self._build(shape, probes, basis)
         g_all = recover_gradient(train).float()                          # (N, T-1, D)
@@ -328,13 +371,16 @@ class FunctionFieldGFM(Forecaster):
 
     # --- forecasting ----------------------------------------------------------------------------------
     def fitted_schema(self) -> dict:
-        from gfm.forecasters.fitted import COUNT, MAPPING, NUMBER, OPTIMIZER, POSITIVE, ListOf, Maybe
+        from gfm.forecasters.fitted import COUNT, MAPPING, NUMBER, OPTIMIZER, POSITIVE, ListOf, Maybe, Value
 
+        activation = Value(lambda x: x in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
         return {"optimizer": OPTIMIZER, "record_every": COUNT, "steps": COUNT, "n_params": COUNT,
                 "layers": ListOf(ListOf(COUNT, length=2), min_length=1), "best_val_loss": Maybe(NUMBER),
-                "spread": Maybe(POSITIVE), "calibration": Maybe(MAPPING)}
+                "spread": Maybe(POSITIVE), "calibration": Maybe(MAPPING), "activation": Maybe(activation)}
 
     def fitted_relations(self, extra: dict) -> list[str]:
+        if "activation" in extra and extra["activation"] is None:  # absent: saved before (ReLU); null: never
+            return [f"extra.activation is null; expected one of {', '.join(ACTIVATIONS)}"]
         layers = extra["layers"]
         if any(layers[i][1] != layers[i - 1][0] for i in range(1, len(layers))):
             return [f"extra.layers {shorten(layers, 60)}: each layer must take the previous layer's outputs"]
@@ -365,6 +411,10 @@ class FunctionFieldGFM(Forecaster):
         any MLP, so the learned probes, weights, basis and ridge carry over)."""
         if prefix.optimizer != self.extra["optimizer"]:
             raise ForecasterError(f"gfm_function: trained on {self.extra['optimizer']} runs, got {prefix.optimizer}")
+        activation = run_activation(prefix)  # None: the run does not say; it is taken as the fitted network,
+        if activation is not None and activation != self._activation():  # as a run without a layout is
+            raise StoreNotSupported(f"gfm_function: fitted on networks with {self._activation()} between layers; "
+                                    f"the run's network uses {activation}")
         if prefix.n_params != self.extra["n_params"] and prefix.layout is None:
             raise ForecasterError(f"gfm_function: {prefix.n_params} parameters and no layout to read the network from")
         shape = mlp_shape(prefix.layout) if prefix.layout is not None else self._shape()
@@ -376,7 +426,8 @@ class FunctionFieldGFM(Forecaster):
             raise ForecasterError(f"gfm_function: fitted on networks of {mine.n_in} inputs and {mine.n_out} "
                                   f"outputs; the run's network has {shape.n_in} and {shape.n_out}. This model can "
                                   "forecast other hidden widths and depths, not another input or output size")
-        field = FunctionField(shape, self.module.x.detach(), self.module.basis.detach(), 1.0)
+        field = FunctionField(shape, self.module.x.detach(), self.module.basis.detach(), 1.0,
+                              activation=self.module.activation)
         field.load_state_dict(self.module.state_dict(), strict=True)
         return field
 

@@ -11,6 +11,7 @@ import torch
 
 from gfm.forecasters.base import ForecasterError, Trajectories
 from gfm.layout import ParamSpec, layout_from_shapes
+from gfm.network import Network, read_activation
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 
 __all__ = ["prefix_from_arrays", "layout_of"]
@@ -79,7 +80,9 @@ def prefix_from_arrays(weights: Any, *, optimizer: str, lr: Any, hyper: Mapping[
             ``square_avg``), shaped like ``weights``: what ``torch.optim`` holds after each record's updates.
         record_every: optimizer steps between records.
         layout: a ``torch.nn.Module`` or a list of ``(name, shape)``: lets the forecast be checked against the
-            model's training layout and loaded back into a network.
+            model's training layout and loaded back into a network. A module whose code says its activation
+            (:func:`gfm.network.read_activation`) also lets a model that rebuilds the network (``gfm_function``)
+            refuse a run of another activation; otherwise the run is taken as one of the fitted network.
 
     Returns:
         :class:`~gfm.forecasters.base.Trajectories` (``steps`` is the recorded length; forecasting puts the
@@ -119,6 +122,7 @@ def prefix_from_arrays(weights: Any, *, optimizer: str, lr: Any, hyper: Mapping[
                                   f"{np.shape(weights)}")
         state_t[name] = torch.from_numpy(a.copy())
     specs = None if layout is None else layout_of(layout, P)
+    activation = read_activation(layout) if isinstance(layout, torch.nn.Module) else None
     return Trajectories(weights=torch.from_numpy(w.copy()), lr=lr_t, optimizer=optimizer,
                         record_every=record_every, steps=(T - 1) * record_every, states=state_t, hyper=hp,
-                        layout=specs)
+                        layout=specs, network=None if activation is None else Network(activation, None))
