@@ -17,7 +17,7 @@ it with yours. What the recorder is told, beyond the weights it reads itself:
 
 The params file is a preset: ``tasks.my_runs`` declares the store by path and content hash (``gfm declare``
 writes that entry; a re-recorded store is refused until it is declared again), and the rest is the study:
-the forecast protocol (observe records 0..10, forecast 20..100), the forecasters, their budget and tuning.
+the forecast protocol (observe records 0..10, forecast records 20, 40, ... to the last), the forecasters, their budget and tuning.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ store: {{chunk_runs: 8, chunk_steps: 32, shard_runs: 64}}
 split: {{train: 0.5, val: 0.25, test: 0.25}}
 tasks: {{}}
 stores: {{}}
-forecast: {{prefix_end: 10, horizons: [20, 40, 60, 80, 100]}}
+forecast: {{prefix_end: 10, horizons: {horizons}}}
 train:
   seed: 0
   models: [last_value, linear, exp_fit, lstm, gfm_state, gfm_function]
@@ -60,6 +60,9 @@ models:
   gfm_state: {{kind: gfm, structure: state_input, field: coordinate, run_context: prefix, width: 32, depth: 2,
               t_sampling: grid, batch_size: 128, param_sample: 64, lr: 0.002}}
   gfm_function: {{kind: gfm_function, probes: 32, basis: 2, batch_size: 16, points: 8, lr: 0.02, samples: 16}}
+evaluate: {{trajectory_params: 4}}
+generalize: {{models: [], pairs: []}}   # transfer pairs compare generated tasks
+accelerate: {{stores: {{}}}}               # jump-ahead re-trains generated tasks only
 report:
   title: "Forecasting my recorded runs"
   target_task: {task}
@@ -102,7 +105,7 @@ def record_runs(path: str | Path, *, seeds: list[int], runs_per_seed: int, steps
     return Path(path)
 
 
-def write_study(params: str | Path, stores: dict[str, str | Path], seeds: list[int]) -> Path:
+def write_study(params: str | Path, stores: dict[str, str | Path], seeds: list[int], steps: int = 100) -> Path:
     """Write the preset ``params``: the study text above with each store (task name -> store path) declared
     in it, as ``gfm declare STORE --params PARAMS --task NAME --write`` declares one in an existing file (path
     relative to the preset's directory, content hash, the optimizer the store holds)."""
@@ -116,7 +119,8 @@ def write_study(params: str | Path, stores: dict[str, str | Path], seeds: list[i
         tasks.append(f"  {name}: {{kind: recorded, path: {entry['path']}, sha256: {entry['sha256']}}}")
         entries.append(f"  {key}: {{task: {name}, optimizer: {{name: {spec['optimizer']['name']}}}}}")
     declared = "tasks:\n" + "\n".join(tasks) + "\nstores:\n" + "\n".join(entries) + "\n"
-    params.write_text(STUDY.format(seeds=list(seeds), task=next(iter(stores))).replace("tasks: {}\nstores: {}\n",
+    horizons = list(range(20, steps + 1, 20))  # observe records 0..10, forecast every 20th to the last
+    params.write_text(STUDY.format(seeds=list(seeds), task=next(iter(stores)), horizons=horizons).replace("tasks: {}\nstores: {}\n",
                                                                                      declared))
     load_params(params)  # as every stage will read it
     print(f"{params}: declares {', '.join(str(s) for s in stores.values())}")
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(1)
     seeds = [1, 2]
     store = record_runs(args.store, seeds=seeds, runs_per_seed=args.runs, steps=args.steps)
-    params = write_study(args.params, {"my_runs": store}, seeds)
+    params = write_study(args.params, {"my_runs": store}, seeds, steps=args.steps)
     print(f"next: make run PRESET={params.name.removeprefix('params.').removesuffix('.yaml')}")
     return params
 

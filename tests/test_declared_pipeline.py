@@ -68,9 +68,8 @@ def study(tmp_path_factory):
     own = ex.record_runs(base / "recorded" / "own_net.zarr", seeds=seeds, runs_per_seed=8, steps=40,
                          model_fn=OwnForward)
     params = base / "params.mine.yaml"
-    ex.write_study(params, {"tanh_net": tanh, "own_net": own}, seeds)
-    data = yaml.safe_load(params.read_text())  # a smaller budget and protocol: the same pipeline, in minutes
-    data["forecast"] = {"prefix_end": 10, "horizons": [20, 30, 40]}
+    ex.write_study(params, {"tanh_net": tanh, "own_net": own}, seeds, steps=40)
+    data = yaml.safe_load(params.read_text())  # a smaller budget: the same pipeline, in minutes
     data["train"]["budget"] = {"steps": 40, "eval_every": 20, "patience": 2}
     data["train"]["tuning"]["trials"] = 1
     params.write_text(yaml.safe_dump(data, sort_keys=False))

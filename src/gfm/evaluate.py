@@ -41,7 +41,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import zarr
 
 from gfm.config import Params
 from gfm.errors import GFMError, shorten
@@ -255,16 +254,10 @@ def _downstream_data(params: Params, spec, task_cfg, ts, store: Path, runs: np.n
         index = ts.runs["index"]
         return task, [setup_run(task, spec.optimizer, params.seed, RunId(int(seed_of[i]), int(index[r])),
                                 task_name=spec.task) for i, r in enumerate(runs)], ""
-    group = zarr.open_group(store, mode="r")
-    has_eval = "eval" in group and "x" in group["eval"] and "y" in group["eval"]
-    task, reason = recorded_task(dict(ts.attrs), ts.layout, has_eval)
+    task, reason = recorded_task(dict(ts.attrs), ts.layout, ts.has_eval_data)
     if task is None:
         return None, [], reason
-    order = np.argsort(runs)
-    x = np.empty((runs.size, *group["eval/x"].shape[1:]), dtype=np.float32)
-    y = np.empty((runs.size, *group["eval/y"].shape[1:]), dtype=group["eval/y"].dtype)
-    x[order], y[order] = group["eval/x"].get_orthogonal_selection(runs[order]), \
-        group["eval/y"].get_orthogonal_selection(runs[order])
+    x, y = ts.eval_data(runs)  # (run, sample, ...), in the order of ``runs``
     return task, [SimpleNamespace(x=torch.from_numpy(x[i]), y=torch.from_numpy(y[i])) for i in range(runs.size)], ""
 
 
