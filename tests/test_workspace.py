@@ -96,6 +96,20 @@ def test_bad_preset_is_refused_before_anything_is_written(tmp_path):
         sync_workspace(tmp_path / "ws", tmp_path / "params.nope.yaml", repo=ROOT)
 
 
+def test_a_preset_without_the_keys_dvc_tracks_is_refused_naming_them(tmp_path):
+    """The loader fills a left-out section with its defaults; DVC stops at the first stage that tracks it
+    (`gfm commit`: "dvc commit failed"), so the workspace refuses the preset first, naming every such key."""
+    doc = yaml.safe_load(QUICK.read_text())
+    del doc["evaluate"], doc["generalize"]
+    doc["accelerate"] = {"models": [], "horizons": doc["accelerate"]["horizons"]}
+    preset = tmp_path / "params.lean.yaml"
+    preset.write_text(yaml.safe_dump(doc))
+    with pytest.raises(WorkspaceError, match=r"params.lean.yaml: accelerate.stores, evaluate, generalize: missing; "
+                                             r"DVC tracks these keys"):
+        sync_workspace(tmp_path / "ws", preset, repo=ROOT)
+    assert not (tmp_path / "ws").exists()
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     assert main(["workspace", str(tmp_path / "ws"), "--params", str(QUICK), "--repo", str(ROOT)]) == 0
     assert "snakemake --cores all && gfm commit" in capsys.readouterr().out   # what make run runs there

@@ -161,6 +161,25 @@ def _copy_pipeline(repo: Path, into: Path, *, guard: tuple[Path, ...]) -> None:
             shutil.copy2(src, out)
 
 
+def dvc_keys_missing(text: bytes) -> list[str]:
+    """The params keys dvc.yaml reads (every stage's ``params`` and ``foreach``, from the stage table) that the
+    params text does not write: the loader fills a left-out section with its defaults, DVC does not."""
+    from gfm.params_yaml import parse_yaml
+    from gfm.pipeline import STAGES
+
+    data = parse_yaml(text.decode())
+    keys = sorted({k for st in STAGES for k in (*st.params, *([st.foreach] if st.foreach else []))
+                   if "{" not in k})
+    missing = []
+    for key in keys:
+        node = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and not any(key.startswith(f"{m}.") for m in missing):
+            missing.append(key)
+    return missing
+
+
 def _declared_paths_absolute(text: bytes, base: Path) -> bytes:
     """The preset's text, with the relative path of every declared store (a task of kind ``recorded``) made
     absolute: it is relative to the preset's directory, and the workspace's params.yaml lies elsewhere. Only
@@ -267,6 +286,11 @@ def sync_workspace(dest: str | Path, params: str | Path, *, repo: str | Path = "
         raise WorkspaceError(f"{params}: no such params file (presets are params.<name>.yaml in the repository root)")
     load_params(params)   # ParamsError names the file, the key and what is allowed
     text = _declared_paths_absolute(params.read_bytes(), params.resolve().parent)
+    missing = dvc_keys_missing(text)
+    if missing:   # Snakemake would run it; DVC (gfm commit, dvc repro) would stop at the first stage that reads one
+        raise WorkspaceError(f"{params}: {', '.join(missing)}: missing; DVC tracks these keys (dvc.yaml) and "
+                             "refuses a params file without them; write each (e.g. `evaluate: {}`, "
+                             "`accelerate: {stores: {}}`) to take its defaults")
     missing = [name for name in PIPELINE_FILES if not (repo / name).exists()]
     if missing:
         raise WorkspaceError(f"{repo}: not the pipeline repository (missing {', '.join(missing)})")
