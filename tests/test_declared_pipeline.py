@@ -94,6 +94,8 @@ def test_every_model_that_can_forecast_a_store_is_scored(study):
     assert all("final_xlv" in m for n, m in own["models"].items() if n != "gfm_function")
     summary = (study["ws"] / "reports" / "summary.md").read_text()
     assert "own_net" in summary and "tanh_net" in summary and "refused: " in summary
+    # the report says why a store's downstream columns are empty, in evaluate's words
+    assert f"- own_net-momentum: {own['downstream_absent']}" in summary
 
 
 def test_downstream_metrics_are_the_runs_own_or_absent(study):

@@ -30,8 +30,9 @@ __all__ = ["refusal", "scored", "refusal_of", "cell_text", "refused_cell", "NOT_
 
 NOT_COMPUTED = "-"
 """A cell whose number was not computed (downstream metrics without the run's data, a score over no runs)."""
-DOWNSTREAM_NOTE = ("`-`: not computed; downstream metrics need the run's own evaluation data (a recorded store "
-                   "without `eval/x` and `eval/y`).")
+DOWNSTREAM_NOTE = ("`-`: not computed; downstream metrics need the run's own evaluation data and a network "
+                   "rebuilt from the store (a recorded store without `eval/x` and `eval/y`, or without its "
+                   "activation or loss).")
 REFUSED_LIMIT = 300
 """Longest refusal reason a table cell shows (the whole reason stays in the JSON outputs)."""
 

@@ -41,7 +41,7 @@ from gfm.comparisons import (
 )
 from gfm.config import Params
 from gfm.errors import GFMError
-from gfm.model_entries import DOWNSTREAM_NOTE, NOT_COMPUTED, refusal, refused_cell, scored
+from gfm.model_entries import DOWNSTREAM_NOTE, NOT_COMPUTED, cell_text, refusal, refused_cell, scored
 from gfm.outputs import REPORT, claim_output, discard_temp, open_temp_dir, replace_output
 from gfm.pipeline import under
 from gfm.protocol import protocol_section, val_curve_figures
@@ -268,7 +268,9 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
              *[_cell(m, n, _downstream_cell) for n in model_order(params)]] for k, m in metrics.items()]
     lines += table(header, rows) + [""]
     if _downstream_missing(metrics):
-        lines += [DOWNSTREAM_NOTE, ""]
+        why = [f"- {k}: {cell_text(m['downstream_absent'])}" for k, m in metrics.items()
+               if isinstance(m.get("downstream_absent"), str)]  # evaluate's reason, per store
+        lines += [DOWNSTREAM_NOTE + (" Why, per store:" if why else ""), "", *why, *([""] if why else [])]
     acc_rows = [[k, _reference_cell(m, "prefix_accuracy"), _reference_cell(m, "true_final_accuracy"),
                  *[_cell(m, n, _accuracy_cell) for n in model_order(params)]]
                 for k, m in metrics.items() if _has_accuracy(m)]
