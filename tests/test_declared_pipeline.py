@@ -6,7 +6,8 @@ activation the recorder cannot read. Both are declared in a preset, run by Snake
 recorded in DVC (`make run PRESET=...`), then checked: every forecaster that can forecast a store is scored,
 gfm_function refuses the network it cannot rebuild without blocking the others, downstream metrics are
 computed on the runs' own held-out data or reported absent with the reason, and a re-recorded store is
-refused until it is declared again, after which DVC sees exactly its stages as stale.
+refused until it is declared again, after which DVC sees exactly its stages as stale and `dvc repro` re-runs
+them.
 """
 
 from __future__ import annotations
@@ -123,3 +124,11 @@ def test_the_run_is_recorded_in_dvc_and_a_rerecorded_store_is_refused_until_decl
     stale = _run([str(BIN / "dvc"), "status", "--json"], ws).stdout
     stages = set(json.loads(stale))
     assert "generate@own_net-momentum" in stages and not any("tanh_net" in s for s in stages)
+    # DVC re-runs what the new store made stale, and only that (the other store's outputs stay as they were)
+    before = (ws / "data" / "metrics" / "tanh_net" / "momentum.json").stat().st_mtime_ns
+    _run([str(BIN / "dvc"), "repro", "-q"], ws)
+    assert _run([str(BIN / "dvc"), "status", "-q"], ws, ok=False).returncode == 0
+    assert (ws / "data" / "metrics" / "tanh_net" / "momentum.json").stat().st_mtime_ns == before
+    assert "activation" in _metrics(ws, "own_net")["models"]["gfm_function"]["refused"]
+    taken_in = __import__("zarr").open_group(ws / "data" / "trajectories" / "own_net" / "momentum.zarr", mode="r")
+    assert taken_in.attrs["declared"]["sha256"] == yaml.safe_load(params.read_text())["tasks"]["own_net"]["sha256"]
