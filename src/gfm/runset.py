@@ -15,8 +15,8 @@ Usage::
 
 Why: ``gfm.record(..., mode="a")`` grows a finished store by one run, durably: it links every file of the store
 into a staged copy, adds the run, flushes the copy and swaps it in. Each append costs time in the size of the
-store, so N appended runs cost time in N squared (BENCHMARKS.md, "Recording many runs"). ``record_runs``
-writes each run once, as its own one-run store, and the store once, at the end.
+store, so appending N runs costs more than N times one run (BENCHMARKS.md, "Recording many runs").
+``record_runs`` writes each run once, as its own one-run store, and the store once, at the end.
 
 * ``runs.record(model, optimizer, ...)`` takes the keywords of :func:`gfm.record` except ``path``, ``mode``
   and ``overwrite``, and returns a :class:`gfm.recorder.Recorder` (every check it makes on entry is
