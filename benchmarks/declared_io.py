@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -142,12 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
             by_seed, _ = forecast.test_runs(forecast.read_split(sp, store=ts))
             runs = [r for s in sorted(by_seed, key=int) for r in by_seed[s]]
             out = root / "forecasts" / label.replace(" ", "_")
+            stage = functools.partial(forecast.run, params, store_key=key, store=path, split=sp, models=models,
+                                      out=out)
             rows[label] = {
                 "block_runs": int(ts.attrs["block_runs"]), "test_runs": len(runs),
-                "prefix_per_block_s": timed(lambda: per_block_read(ts, runs, k), args.repeats),
-                "prefix_one_call_s": timed(lambda: Trajectories.from_store(ts, runs, records=k + 1), args.repeats),
-                "forecast_stage_s": timed(lambda: forecast.run(params, store_key=key, store=path, split=sp,
-                                                               models=models, out=out), args.repeats),
+                "prefix_per_block_s": timed(functools.partial(per_block_read, ts, runs, k), args.repeats),
+                "prefix_one_call_s": timed(functools.partial(Trajectories.from_store, ts, runs, records=k + 1),
+                                           args.repeats),
+                "forecast_stage_s": timed(stage, args.repeats),
             }
     result = {"runs": args.runs, "records": STEPS + 1, "params": 31, "repeats": args.repeats,
               "record_s_per_run": s_record, "intake_s": s_intake, "generate_s": s_generate,

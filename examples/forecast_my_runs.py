@@ -1,4 +1,4 @@
-"""Your own training runs through the whole pipeline: record them with gfm.record, declare the store, run it.
+"""Your own training runs through the pipeline: record them (gfm.record_runs), declare the store, run it.
 
     python examples/forecast_my_runs.py        # records 32 runs of the loop below (~1 min on 2 cores) into
                                                # recorded/my_runs.zarr and writes params.my_runs.yaml
@@ -84,24 +84,23 @@ def record_runs(path: str | Path, *, seeds: list[int], runs_per_seed: int, steps
                 model_fn=lambda: nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)),
                 **record_kwargs) -> Path:
     """Train ``runs_per_seed`` runs on each dataset seed with the loop of this file, recording every step into
-    one store at ``path`` (run 1 writes it, the others are added to it)."""
-    first = True
-    for seed in seeds:
-        x, y, x_eval, y_eval = make_dataset(seed)
-        for r in range(runs_per_seed):
-            torch.manual_seed(1000 * seed + r)  # the run's initialisation and minibatch order
-            model = model_fn()
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            with gfm.record(path, model, opt, mode="w" if first else "a", overwrite=first, dataset_seed=seed,
-                            loss="mse", eval_data=(x_eval, y_eval), **record_kwargs) as rec:
-                for _ in range(steps):
-                    batch = torch.randint(0, len(x), (32,))
-                    loss = ((model(x[batch]).squeeze(-1) - y[batch]) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    rec.step(loss)
-            first = False
+    one store at ``path`` (replaced if it is one), written once all runs are recorded."""
+    with gfm.record_runs(path, overwrite=True) as runs:
+        for seed in seeds:
+            x, y, x_eval, y_eval = make_dataset(seed)
+            for r in range(runs_per_seed):
+                torch.manual_seed(1000 * seed + r)  # the run's initialisation and minibatch order
+                model = model_fn()
+                opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+                with runs.record(model, opt, dataset_seed=seed, loss="mse", eval_data=(x_eval, y_eval),
+                                 **record_kwargs) as rec:
+                    for _ in range(steps):
+                        batch = torch.randint(0, len(x), (32,))
+                        loss = ((model(x[batch]).squeeze(-1) - y[batch]) ** 2).mean()
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        rec.step(loss)
     return Path(path)
 
 

@@ -1,6 +1,6 @@
 """A user's own runs through the whole pipeline, as README "Forecast your own training runs" describes it.
 
-Two stores recorded with gfm.record from the loop of examples/forecast_my_runs.py, neither with ReLU: a Tanh
+Two stores recorded with gfm.record_runs from the loop of examples/forecast_my_runs.py, neither with ReLU: a Tanh
 MLP (the activation read from its nn.Sequential, held-out data passed), and a network with its own forward, whose
 activation the recorder cannot read. Both are declared in a preset, run by Snakemake in a workspace and
 recorded in DVC (`make run PRESET=...`), then checked: every forecaster that can forecast a store is scored,

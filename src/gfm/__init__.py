@@ -3,6 +3,7 @@
 The public API (``dir(gfm)`` lists it):
 
 - ``gfm.record(path, model, optimizer, ...)``: record a training loop into a trajectory store.
+- ``gfm.record_runs(path)``: record many runs of a loop into one store (``runs.record(model, optimizer, ...)``).
 - ``gfm.open_trajectories(path)``: read a finished trajectory store.
 - ``gfm.load_forecaster(model_dir, ...)``: a model written by the train stage, with what it was fitted on.
 - ``gfm.forecast_run(model_dir, run, ...)``: load, then forecast one run, in one call.
@@ -13,7 +14,8 @@ Each is imported on first use, so ``gfm validate`` and other light commands do n
 
 from gfm._version import __version__
 
-__all__ = ["__version__", "open_trajectories", "record", "load_forecaster", "forecast_run", "prefix_from_arrays"]
+__all__ = ["__version__", "open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run",
+           "prefix_from_arrays"]
 
 
 
@@ -44,6 +46,10 @@ def __getattr__(name):
         from gfm.recorder import record
 
         return record
+    if name == "record_runs":
+        from gfm.runset import record_runs
+
+        return record_runs
     if name in ("forecast_run", "prefix_from_arrays"):
         from gfm.forecasters import trained
 

@@ -12,6 +12,8 @@ Usage::
             rec.step(loss)                                              # after opt.step() (and scheduler.step())
     # more runs of the same loop into the same store (one store of many runs is what a forecaster trains on):
     with gfm.record("runs/mynet.zarr", model2, opt2, mode="a", dataset_seed=0) as rec: ...
+    # each append costs time in the size of the store; for many runs, gfm.record_runs (gfm.runset) writes
+    # the store once, at a cost linear in the runs
 
 What is recorded, per run (R runs, T records, P parameters; record j is after j * ``every`` optimizer steps):
 
@@ -209,6 +211,12 @@ def _integer(value: Any, name: str, low: int) -> int:
 _HELD: set[Path] = set()
 
 
+def _lock_key(path: Path) -> Path:
+    """The entry of :data:`_HELD` for a writer of the store at ``path`` (gfm.record_runs holds it too)."""
+    tmp = partial_path(path)
+    return Path(os.path.realpath(tmp.parent)) / tmp.name / _LOCK_FILE
+
+
 def _append_hook(stage: str) -> None:
     """No-op; tests replace it to act inside an append (``"staged"``: the grown store is complete beside the
     old one; ``"swapped"``: the two are swapped, the old one not yet removed)."""
@@ -260,7 +268,7 @@ class Recorder:
         self.state_names = STATE_NAMES[self.opt_name]
         self.tmp = partial_path(self.path)  # the run being recorded, and the writer's lock, in both modes
         self._lock: int | None = None
-        self._lock_key = Path(os.path.realpath(self.tmp.parent)) / self.tmp.name / _LOCK_FILE
+        self._lock_key = _lock_key(self.path)
         self.steps = 0  # optimizer steps seen
         self.n_written = 0  # records flushed to zarr
         self._buf: dict[str, list] = {"weights": [], "lr": [], **{f"state/{s}": [] for s in self.state_names}}
