@@ -104,6 +104,8 @@ EXAMPLES = {
                   "    --models data/models/mlp_regression/sgd --out data/metrics/accelerate/mlp_regression/sgd.json",
     "import": "gfm import w.npy data/imported/w.zarr --meta w.meta.yaml --params params.yaml",
     "info": "gfm info data/trajectories/mlp_regression/sgd.zarr",
+    "declare": "gfm declare recorded/my_net.zarr --task my_net --write   # tasks.my_net + stores.my_net-<optimizer>",
+    "rechunk": "gfm rechunk runs/my_net.zarr runs/my_net.fast.zarr --params params.yaml",
     "adopt": "dvc pull && gfm adopt      # or: gfm adopt --pull",
     "commit": "snakemake --profile profiles/slurm && gfm commit --profile profiles/slurm --push",
     "slurm-check": "gfm slurm-check --profile profiles/slurm",
