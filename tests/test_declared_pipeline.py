@@ -97,6 +97,7 @@ def test_every_model_that_can_forecast_a_store_is_scored(study):
     assert "own_net" in summary and "tanh_net" in summary and "refused: " in summary
     # the report says why a store's downstream columns are empty, in evaluate's words
     assert f"- own_net-momentum: {own['downstream_absent']}" in summary
+    assert "Declared stores (own_net-momentum, tanh_net-momentum): the loss on each run's held-out" in summary
 
 
 def test_downstream_metrics_are_the_runs_own_or_absent(study):

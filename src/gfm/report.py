@@ -260,9 +260,12 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
             rows.append([name, *[_cell(metrics[k], name, lambda e: fmt(e["final_mse"]) + (
                 f" (median run {e['final_mse_median_run']:.3g})")) for k in keys]])
         lines += table(header, rows) + [""]
+    declared = sorted(k for k, m in metrics.items() if m.get("kind") == "recorded")
     lines += ["## Downstream: training loss of the forecast final weights", "",
               "`recovered` = (L_prefix − L_forecast) / (L_prefix − L_final): 1 = as good as training to the end, "
-              "0 = no better than stopping at the prefix, < 0 = worse.", ""]
+              "0 = no better than stopping at the prefix, < 0 = worse."
+              + (f" Declared stores ({', '.join(declared)}): the loss on each run's held-out evaluation data, "
+                 "for the prefix, true final and forecast weights alike." if declared else ""), ""]
     header = ["store", "prefix loss", "true final loss", *[f"{n} loss / recovered" for n in model_order(params)]]
     rows = [[k, _reference_cell(m, "prefix_loss"), _reference_cell(m, "true_final_loss"),
              *[_cell(m, n, _downstream_cell) for n in model_order(params)]] for k, m in metrics.items()]
