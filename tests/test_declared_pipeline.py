@@ -63,11 +63,15 @@ def study(tmp_path_factory):
     """The two stores recorded and declared in a preset, run with Snakemake in a workspace, committed to DVC."""
     ex = _example()
     base = tmp_path_factory.mktemp("mine")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the example's setting, for this module's recording only
     seeds = [1, 2]
-    tanh = ex.record_runs(base / "recorded" / "tanh_net.zarr", seeds=seeds, runs_per_seed=8, steps=40)
-    own = ex.record_runs(base / "recorded" / "own_net.zarr", seeds=seeds, runs_per_seed=8, steps=40,
-                         model_fn=OwnForward)
+    try:
+        tanh = ex.record_runs(base / "recorded" / "tanh_net.zarr", seeds=seeds, runs_per_seed=8, steps=40)
+        own = ex.record_runs(base / "recorded" / "own_net.zarr", seeds=seeds, runs_per_seed=8, steps=40,
+                             model_fn=OwnForward)
+    finally:
+        torch.set_num_threads(threads)
     params = base / "params.mine.yaml"
     ex.write_study(params, {"tanh_net": tanh, "own_net": own}, seeds, steps=40)
     data = yaml.safe_load(params.read_text())  # a smaller budget: the same pipeline, in minutes
