@@ -192,8 +192,7 @@ def intake(params, key: str, *, out: Path) -> dict:
     Returns:
         ``{"store", "runs", "records", "params", "source"}`` of the written store.
     """
-    from gfm.store_check import check_trajectory_store
-    from gfm.verdict import Verdict
+    from gfm.store_check import check_problem
 
     spec, task_cfg = params.lookup_store(key)
     if task_cfg.kind != "recorded":
@@ -205,10 +204,9 @@ def intake(params, key: str, *, out: Path) -> dict:
     if store_digest(src) != task_cfg.sha256:
         raise DeclareError(f"{src}: changed since it was declared; `gfm declare {task_cfg.path} --task {spec.task} "
                            "--write` accepts it")
-    verdict = Verdict(src, "trajectory store")
-    check_trajectory_store(src, verdict)
-    if verdict.problems:
-        raise DeclareError(f"{src}: fails gfm check ({shorten(verdict.problems[0], 200, quote=False)})")
+    problem = check_problem(src)
+    if problem:
+        raise DeclareError(f"{src}: fails gfm check ({problem})")
     done = rechunk(src, out, chunks=params.store,
                    attrs={"declared": {"path": task_cfg.path, "sha256": task_cfg.sha256, "task": spec.task},
                           "store": key})
@@ -274,14 +272,11 @@ def rechunk(src: str | Path, out: str | Path, *, chunks, attrs: dict | None = No
 
 
 def _verify(tmp: Path, out: Path) -> None:
-    from gfm.store_check import check_trajectory_store
-    from gfm.verdict import Verdict
+    from gfm.store_check import check_problem
 
-    verdict = Verdict(tmp, "trajectory store")
-    check_trajectory_store(tmp, verdict)
-    if verdict.problems:
-        raise DeclareError(f"{out}: the written store fails gfm check ({shorten(verdict.problems[0], 200, quote=False)}); "
-                           "nothing was put in place")
+    problem = check_problem(tmp)
+    if problem:
+        raise DeclareError(f"{out}: the written store fails gfm check ({problem}); nothing was put in place")
 
 
 def default_task_name(path: str | Path) -> str:

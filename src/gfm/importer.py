@@ -669,11 +669,8 @@ def _refuse_what_check_refuses(src: Path, attrs: dict[str, Any], layout: tuple[P
 def _verify(tmp: Path, dest: Path) -> None:
     """``gfm check`` of the written store, before it is put in place (every chunk decoded, a bounded block of
     runs at a time)."""
-    from gfm.store_check import check_trajectory_store
-    from gfm.verdict import Verdict
+    from gfm.store_check import check_problem
 
-    verdict = Verdict(tmp, "trajectory store")
-    check_trajectory_store(tmp, verdict)
-    if verdict.problems:
-        raise TrajectoryImportError(f"{dest}: the written store fails gfm check ({shorten(verdict.problems[0], 200, quote=False)}); "
-                                    "nothing was put in place")
+    problem = check_problem(tmp)
+    if problem:
+        raise TrajectoryImportError(f"{dest}: the written store fails gfm check ({problem}); nothing was put in place")

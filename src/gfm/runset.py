@@ -382,14 +382,11 @@ def _read_runs(runs: list[_Run], names: list[str]) -> dict[str, np.ndarray]:
 
 def _verify(tmp: Path, path: Path) -> None:
     """``gfm check`` of the written store before it is put in place."""
-    from gfm.store_check import check_trajectory_store
-    from gfm.verdict import Verdict
+    from gfm.store_check import check_problem
 
-    verdict = Verdict(tmp, "trajectory store")
-    check_trajectory_store(tmp, verdict)
-    if verdict.problems:
-        raise RecordError(f"{path}: the written store fails gfm check ({shorten(verdict.problems[0], 200, quote=False)}); "
-                          "nothing was put in place")
+    problem = check_problem(tmp)
+    if problem:
+        raise RecordError(f"{path}: the written store fails gfm check ({problem}); nothing was put in place")
 
 
 def record_runs(path: str | Path, *, chunks: StoreLayoutConfig | None = None, overwrite: bool = False) -> RunSet:

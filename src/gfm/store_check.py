@@ -38,7 +38,8 @@ from gfm.inputs import (
 from gfm.store_files import chunk_record_problems
 from gfm.verdict import Verdict, foreign_line, runs_text
 
-__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "check_trajectory_store"]
+__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "check_trajectory_store",
+           "check_problem"]
 
 _RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
 
@@ -392,3 +393,12 @@ def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P
                               "loss was recorded (loss_source none)")
         elif runs:
             v.problems.append(f"{name}: {runs_text(np.asarray(runs))} differ from the last recorded step")
+
+
+def check_problem(path: Path) -> str | None:
+    """The first problem ``gfm check`` finds in the trajectory store at ``path`` (every chunk decoded, a bounded
+    block of runs at a time), as one line of at most 200 characters; None when it finds none. What the writers
+    (gfm import, declared stores, gfm.record_runs) run on a store before they put it in place."""
+    v = Verdict(path, "trajectory store")
+    check_trajectory_store(path, v)
+    return shorten(v.problems[0], 200, quote=False) if v.problems else None
