@@ -98,8 +98,15 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
     (tmp_path / "acc" / "least_squares_1d_gd" / "sgd.json").write_text(out.read_text())
     lines = accelerate_section(params, tmp_path / "acc")
     text = "\n".join(lines)
-    assert "## Jump-ahead training" in text and f"{m['speedup_steps']:.2f}x ✓" in text
-    assert f"| exp_fit | {m['steps_to_target_mean']:.3g} |" in text
+    paired = m["speedup_steps_paired"]
+    assert paired["n_runs"] == 6 and 1 < paired["ci"][0] <= paired["ratio"] <= paired["ci"][1]
+    assert "## Jump-ahead training" in text and f"{paired['ratio']:.2f}x [{paired['ci'][0]:.2f}," in text
+    assert f"| exp_fit ✓ | {m['steps_to_target_mean']:.3g} |" in text
+    # the loss is measured on held-out samples that never decide a jump, and the curves for the figure are kept
+    assert r["loss"].startswith("held-out (") and m["worse_runs"] == 0
+    assert r["curves"]["plain"]["step"][0] == 0 and r["curves"]["plain"]["step"][-1] == r["budget"]
+    assert "seconds" not in r["curves"]["exp_fit"]  # timing off: no clock in the outputs
+    assert r["best_by_validation"]["model"] in ("exp_fit", "linear")
     assert accelerate_section(params, tmp_path / "nothing") == []
     # a model that was not trained for the store is a one-line error
     bad = parse_params({**doc, "train": {**doc["train"], "models": [*doc["train"]["models"], "lfd2"]},

@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -46,12 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from gfm.accelerate_summary import CANNOT_JUMP, best_by_validation, curve, summarise, why_not
 from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
 from gfm.optimizers import init_state, lr_multiplier, update
 from gfm.outputs import ACCELERATE, claim_output, write_json_output
-from gfm.pipeline import PATHS, under
 from gfm.refusals import REFUSED_FILE, read_refusal
 from gfm.runs import RunId, epoch_orders, run_ids, setup_run
 from gfm.seeds import hashed_seed
@@ -60,7 +61,8 @@ from gfm.tasks import Task, make_task
 
 __all__ = ["run", "simulate_jumps", "summarise", "AccelerateError", "SPEEDUP_TARGET"]
 
-SPEEDUP_TARGET = 1.3  # the goal: at least 1.3x fewer optimizer steps to the plain run's final loss
+SPEEDUP_TARGET = 1.3  # the goal: reach the plain run's final held-out loss at least 1.3x sooner (wall time when
+# timed, else optimizer steps), paired interval over runs wholly above 1, no run ending worse than plain
 
 
 class AccelerateError(GFMError, ValueError):
@@ -72,12 +74,14 @@ def _batch_seed(seed: int, task_name: str, run: RunId) -> int:
 
 
 def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdout: int, budget: int,
-               task_name: str) -> dict:
+               task_name: str, measure: int = 0) -> dict:
     """Training data, held-out data, init, hyper-parameters and minibatch order of ``runs``, stacked.
 
-    Each run draws one pool of ``n_samples + holdout`` samples from its own data stream (``task_name``'s
-    streams, gfm.runs): the first ``n_samples`` train it, the last ``holdout`` are held out -- never in a
-    minibatch, only deciding whether a jump is kept. One draw of the task, so the held-out samples come from the
+    Each run draws one pool of ``n_samples + holdout + measure`` samples from its own data stream
+    (``task_name``'s streams, gfm.runs): the first ``n_samples`` train it, the next ``holdout`` are held out --
+    never in a minibatch, only deciding whether a jump is kept -- and the last ``measure`` are held out from
+    both: the loss the experiment reports is measured on them, so a jump chosen on the ``holdout`` samples is
+    not also graded on them. One draw of the task, so the held-out samples come from the
     run's own distribution (its regression target, class means or image set: "drawn like its training data")
     while occupying a disjoint segment of the stream: independent samples given that distribution, and for
     image tasks (a permutation of the image set) never the same image. Why not a separate stream: the tasks
@@ -88,12 +92,12 @@ def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdo
     it differs from the stored run's. tests/test_leakage.py checks the held-out rows against both.
 
     Returns:
-        x (run, n, ...), y (run, n), xh (run, holdout, ...), yh (run, holdout), w0 (run, param),
-        hyper {name: (run, 1)}, orders (run, epoch, n), the task.
+        x (run, n, ...), y (run, n), xh (run, holdout, ...), yh (run, holdout), xm (run, measure, ...),
+        ym (run, measure), w0 (run, param), hyper {name: (run, 1)}, orders (run, epoch, n), the task.
     """
     n = task_cfg.n_samples
     task = make_task(task_cfg)
-    pool_task = make_task(dataclasses.replace(task_cfg, n_samples=n + holdout))
+    pool_task = make_task(dataclasses.replace(task_cfg, n_samples=n + holdout + measure))
     setups = [setup_run(pool_task, opt, seed, r, task_name=task_name) for r in runs]
     per_epoch = math.ceil(n / task_cfg.batch_size) if task_cfg.batch_size else 1
     epochs = math.ceil(budget / per_epoch) if task_cfg.batch_size else 0
@@ -106,7 +110,9 @@ def setup_runs(task_cfg: TaskConfig, opt, seed: int, runs: list[RunId], *, holdo
         scale = task.lr_scale(xi, yi)  # training samples only: the held-out ones must not set the step size
         for k, v in s.hyper.items():
             hyper[k].append(v / s.lr_scale * scale if k == "lr" and scale != s.lr_scale else v)
-    return {"x": x, "y": y, "xh": torch.stack([s.x[n:] for s in setups]), "yh": torch.stack([s.y[n:] for s in setups]),
+    h = n + holdout
+    return {"x": x, "y": y, "xh": torch.stack([s.x[n:h] for s in setups]), "yh": torch.stack([s.y[n:h] for s in setups]),
+            "xm": torch.stack([s.x[h:] for s in setups]), "ym": torch.stack([s.y[h:] for s in setups]),
             "w0": torch.stack([s.w0 for s in setups]),
             "hyper": {k: torch.tensor(v, dtype=torch.float32).unsqueeze(1) for k, v in hyper.items()},
             "orders": orders, "task": task}
@@ -129,13 +135,17 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
         state_after_jump: ``keep`` or ``reset`` the optimizer state of a run that jumped.
 
     Returns:
-        ``loss`` (run, budget + 1) full training loss after k optimizer steps (and the jumps made at k),
-        ``seconds`` (budget + 1,) loop wall-clock up to k, ``accepted``/``rejected`` (run,) jump counts,
-        ``jumped_steps`` (run,) optimizer steps skipped by accepted jumps.
+        ``loss`` (run, budget + 1) loss after k optimizer steps (and the jumps made at k) on the run's
+        ``measure`` held-out samples (its full training set when ``data`` has none), ``seconds`` (budget + 1,)
+        loop wall-clock up to k, ``accepted``/``rejected`` (run,) jump counts, ``jumped_steps`` (run,)
+        optimizer steps skipped by accepted jumps, ``attempts`` (forecasts made for the stacked runs),
+        ``forecast_seconds`` and ``verify_seconds`` (the part of the clock spent forecasting and checking
+        candidates on the held-out samples).
     """
     cfg = task.cfg
     e, R = cfg.record_every, data["w0"].shape[0]
     x, y, xh, yh, orders = data["x"], data["y"], data["xh"], data["yh"], data["orders"]
+    xm, ym = (data["xm"], data["ym"]) if data.get("xm") is not None and data["xm"].shape[1] else (x, y)
     N, B = x.shape[1], cfg.batch_size
     theta = data["w0"].clone()
     hp = dict(data["hyper"])
@@ -157,7 +167,8 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
     loss_curve = torch.empty(R, budget + 1)
     seconds = np.zeros(budget + 1)
     hyper_flat = {k: v.view(-1) for k, v in hp.items()}
-    elapsed = 0.0
+    elapsed = forecast_seconds = verify_seconds = 0.0
+    attempts = 0
 
     def lr_now() -> torch.Tensor:
         mults = torch.tensor([lr_multiplier(opt.schedule, int(v), cfg.steps) for v in vstep]).view(R, 1)
@@ -178,9 +189,14 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
                     weights=torch.stack(hist_w, 1), lr=torch.stack(hist_lr, 1), optimizer=opt.name, record_every=e,
                     steps=cfg.steps, states={n: torch.stack([h[n] for h in hist_s], 1) for n in state},
                     hyper=hyper_flat)
+                t_fc = time.perf_counter()
                 pred = forecaster.forecast(prefix, horizons=horizons)  # (run, candidate, param)
+                t_check = time.perf_counter()
                 now = task.loss(theta, xh, yh)  # (run,)
                 cand = torch.stack([task.loss(pred[:, i].contiguous(), xh, yh) for i in range(len(horizons))], 1)
+                forecast_seconds += t_check - t_fc
+                verify_seconds += time.perf_counter() - t_check
+                attempts += 1
                 cand = torch.where(torch.isfinite(cand) & torch.isfinite(pred).all(2), cand, torch.inf)
                 best_loss, best = cand.min(1)
                 ok = eligible & (best_loss <= now)
@@ -202,7 +218,7 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
                     since = torch.where(ok, torch.ones_like(since), since)
         elapsed += time.perf_counter() - t0
         seconds[k] = elapsed
-        loss_curve[:, k] = task.loss(theta, x, y)  # after k steps and the jumps at k; monitoring, not timed
+        loss_curve[:, k] = task.loss(theta, xm, ym)  # after k steps and the jumps at k; monitoring, not timed
         if k == budget:
             break
         t0 = time.perf_counter()
@@ -221,54 +237,19 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
         vstep += 1
         elapsed += time.perf_counter() - t0
     return {"loss": loss_curve.numpy(), "seconds": seconds, "accepted": accepted.numpy(),
-            "rejected": rejected.numpy(), "jumped_steps": jumped.numpy()}
+            "rejected": rejected.numpy(), "jumped_steps": jumped.numpy(), "attempts": attempts,
+            "forecast_seconds": forecast_seconds, "verify_seconds": verify_seconds}
 
 
-def _steps_to(curve: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """First k with curve[r, k] <= target[r] (run,), or -1 where never."""
-    hit = curve <= target[:, None]
-    return np.where(hit.any(1), hit.argmax(1), -1)
-
-
-def summarise(plain: dict, loop: dict, *, budget: int, timing: bool) -> dict[str, Any]:
-    """Per-loop statistics against the plain runs (same runs, same order).
-
-    The target of run r is the plain run's final training loss. A run that never reaches it counts ``budget``
-    steps in the sums (so ``speedup_steps`` cannot be inflated by failures) and is reported in ``reached``.
-    """
-    target = plain["loss"][:, -1]
-    k_plain = _steps_to(plain["loss"], target)
-    k_loop = _steps_to(loop["loss"], target)
-    reached = k_loop >= 0
-    k_loop_c = np.where(reached, k_loop, budget)
-    final = loop["loss"][:, -1]
-    ratio = final / np.maximum(target, 1e-30)
-    out = {
-        "runs": int(len(target)),
-        "reached": float(reached.mean()),
-        "steps_to_target_mean": float(k_loop_c.mean()),
-        "steps_to_target_median": float(np.median(k_loop_c)),
-        "plain_steps_to_target_mean": float(k_plain.mean()),
-        "speedup_steps": float(k_plain.sum() / max(k_loop_c.sum(), 1)),
-        "speedup_steps_median_run": float(np.median(k_plain / np.maximum(k_loop_c, 1))),
-        "final_loss_mean": float(final.mean()),
-        "final_loss_median": float(np.median(final)),
-        "final_loss_ratio_median": float(np.median(ratio)),
-        "no_worse_final": float((final <= target * (1 + 1e-6)).mean()),
-        "accepted": int(loop["accepted"].sum()),
-        "rejected": int(loop["rejected"].sum()),
-        "jumped_steps_mean": float(loop["jumped_steps"].mean()),
-    }
-    if timing:
-        # seconds (run, budget + 1): the clock of the run's stacked loop (one per dataset seed) after k steps
-        rows = np.arange(len(target))
-        t_plain = plain["seconds"][rows, k_plain]
-        t_loop = loop["seconds"][rows, k_loop_c]
-        out.update({"seconds_to_target_mean": float(t_loop.mean()), "plain_seconds_to_target_mean": float(t_plain.mean()),
-                    "speedup_wall": float(t_plain.sum() / max(t_loop.sum(), 1e-12)),
-                    "seconds_total_mean": float(loop["seconds"][:, -1].mean()),
-                    "plain_seconds_total_mean": float(plain["seconds"][:, -1].mean())})
-    return out
+def _fit_seconds(model_dir: Path) -> float | None:
+    """Mean seconds of one fit of a model (its summary.json, written with timing on), reported beside the jumps:
+    a forecaster is fitted once per dataset seed and then serves every run, so its fit is not in a run's clock."""
+    path = model_dir / "summary.json"
+    if not path.is_file():
+        return None
+    seeds = json.loads(path.read_text()).get("seeds", {})
+    vals = [s["fit_seconds"] for s in seeds.values() if isinstance(s.get("fit_seconds"), (int, float))]
+    return round(float(np.mean(vals)), 3) if vals else None
 
 
 def _read_split_runs(split: Path, part: str, runs: list[RunId]) -> dict[str, list[int]]:
@@ -308,25 +289,31 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     all_runs = run_ids(params.generate.dataset_seeds, task_cfg.runs_per_dataset)
     chosen = _read_split_runs(split, part, all_runs)
     t_start = time.perf_counter()
+    store_models = Path(models)  # the store's model directory (data/models/<task>/<optimizer>), from --models
     refused = {}  # models that refused this store at train time (gfm.refusals): reported, never run
     for name in acc.models:
-        mark = under(models, "model", spec.task, spec.optimizer.name, name, replaces=PATHS["models"]) / REFUSED_FILE
+        mark = store_models / name / REFUSED_FILE
         if mark.exists():
             refused[name] = read_refusal(mark, model=name)["refused"]
-    jumpers = [m for m in acc.models if m not in refused]
+    can_jump = [m for m in params.store_models(store_key) if params.models[m]["kind"] not in CANNOT_JUMP
+                and not (store_models / m / REFUSED_FILE).exists()]
+    best = best_by_validation(store_models, list(acc.horizons), can_jump)
+    jumpers = [m for m in acc.models if m not in refused and params.models[m]["kind"] not in CANNOT_JUMP]
+    if best is not None and best["model"] not in jumpers:
+        jumpers.append(best["model"])  # the store's best forecaster jumps too, chosen on validation runs
     per_model: dict[str, list[dict]] = {"plain": [], **{m: [] for m in jumpers}}
     for d, ids in sorted(chosen.items(), key=lambda kv: int(kv[0])):
         ids = ids[: acc.runs] if acc.runs else ids
         if not ids:
             continue
         data = setup_runs(task_cfg, spec.optimizer, params.seed, [all_runs[i] for i in ids], holdout=acc.holdout,
-                          budget=budget, task_name=spec.task)
+                          budget=budget, task_name=spec.task, measure=acc.measure)
         task = data["task"]
         plain = simulate_jumps(task, spec.optimizer, data, budget=budget, forecaster=None, every=acc.every,
                                horizons=list(acc.horizons))
         per_model["plain"].append(plain)
         for name in jumpers:
-            path = under(models, "model", spec.task, spec.optimizer.name, name, replaces=PATHS["models"]) / str(d)
+            path = store_models / name / str(d)
             try:
                 fc = load_forecaster(path)
             except GFMError as exc:
@@ -344,34 +331,59 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
 
     def cat(name: str) -> dict:
         parts = per_model[name]
+        runs = sum(len(p["accepted"]) for p in parts)
         return {"loss": np.concatenate([p["loss"] for p in parts]),
                 "seconds": np.concatenate([np.broadcast_to(p["seconds"], p["loss"].shape) for p in parts]),
                 "accepted": np.concatenate([p["accepted"] for p in parts]),
                 "rejected": np.concatenate([p["rejected"] for p in parts]),
-                "jumped_steps": np.concatenate([p["jumped_steps"] for p in parts])}
+                "jumped_steps": np.concatenate([p["jumped_steps"] for p in parts]),
+                # a forecast serves the stacked runs of its dataset seed at once: its cost is shared by them
+                "attempts_per_run": sum(p.get("attempts", 0) for p in parts) / len(parts),
+                "jump_seconds_per_run": sum(p.get("forecast_seconds", 0.0) + p.get("verify_seconds", 0.0)
+                                            for p in parts) / runs,
+                "forecast_seconds_per_run": sum(p.get("forecast_seconds", 0.0) for p in parts) / runs}
 
     if not per_model["plain"]:
         raise AccelerateError(f"{split}: no {part} runs to accelerate")
     plain = cat("plain")
+    # one optimizer step of one run: the plain loop's clock over its steps and stacked runs
+    step_seconds = float(np.mean([p["seconds"][-1] / (budget * len(p["accepted"])) for p in per_model["plain"]]))
     result = {
         "store": store_key, "task": spec.task, "optimizer": spec.optimizer.name, "part": part,
         "budget": budget, "record_every": task_cfg.record_every, "prefix_end": params.forecast.prefix_end,
         "config": to_dict(acc) | {"stores": sorted(acc.stores)},
+        "loss": f"held-out ({acc.measure} samples per run, never deciding a jump)",
         "plain": {"runs": int(plain["loss"].shape[0]), "final_loss_mean": float(plain["loss"][:, -1].mean()),
                   "final_loss_median": float(np.median(plain["loss"][:, -1])),
                   "initial_loss_mean": float(plain["loss"][:, 0].mean())},
+        "best_by_validation": best,
         "models": {},
     }
     for name, reason in refused.items():
         result["models"][name] = {"refused": reason}
     for name in jumpers:
         loop = cat(name)
-        result["models"][name] = summarise(plain, loop, budget=budget,
-                                           timing=acc.timing)
-        m = result["models"][name]
-        m["meets_target"] = bool(m["speedup_steps"] >= SPEEDUP_TARGET
-                                 and m["final_loss_mean"] <= result["plain"]["final_loss_mean"])
+        m = summarise(plain, loop, budget=budget, timing=acc.timing)
+        m["chosen"] = "accelerate.models" if name in acc.models else "best on validation runs"
+        fits = _fit_seconds(store_models / name)
+        if acc.timing:
+            m["forecast_ms_per_attempt"] = round(1000 * loop["forecast_seconds_per_run"]
+                                                 / max(loop["attempts_per_run"], 1), 4)
+            m["jump_seconds_per_run"] = round(loop["jump_seconds_per_run"], 6)
+            m["fit_seconds_mean"] = fits
+        primary = m["speedup_wall_paired"] if acc.timing else m["speedup_steps_paired"]
+        lo = primary["ci"][0]
+        m["meets_target"] = bool(primary["ratio"] is not None and primary["ratio"] >= SPEEDUP_TARGET
+                                 and lo is not None and lo > 1 and m["worse_runs"] == 0)
+        if acc.timing:
+            m["why_not"] = why_not(m, step_seconds)
+        result["models"][name] = m
+    result["curves"] = {name: curve(cat(name)) for name in ["plain", *jumpers]}
+    if not acc.timing:  # the clock is not reproducible: curves keep steps and losses only
+        for c in result["curves"].values():
+            del c["seconds"]
     if acc.timing:
+        result["step_ms"] = round(1000 * step_seconds, 4)
         result["seconds"] = round(time.perf_counter() - t_start, 3)
         result["threads"] = torch.get_num_threads()
     out = Path(out)

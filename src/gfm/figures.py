@@ -225,10 +225,11 @@ def generalize_figure(data: dict, level: float, path: Path) -> None:
 
 def accelerate_figure(results: list[dict], path: Path, *, target: float) -> None:
     """Jump-ahead results of several stores (``data/metrics/accelerate`` JSONs, gfm.accelerate): left, mean
-    optimizer steps to the plain run's final training loss, plain and each forecaster's loop, with the speed-up
+    optimizer steps to the plain run's final held-out loss, plain and each forecaster's loop, with the speed-up
     over each bar and the goal (plain steps / ``target``) as a dashed segment; right, each loop's mean final
-    training loss ÷ the plain run's (below 1: lower loss after the same budget)."""
+    held-out loss ÷ the plain run's (below 1: lower loss after the same budget). Refused models are left out."""
     plt = _pyplot()
+    results = [{**r, "models": {n: m for n, m in r["models"].items() if "refused" not in m}} for r in results]
     models = list(dict.fromkeys(n for r in results for n in r["models"]))
     colours = plt.get_cmap("tab10").colors
     width = 0.8 / (len(models) + 1)
@@ -253,12 +254,41 @@ def accelerate_figure(results: list[dict], path: Path, *, target: float) -> None
     names = [f"{r['task']}\n{r['optimizer']} ({r['plain']['runs']} runs)" for r in results]
     for ax in (left, right):
         ax.set_xticks(range(len(results)), names, fontsize=7)
-    left.set_ylabel("optimizer steps to the plain run's final loss")
+    left.set_ylabel("optimizer steps to the plain run's final held-out loss")
     left.set_title("Steps to target (bold: goal met, with no worse final loss)", fontsize=9)
     left.set_ylim(0, 1.3 * left.get_ylim()[1])  # room for the legend above the bars
     left.legend(fontsize=7, loc="upper center", ncol=min(len(models) + 2, 2 * len(results) + 1))
     right.axhline(1.0, color="grey", lw=0.8, ls="--")
-    right.set_ylabel("final training loss ÷ plain's (mean)")
+    right.set_ylabel("final held-out loss ÷ plain's (mean)")
     right.set_title("Final loss after the same budget", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def accelerate_curves(results: list[dict], path: Path) -> None:
+    """Held-out loss against wall-clock seconds (steps where the results were not timed), one panel per store
+    of the jump-ahead results: plain training in grey and each jumping forecaster's loop, median over runs
+    (``curves`` of gfm.accelerate's JSON), with plain training's final loss as a dashed line: where a loop's
+    curve crosses it is when that loop reached the target."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10").colors
+    names = list(dict.fromkeys(n for r in results for n in r.get("curves", {}) if n != "plain"))
+    fig, axes = plt.subplots(1, len(results), figsize=(max(6.0, 4.2 * len(results)), 3.8), dpi=100, squeeze=False)
+    for ax, r in zip(axes[0], results):
+        curves = r.get("curves", {})
+        clock = all("seconds" in c for c in curves.values())
+        key = "seconds" if clock else "step"
+        for name, c in curves.items():
+            colour = "#777777" if name == "plain" else colours[names.index(name) % len(colours)]
+            ax.plot(c[key], c["loss"], color=colour, lw=2.0 if name == "plain" else 1.2, label=name)
+        ax.axhline(r["plain"]["final_loss_median"], color="black", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xlabel("wall-clock seconds (stacked runs of one dataset seed)" if clock else "optimizer steps",
+                      fontsize=8)
+        ax.set_title(f"{r['task']} {r['optimizer']}" + (f" (one step {r['step_ms']:.3g} ms per run)"
+                                                        if "step_ms" in r else ""), fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("held-out loss (median over runs)")
     fig.tight_layout()
     _save(fig, path)

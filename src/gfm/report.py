@@ -195,6 +195,7 @@ def generalize_section(params: Params, metrics_dir: Path) -> list[str]:
 
 
 HEADLINE_FIGURE, GENERALIZE_FIGURE, ACCELERATE_FIGURE = "headline-xlv.png", "generalize-xlv.png", "accelerate-steps.png"
+ACCELERATE_CURVES_FIGURE = "accelerate-time.png"
 
 
 def _xlv_grid(params: Params, metrics: dict[str, dict]) -> tuple[list[str], list[str], list[list[float | None]]]:
@@ -229,6 +230,10 @@ def summary_figures(params: Params, metrics: dict[str, dict], fig_dir: Path, met
 
         figures.accelerate_figure(results, fig_dir / ACCELERATE_FIGURE, target=SPEEDUP_TARGET)
         out["accelerate"] = ACCELERATE_FIGURE
+        curved = [r for r in results if r.get("curves")]  # results written before the curves were kept have none
+        if curved:
+            figures.accelerate_curves(curved, fig_dir / ACCELERATE_CURVES_FIGURE)
+            out["accelerate_curves"] = ACCELERATE_CURVES_FIGURE
     return out
 
 
@@ -291,7 +296,8 @@ def _markdown(params: Params, metrics: dict[str, dict], figs: dict[str, list[str
         from gfm.accelerate_table import accelerate_section
 
         lines += accelerate_section(params, accelerate_dir)
-        lines += _figure_line(summary_figs, "accelerate", "Jump-ahead: steps to the plain run's final loss")
+        lines += _figure_line(summary_figs, "accelerate", "Jump-ahead: steps to the plain run's final held-out loss")
+        lines += _figure_line(summary_figs, "accelerate_curves", "Jump-ahead: held-out loss against wall time")
     lines += ["## Runs", ""]
     lines += table(["store", "runs", "diverged (excluded)", "test runs scored", "diverged test runs skipped"],
                    [[k, str(m["counts"]["runs_in_store"]), str(m["counts"]["diverged_runs_in_store"]),

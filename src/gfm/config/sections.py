@@ -195,6 +195,8 @@ class AccelerateConfig:
     every: int = spec(20, ge=1, doc="K: optimizer steps between jump attempts (a multiple of record_every)")
     horizons: list[int] = spec([200], nonempty=True, ge=1, doc="candidate jump targets (forecast.horizons entries)")
     holdout: int = spec(64, ge=1, doc="held-out samples per run deciding whether a jump is kept")
+    measure: int = spec(256, ge=1, doc="other held-out samples per run on which the time to plain training's "
+                                       "final loss is measured (never decide a jump)")
     runs: int = spec(10, ge=0, doc="test runs per dataset seed (0 = all)")
     budget: int = spec(0, ge=0, doc="optimizer steps per run (0 = the task's steps)")
     state_after_jump: Literal["keep", "reset"] = spec("keep", doc="optimizer state of a run that jumped")

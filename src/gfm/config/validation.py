@@ -237,14 +237,14 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
             continue
         runs = (acc.runs or task.runs_per_dataset)  # per dataset seed, one stacked job each
         budget = acc.budget or task.steps
-        need = runs * ((task.n_samples + acc.holdout) * (task.input_width() + 1) * 4 * 3
-                       + 2 * (task.n_samples + acc.holdout) * task.activation_width() * 4
+        need = runs * ((task.n_samples + acc.holdout + acc.measure) * (task.input_width() + 1) * 4 * 3
+                       + 2 * (task.n_samples + acc.holdout + acc.measure) * task.activation_width() * 4
                        + (budget + 1) * 4 * 2 + (4 + OPTIMIZER_STATE_ARRAYS[ast.optimizer]) * task.n_params() * 4)
         if need > lim.max_block_bytes:
             out.append((f"accelerate.stores.{key}", f"a jump-ahead job needs {_size(need)} ({_count(runs)} runs x "
-                                                    f"{_count(task.n_samples + acc.holdout)} samples, "
+                                                    f"{_count(task.n_samples + acc.holdout + acc.measure)} samples, "
                                                     f"{_count(budget)} steps), above limits.max_block_bytes = "
-                                                    f"{_size(lim.max_block_bytes)}; lower accelerate.runs or "
-                                                    "holdout, or raise the limit"))
+                                                    f"{_size(lim.max_block_bytes)}; lower accelerate.runs, "
+                                                    "holdout or measure, or raise the limit"))
     return out
 
