@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,13 @@ def test_cli_refuses_unknown_store(tmp_path, capsys):
     rc = main(["accelerate", "--params", str(p), "--store", "mlp_regression-adam", "--split", "s.json",
                "--models", "m", "--out", str(tmp_path / "o.json")])
     assert rc == 2 and "expected one of least_squares_1d_gd-sgd" in capsys.readouterr().err
+
+
+def test_a_held_out_pool_larger_than_the_image_set_is_refused():
+    """digits has 1,797 images: training, held-out and measured samples of one run must fit in them, or the held-out
+    sets would silently come out short (and an empty measured set would grade the run on its training data)."""
+    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    data["accelerate"]["measure"] = 1500
+    with pytest.raises(ParamsError, match=r"accelerate.stores.digits-sgd: tasks.digits.n_samples \+ accelerate.holdout "
+                                          r"\+ accelerate.measure = 256 \+ 64 \+ 1,500 samples, above the 1,797"):
+        parse_params(data)

@@ -213,7 +213,7 @@ def test_the_block_estimate_counts_exactly_what_simulate_records(optimizer):
     assert e.store_bytes == cfg.runs_per_dataset * recorded // 3
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params.quick.yaml", "tests/params.tiny.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params.quick.yaml", "params.jump.yaml", "tests/params.tiny.yaml"])
 def test_presets_fit_the_default_limits(name):
     from gfm.config import LimitsConfig
 

@@ -51,7 +51,7 @@ def _covers(path: str, key: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- structure
 
-@pytest.fixture(scope="module", params=["params.yaml", "params.quick.yaml", "tests/params.tiny.yaml"])
+@pytest.fixture(scope="module", params=["params.yaml", "params.quick.yaml", "params.jump.yaml", "tests/params.tiny.yaml"])
 def dry_repo(request, tmp_path_factory) -> Path:
     return make_repo(tmp_path_factory.mktemp("dag") / "repo", params=ROOT / request.param, small=False,
                      dvc_config=False)

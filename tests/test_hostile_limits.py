@@ -210,7 +210,7 @@ def test_the_estimate_is_the_built_models_parameter_count(saved, tiny_params):
 
 def test_every_shipped_params_file_validates(capfd):
     root = TINY.parents[1]
-    for path in (root / "params.yaml", root / "params.quick.yaml", TINY):
+    for path in (root / "params.yaml", root / "params.quick.yaml", root / "params.jump.yaml", TINY):
         code, out, err = _cli(["validate", str(path)], capfd)
         assert code == 0 and ": ok (" in out, (path, err)
 

@@ -144,26 +144,32 @@ def test_task_key_is_stable():
 
 @pytest.mark.parametrize("store", sorted(DEFAULT.accelerate.stores))
 def test_accelerate_holdout_is_never_training_data(store):
-    """The accelerate stage's held-out samples (accelerate.holdout per run, deciding whether a jump is kept):
-    a disjoint segment of the run's data stream -- rows n..n+h of one draw of the task, after the n training
-    rows -- that shares no sample with the training rows it is compared against, nor with the stored run's
-    training data, and never enters a minibatch."""
+    """The accelerate stage's held-out samples (accelerate.holdout per run, deciding whether a jump is kept, and
+    accelerate.measure per run, on which the reported loss is measured): disjoint segments of the run's data
+    stream -- rows n..n+h and n+h..n+h+m of one draw of the task, after the n training rows -- that share no
+    sample with the training rows, with each other, nor with the stored run's training data, and never enter a
+    minibatch."""
     spec, task_cfg = DEFAULT.lookup_store(store)
     acc = DEFAULT.accelerate
-    n, h = task_cfg.n_samples, acc.holdout
+    n, h, m = task_cfg.n_samples, acc.holdout, acc.measure
     for d in DEFAULT.generate.dataset_seeds:
         ids = [RunId(d, i) for i in _test_runs(DEFAULT, task_cfg, d)[: acc.runs or None]]
         data = accelerate.setup_runs(task_cfg, spec.optimizer, DEFAULT.seed, ids, holdout=h,
-                                     budget=acc.budget or task_cfg.steps, task_name=spec.task)
-        assert data["x"].shape[1] == n and data["xh"].shape[1] == h
-        # one draw of n + h samples from the run's data stream: training = its first n, held out = its last h
-        pool_task = make_task(__import__("dataclasses").replace(task_cfg, n_samples=n + h))
+                                     budget=acc.budget or task_cfg.steps, task_name=spec.task, measure=m)
+        assert data["x"].shape[1] == n and data["xh"].shape[1] == h and data["xm"].shape[1] == m
+        # one draw of n + h + m samples from the run's data stream: training = its first n, then h held out to
+        # decide jumps, then m held out to measure
+        pool_task = make_task(__import__("dataclasses").replace(task_cfg, n_samples=n + h + m))
         _, stored = _setups(DEFAULT, store, d, [r.index for r in ids])
         for k, r in enumerate(ids):
             pool = setup_run(pool_task, spec.optimizer, DEFAULT.seed, r, task_name=spec.task)
-            assert torch.equal(data["x"][k], pool.x[:n]) and torch.equal(data["xh"][k], pool.x[n:])
+            assert torch.equal(data["x"][k], pool.x[:n]) and torch.equal(data["xh"][k], pool.x[n:n + h])
+            assert torch.equal(data["xm"][k], pool.x[n + h:])
             held = {_digest(torch.cat([xi.flatten(), yi.flatten().float()])) for xi, yi in zip(data["xh"][k], data["yh"][k])}
-            assert len(held) == h, "duplicate held-out samples"
+            measured = {_digest(torch.cat([xi.flatten(), yi.flatten().float()])) for xi, yi in zip(data["xm"][k], data["ym"][k])}
+            assert len(held) == h and len(measured) == m, "duplicate held-out samples"
+            assert not held & measured, f"{store} {r}: a sample both decides jumps and measures them"
+            held = held | measured
             for name, xs, ys in (("accelerate training", data["x"][k], data["y"][k]),
                                  ("stored run's training", stored[k].x, stored[k].y)):
                 shared = [i for i, (xi, yi) in enumerate(zip(xs, ys))
@@ -171,7 +177,7 @@ def test_accelerate_holdout_is_never_training_data(store):
                 assert not shared, f"{store} {r}: held-out samples are {name} rows {shared[:5]}"
             # inputs alone too (a held-out image must be a different image, whatever its label)
             inputs = {_digest(xi) for xi in data["x"][k]}
-            assert not any(_digest(xi) in inputs for xi in data["xh"][k])
+            assert not any(_digest(xi) in inputs for xi in torch.cat([data["xh"][k], data["xm"][k]]))
         # minibatches index training rows only
         if data["orders"].numel():
             assert int(data["orders"].max()) == n - 1 and int(data["orders"].min()) == 0

@@ -4,6 +4,7 @@ and jump-ahead stores, and what the study would cost (``limits:``). Each section
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from gfm.config.optimizer import OPTIMIZER_STATE_ARRAYS
@@ -235,6 +236,15 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
         task = p.tasks.get(ast.task)
         if task is None or key not in p.stores or task.n_params() > lim.max_params:
             continue
+        cap = _sample_cap(task)
+        if cap is not None and task.n_samples + acc.holdout + acc.measure > cap:
+            # an image set has this many images: a larger pool would silently come out short (a smaller held-out
+            # set than asked for, or none, which would measure the loss on training samples)
+            out.append((f"accelerate.stores.{key}", f"tasks.{ast.task}.n_samples + accelerate.holdout + "
+                                                    f"accelerate.measure = {_count(task.n_samples)} + "
+                                                    f"{_count(acc.holdout)} + {_count(acc.measure)} samples, "
+                                                    f"above the {_count(cap)} the task's data set has; lower "
+                                                    "one of them"))
         runs = (acc.runs or task.runs_per_dataset)  # per dataset seed, one stacked job each
         budget = acc.budget or task.steps
         need = runs * ((task.n_samples + acc.holdout + acc.measure) * (task.input_width() + 1) * 4 * 3
@@ -248,3 +258,11 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
                                                     "holdout or measure, or raise the limit"))
     return out
 
+
+def _sample_cap(task) -> int | None:
+    """The most samples one draw of ``task`` can give (the upper bound of its ``n_samples``: the size of a fixed
+    image set), or None for a task that draws as many as asked."""
+    for f in dataclasses.fields(task):
+        if f.name == "n_samples" and f.metadata.get("le") is not None:
+            return int(f.metadata["le"])
+    return None
