@@ -169,7 +169,8 @@ def test_the_distribution_name_is_not_pypis_gfm_and_every_hint_uses_it():
 
 
 def test_the_public_api_has_real_names_and_is_listed():
-    public = {"open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run", "prefix_from_arrays"}
+    public = {"open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run", "prefix_from_arrays",
+              "jump_ahead"}
     assert set(dir(gfm)) == public | {"__version__"}
     for name in public:
         assert getattr(gfm, name).__name__ == name, name
