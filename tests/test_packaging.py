@@ -321,7 +321,7 @@ def test_every_command_ends_its_help_with_an_example_that_parses():
 # library API and the stage commands (generate ... accelerate, import, info, check) with every task kind.
 # The pipeline-only modules (gfm.report and the HTML/figure code behind it, gfm.drivers' DVC calls) may import
 # the extra's packages; their commands then stop with the one-line message tested above.
-BASE_MODULES = ["gfm", "gfm.cli", "gfm.recorder", "gfm.runset", "gfm.store", "gfm.forecasters", "gfm.generate",
+BASE_MODULES = ["gfm", "gfm.cli", "gfm.recorder", "gfm.runset", "gfm.jump", "gfm.store", "gfm.forecasters", "gfm.generate",
                 "gfm.split", "gfm.train", "gfm.forecast", "gfm.evaluate", "gfm.generalize", "gfm.accelerate",
                 "gfm.importer", "gfm.check", "gfm.tasks"] + sorted(
     f"gfm.tasks.{p.stem}" for p in (ROOT / "src" / "gfm" / "tasks").glob("*.py") if p.stem != "__init__")
