@@ -44,7 +44,7 @@ schedule). This helper does not touch the user's scheduler. A jump of ``h - pref
 sees; where the schedule is a function of the step (cosine, step decay), advance it by what
 :meth:`JumpAhead.step` returns (``for _ in range(jumper.step()): scheduler.step()``), so that it follows the
 run's virtual step (:attr:`JumpAhead.virtual_steps`, optimizer steps plus steps jumped over), as the
-``accelerate`` stage's schedule does. A schedule stepped per epoch needs nothing.
+``accelerate`` stage's schedule does.
 
 What the forecaster must fit, checked when :func:`jump_ahead` is called: a model loaded with
 :func:`gfm.load_forecaster` (a ``TrainedForecaster``) is checked as for a forecast of a recorded run
