@@ -57,3 +57,24 @@ def test_forecast_my_run_defaults_are_what_make_run_and_the_quick_preset_leave()
         assert "mlp_regression-sgd" in p["stores"], params
         models = p["stores"]["mlp_regression-sgd"].get("models", p["train"]["models"])
         assert "gfm_function" in models, params
+
+
+def test_jump_my_loop_compares_both_forecasters_with_plain_training_and_names_the_winner(tmp_path, capsys):
+    results = _load("jump_my_loop").main(str(tmp_path / "runs.zarr"), n_runs=6, record_steps=40, steps=80,
+                                         prefix_end=5, horizons=(10, 20), every=10, fit_steps=20)
+    assert set(results) == {"plain", "gfm_function", "linear"}
+    plain = results["plain"]
+    assert plain["seconds_to_target"] <= plain["loop_seconds"]  # the plain run reaches its own final loss
+    for name in ("gfm_function", "linear"):
+        r = results[name]
+        assert r["attempts"] == 8 and 0 <= r["accepted"] <= r["attempts"], name  # every 10 of 80 steps
+        assert r["jumped_steps"] >= 5 * r["accepted"] and r["jump_seconds"] > 0, name  # >= horizon 10 - prefix 5
+        if r["accepted"] == 0:  # every attempt rolled back: the same run as plain training, bit for bit
+            assert r["final_test_loss"] == plain["final_test_loss"], name
+    out = capsys.readouterr().out
+    best = min(results, key=lambda n: (results[n]["seconds_to_target"], results[n]["final_test_loss"]))
+    assert f"wins here: {best}" in out
+    # a jump-ahead loop that is not faster than plain says so, with what its jumps cost and saved
+    for name in ("gfm_function", "linear"):
+        slower = results[name]["seconds_to_target"] >= plain["seconds_to_target"]
+        assert (f"{name} is not faster than plain here" in out) == slower, name

@@ -169,7 +169,8 @@ def test_the_distribution_name_is_not_pypis_gfm_and_every_hint_uses_it():
 
 
 def test_the_public_api_has_real_names_and_is_listed():
-    public = {"open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run", "prefix_from_arrays"}
+    public = {"open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run", "prefix_from_arrays",
+              "jump_ahead"}
     assert set(dir(gfm)) == public | {"__version__"}
     for name in public:
         assert getattr(gfm, name).__name__ == name, name
@@ -320,7 +321,7 @@ def test_every_command_ends_its_help_with_an_example_that_parses():
 # library API and the stage commands (generate ... accelerate, import, info, check) with every task kind.
 # The pipeline-only modules (gfm.report and the HTML/figure code behind it, gfm.drivers' DVC calls) may import
 # the extra's packages; their commands then stop with the one-line message tested above.
-BASE_MODULES = ["gfm", "gfm.cli", "gfm.recorder", "gfm.runset", "gfm.store", "gfm.forecasters", "gfm.generate",
+BASE_MODULES = ["gfm", "gfm.cli", "gfm.recorder", "gfm.runset", "gfm.jump", "gfm.store", "gfm.forecasters", "gfm.generate",
                 "gfm.split", "gfm.train", "gfm.forecast", "gfm.evaluate", "gfm.generalize", "gfm.accelerate",
                 "gfm.importer", "gfm.check", "gfm.tasks"] + sorted(
     f"gfm.tasks.{p.stem}" for p in (ROOT / "src" / "gfm" / "tasks").glob("*.py") if p.stem != "__init__")

@@ -8,6 +8,8 @@ The public API (``dir(gfm)`` lists it):
 - ``gfm.load_forecaster(model_dir, ...)``: a model written by the train stage, with what it was fitted on.
 - ``gfm.forecast_run(model_dir, run, ...)``: load, then forecast one run, in one call.
 - ``gfm.prefix_from_arrays(weights, ...)``: a run held as arrays, in the form a forecaster reads.
+- ``gfm.jump_ahead(model, optimizer, forecaster, ...)``: jump ahead in a training loop with a fitted forecaster,
+  each jump kept only if the held-out loss is not worse.
 
 Each is imported on first use, so ``gfm validate`` and other light commands do not pay for torch and zarr.
 """
@@ -15,7 +17,7 @@ Each is imported on first use, so ``gfm validate`` and other light commands do n
 from gfm._version import __version__
 
 __all__ = ["__version__", "open_trajectories", "record", "record_runs", "load_forecaster", "forecast_run",
-           "prefix_from_arrays"]
+           "prefix_from_arrays", "jump_ahead"]
 
 
 
@@ -50,6 +52,10 @@ def __getattr__(name):
         from gfm.runset import record_runs
 
         return record_runs
+    if name == "jump_ahead":
+        from gfm.jump import jump_ahead
+
+        return jump_ahead
     if name in ("forecast_run", "prefix_from_arrays"):
         from gfm.forecasters import trained
 

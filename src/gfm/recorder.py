@@ -99,7 +99,8 @@ from gfm.store import (
 from gfm.store_files import _LOCK_FILE
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
-__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "network_spec", "HYPER_NAMES"]
+__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "network_spec", "flat_tensors", "flat_state",
+           "owned_parameters", "HYPER_NAMES"]
 
 # HYPER_NAMES (gfm.optimizers) is re-exported here: the per-run hyper-parameters a store holds, by optimizer.
 
@@ -222,8 +223,35 @@ def _append_hook(stage: str) -> None:
     old one; ``"swapped"``: the two are swapped, the old one not yet removed)."""
 
 
-def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
+def flat_tensors(tensors: list[torch.Tensor]) -> np.ndarray:
+    """``tensors`` flattened into one float32 vector, in order: a record's ``weights`` (and each state array)
+    as the store holds it. gfm.jump keeps its window in this same form, so a forecaster reads the same numbers
+    from a recorded run and from a live one."""
     return torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors]).numpy()
+
+
+def flat_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], name: str) -> np.ndarray:
+    """The torch optimizer's state ``name`` (a name of :data:`gfm.optimizers.STATE_NAMES`, e.g.
+    ``momentum_buffer``) for ``params``, flattened like the weights; zeros where torch has not created it yet
+    (before the first step), which is the state the update rules of gfm.optimizers start from."""
+    parts = [optimizer.state.get(p, {}).get(name) for p in params]
+    return flat_tensors([torch.zeros_like(p) if t is None else t for t, p in zip(parts, params)])
+
+
+def owned_parameters(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters of ``model`` in ``named_parameters`` order (the order of a record's flat vector).
+
+    Raises:
+        RecordError: the optimizer updates tensors that are not parameters of the model: a record would miss
+            them, and a forecast loaded into the model would not move them.
+    """
+    params = [p for _, p in model.named_parameters()]
+    ids = {id(p) for p in params}
+    stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in ids)
+    if stray:
+        raise RecordError(f"the optimizer updates {stray} tensors that are not parameters of the model; "
+                          "record the module that owns every optimized parameter")
+    return params
 
 
 class Recorder:
@@ -251,12 +279,7 @@ class Recorder:
         self.network = network_spec(model, activation, loss)
         # validated and copied now: a bad argument is refused before the training loop, not after it
         self.eval = None if eval_data is None else eval_arrays(eval_data, self.network.loss, RecordError)
-        self.params = [p for _, p in model.named_parameters()]
-        ids = {id(p) for p in self.params}
-        stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in ids)
-        if stray:
-            raise RecordError(f"the optimizer updates {stray} tensors that are not parameters of the model; "
-                              "record the module that owns every optimized parameter")
+        self.params = owned_parameters(model, optimizer)
         self.layout: tuple[ParamSpec, ...] = layout_from_shapes(
             [(n, tuple(p.shape)) for n, p in model.named_parameters()])
         if not self.layout:
@@ -314,12 +337,10 @@ class Recorder:
 
     @torch.no_grad()
     def _take_record(self) -> None:
-        self._buf["weights"].append(_flat(self.params))
+        self._buf["weights"].append(flat_tensors(self.params))
         self._buf["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
         for s in self.state_names:
-            parts = [self.optimizer.state.get(p, {}).get(s) for p in self.params]
-            self._buf[f"state/{s}"].append(_flat([torch.zeros_like(p) if t is None else t
-                                                  for t, p in zip(parts, self.params)]))
+            self._buf[f"state/{s}"].append(flat_state(self.optimizer, self.params, s))
         self._loss.append(float(self.evaluate()) if self.evaluate is not None else math.nan)
         if len(self._buf["weights"]) == self.chunk_steps:
             self._flush()
