@@ -76,3 +76,16 @@ def test_best_by_validation_reads_validation_scores_only(tmp_path):
     assert best["model"] == "gfm_function" and math.isclose(best["val_weight_mse"], 0.15)
     assert [name for name, _ in best["ranking"]] == ["gfm_function", "linear"]
     assert best_by_validation(tmp_path, [40, 200], ["missing"]) is None
+
+
+def test_why_not_names_runs_that_end_worse_and_a_gain_short_of_the_goal():
+    plain = _loop([[8, 4, 2, 1]] * 3, [0, 1, 2, 3])
+    # twice as fast on every run, but one run ends above plain's final loss
+    worse = summarise(plain, _loop([[8, 1, 1, 1], [8, 1, 1, 1], [8, 1, 1, 1.5]], [0, 1.5, 3, 4.5], accepted=1),
+                      budget=3, timing=True)
+    assert worse["worse_runs"] == 1 and worse["speedup_wall_paired"]["ci"][0] > 1
+    assert why_not(worse, 1.0).startswith("it is 2.00x faster, but 1 of 3 runs ended with a higher held-out loss")
+    # 1.2x faster on every run: resolved, but short of the goal
+    slow = summarise(plain, _loop([[8, 4, 1, 1]] * 3, [0, 1.25, 2.5, 3.75], accepted=1), budget=3, timing=True)
+    assert math.isclose(slow["speedup_wall_paired"]["ratio"], 1.2)
+    assert why_not(slow, 1.0) == "it is 1.20x faster, short of the 1.3x goal"

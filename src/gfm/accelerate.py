@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -47,7 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.accelerate_summary import CANNOT_JUMP, best_by_validation, curve, summarise, why_not
+from gfm.accelerate_summary import (
+    CANNOT_JUMP,
+    SPEEDUP_TARGET,
+    best_by_validation,
+    curve,
+    summarise,
+    why_not,
+)
 from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
 from gfm.forecasters import Forecaster, Trajectories, load_forecaster
@@ -61,8 +67,6 @@ from gfm.tasks import Task, make_task
 
 __all__ = ["run", "simulate_jumps", "summarise", "AccelerateError", "SPEEDUP_TARGET"]
 
-SPEEDUP_TARGET = 1.3  # the goal: reach the plain run's final held-out loss at least 1.3x sooner (wall time when
-# timed, else optimizer steps), paired interval over runs wholly above 1, no run ending worse than plain
 
 
 class AccelerateError(GFMError, ValueError):
@@ -241,17 +245,6 @@ def simulate_jumps(task: Task, opt, data: dict, *, budget: int, forecaster: Fore
             "forecast_seconds": forecast_seconds, "verify_seconds": verify_seconds}
 
 
-def _fit_seconds(model_dir: Path) -> float | None:
-    """Mean seconds of one fit of a model (its summary.json, written with timing on), reported beside the jumps:
-    a forecaster is fitted once per dataset seed and then serves every run, so its fit is not in a run's clock."""
-    path = model_dir / "summary.json"
-    if not path.is_file():
-        return None
-    seeds = json.loads(path.read_text()).get("seeds", {})
-    vals = [s["fit_seconds"] for s in seeds.values() if isinstance(s.get("fit_seconds"), (int, float))]
-    return round(float(np.mean(vals)), 3) if vals else None
-
-
 def _read_split_runs(split: Path, part: str, runs: list[RunId]) -> dict[str, list[int]]:
     """The ``part`` run ids of each dataset seed, checked like every stage's split (gfm.split.read_split)
     against the store's runs (``runs``, in store order)."""
@@ -365,12 +358,10 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         loop = cat(name)
         m = summarise(plain, loop, budget=budget, timing=acc.timing)
         m["chosen"] = "accelerate.models" if name in acc.models else "best on validation runs"
-        fits = _fit_seconds(store_models / name)
         if acc.timing:
             m["forecast_ms_per_attempt"] = round(1000 * loop["forecast_seconds_per_run"]
                                                  / max(loop["attempts_per_run"], 1), 4)
             m["jump_seconds_per_run"] = round(loop["jump_seconds_per_run"], 6)
-            m["fit_seconds_mean"] = fits
         primary = m["speedup_wall_paired"] if acc.timing else m["speedup_steps_paired"]
         lo = primary["ci"][0]
         m["meets_target"] = bool(primary["ratio"] is not None and primary["ratio"] >= SPEEDUP_TARGET

@@ -226,7 +226,7 @@ def summary_figures(params: Params, metrics: dict[str, dict], fig_dir: Path, met
         out["generalize"] = GENERALIZE_FIGURE
     results = _accelerate_results(params, accelerate_dir) if accelerate_dir is not None else []
     if results:
-        from gfm.accelerate import SPEEDUP_TARGET
+        from gfm.accelerate_summary import SPEEDUP_TARGET
 
         figures.accelerate_figure(results, fig_dir / ACCELERATE_FIGURE, target=SPEEDUP_TARGET)
         out["accelerate"] = ACCELERATE_FIGURE
