@@ -331,14 +331,14 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
                 "rejected": np.concatenate([p["rejected"] for p in parts]),
                 "jumped_steps": np.concatenate([p["jumped_steps"] for p in parts]),
                 # a forecast serves the stacked runs of its dataset seed at once: its cost is shared by them
-                "attempts_per_run": sum(p.get("attempts", 0) for p in parts) / len(parts),
-                "jump_seconds_per_run": sum(p.get("forecast_seconds", 0.0) + p.get("verify_seconds", 0.0)
-                                            for p in parts) / runs,
-                "forecast_seconds_per_run": sum(p.get("forecast_seconds", 0.0) for p in parts) / runs}
+                "attempts_per_run": sum(p["attempts"] for p in parts) / len(parts),
+                "jump_seconds_per_run": sum(p["forecast_seconds"] + p["verify_seconds"] for p in parts) / runs,
+                "forecast_seconds_per_run": sum(p["forecast_seconds"] for p in parts) / runs}
 
     if not per_model["plain"]:
         raise AccelerateError(f"{split}: no {part} runs to accelerate")
-    plain = cat("plain")
+    loops = {name: cat(name) for name in per_model}  # each loop's runs of every dataset seed, concatenated once
+    plain = loops["plain"]
     # one optimizer step of one run: the plain loop's clock over its steps and stacked runs
     step_seconds = float(np.mean([p["seconds"][-1] / (budget * len(p["accepted"])) for p in per_model["plain"]]))
     result = {
@@ -355,7 +355,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
     for name, reason in refused.items():
         result["models"][name] = {"refused": reason}
     for name in jumpers:
-        loop = cat(name)
+        loop = loops[name]
         m = summarise(plain, loop, budget=budget, timing=acc.timing)
         m["chosen"] = "accelerate.models" if name in acc.models else "best on validation runs"
         if acc.timing:
@@ -369,7 +369,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         if acc.timing:
             m["why_not"] = why_not(m, step_seconds)
         result["models"][name] = m
-    result["curves"] = {name: curve(cat(name)) for name in ["plain", *jumpers]}
+    result["curves"] = {name: curve(loop) for name, loop in loops.items()}
     if not acc.timing:  # the clock is not reproducible: curves keep steps and losses only
         for c in result["curves"].values():
             del c["seconds"]

@@ -32,8 +32,8 @@ def steps_to(curve_: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _interval(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """Geometric-mean ratio a / b over runs (paired) with its 95% Student t interval on the log ratios."""
-    r = paired_ratio(np.maximum(a, 1e-12).tolist(), np.maximum(b, 1e-12).tolist())
-    return {"ratio": r.to_json()["ratio"], "ci": r.to_json()["ci"], "n_runs": r.n}
+    r = paired_ratio(np.maximum(a, 1e-12).tolist(), np.maximum(b, 1e-12).tolist()).to_json()
+    return {"ratio": r["ratio"], "ci": r["ci"], "n_runs": r["n_seeds"]}
 
 
 def summarise(plain: dict, loop: dict, *, budget: int, timing: bool) -> dict[str, Any]:
