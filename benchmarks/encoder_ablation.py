@@ -26,7 +26,7 @@ import torch
 
 from gfm import train
 from gfm.config import load_params
-from gfm.forecasters import Trajectories, load_forecaster, make_forecaster
+from gfm.forecasters import Trajectories, make_forecaster, read_model
 from gfm.forecasters.fitting import val_scores
 from gfm.split import read_split
 from gfm.stats import paired_ratio
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 fc.fit(tr, va, rng=rng)
                 seconds[kind] += time.perf_counter() - t0
                 scores[kind].append(val_scores(fc, va)["val_final_mse"])
-            fitted = load_forecaster(models_dir / task / opt / "gfm_function" / seed)
+            fitted = read_model(models_dir / task / opt / "gfm_function" / seed)
             scores["gfm_function"].append(val_scores(fitted, va)["val_final_mse"])
         means = " / ".join(f"{sum(v) / len(v):.3g}" for v in scores.values())
         print(f"| {key} | {means} | {ratio_text(scores['lstm_z'], scores['lstm'])} | "

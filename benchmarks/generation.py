@@ -66,7 +66,7 @@ class Row:
 
 
 
-def pick_runs(params: Params, key: str, n: int) -> list[tuple[int, int]]:
+def pick_runs(params: Params, n: int) -> list[tuple[int, int]]:
     """``n`` runs (dataset seed, index) of store ``key``, spread over the dataset seeds like the store's own."""
     seeds = params.generate.dataset_seeds
     ids = run_ids(seeds, math.ceil(n / len(seeds)))
@@ -190,7 +190,7 @@ def peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
 
 
 def bench_workload(params: Params, params_path: Path, key: str, n_runs: int, repeats: int) -> Row:
-    runs = pick_runs(params, key, n_runs)
+    runs = pick_runs(params, n_runs)
     task, opt, setups = build(params, key, runs)
     cfg = task.cfg
     # warm-up both paths on a few runs so that no timing pays first-call costs

@@ -24,7 +24,7 @@ import torch
 
 from gfm import train
 from gfm.config import load_params
-from gfm.forecasters import Trajectories, load_forecaster
+from gfm.forecasters import Trajectories, read_model
 from gfm.store import open_trajectories
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         s = train.run(params, store_key=args.store, model=model, split=Path(args.split), store=Path(args.inp),
                       out=out, progress=False)
         fit = time.perf_counter() - t0
-        fc = load_forecaster(out / seed)
+        fc = read_model(out / seed)
         fc.forecast(test, horizons=fc.horizons)  # warm-up
         t1 = time.perf_counter()
         fc.forecast(test, horizons=fc.horizons)

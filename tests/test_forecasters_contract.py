@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gfm.config import to_dict
-from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, load_forecaster, make_forecaster
+from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, make_forecaster, read_model
 from gfm.outputs import MARKER_FILE
 from gfm.split import make_split
 from gfm.store import open_trajectories
@@ -107,7 +107,7 @@ def test_save_load_round_trip_gives_identical_forecasts(kind, fitted, data, tmp_
     fc, pred = fitted(kind)
     path = fc.save(tmp_path / kind)
     assert sorted(p.name for p in path.iterdir()) == [MARKER_FILE, "config.json", "weights.safetensors"]
-    loaded = load_forecaster(path)
+    loaded = read_model(path)
     assert type(loaded) is type(fc) and to_dict(loaded.config) == to_dict(fc.config) and loaded.horizons == fc.horizons
     assert torch.equal(loaded.forecast(data["test"], horizons=fc.horizons), pred)
 

@@ -11,8 +11,8 @@ from gfm.forecasters.base import (
     ForecasterError,
     StoreNotSupported,
     Trajectories,
-    load_forecaster,
     make_forecaster,
+    read_model,
 )
 from gfm.forecasters.function_field import FunctionField, mlp_apply, mlp_shape
 from gfm.layout import layout_from_shapes
@@ -153,7 +153,7 @@ def test_fit_beats_last_value_on_validation_runs_and_round_trips(tiny_params, ti
     lv = float((val.weights[:, K] - val.weights[:, hz[-1]]).pow(2).mean())
     at_least("gfm_function_val_vs_last_value", lv / min(r["val_final_mse"] for r in log), 2)
     fc.save(tmp_path / "m")
-    again = load_forecaster(tmp_path / "m")
+    again = read_model(tmp_path / "m")
     test = tiny_runs["test"].prefix(K)
     assert torch.equal(fc.forecast(test, horizons=hz), again.forecast(test, horizons=hz))
 
@@ -220,7 +220,7 @@ def test_lstm_z_reads_the_run_code_and_round_trips(tiny_params, tiny_runs, tmp_p
     assert fc.states_needed() == fc.encoder.states_needed() == ("exp_avg", "exp_avg_sq")   # Adam runs
     pred = fc.forecast(test, horizons=hz)
     fc.save(tmp_path / "m")
-    again = load_forecaster(tmp_path / "m")
+    again = read_model(tmp_path / "m")
     assert torch.equal(again.forecast(test, horizons=hz), pred)
     again._z_stats = ([m + 3.0 for m in again._z_stats[0]], again._z_stats[1])
     assert not torch.allclose(again.forecast(test, horizons=hz), pred)
@@ -317,7 +317,7 @@ def test_a_tanh_store_is_fitted_and_forecast_as_a_tanh_network(tanh_runs, tmp_pa
     out = fc.forecast(test, horizons=[8, 12])
     assert out.shape == (2, 2, 19) and torch.isfinite(out).all()
     fc.save(tmp_path / "m")
-    again = load_forecaster(tmp_path / "m")
+    again = read_model(tmp_path / "m")
     assert again.extra["activation"] == "tanh" and torch.equal(again.forecast(test, horizons=[8, 12]), out)
     relu = dataclasses.replace(test, network=Network("relu", "mse"))
     with pytest.raises(StoreNotSupported, match="fitted on networks with tanh between layers; the run's network uses relu"):
@@ -336,11 +336,11 @@ def test_a_model_saved_before_models_kept_their_activation_is_relu(tanh_runs, tm
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     del meta["extra"]["activation"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
-    assert load_forecaster(tmp_path / "m").module.activation == "relu"
+    assert read_model(tmp_path / "m").module.activation == "relu"
     meta["extra"]["activation"] = None
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="extra.activation is null"):
-        load_forecaster(tmp_path / "m")
+        read_model(tmp_path / "m")
 
 
 def test_a_store_that_does_not_know_its_activation_is_refused(tmp_path):

@@ -302,9 +302,9 @@ def test_forecast_stage_refuses_a_nan_prefix_naming_the_store_run(st, capfd):
 
 
 def test_a_forecaster_refuses_empty_and_non_integer_horizons(st):
-    from gfm.forecasters import load_forecaster
+    from gfm.forecasters import read_model
 
-    fc = load_forecaster(st.root / "models" / "linear" / "1")
+    fc = read_model(st.root / "models" / "linear" / "1")
     prefix = Trajectories.from_store(open_trajectories(st.root / "store.zarr"), [0, 1], records=9)
     for horizons, message in (([], "horizons: got none"), ([16.0], "horizons: got 16.0; expected integers")):
         with pytest.raises(ForecasterError, match=message):

@@ -398,7 +398,7 @@ def test_check_names_files_that_are_not_part_of_a_store(run, capfd):
 def test_check_and_a_resumed_writer_agree_which_chunk_files_are_foreign(run, capfd):
     """A copy of a chunk under a name zarr never reads (a leading zero) is foreign to gfm check exactly as
     to the writer that resumes a store and discards such files (one chunk-key rule, gfm.store_files)."""
-    from gfm.store_files import foreign_files
+    from gfm.store_files import foreign_files_on_disk
 
     chunk = next(p for p in sorted((run.store / "weights" / "c").rglob("*")) if p.is_file())
     odd = chunk.parent / f"0{chunk.name}"
@@ -406,7 +406,7 @@ def test_check_and_a_resumed_writer_agree_which_chunk_files_are_foreign(run, cap
     code, out, _ = _cli(["check", str(run.store)], capfd)
     rel = odd.relative_to(run.store).as_posix()
     _assert_named(code, out, f"files that are not part of the store: {rel}")
-    assert foreign_files(run.store) == [odd]
+    assert foreign_files_on_disk(run.store) == [odd]
 
 
 def test_check_does_not_follow_a_link_leaving_the_walked_directory(run, capfd):

@@ -26,7 +26,7 @@ import yaml
 
 from conftest import TINY
 from gfm.config import load_params
-from gfm.forecasters import FORECASTERS, load_forecaster, make_forecaster
+from gfm.forecasters import FORECASTERS, make_forecaster, read_model
 from gfm.tuning import learned_options
 from stage_helpers import first_seed_runs
 from test_hostile_inputs import _assert_named, _assert_refused, _cli
@@ -96,7 +96,7 @@ def test_genuine_models_load_and_their_sizes_match_their_config(saved):
     from gfm.forecasters.model_files import _check_safetensors_header
 
     for kind, d in saved.items():
-        fc = load_forecaster(d)
+        fc = read_model(d)
         found = fc.sizes_from_tensors(_check_safetensors_header(d / "weights.safetensors"))
         assert all(getattr(fc.config, k) == v for k, v in found.items()), (kind, found)
         if kind not in ("lfd2", "gfm_function", "lstm_z"):  # (lstm_z: its encoder's sizes; lfd2 has none)
@@ -109,13 +109,13 @@ def test_edited_sizes_are_refused_before_the_module_is_built(saved, tmp_path):
     cases["joint"] = (_edited(saved["joint"], tmp_path / "joint", JOINT[2]), JOINT[3])
     script = textwrap.dedent("""
         import json, resource, sys, time
-        from gfm.forecasters import load_forecaster
+        from gfm.forecasters import read_model
         from gfm.errors import GFMError
         out = {}
         for name, path in json.loads(sys.argv[1]).items():
             before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
             try:
-                load_forecaster(path)
+                read_model(path)
                 message = None
             except GFMError as exc:
                 message = str(exc)
@@ -197,7 +197,7 @@ def test_the_estimate_is_the_built_models_parameter_count(saved, tiny_params):
     """The parameter count is exact for every kind whose module is built from options alone (the activation
     part is the order-of-magnitude one); GFM's follows the feature counts its fit computed."""
     for kind, d in saved.items():
-        fc = load_forecaster(d)
+        fc = read_model(d)
         built = sum(t.numel() for t in fc.state_tensors().values())
         store = "mlp_regression-adam"
         est = fc.size_estimate(tiny_params.tasks["mlp_regression"].n_params(), store.split("-")[1])
@@ -296,7 +296,7 @@ def test_out_of_memory_while_loading_is_not_a_misfit(saved, monkeypatch, capfd):
 def test_out_of_memory_anywhere_else_is_one_line(monkeypatch, capfd):
     import gfm.cli_stages
 
-    monkeypatch.setattr(gfm.cli_stages, "load_params", lambda path: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr(gfm.cli_stages, "load_validated_params", lambda path: (_ for _ in ()).throw(MemoryError()))
     code, _, err = _cli(["validate", str(TINY)], capfd)
     _assert_refused(code, err, "gfm validate: out of memory while running gfm validate; lower the sizes")
 

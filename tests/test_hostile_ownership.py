@@ -128,9 +128,9 @@ def test_user_files_shaped_like_an_artifact_are_refused_untouched(case, built, t
 
 def test_a_folder_with_someones_config_json_is_not_a_model_to_overwrite(built, tmp_path):  # noqa: F811
     """Forecaster.save refuses a folder holding a config.json it did not write (no model marker)."""
-    from gfm.forecasters import load_forecaster
+    from gfm.forecasters import read_model
 
-    fc = load_forecaster(built.models / "linear" / "1")
+    fc = read_model(built.models / "linear" / "1")
     folder = tmp_path / "experiment"
     folder.mkdir()
     (folder / "config.json").write_text('{"lr": 0.1, "notes": "my experiment"}\n')

@@ -383,7 +383,8 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
     """SIGKILL at 24 points spread over a whole generation (12 blocks of 2 runs, adam: 9 arrays + 9 run fields
     per block, plus the metadata and the completion flag), each inside a chunk or metadata write, leaving
     zarr's half-written temporary file. Every restart finishes a store byte-identical to an uninterrupted
-    one: the leftover temporary files are discarded (store.foreign_files), never renamed into the store."""
+    one: the leftover temporary files are discarded (store.foreign_files_on_disk), never renamed into the
+    store."""
     from zarr.storage import _local
 
     params = dataclasses.replace(tiny_params, store=dataclasses.replace(tiny_params.store, shard_runs=2,
@@ -416,5 +417,5 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
         generate.run(params, "mlp_regression-adam", out=out, progress=False)
         assert not partial_path(out).exists()
         assert _files(out) == expected, f"killed in write {n} of {total}: the resumed store differs"
-        assert store.foreign_files(out) == []
+        assert store.foreign_files_on_disk(out) == []
         shutil.rmtree(out)

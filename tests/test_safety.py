@@ -19,7 +19,7 @@ from conftest import ROOT, TINY
 from gfm.cli import main
 from gfm.config import parse_params
 from gfm.errors import GFMError, ParamsError
-from gfm.forecasters import Trajectories, load_forecaster, make_forecaster
+from gfm.forecasters import Trajectories, make_forecaster, read_model
 from gfm.forecasters.base import MAX_HEADER_BYTES, ForecasterError, ModelFileError
 from gfm.store import open_trajectories
 from test_reliability import KEY, staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
@@ -251,7 +251,7 @@ def test_crafted_model_directories_are_refused(case, lstm_dir, tmp_path, capsys)
     d = _copy(lstm_dir, tmp_path / "model")
     craft(d)
     with pytest.raises((ModelFileError, ForecasterError)) as info:
-        load_forecaster(d)
+        read_model(d)
     assert isinstance(info.value, GFMError) and message in str(info.value), str(info.value)
     assert main(["check", str(d)]) == 1
     out = capsys.readouterr().out
@@ -260,7 +260,7 @@ def test_crafted_model_directories_are_refused(case, lstm_dir, tmp_path, capsys)
 
 
 def test_the_genuine_model_loads_and_checks_clean(lstm_dir, capsys):
-    assert load_forecaster(lstm_dir).name == "lstm"
+    assert read_model(lstm_dir).name == "lstm"
     assert main(["check", str(lstm_dir)]) == 0
     assert "ok (model: lstm" in capsys.readouterr().out
 

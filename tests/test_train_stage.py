@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, run_tool
 from gfm import cli, train
-from gfm.forecasters import FORECASTERS, load_forecaster
+from gfm.forecasters import FORECASTERS, read_model
 from gfm.outputs import MARKER_FILE
 
 STORE = "mlp_regression-adam"
@@ -45,7 +45,7 @@ def test_one_model_per_dataset_seed_with_logs_and_summary(tiny_params, tiny_stor
         rows = list(csv.DictReader((d / "train_log.csv").open()))
         assert list(rows[0]) == list(train.LOG_COLUMNS) and len(rows) == summary.seeds[seed]["epochs"] >= 1
         assert all(float(r["val_loss"]) == float(r["val_loss"]) for r in rows)  # finite: val runs were given
-        assert load_forecaster(d).name == "lstm"
+        assert read_model(d).name == "lstm"
     meta = json.loads((out / "summary.json").read_text())
     assert meta["kind"] == "lstm" and meta["seeds"]["1"]["train_runs"] == 6 and meta["seeds"]["1"]["val_runs"] == 3
     assert set(meta["seeds"]["1"]["val_weight_mse"]) == {str(h) for h in tiny_params.forecast.horizons}
@@ -133,5 +133,5 @@ def test_dvc_repro_trains_one_store_then_is_up_to_date(repo_copy):
     base = repo_copy / "data" / "models" / "mlp_regression" / "adam"
     assert json.loads((base / "index.json").read_text())["models"].keys() == set(models)
     for m in models:
-        assert load_forecaster(base / m / "1").horizons == (16, 24, 32, 40)
+        assert read_model(base / m / "1").horizons == (16, 24, 32, 40)
     assert "up to date" in run_tool(["dvc", "repro", stage], repo_copy).stdout

@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from gfm import cli, train, tuning
-from gfm.forecasters import FORECASTERS, load_forecaster
+from gfm.forecasters import FORECASTERS, read_model
 from gfm.outputs import MARKER_FILE
 
 STORE = "mlp_regression-adam"
@@ -100,7 +100,7 @@ def test_every_learned_model_trains_under_the_same_budget(trained, tiny_params):
         assert meta["budget"] == dataclasses.asdict(tiny_params.train.budget)
         for seed, entry in meta["seeds"].items():
             assert 0 < entry["steps_used"] <= meta["budget_steps"], (model, seed)
-            assert load_forecaster(trained[model] / seed).config.steps == meta["budget_steps"]
+            assert read_model(trained[model] / seed).config.steps == meta["budget_steps"]
     assert budgets == {tiny_params.train.budget.steps}
     meta = json.loads((trained["last_value"] / "summary.json").read_text())
     assert meta["budget_steps"] is None and meta["tuning"] is None  # closed form: nothing to budget or tune
@@ -116,7 +116,7 @@ def test_tuning_records_every_trial_and_uses_the_choice_for_every_seed(trained, 
         assert t["chosen_options"] == t["trials"][t["chosen"]]["options"]
         # the choice is used for every dataset seed, and the tuning seed's fit is the chosen trial's fit
         for seed in meta["seeds"]:
-            cfg = load_forecaster(trained[model] / seed).config
+            cfg = read_model(trained[model] / seed).config
             assert all(getattr(cfg, k) == v for k, v in t["chosen_options"].items()), (model, seed)
         final = str(tiny_params.forecast.horizons[-1])
         assert meta["seeds"]["1"]["val_weight_mse"][final] == pytest.approx(scores[t["chosen"]])

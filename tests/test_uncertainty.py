@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.forecasters.base import Trajectories, load_forecaster, make_forecaster
+from gfm.forecasters.base import Trajectories, make_forecaster, read_model
 from gfm.uncertainty import central_interval, covered, crps
 from stage_helpers import first_seed_runs, train_and_forecast
 
@@ -88,7 +88,7 @@ def test_draws_are_spread_per_run_reproducible_and_round_trip(sampler, tiny_para
     assert torch.equal(sampler.sample_final(one, horizon=H, n=24, seed=3)[0], draws[2])
     assert not torch.equal(sampler.sample_final(test, horizon=H, n=24, seed=4), draws)
     sampler.save(tmp_path / "m")
-    again = load_forecaster(tmp_path / "m")
+    again = read_model(tmp_path / "m")
     assert again.n_samples() == 24 and torch.equal(again.sample_final(test, horizon=H, n=24, seed=3), draws)
 
 

@@ -30,8 +30,8 @@ def load_forecaster(model_dir, *, seed=None, store=None):
         seed: the dataset seed whose fit to load, when ``model_dir`` is the model's directory.
         store: the trajectory store the model was trained on (default: the pipeline's store beside the model).
 
-    Defined here, not re-exported, so that its name is its own: the loader of bare forecaster files is
-    ``gfm.forecasters.load_forecaster``; this one is ``gfm.forecasters.trained.load`` (full documentation).
+    Defined here, not re-exported, so that its name is its own: the reader of a bare model directory is
+    ``gfm.forecasters.read_model``; this one is ``gfm.forecasters.trained.load`` (full documentation).
     """
     from gfm.forecasters.trained import load
 

@@ -56,7 +56,7 @@ from gfm.accelerate_summary import (
 )
 from gfm.config import Params, TaskConfig, to_dict
 from gfm.errors import GFMError
-from gfm.forecasters import Forecaster, Trajectories, load_forecaster
+from gfm.forecasters import Forecaster, Trajectories, read_model
 from gfm.optimizers import init_state, lr_multiplier, update
 from gfm.outputs import ACCELERATE, claim_output, write_json_output
 from gfm.refusals import REFUSED_FILE, read_refusal
@@ -308,7 +308,7 @@ def run(params: Params, *, store_key: str, split: Path, models: Path, out: Path,
         for name in jumpers:
             path = store_models / name / str(d)
             try:
-                fc = load_forecaster(path)
+                fc = read_model(path)
             except GFMError as exc:
                 raise AccelerateError(f"{path}: {exc} (train model {name!r} for this store first)") from None
             missing = [h for h in acc.horizons if h not in fc.horizons]

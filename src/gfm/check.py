@@ -10,7 +10,7 @@ trajectory store (.zarr)  schema version, completion flag, attributes (layout of
 forecast store (.zarr)    kind, schema version, completion flag, shapes against its horizons,
                           float arrays filled with NaN, every chunk of every grid present and
                           counted (attribute ``chunks``), store indices unique, values finite
-model directory           ``load_forecaster`` accepts it (format, kind, config, fitted values as the
+model directory           ``read_model`` accepts it (format, kind, config, fitted values as the
                           forecaster declares them, safetensors header: size, F32 only, plain tensor
                           names, tensors fit the model), tensors finite
 trained-model directory   ``summary.json`` lists exactly the seed directories, each a sound model
@@ -122,7 +122,7 @@ def _check_json(path: Path, v: Verdict) -> None:
         v.problems.append("expected a JSON object")
     elif "datasets" in data:
         v.kind = "split"
-        _check_split(path, data, v)
+        _check_split(path, v)
     elif "models" in data and "counts" in data:
         v.kind = "metrics"
         _check_metrics(data, v)
@@ -147,7 +147,7 @@ def _check_json(path: Path, v: Verdict) -> None:
         v.problems.append(f"unrecognised JSON (keys {sorted(data)[:6]})")
 
 
-def _check_split(path: Path, data: dict, v: Verdict) -> None:
+def _check_split(path: Path, v: Verdict) -> None:
     from gfm.split import read_split_structure, split_problems
 
     datasets = read_split_structure(path)

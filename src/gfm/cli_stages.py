@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gfm.config import load_params as _load_params_file
+from gfm.config import load_params
 from gfm.errors import ParamsError
 from gfm.pipeline import PATHS
 
@@ -18,19 +18,20 @@ def _folder(name: str) -> str:
     return PATHS[name].split("{", 1)[0].rstrip("/")
 
 
-__all__ = ["load_params", "add_parsers", "PARAMS_HELP", "STORE_HELP", "THREADS_HELP"]
+__all__ = ["load_validated_params", "add_parsers", "PARAMS_HELP", "STORE_HELP", "THREADS_HELP"]
 
 PARAMS_HELP = "the params file (default: %(default)s)"
 STORE_HELP = "store key '<task>-<optimizer>' from params.stores, e.g. mlp_regression-sgd"
 THREADS_HELP = "torch intra-op threads (0 = torch's default; Snakemake passes the rule's threads)"
 
 
-def load_params(path: str | Path):
-    """Params as every command sees them (``gfm validate`` included): the file validated, then the options
-    of every entry of ``models:`` against its forecaster, so no stage starts on a file validate refuses."""
+def load_validated_params(path: str | Path):
+    """Params as every command sees them (``gfm validate`` included): the file read and validated
+    (:func:`gfm.config.load_params`), then the options of every entry of ``models:`` checked against its
+    forecaster, so no stage starts on a file validate refuses."""
     from gfm.train import model_problems
 
-    params = _load_params_file(path)
+    params = load_params(path)
     problems = model_problems(params, sorted(params.models))
     if problems:
         raise ParamsError(problems, source=str(path))
@@ -38,7 +39,7 @@ def load_params(path: str | Path):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     def runs(task) -> int:  # a declared store's runs are its own, over its own dataset seeds
         if task.kind == "recorded":
             from gfm.declared import read_declared
@@ -54,7 +55,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from gfm import generate
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     params.lookup_store(args.store)
     summary = generate.run(params, args.store, out=Path(args.out), progress=False if args.quiet else None)
     print(json.dumps(summary.__dict__, sort_keys=True))
@@ -64,7 +65,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     from gfm import split
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     result = split.run(params.split, store=Path(args.inp), out=Path(args.out))
     print(split_line(Path(args.out), result["datasets"]))
     return 0
@@ -80,11 +81,7 @@ def split_line(out: Path, datasets: dict[str, dict[str, list[int]]]) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from gfm import train
 
-    params = load_params(args.params)
-    # unknown model options (of every trained model, and of --model) fail here, before any data is read
-    problems = train.model_problems(params, sorted({*params.train.models, args.model} & set(params.models)))
-    if problems:
-        raise ParamsError(problems, source=args.params)
+    params = load_validated_params(args.params)  # unknown model options fail here, before any data is read
     summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
                         out=Path(args.out), progress=False if args.quiet else None)
     print(train_line(Path(args.out), summary))
@@ -103,7 +100,7 @@ def train_line(out: Path, summary) -> str:
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from gfm import forecast
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     summary = forecast.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
                            models=Path(args.models), out=Path(args.out), names=args.model or None)
     print(forecast_line(Path(args.out), summary))
@@ -122,7 +119,7 @@ def forecast_line(out: Path, summaries: dict[str, dict]) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gfm import evaluate
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
                           forecasts=Path(args.forecasts), metrics=Path(args.metrics), plots=Path(args.plots))
     print(evaluate_line(Path(args.metrics), result))
@@ -140,7 +137,7 @@ def evaluate_line(metrics: Path, result: dict) -> str:
 def _cmd_generalize(args: argparse.Namespace) -> int:
     from gfm import generalize
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     result = generalize.run(params, data=Path(args.data), out=Path(args.out))
     print(json.dumps({p["target"]: {n: m["transfer_xlv"]["mean"] for n, m in p["models"].items()}
                       for p in result["pairs"]}, sort_keys=True))
@@ -159,7 +156,7 @@ def _cmd_headline(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from gfm import report
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     if args.readme:
         report.update_readme(params, Path(args.metrics), Path(args.readme))
         print(f"updated the results block of {args.readme}")
@@ -178,7 +175,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_accelerate(args: argparse.Namespace) -> int:
     from gfm import accelerate
 
-    params = load_params(args.params)
+    params = load_validated_params(args.params)
     result = accelerate.run(params, store_key=args.store, split=Path(args.split), models=Path(args.models),
                             out=Path(args.out), part=args.runs, progress=not args.quiet)
     print(json.dumps({name: {k: m[k] for k in ("speedup_steps", "final_loss_mean", "accepted", "rejected")}

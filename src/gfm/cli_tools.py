@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from gfm.cli_stages import load_params
+from gfm.cli_stages import load_validated_params
 
 __all__ = ["add_parsers"]
 
@@ -15,7 +15,7 @@ __all__ = ["add_parsers"]
 def _cmd_import(args: argparse.Namespace) -> int:
     from gfm.importer import import_trajectories
 
-    chunks = load_params(args.params).store if args.params else None
+    chunks = load_validated_params(args.params).store if args.params else None
     summary = import_trajectories(args.src, args.dest, meta=args.meta, chunks=chunks, overwrite=args.overwrite)
     print(json.dumps(summary, sort_keys=True))
     return 0
@@ -33,7 +33,7 @@ def _cmd_rechunk(args: argparse.Namespace) -> int:
     from gfm.config import StoreLayoutConfig
     from gfm.declared import rechunk
 
-    chunks = load_params(args.params).store if args.params else StoreLayoutConfig()
+    chunks = load_validated_params(args.params).store if args.params else StoreLayoutConfig()
     done = rechunk(args.src, args.dest, chunks=chunks)
     print(f"wrote {done['store']}: {done['runs']} runs x {done['records']} records x {done['params']} params, "
           f"{chunks.chunk_runs} runs per chunk")

@@ -148,7 +148,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     w_prefix = np.concatenate(prefix_parts)  # (run, param)
     losses = read_runs(ts.loss, runs)  # (run, record)
     true_loss_final, loss_prefix = losses[:, -1], losses[:, k]
-    task, setups, absent = _downstream_data(params, spec, task_cfg, ts, store, runs, seed_of)
+    task, setups, absent = _downstream_data(params, spec, task_cfg, ts, runs, seed_of)
     present = set(seed_of.tolist())
     seeds = [int(s) for s in params.generate.dataset_seeds if int(s) in present]  # params order: per_seed lists
     seeds += sorted(present - set(seeds))
@@ -244,7 +244,7 @@ def run(params: Params, *, store_key: str, store: Path, split: Path, forecasts: 
     return result
 
 
-def _downstream_data(params: Params, spec, task_cfg, ts, store: Path, runs: np.ndarray, seed_of: np.ndarray):
+def _downstream_data(params: Params, spec, task_cfg, ts, runs: np.ndarray, seed_of: np.ndarray):
     """The network and each test run's own data that downstream metrics are computed with: ``(task, setups,
     "")``, or ``(None, [], reason)`` when the store cannot give them. A generated run's data is regenerated from
     its seeds; a declared store's is its held-out evaluation data (``eval/x``, ``eval/y``) through the network

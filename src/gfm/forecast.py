@@ -52,7 +52,7 @@ import zarr
 from gfm.config import Params
 from gfm.errors import GFMError, StoreIncompleteError, StoreNotFoundError, StoreSchemaError
 from gfm.forecast_check import chunk_record, verify_forecast_store
-from gfm.forecasters import StoreNotSupported, Trajectories, load_forecaster
+from gfm.forecasters import StoreNotSupported, Trajectories, read_model
 from gfm.inputs import tree_problems
 from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
 from gfm.refusals import REFUSED_FILE, forecast_refusal_path, read_refusal, refusal_reason, write_refusal
@@ -250,7 +250,7 @@ def nonfinite_draw_runs(samples: np.ndarray) -> int:
 
 def _load(model_dir: Path, fc_cfg):
     """The fit of one dataset seed, refused if it was fitted for another prefix end or other horizons."""
-    fc = load_forecaster(model_dir)
+    fc = read_model(model_dir)
     if fc.prefix_end != fc_cfg.prefix_end or not set(fc_cfg.horizons) <= set(fc.horizons):
         raise GFMError(f"{model_dir}: fitted for prefix_end {fc.prefix_end} and horizons {list(fc.horizons)}, "
                        f"but params ask for {fc_cfg.prefix_end} and {list(fc_cfg.horizons)}; re-run the train stage")

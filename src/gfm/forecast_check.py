@@ -17,7 +17,13 @@ import numpy as np
 
 from gfm import verdict
 from gfm.errors import GFMError, StoreIncompleteError, StoreSchemaError, shorten
-from gfm.inputs import array_meta_problems, chunk_file_limit, foreign_files, read_json, tree_problems
+from gfm.inputs import (
+    array_meta_problems,
+    chunk_file_limit,
+    foreign_files_in_listing,
+    read_json,
+    tree_problems,
+)
 from gfm.store_files import chunk_grid, missing_chunks
 from gfm.verdict import Verdict, foreign_line, is_int, runs_text, zarr_attrs
 
@@ -140,7 +146,7 @@ def check_forecast_store(path: Path, v: Verdict) -> None:
     if big:
         v.problems.append(f"chunk files larger than their chunk can encode to (refused unread): {', '.join(big[:5])}")
         return
-    foreign = foreign_files(files, {"", "runs"}, metas)
+    foreign = foreign_files_in_listing(files, {"", "runs"}, metas)
     if foreign:
         v.problems.append(foreign_line(foreign))
     incomplete = _completeness_problems(attrs, metas, files)

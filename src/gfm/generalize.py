@@ -37,7 +37,7 @@ import torch
 from gfm.config import Params
 from gfm.evaluate import mean_std
 from gfm.forecast import read_split, test_runs
-from gfm.forecasters import ForecasterError, StoreNotSupported, Trajectories, load_forecaster
+from gfm.forecasters import ForecasterError, StoreNotSupported, Trajectories, read_model
 from gfm.model_entries import refusal_of
 from gfm.outputs import GENERALIZE, claim_output, write_json_output
 from gfm.pipeline import under
@@ -79,7 +79,7 @@ def _first_line(exc: BaseException, limit: int) -> str:
 
 
 def _final_mse(model_dir: Path, target: Trajectories, prefix_end: int, final: int) -> float:
-    fc = load_forecaster(model_dir)
+    fc = read_model(model_dir)
     with torch.no_grad():
         pred = fc.forecast(target.prefix(prefix_end), horizons=[final])[:, 0]
     return float(((pred.double() - target.weights[:, final].double()) ** 2).mean())

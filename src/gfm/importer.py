@@ -425,7 +425,7 @@ def import_trajectories(src: str | Path, dest: str | Path, *, meta: str | Path |
     return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _check_arrays(src: Path, arrays: dict[str, _Array], R: int, T: int, P: int) -> None:
+def _check_arrays(src: Path, arrays: dict[str, _Array], R: int, T: int) -> None:
     """Shapes and dtypes of every array (headers only)."""
     for key, want in (("loss", (R, T)), ("lr", (R, T)), ("dataset_seed", (R,))):
         if key in arrays and arrays[key].shape != want:
@@ -527,7 +527,7 @@ def _import(src: Path, dest: Path, arrays: dict[str, _Array], meta: str | Path |
             raise TrajectoryImportError(f"{src}: no metadata file; write {src.stem}.meta.yaml beside it or pass --meta")
         meta_data, meta_src = _load_meta_file(meta_path), str(meta_path)
     m = read_meta(meta_data, n_runs=R, n_steps=T, n_params=P, source=meta_src)
-    _check_arrays(src, arrays, R, T, P)
+    _check_arrays(src, arrays, R, T)
     _check_eval(src, arrays, R, m.network.loss)
     given_seeds = _source_seeds(src, arrays, R)
     if "lr" in arrays:

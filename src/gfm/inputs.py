@@ -13,7 +13,7 @@ reads only metadata and directory entries:
   larger than its array's chunk can encode to (:func:`chunk_file_limit`) is refused, so no read is
   unbounded.
 * Zarr metadata (:func:`array_meta_problems`): shape, dtype, regular chunk grid, only codecs of
-  :data:`KNOWN_CODECS`; and which files of a Zarr directory are its own (:func:`foreign_files`).
+  :data:`KNOWN_CODECS`; and which files of a Zarr directory are its own (:func:`foreign_files_in_listing`).
 
 The trajectory store's own rules (attributes, the arrays it must hold) build on these, beside the store's
 reader and writer: :func:`gfm.store_check.inspect_trajectory_store`. Each rule is written once; ``gfm check``
@@ -38,7 +38,7 @@ from gfm.store_files import _DONE_DIR, _LOCK_FILE, _STAMP, is_chunk_key
 __all__ = [
     "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "file_problem", "regular_file",
     "read_bytes", "read_json", "json_depth", "tree_problems", "array_meta_problems", "chunk_file_limit",
-    "foreign_files",
+    "foreign_files_in_listing",
 ]
 
 MAX_JSON_BYTES = 64 << 20  # a metadata / split / metrics JSON larger than this is refused unread
@@ -283,12 +283,13 @@ def chunk_file_limit(meta: dict) -> int:
     return int(raw * 1.1) + 1024 * inner + 16 * inner + 4096
 
 
-def foreign_files(files: dict[str, int], groups: set[str], arrays: dict[str, dict]) -> list[str]:
+def foreign_files_in_listing(files: dict[str, int], groups: set[str], arrays: dict[str, dict]) -> list[str]:
     """Files of a Zarr directory that are not its own: anything but the ``zarr.json`` of the root, a group
     or a declared array, a chunk key within a declared array's grid, or a generator's done-marker / lock.
-    The listing-based twin of :func:`gfm.store_files.foreign_files` (which walks a store a writer resumes,
-    trusting the groups and arrays it finds): both judge chunk keys by :func:`gfm.store_files.is_chunk_key`,
-    so ``gfm check`` calls foreign exactly the chunk files a resumed writer would discard.
+    The listing-based twin of :func:`gfm.store_files.foreign_files_on_disk` (which walks a store a writer
+    resumes, trusting the groups and arrays it finds): both judge chunk keys by
+    :func:`gfm.store_files.is_chunk_key`, so ``gfm check`` calls foreign exactly the chunk files a resumed
+    writer would discard.
 
     Args:
         files: relative path -> size (from :func:`tree_problems`).

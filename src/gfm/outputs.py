@@ -178,14 +178,14 @@ def _zarr_attrs(path: Path) -> dict | None:
 
 
 def _zarr_artifact(path: Path, what: str, forecast: bool) -> str | None:
-    from gfm.store import foreign_files
+    from gfm.store import foreign_files_on_disk
 
     attrs = _zarr_attrs(path)
     if attrs is None or not isinstance(attrs.get("schema_version"), int) \
             or (attrs.get("kind") == "forecast") != forecast or (not forecast and "layout" not in attrs):
         found = _describe(path)
         return f"holds {found}, not {what}" if found else _holds(sorted(path.iterdir()), path, what)
-    foreign = foreign_files(path)
+    foreign = foreign_files_on_disk(path)
     if foreign:
         n = len(foreign)
         return (f"holds {what} and {n} file{'s' if n != 1 else ''} that {'is' if n == 1 else 'are'} not part of "

@@ -42,11 +42,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PairedRatio", "paired_ratio", "verdict", "seeds_to_resolve", "t_quantile", "t_cdf", "METHOD", "VERDICTS"]
+__all__ = ["PairedRatio", "paired_ratio", "verdict", "seeds_to_resolve", "t_quantile", "t_cdf", "METHOD"]
 
 METHOD = ("paired over dataset seeds: geometric mean of the per-seed MSE ratios, {level:.0%} Student t interval "
           "on the log ratios (n - 1 degrees of freedom)")
-VERDICTS = ("met", "not met", "not resolved", "unstable")
 NAN = float("nan")
 
 

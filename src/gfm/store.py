@@ -51,13 +51,13 @@ from zarr.codecs import BloscCodec
 from gfm.config import StoreLayoutConfig
 from gfm.errors import StoreLockedError
 from gfm.layout import ParamSpec
-from gfm.store_files import _DONE_DIR, _LOCK_FILE, chunk_counts, foreign_files, partial_path
+from gfm.store_files import _DONE_DIR, _LOCK_FILE, chunk_counts, foreign_files_on_disk, partial_path
 from gfm.store_reader import TrajectoryStore, open_trajectories, read_runs
 
 __all__ = [
     "SCHEMA_VERSION", "read_runs", "StoreWriter", "TrajectoryStore", "create_trajectory_store", "open_trajectories",
-    "partial_path", "foreign_files", "compressor", "create_run_group", "finish_run_group", "append_run",
-    "lock_partial", "link_store", "exchange_paths", "all_chunks", "add_eval_arrays",
+    "partial_path", "foreign_files_on_disk", "compressor", "create_run_group", "finish_run_group",
+    "append_run", "lock_partial", "link_store", "exchange_paths", "all_chunks", "add_eval_arrays",
     "create_eval_arrays",
 ]
 
@@ -159,7 +159,7 @@ class StoreWriter:
         rename is refused (it can neither reuse this flagged store nor remove what the rename puts in place),
         and one started after it finds no partial store and starts a new one. The lock file is removed from
         the finished store only after the rename; a writer killed in between leaves an empty ``.writer.lock``
-        in it, which :func:`foreign_files` counts as the store's own.
+        in it, which :func:`foreign_files_on_disk` counts as the store's own.
         """
         from gfm.outputs import TRAJECTORY_STORE, replace_output
 
@@ -307,7 +307,7 @@ def _open_writer(path: Path, tmp: Path, lock: int, *, n_runs: int, n_records: in
                 # A writer killed inside zarr's own write of a chunk leaves its temporary file (`*.partial`)
                 # beside the chunk; any such file would be renamed into the finished store. Only the store's
                 # own files are kept, so a resumed store is byte-identical to an uninterrupted one.
-                for f in foreign_files(tmp):
+                for f in foreign_files_on_disk(tmp):
                     f.unlink()
                 return StoreWriter(path, group, n_runs, block, lock)
         except Exception:  # noqa: BLE001 - any unreadable leftover is simply rebuilt

@@ -5,7 +5,8 @@ attribute where there is one: :func:`gfm.network.network_problem`), the optional
 against each other and the loss (:mod:`gfm.eval_data`), and every array's
 ``zarr.json`` against them: shape, dtype (float32 data), regular chunk grid, only codecs of
 :data:`gfm.inputs.KNOWN_CODECS`. No data chunk is read. Files that are not the store's own
-(:func:`gfm.inputs.foreign_files`) are listed for ``gfm check``; they do not stop a stage (zarr never reads them).
+(:func:`gfm.inputs.foreign_files_in_listing`) are listed for ``gfm check``; they do not stop a stage (zarr
+never reads them).
 
 ``gfm check`` (:func:`check_trajectory_store`) then decodes every chunk, a bounded block of runs at a time
 (evaluation data included: finite inputs and targets, class labels >= 0).
@@ -31,7 +32,7 @@ from gfm.inputs import (
     array_meta_problems,
     chunk_file_limit,
     file_problem,
-    foreign_files,
+    foreign_files_in_listing,
     read_json,
     tree_problems,
 )
@@ -234,7 +235,7 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
             p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
         p += _run_block_problems(out.arrays["weights"], files, R)
         p += _record_problems(out, files)
-        out.foreign = foreign_files(files, {"", "final", "runs", "state", "eval"}, out.arrays)
+        out.foreign = foreign_files_in_listing(files, {"", "final", "runs", "state", "eval"}, out.arrays)
     return out
 
 

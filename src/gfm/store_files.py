@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["partial_path", "foreign_files", "is_chunk_key", "chunk_grid", "present_chunks", "missing_chunks",
-           "chunk_counts", "chunk_record_problems"]
+__all__ = ["partial_path", "foreign_files_on_disk", "is_chunk_key", "chunk_grid", "present_chunks",
+           "missing_chunks", "chunk_counts", "chunk_record_problems"]
 
 _DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
 _LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
@@ -137,7 +137,7 @@ def chunk_record_problems(record: dict, metas: dict[str, dict], files: dict[str,
     return problems
 
 
-def foreign_files(path: str | Path) -> list[Path]:
+def foreign_files_on_disk(path: str | Path) -> list[Path]:
     """Files under the Zarr store ``path`` (finished or partial) that are not the store's own, sorted.
 
     A store's own files are the ``zarr.json`` of its root and of every group and array below it, the chunk
@@ -145,8 +145,9 @@ def foreign_files(path: str | Path) -> list[Path]:
     ``.blocks_done/<n>.done``) and Snakemake's ``.snakemake_timestamp``. Everything else is foreign: the
     ``*.partial`` temporary file of a chunk write that was killed, stray or planted files, links. Pure: reads
     only ``zarr.json`` files and directory entries. Used by a resumed writer (foreign files are discarded, so
-    a resumed store is byte-identical to an uninterrupted one), by stages deciding whether an output is theirs
-    to replace (:mod:`gfm.outputs`) and by ``gfm check``.
+    a resumed store is byte-identical to an uninterrupted one) and by stages deciding whether an output is
+    theirs to replace (:mod:`gfm.outputs`); ``gfm check`` judges a listing by the same chunk-key rule
+    (:func:`gfm.inputs.foreign_files_in_listing`).
     """
     root = Path(path)
     found: list[Path] = []

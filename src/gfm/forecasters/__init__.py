@@ -18,8 +18,8 @@ from gfm.forecasters.base import (
     ModelFileError,
     StoreNotSupported,
     Trajectories,
-    load_forecaster,
     make_forecaster,
+    read_model,
     register,
 )
 from gfm.forecasters.trained import (  # noqa: E402  (a trained model + what it was fitted on: gfm.load_forecaster)
@@ -32,7 +32,7 @@ from gfm.forecasters.trained import (  # noqa: E402  (a trained model + what it 
 
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "StoreNotSupported", "Trajectories",
-    "load_forecaster",
+    "read_model",
     "make_forecaster", "register", "Forecast", "RunMismatchError", "TrainedForecaster", "TrainedOn",
     "prefix_from_arrays",
 ]

@@ -7,7 +7,7 @@ Usage::
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))      # Trajectories of whole runs
     pred = fc.forecast(test.prefix(20), horizons=[40, 60, 200])    # (run, horizon, param)
     fc.save("data/models/mlp_regression/sgd/linear")              # weights.safetensors + config.json
-    fc2 = load_forecaster("data/models/mlp_regression/sgd/linear")
+    fc2 = read_model("data/models/mlp_regression/sgd/linear")
 
 Step indices (``prefix_end``, ``horizons``) count *recorded* steps: index j is optimizer step
 j * record_every. A forecaster is built for one prefix length and one set of horizons (sequence models learn
@@ -34,7 +34,7 @@ from gfm.errors import GFMError, shorten
 from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
 
 __all__ = [
-    "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "load_forecaster",
+    "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "read_model",
     "ForecasterError", "StoreNotSupported", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "SizeEstimate",
 ]
 
@@ -228,7 +228,7 @@ class Forecaster:
 
     def sizes_from_tensors(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
         """The config options that size this model's tensors (option name -> value), read from saved tensor
-        shapes alone. :func:`load_forecaster` compares them with the saved config before it builds anything,
+        shapes alone. :func:`read_model` compares them with the saved config before it builds anything,
         so that a config edited to a huge size is refused without allocating it. Width options whose tensor is
         missing are left out (the load then names the missing tensor); counts (layers) are always given."""
         return {}
@@ -396,6 +396,6 @@ from gfm.forecasters.model_files import (  # noqa: E402
     FORMAT,
     FORMAT_VERSION,
     MAX_HEADER_BYTES,
-    load_forecaster,
+    read_model,
     write_model,
 )

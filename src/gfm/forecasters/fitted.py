@@ -2,7 +2,7 @@
 runs' optimizer and length, a network shape) must hold.
 
 Each forecaster class declares its own in :meth:`~gfm.forecasters.base.Forecaster.fitted_schema`, and
-:func:`gfm.forecasters.model_files.load_forecaster` (so every stage, the Python API and ``gfm check``) refuses
+:func:`gfm.forecasters.model_files.read_model` (so every stage, the Python API and ``gfm check``) refuses
 a model whose values do not fit it, naming each one: a string where a scale belongs, a missing key or a run
 length of 0 would otherwise surface as a traceback, or a division by zero, only when the model forecasts.
 

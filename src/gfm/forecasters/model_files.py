@@ -2,7 +2,7 @@
 its validator for ``gfm check``.
 
 Saved models hold only these two files (and the train stage's ``train_log.csv``): a model pulled from a shared
-DVC remote cannot run code. :func:`load_forecaster` refuses unknown kinds, non-float32 tensors, oversized
+DVC remote cannot run code. :func:`read_model` refuses unknown kinds, non-float32 tensors, oversized
 headers and tensor names that are not plain identifiers; everything ``gfm check`` asks of a model directory is
 checked there, so a stage never forecasts with a model that check refuses.
 """
@@ -28,7 +28,7 @@ from gfm.forecasters.fitted import fitted_problems
 from gfm.inputs import _is_int
 from gfm.verdict import Verdict
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "write_model", "load_forecaster", "check_model_dir",
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "write_model", "read_model", "check_model_dir",
            "check_trained_models", "check_safetensors_file"]
 
 FORMAT = "gfm-forecaster"
@@ -52,9 +52,6 @@ def write_model(fc: Forecaster, tmp: Path, directory: Path) -> None:
     keep = [p for p in ("train_log.csv",) if (directory / p).is_file()]
     for p in keep:
         shutil.copy2(directory / p, tmp / p)
-
-
-_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def _check_safetensors_header(path: Path, root: Path | None = None) -> dict[str, tuple[int, ...]]:
@@ -134,7 +131,7 @@ def _nonfinite_numbers(obj: Any, where: str = "extra") -> list[str]:
     return []
 
 
-def load_forecaster(directory: str | Path) -> Forecaster:
+def read_model(directory: str | Path) -> Forecaster:
     """Load a forecaster saved by :meth:`Forecaster.save`, refusing anything unexpected.
 
     Everything ``gfm check`` asks of a model directory is checked here, so a stage never forecasts with a
@@ -240,7 +237,7 @@ def _dry_load(fc: Forecaster, shapes: dict[str, tuple[int, ...]]) -> None:
 def check_model_dir(path: Path, v: Verdict) -> None:
     from gfm.check import check_csv
 
-    fc = load_forecaster(path)  # refuses what the stages refuse: headers, shapes, non-finite tensors
+    fc = read_model(path)  # refuses what the stages refuse: headers, shapes, non-finite tensors
     if (path / "train_log.csv").is_file():
         sub = Verdict(path / "train_log.csv", "csv")
         check_csv(path / "train_log.csv", sub)

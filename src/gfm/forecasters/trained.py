@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers, load_forecaster
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers, read_model
 from gfm.forecasters.run_arrays import layout_of, prefix_from_arrays
 from gfm.forecasters.trained_on import TrainedOn, model_directory, read_trained_on
 from gfm.layout import ParamSpec
@@ -305,7 +305,7 @@ def load(model_dir: str | Path, *, seed: int | str | None = None, store: str | P
         ForecasterError: an unknown kind or invalid config.
     """
     directory = model_directory(model_dir, seed)
-    fc = load_forecaster(directory)
+    fc = read_model(directory)
     return TrainedForecaster(fc, directory, read_trained_on(fc, directory, store))
 
 
