@@ -5,8 +5,8 @@ same seeds, data, minibatch order and recording:
 
 * ``batched``: :func:`gfm.generate.simulate`, all R runs as one stacked model, in this process, with
   torch's default thread count and again with one thread;
-* ``naive``: ``train_reference`` (tests/reference.py) (one ``nn.Module`` + ``torch.optim`` per run) for every
-  run, one after another, in this process;
+* ``naive``: ``train_reference`` (benchmarks/reference.py: one ``nn.Module`` + ``torch.optim`` per run) for
+  every run, one after another, in this process;
 * ``naive x2``: the same naive loop split over two worker processes (one per core, one thread each), each
   running half of the runs: what a user who parallelises per-run jobs gets. Wall time from "go" to the last
   worker's answer; the workers are started and warmed up before the clock starts.
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tests.reference import train_reference
 
+from benchmarks.reference import train_reference
 from gfm.config import Params, load_params
 from gfm.generate import simulate
 from gfm.runs import RunId, RunSetup, run_ids, setup_run

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from benchmarks.reference import train_reference
 
 from conftest import TINY
 from gfm import generate
@@ -19,7 +20,6 @@ from gfm.runs import run_ids, setup_run
 from gfm.store import open_trajectories
 from gfm.tasks import make_task
 from gfm.tasks.cifar10 import RECORD_BYTES, CifarDataError, load_cifar10_binary
-from reference import train_reference
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from benchmarks.reference import train_reference
 
 from conftest import DEVICES, ROOT, TINY
 from gfm import generate
@@ -15,7 +16,6 @@ from gfm.generate import simulate
 from gfm.runs import run_ids, setup_run
 from gfm.store import open_trajectories
 from gfm.tasks import make_task
-from reference import train_reference
 
 DEFAULT = load_params(ROOT / "params.yaml")
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from benchmarks.reference import torch_optimizer, train_reference
 
 from conftest import ROOT
 from gfm.config import (
@@ -21,7 +22,6 @@ from gfm.generate import simulate
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES, init_state, lr_multiplier, update
 from gfm.runs import run_ids, setup_run
 from gfm.tasks import make_task
-from reference import torch_optimizer, train_reference
 
 HYPER = {
     "sgd": {"lr": 0.1, "weight_decay": 0.01},

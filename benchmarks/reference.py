@@ -1,9 +1,9 @@
 """The naive way: one plain ``nn.Module`` + ``torch.optim`` loop per run.
 
-It is the oracle of the stacked generator (``tests/test_generate.py``: same seeds, same data, same minibatch
-order, max abs weight difference <= 1e-5 after 200 steps) and the baseline of ``benchmarks/generation.py``.
-Test code, not part of the package: the tests import it as ``reference``, the benchmarks (run from the
-repository root) as ``tests.reference``.
+It is the baseline the stacked generator is timed against (``benchmarks/generation.py``, "naive") and its
+oracle in the tests (``tests/test_generate.py``: same seeds, same data, same minibatch order, max abs weight
+difference <= 1e-5 after 200 steps). Not part of the package: benchmarks and tests (both run from the
+repository root) import it as ``benchmarks.reference``.
 """
 
 from __future__ import annotations
