@@ -50,7 +50,7 @@ endif
 test: $(STAMP)  ## run the test suite (not slow, not gpu)
 	$(BIN)/python -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the day-to-day subset (no end-to-end tool runs; under 3 min on 2 cores); CI runs make test
+test-fast: $(STAMP)  ## the day-to-day subset (no end-to-end tool runs; its time: BENCHMARKS.md); CI runs make test
 	$(BIN)/python -m pytest -m "fast and not slow and not gpu and not cluster" $(PYTEST_ARGS)
 
 test-full: $(STAMP)  ## every test that this machine can run

@@ -17,8 +17,8 @@ measures a large float32 matmul to give the machine's attainable GFLOP/s.
 
 Usage::
 
-    python -m benchmarks.generation                       # full table of BENCHMARKS.md (~20-30 min on 2 cores)
-    python -m benchmarks.generation --quick               # R = 16, 64; one repeat; two optimizers (~1 min)
+    python -m benchmarks.generation                       # full table of BENCHMARKS.md (its time: there)
+    python -m benchmarks.generation --quick               # R = 16, 64; one repeat; two optimizers
     python -m benchmarks.generation --runs 256 --stores mlp_regression-adam --repeats 5 --json out.json
     make bench                                            # the full one
 """
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stores", nargs="+", default=None, help=f"store keys (default {' '.join(DEFAULT_STORES)})")
     ap.add_argument("--runs", nargs="+", type=int, default=None, help="values of R (default 16 64 256)")
     ap.add_argument("--digits-runs", type=int, default=16,
-                    help="R of the digits-adam row (0 = none); its naive loop costs ~2 s per run")
+                    help="R of the digits-adam row (0 = none); its naive loop is the slow part")
     ap.add_argument("--repeats", type=int, default=3, help="timings per workload; the median is reported")
     ap.add_argument("--quick", action="store_true", help="R = 16 64, one repeat, sgd + adam, no digits")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")

@@ -8,7 +8,7 @@ Usage::
         --in /tmp/b/digits/momentum.zarr --split /tmp/b/digits/momentum.json --out /tmp/b/models --threads 1
 
 Prints one Markdown table row per model: fit seconds summed over dataset seeds (what one train job costs,
-without the ~2-6 s process start-up), epochs, and forecasts/s on the test runs of one dataset seed
+without the process start-up), epochs, and forecasts/s on the test runs of one dataset seed
 (forecasting all test runs in one call, after a warm-up call).
 """
 

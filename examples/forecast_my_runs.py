@@ -1,9 +1,9 @@
 """Your own training runs through the pipeline: record them (gfm.record_runs), declare the store, run it.
 
-    python examples/forecast_my_runs.py        # records 32 runs of the loop below (20 s on the 2-core dev VM) into
-                                               # recorded/my_runs.zarr and writes params.my_runs.yaml
-    make run PRESET=my_runs                    # trains, forecasts, evaluates and reports it in build/my_runs/
-                                               # (1.5 min there); report: build/my_runs/reports/summary.md
+    python examples/forecast_my_runs.py        # records 32 runs of the loop below into recorded/my_runs.zarr
+                                               # and writes params.my_runs.yaml
+    make run PRESET=my_runs                    # trains, forecasts, evaluates and reports it in build/my_runs/;
+                                               # report: build/my_runs/reports/summary.md (times: README)
 
 The loop is an ordinary PyTorch loop (a Tanh MLP on a noisy nonlinear regression, SGD with momentum); replace
 it with yours. What the recorder is told, beyond the weights it reads itself:

@@ -1,7 +1,7 @@
 """Jump ahead in your own PyTorch training loop with gfm.jump_ahead: record a few runs of the loop, fit two
 forecasters on them, then train one new run plain and one with jumps per forecaster.
 
-    python examples/jump_my_loop.py          # under a minute on a 2-core CPU; writes runs/jump_my_loop.zarr
+    python examples/jump_my_loop.py          # writes runs/jump_my_loop.zarr (its time: README)
 
 The loop: a Tanh MLP (8 -> 32 -> 32 -> 1) fitted to a smooth nonlinear target with MSE, full batch on 4,096
 samples, SGD with momentum. Three disjoint sets are drawn: the training samples, the ``check`` samples that

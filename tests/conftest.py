@@ -85,10 +85,10 @@ def repo_copy(tmp_path) -> Path:
     return make_repo(tmp_path / "repo", small=False, dvc_config=False)
 
 
-# `make test-fast` (pytest -m fast): the day-to-day subset, under 3 minutes on a 2-core machine. Every test is in
-# it except those that use a fixture that drives the real tools on a copy of the repository or trains a study end
-# to end (each costs from ~20 s to minutes), the modules whose every test does, and the test functions listed in
-# tests/not_fast.txt (measured at 3 s or more); `make test` runs them all.
+# `make test-fast` (pytest -m fast): the day-to-day subset (its time: BENCHMARKS.md, "Test suite"). Every test
+# is in it except those that use a fixture that drives the real tools on a copy of the repository or trains a
+# study end to end, the modules whose every test does, and the test functions listed in tests/not_fast.txt
+# (measured at 3 s or more); `make test` runs them all.
 HEAVY_FIXTURES = {"repo_copy", "dry_repo", "ran_repo", "producer", "quick", "slow_repo", "repo", "workspace",
                   "page", "built", "finished", "written", "pipeline", "staged", "slurm", "first", "retry",
                   "fitted", "cifar_dir", "lstm_model", "lstm_dir", "tiny_sgd_gd", "closed_params",

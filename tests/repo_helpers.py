@@ -24,8 +24,8 @@ def _cut(params: dict, stores: int | None, models: int | None) -> dict:
 
 def shrink(params: dict, *, stores: int = 2, models: int = 1) -> dict:
     """The tiny study cut further, with the same DAG shape: the first ``stores`` stores and the first
-    ``models`` trained models. Every stage and every foreach item kind stays; each job costs ~10-30 s of
-    process start-up on a loaded 2-core machine, so the number of jobs is what sets these tests' time.
+    ``models`` trained models. Every stage and every foreach item kind stays; each job pays a process start-up
+    (BENCHMARKS.md, "Test suite"), so the number of jobs is what sets these tests' time.
     Params that refer across sections (a stage naming a store or a model) may not allow a cut: the first
     cut that still validates is used, down to no cut at all."""
     from gfm.config import parse_params

@@ -24,8 +24,8 @@ from gfm.tasks.cifar10 import RECORD_BYTES, CifarDataError, load_cifar10_binary
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny tensors: on a small shared CPU, OpenMP threads contending with other jobs made these tests ~40x
-    slower (measured: 15 s vs 0.4 s for one stacked CNN simulation)."""
+    """Tiny tensors: on a small shared CPU, OpenMP threads contending with other jobs made these tests many
+    times slower (BENCHMARKS.md, "Test suite")."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -101,6 +101,19 @@ def test_every_cited_doc_and_section_is_tracked():
     assert not missing, "\n".join(missing)
 
 
+# BENCHMARKS.md, "End to end" / BENCHMARKS.md ("Bounded memory" ...): code comments point to the section that
+# holds a number instead of stating it, so each named section must exist (a heading that starts with the name).
+BENCHMARK_CITATION = re.compile(r'BENCHMARKS\.md,?\s*(?:#\s*)?\(?"([^"\n]+)"')
+
+
+def test_every_cited_benchmarks_section_exists():
+    headings = [h.strip() for h in re.findall(r"^#{2,6}\s+(.+)$", texts()["BENCHMARKS.md"], re.M)]
+    missing = [f"{rel}:{line_of(text, m.start())}: BENCHMARKS.md has no section {m.group(1)!r}"
+               for rel, text in texts().items() for m in BENCHMARK_CITATION.finditer(text)
+               if not any(h.startswith(m.group(1)) for h in headings)]
+    assert not missing, "\n".join(missing)
+
+
 def test_relative_markdown_links_resolve_to_tracked_files():
     files = set(tracked())
     dirs = {d.as_posix() for f in files for d in Path(f).parents}  # a link may name a folder

@@ -35,7 +35,7 @@ OVERFIT_DROP = {"lstm": 100, "transformer": 100, "wnn": 10, "introspection": 20}
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 50x slower.
+    """Tiny models run fastest on one thread; on a busy small machine two threads are many times slower.
     (``GFM_TEST_THREADS`` overrides it, to check the margins under other round-off: tests/margins.py.)"""
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)

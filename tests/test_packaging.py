@@ -102,7 +102,7 @@ def test_constraints_pin_everything_make_venv_installs():
 
 def test_dvc_parses_yaml_with_the_c_parser():
     # Without ruamel.yaml.clib every params.yaml and dvc.lock read is pure Python: a no-op `dvc status` on the
-    # default study took 9.2 s instead of 5.4 s (BENCHMARKS.md). ruamel >= 0.19 makes the C parser optional.
+    # default study is much slower (BENCHMARKS.md, "A no-op"). ruamel >= 0.19 makes the C parser optional.
     from dvc.utils.serialize._yaml import parse_yaml
     from ruamel.yaml import YAML
     from ruamel.yaml.main import CParser

@@ -208,7 +208,7 @@ def test_changing_device_invalidates_nothing(tmp_path):
     store = train.name.split("@", 1)[1]
     ran = [f"generate@{store}", f"split@{store}", train.name]
     # one Snakemake run makes the store's trajectories, split and models; dvc commit records them as
-    # `dvc repro` would (each stage's own Snakemake start would cost ~10 s more apiece)
+    # `dvc repro` would (each stage's own Snakemake start would cost more: BENCHMARKS.md, "The scontrol trap")
     run_tool(["snakemake", "--cores", "2", "--", *train.targets], repo, timeout=800)
     run_tool(["dvc", "commit", "-f", "-q", *ran], repo)
 

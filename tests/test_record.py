@@ -21,8 +21,8 @@ from margins import THREADS, at_least, fit_rng
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny tensors: on a small shared CPU, OpenMP threads contending with other jobs made these tests ~40x
-    slower (measured: 15 s vs 0.4 s for one stacked CNN simulation)."""
+    """Tiny tensors: on a small shared CPU, OpenMP threads contending with other jobs made these tests many
+    times slower (BENCHMARKS.md, "Test suite")."""
     n = torch.get_num_threads()
     torch.set_num_threads(THREADS)  # GFM_TEST_THREADS: tests/margins.py
     yield

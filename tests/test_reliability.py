@@ -37,7 +37,8 @@ def _files(root: Path) -> dict[Path, bytes]:
 # --- 1. resumable generation under SIGKILL ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_params_file(tmp_path_factory) -> Path:
-    """The tiny study with 6 blocks of 4 runs and 4000 steps per run: each block takes about a second."""
+    """The tiny study with 6 blocks of 4 runs and 4000 steps per run: each block lasts long enough for a kill to
+    land inside it (its time: BENCHMARKS.md, "Test suite")."""
     data = yaml.safe_load(TINY.read_text())
     data["store"].update(shard_runs=4, chunk_runs=4)
     data["tasks"]["mlp_regression"].update(steps=4000, record_every=8)
@@ -390,7 +391,7 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
     params = dataclasses.replace(tiny_params, store=dataclasses.replace(tiny_params.store, shard_runs=2,
                                                                         chunk_runs=2))
     # fsync guards against a machine crash, not a killed process (the page cache survives it): skipped here,
-    # it is most of the runtime (about 5 minutes instead of seconds on a slow disk)
+    # it is most of the runtime on a slow disk (BENCHMARKS.md, "Test suite")
     monkeypatch.setattr(store, "_fsync_tree", lambda root: None)
     monkeypatch.setattr(store, "_fsync_dir", lambda path: None)
     ref = tmp_path / "ref.zarr"

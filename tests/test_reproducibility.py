@@ -7,7 +7,8 @@ machines float round-off differs between CPU kernels and trained models amplify 
 tolerance, measured by running the preset under two CPU kernels (BENCHMARKS.md, "Reproducibility").
 
 The run: ``GFM_QUICK_RUN`` names a finished quick-preset workspace (.ci/run passes the one `make run
-PRESET=quick` left in build/quick); without it the test makes its own (about 3 minutes on 2 idle cores).
+PRESET=quick` left in build/quick); without it the test makes its own (its time: BENCHMARKS.md,
+"Reproducibility across CPU kernels").
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def test_adamw_matches_torch_adamw_with_cosine_annealing():
 
 
 def test_a_learned_fit_does_not_import_torch_dynamo(tmp_path):
-    """Constructing a torch.optim optimizer imports torch._dynamo (1-3 s per train job); our fits must not."""
+    """Constructing a torch.optim optimizer imports torch._dynamo (seconds per train job: BENCHMARKS.md, "End to
+    end"); our fits must not."""
     import subprocess
     import sys
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", 0):
         # Snakemake passes the job's `threads`. Torch would otherwise split every op of these tiny nets over
-        # all cores, and on a loaded machine that made generation 10-25x slower (BENCHMARKS.md).
+        # all cores, which on a loaded machine made generation many times slower (BENCHMARKS.md, "Generation").
         import torch
 
         torch.set_num_threads(args.threads)

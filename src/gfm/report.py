@@ -123,7 +123,8 @@ def _has_accuracy(m: dict) -> bool:
 
 def results_block(params: Params, metrics: dict[str, dict], claim_rows: list[dict] | None = None) -> list[str]:
     """Markdown lines of the headline results (final-weight MSE as xLV, claims), for the README. ``claim_rows``:
-    :func:`claims` of the same metrics when the caller has them (each takes ~0.1 s: gfm.stats.seeds_to_resolve)."""
+    :func:`claims` of the same metrics when the caller has them (each solves gfm.stats.seeds_to_resolve per
+    claim, so it is computed once)."""
     lines = [f"Final-step weight MSE relative to `last_value` (xLV, mean ± std over "
              f"{len(params.generate.dataset_seeds)} dataset seeds; lower is better, < 1 beats stopping at the "
              f"prefix). Prefix: records 0..{params.forecast.prefix_end}; final step "

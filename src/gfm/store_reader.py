@@ -14,7 +14,7 @@ from gfm.errors import StoreNotFoundError, StoreSchemaError
 from gfm.layout import ParamSpec
 from gfm.store_files import partial_path
 
-if TYPE_CHECKING:  # torch is imported where it is used: `gfm split` and `gfm check` never need it (~1 s)
+if TYPE_CHECKING:  # torch is imported where it is used: `gfm split` and `gfm check` never pay for its import
     import torch
 
 __all__ = ["read_runs", "TrajectoryStore", "open_trajectories"]
@@ -26,7 +26,7 @@ def read_runs(arr: zarr.Array, runs: np.ndarray | list[int], stop: int | None = 
     """Rows ``runs`` (any order, repeats allowed) of a (run, step, ...) array, steps ``:stop``.
 
     Each stretch of consecutive run ids is read as one slice: zarr 3's orthogonal (fancy) selection on a
-    sharded array was ~30x slower here (150 of 200 digits runs: 25 s vs 0.8 s).
+    sharded array was much slower (BENCHMARKS.md, "Forecaster training").
     """
     runs = np.asarray(runs, dtype=np.int64)
     order = np.argsort(runs, kind="stable")

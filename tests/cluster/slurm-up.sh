@@ -2,8 +2,9 @@
 # Bring up a real one-node SLURM cluster on this machine (Debian 12, as root, no systemd), for the cluster
 # tests (pytest -m cluster) and for trying profiles/slurm by hand. Undo with tests/cluster/slurm-down.sh.
 #
-#   sudo tests/cluster/slurm-up.sh              # slurmctld + slurmd + munge, no accounting (~6 s)
-#   sudo WITH_DBD=1 tests/cluster/slurm-up.sh   # also MariaDB + slurmdbd, so sacct works (~11 s)
+#   sudo tests/cluster/slurm-up.sh              # slurmctld + slurmd + munge, no accounting
+#   sudo WITH_DBD=1 tests/cluster/slurm-up.sh   # also MariaDB + slurmdbd, so sacct works
+#   (how long each takes: BENCHMARKS.md, "Test suite")
 #
 # What it does: apt-get installs Debian's slurm-wlm daemons and munge; writes /etc/slurm/slurm.conf for one
 # node from `slurmd -C` (real CPUs and RealMemory, partition `debug`) plus one fake GPU (gres.conf with

@@ -24,8 +24,8 @@ rule train:
     threads: 1
     resources:
         # Only `device: cuda` sends neural training to a GPU: with `auto` a train job asks for none, because no
-        # measurement shows a GPU speeding up these fits (seconds to ~100 s on one CPU thread, mostly process
-        # start-up and small batches; BENCHMARKS.md, profiles/README.md). Closed-form kinds never use one.
+        # measurement shows a GPU speeding up these small-batch fits, which are short and largely process
+        # start-up (BENCHMARKS.md, "Forecaster training"; profiles/README.md). Closed-form kinds never use one.
         gpu=lambda wc: int(config["device"] == "cuda" and config["models"][wc.model]["kind"] not in CPU_KINDS),
     shell:
         "gfm train --params params.yaml --store {params.store} --model {wildcards.model} "

@@ -79,8 +79,8 @@ def sample(field: Callable[..., Any], x_init: torch.Tensor | tuple[torch.Tensor,
     if method in FIXED_STEP and step_size is not None:
         grid = _grid(time_grid, step_size)
         options["grid_constructor"] = lambda f, y0, t: grid.to(t)
-    # Imported here: torchdiffeq pulls in scipy.integrate (~0.5-1 s), which every `gfm` process that never
-    # integrates (most train/forecast jobs) would otherwise pay at start-up.
+    # Imported here: torchdiffeq pulls in scipy.integrate, a start-up cost (BENCHMARKS.md, "End to end") that
+    # every `gfm` process that never integrates (most train/forecast jobs) would otherwise pay.
     from torchdiffeq import odeint
 
     out = odeint(rhs, x_init, time_grid, method=method, rtol=rtol, atol=atol, options=options or None)

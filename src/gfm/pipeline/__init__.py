@@ -107,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
                                  "stores.{store}")},
           modules=("gfm.train", "gfm.train_index"), rule_file="train.smk",
           notes={"stores.{store}": "its optional per-store `models` list"},
-          comment="One stage per store (each DVC stage costs ~2 s of Snakemake start-up); inside it Snakemake runs "
+          comment="One stage per store (each DVC stage pays one Snakemake start-up); inside it Snakemake runs "
                   "the store's model jobs in parallel. The target is the store's index.json, whose rule needs "
                   "every model directory of train.models: DVC cannot interpolate a list into `cmd`."),
     Stage("forecast", rules=("forecast",), targets=("forecasts",), outs=("forecasts",),

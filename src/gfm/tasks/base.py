@@ -126,7 +126,8 @@ def mlp_backward(theta: torch.Tensor, inputs: list[torch.Tensor], d_out: torch.T
         parts.append(torch.bmm(delta.transpose(1, 2), h_in).view(R, -1))  # dW (run, out * in)
         if n:
             # h_in = relu(pre): the ReLU passes the gradient where its output is positive. threshold_backward
-            # is autograd's own ReLU backward and one fused kernel (masking with a bool tensor is ~6x slower)
+            # is autograd's own ReLU backward and one fused kernel (masking with a bool tensor is several times
+            # slower: BENCHMARKS.md, "Changes to the generator")
             delta = torch.ops.aten.threshold_backward(torch.bmm(delta, _view(theta, w_spec)), h_in, 0.0)
     # one concatenation in layout order (bmm into strided slices of a flat buffer falls back to a slow
     # per-run loop in PyTorch 2.x)
