@@ -9,7 +9,7 @@ Usage::
 Prints a Markdown table (stage, peak RSS, wall time) and writes ``memory.json`` next to the store. The
 store's size is reported both on disk and uncompressed (run x record x param x 4 bytes per float32 array).
 Peak RSS is bounded by the block sizes, not by the store: generation holds one block of ``shard_runs`` runs;
-the closed-form models train by streaming blocks of runs (``train.STREAM_BYTES``); forecasting reads the
+the closed-form models train by streaming blocks of runs (``train_fit.STREAM_BYTES``); forecasting reads the
 prefixes of one write block at a time; ``gfm check`` reads at most ``check.READ_BYTES`` at once.
 """
 

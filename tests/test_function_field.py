@@ -14,7 +14,7 @@ from gfm.forecasters.base import (
     make_forecaster,
     read_model,
 )
-from gfm.forecasters.function_field import FunctionField, mlp_apply, mlp_shape
+from gfm.forecasters.function_net import FunctionField, mlp_apply, mlp_shape
 from gfm.layout import layout_from_shapes
 from gfm.network import ACTIVATIONS, Network
 from margins import at_least, fit_rng

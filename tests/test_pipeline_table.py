@@ -114,6 +114,26 @@ def test_closure_follows_lazy_relative_and_from_imports(tmp_path):
     assert got == {"__init__.py", "_version.py", "a.py", "sub/__init__.py", "sub/c.py", "sub/d.py", "b.py"}
 
 
+def test_closure_holds_every_module_of_a_package_that_imports_its_own_directory(tmp_path):
+    src = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from gfm.reg import base\n",
+        "reg/__init__.py": """
+            import importlib
+            import pkgutil
+            for _module in pkgutil.iter_modules(__path__):    # a registry that fills itself (gfm.forecasters)
+                importlib.import_module(f"{__name__}.{_module.name}")
+            """,
+        "reg/base.py": "",
+        "reg/one.py": "",
+        "reg/sub/__init__.py": "",
+        "reg/sub/two.py": "",
+        "other.py": "",
+    })
+    got = {p.relative_to(src).as_posix() for p in import_closure(["gfm.a"], src)}
+    assert got == {"__init__.py", "a.py", "reg/__init__.py", "reg/base.py", "reg/one.py", "reg/sub/__init__.py"}
+
+
 def test_a_module_that_is_gone_is_named(tmp_path):
     src = _package(tmp_path, {"__init__.py": "", "a.py": ""})
     with pytest.raises(FileNotFoundError, match="gfm.gone"):

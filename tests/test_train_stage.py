@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_tool
-from gfm import cli, train
+from conftest import ROOT, TINY, run_tool
+from gfm import cli, train, train_fit
+from gfm.config import load_params
 from gfm.forecasters import FORECASTERS, read_model
 from gfm.outputs import MARKER_FILE
+from gfm.pipeline.forecaster_kinds import neural_kinds
 
 STORE = "mlp_regression-adam"
 
@@ -43,7 +45,7 @@ def test_one_model_per_dataset_seed_with_logs_and_summary(tiny_params, tiny_stor
         d = out / seed
         assert sorted(p.name for p in d.iterdir()) == [MARKER_FILE, "config.json", "train_log.csv", "weights.safetensors"]
         rows = list(csv.DictReader((d / "train_log.csv").open()))
-        assert list(rows[0]) == list(train.LOG_COLUMNS) and len(rows) == summary.seeds[seed]["epochs"] >= 1
+        assert list(rows[0]) == list(train_fit.LOG_COLUMNS) and len(rows) == summary.seeds[seed]["epochs"] >= 1
         assert all(float(r["val_loss"]) == float(r["val_loss"]) for r in rows)  # finite: val runs were given
         assert read_model(d).name == "lstm"
     meta = json.loads((out / "summary.json").read_text())
@@ -104,6 +106,17 @@ def test_cli_rejects_unknown_model_options_with_one_line_each(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_one_gfm_train_checks_the_models_once(tiny_store, split_file, tmp_path, monkeypatch):
+    calls, real = [], train.model_problems
+    monkeypatch.setattr(train, "model_problems", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code = cli.main(["train", "--params", str(TINY), "--store", STORE, "--model", "last_value", "--split", str(split_file),
+                     "--in", str(tiny_store), "--out", str(tmp_path / "lv"), "--quiet"])
+    assert code == 0 and len(calls) == 1
+    calls.clear()  # the library entry point checks what it is given itself
+    _run(load_params(TINY), tiny_store, split_file, tmp_path / "lv2", model="last_value")
+    assert len(calls) == 1
+
+
 def test_cli_rejects_an_unknown_model_name(tmp_path, capsys):
     params = _tiny_with(tmp_path)
     code = cli.main(["train", "--params", str(params), "--store", STORE, "--model", "nope", "--split", "x.json",
@@ -111,10 +124,24 @@ def test_cli_rejects_an_unknown_model_name(tmp_path, capsys):
     assert code == 2 and "--model: got 'nope'; expected one of" in capsys.readouterr().err
 
 
-def test_snakemake_cpu_kinds_match_the_registry():
-    text = (ROOT / "workflow" / "rules" / "train.smk").read_text()
-    listed = set(re.findall(r'"(\w+)"', re.search(r"CPU_KINDS = \{([^}]*)\}", text).group(1)))
-    assert listed == {k for k, cls in FORECASTERS.items() if not cls.neural}
+def test_the_kinds_snakemake_gives_a_gpu_are_the_registrys_neural_ones():
+    assert neural_kinds() == {k for k, cls in FORECASTERS.items() if cls.neural}
+    assert {"lstm", "gfm"} <= neural_kinds() and not {"gfm_function", "lstm_z", "linear"} & neural_kinds()
+
+
+def test_a_forecaster_kind_is_read_from_its_source_inherited_neural_included(tmp_path):
+    (tmp_path / "base.py").write_text("class Forecaster:\n    neural: ClassVar[bool] = True\n")
+    (tmp_path / "toy.py").write_text(
+        "class _Small(Forecaster):\n    neural = False\n\n\n"
+        "@register\nclass Big(Forecaster):\n    name = 'big'\n\n\n"
+        "@register\nclass Tiny(_Small):\n    name = 'tiny'\n\n\n"
+        "class Unregistered(Forecaster):\n    name = 'nope'\n")
+    assert neural_kinds(tmp_path) == {"big"}
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "toy.py").write_text("@register\nclass Odd(Forecaster):\n    name = 'odd'\n    neural = FLAG\n")
+    with pytest.raises(ValueError, match="Odd.neural must be a literal"):
+        neural_kinds(odd)
 
 
 def test_snakemake_plans_one_train_job_per_store_and_model(repo_copy):

@@ -81,9 +81,9 @@ def split_line(out: Path, datasets: dict[str, dict[str, list[int]]]) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from gfm import train
 
-    params = load_validated_params(args.params)  # unknown model options fail here, before any data is read
+    params = load_validated_params(args.params)  # every model's options checked, before any data is read
     summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
-                        out=Path(args.out), progress=False if args.quiet else None)
+                        out=Path(args.out), progress=False if args.quiet else None, models_checked=True)
     print(train_line(Path(args.out), summary))
     return 0
 

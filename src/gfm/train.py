@@ -8,7 +8,7 @@ costs more than most of them. Output (written to a temporary sibling, then renam
     data/models/<task>/<optimizer>/<model>/
         summary.json                 kind, options, per seed: runs used, epochs, val weight MSE (no timings:
                                  they go to the job log, so the artifact is byte-reproducible)
-        <dataset_seed>/config.json   \\ the forecaster (load_forecaster(dir))
+        <dataset_seed>/config.json   \\ the forecaster (read_model(dir))
         <dataset_seed>/weights.safetensors
         <dataset_seed>/train_log.csv epoch,train_loss,val_loss,best_val_loss (losses in the model's
                                      own normalised units; one epoch-0 row of weight MSE for closed-form models)
@@ -30,7 +30,6 @@ seed, so adding a model or a store never changes another fit. CPU results are id
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -39,7 +38,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -52,15 +50,12 @@ from gfm.refusals import REFUSED_FILE, refusal_reason, write_refusal
 from gfm.schema import build
 from gfm.seeds import hashed_seed
 from gfm.split import SplitError, read_split
-from gfm.store import open_trajectories, read_runs
+from gfm.store import open_trajectories
+from gfm.train_fit import fit_seed, fit_seed_streamed
 from gfm.tuning import budget_problems, choose, draw_trials, grid_size, learned_options, tuning_seed
 
-__all__ = ["run", "fit_seed", "fit_seed_streamed", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary",
-           "LOG_COLUMNS"]
+__all__ = ["run", "derive_seed", "model_problems", "resolve_train_device", "TrainSummary"]
 
-# No wall-clock column: artifacts must be byte-identical across machines and schedulers (a SLURM run and a
-# local run are compared byte for byte); timings go to the job's log (stderr) and Snakemake's benchmark TSV.
-LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_final_mse", "best_val_loss")
 TIMING_KEYS = ("fit_seconds", "forecasts_per_second")
 
 
@@ -172,108 +167,8 @@ def resolve_train_device(device: str, cls: type[Forecaster]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _weight_mse(fc: Forecaster, traj: Trajectories) -> list[float]:
-    """Forecast MSE over runs and parameters at each fitted horizon (weight units)."""
-    if traj.n_runs == 0:
-        return [float("nan")] * len(fc.horizons)
-    pred = fc.forecast(traj.prefix(fc.prefix_end), horizons=fc.horizons)
-    true = traj.weights[:, list(fc.horizons)].float()
-    return [float(v) for v in ((pred - true) ** 2).mean(dim=(0, 2))]
-
-
-def _write_log(path: Path, log: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in log:
-            writer.writerow({k: (f"{row[k]:.8g}" if isinstance(row.get(k), float) else row.get(k, ""))
-                             for k in LOG_COLUMNS})
-
-
-def fit_seed(fc: Forecaster, train: Trajectories, val: Trajectories, *, rng: torch.Generator,
-             out: Path, device: torch.device) -> dict:
-    """Fit ``fc`` on one dataset seed's runs, save it with its train log to ``out``; return its summary."""
-    t0 = time.perf_counter()
-    log = fc.fit(train.to(device), val.to(device), rng=rng)
-    fit_seconds = time.perf_counter() - t0
-    train_mse = _weight_mse(fc, train)
-    val_mse = _weight_mse(fc, val)
-    if not log:  # closed form: record how it does, in weight units, so every model has a log
-        log = [{"epoch": 0, "step": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
-                "val_final_mse": val_mse[-1], "best_val_loss": float(np.mean(val_mse)),
-                "seconds": round(fit_seconds, 4)}]
-    fc.save(out)
-    _write_log(out / "train_log.csv", log)
-    t1 = time.perf_counter()
-    fc.forecast(val.prefix(fc.prefix_end), horizons=fc.horizons) if val.n_runs else None
-    forecast_seconds = time.perf_counter() - t1
-    best = min((r["val_loss"] for r in log if r["val_loss"] == r["val_loss"]), default=float("nan"))
-    return {"train_runs": train.n_runs, "val_runs": val.n_runs, "epochs": int(log[-1]["epoch"]),
-            "steps_used": int(log[-1].get("step", 0)),
-            "best_val_loss": best, "fit_seconds": round(fit_seconds, 3),
-            "forecasts_per_second": round(val.n_runs / forecast_seconds, 1) if val.n_runs and forecast_seconds else None,
-            "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
-
-
-STREAM_BYTES = 64 << 20  # read budget of one block when streaming a store (closed-form models)
-
-
-def _block_runs(ts, records: int) -> int:
-    """Runs per streamed block so that one block of ``records`` records (weights + lr + states) fits
-    :data:`STREAM_BYTES`."""
-    per_run = records * ts.n_params * 4 * (1 + len(ts.state_names)) + records * 4
-    return max(1, STREAM_BYTES // per_run)
-
-
-def _streamed_mse(fc: Forecaster, ts, runs: list[int], block: int) -> tuple[list[float], float]:
-    """Forecast MSE over runs and parameters at each fitted horizon, reading ``block`` runs at a time
-    (prefix records and horizon records only). Also returns the seconds spent inside ``fc.forecast``."""
-    horizons = list(fc.horizons)
-    if not runs:
-        return [float("nan")] * len(horizons), 0.0
-    sums = np.zeros(len(horizons))
-    seconds = 0.0
-    for start in range(0, len(runs), block):
-        part = np.asarray(runs[start : start + block], dtype=np.int64)
-        prefix = Trajectories.from_store(ts, part, records=fc.prefix_end + 1)
-        true = read_runs(ts.weights, part)[:, horizons]  # (run, H, P); slices, not fancy selection (store.py)
-        t0 = time.perf_counter()
-        pred = fc.forecast(prefix, horizons=horizons)
-        seconds += time.perf_counter() - t0
-        sums += ((pred.double() - torch.from_numpy(true).double()) ** 2).sum(dim=(0, 2)).numpy()
-    return [float(v) for v in sums / (len(runs) * ts.n_params)], seconds
-
-
-def fit_seed_streamed(fc: Forecaster, ts, train_runs: list[int], val_runs: list[int], *, rng: torch.Generator,
-                      out: Path) -> dict:
-    """:func:`fit_seed` for a closed-form forecaster, streaming the store: bounded memory at any size.
-
-    ``fit`` of a closed-form model learns nothing and only checks what it is given, so it sees the prefix of
-    the first train run; the train/val weight MSE are then accumulated block by block.
-    """
-    t0 = time.perf_counter()
-    first = Trajectories.from_store(ts, train_runs[:1], records=fc.prefix_end + 1)
-    log = fc.fit(first, first, rng=rng)
-    fit_seconds = time.perf_counter() - t0
-    block = _block_runs(ts, ts.n_records)  # a block's whole runs are read for their horizon records
-    train_mse, _ = _streamed_mse(fc, ts, train_runs, block)
-    val_mse, forecast_seconds = _streamed_mse(fc, ts, val_runs, block)
-    if not log:
-        log = [{"epoch": 0, "step": 0, "train_loss": float(np.mean(train_mse)), "val_loss": float(np.mean(val_mse)),
-                "val_final_mse": val_mse[-1], "best_val_loss": float(np.mean(val_mse)),
-                "seconds": round(fit_seconds, 4)}]
-    fc.save(out)
-    _write_log(out / "train_log.csv", log)
-    best = min((r["val_loss"] for r in log if r["val_loss"] == r["val_loss"]), default=float("nan"))
-    return {"train_runs": len(train_runs), "val_runs": len(val_runs), "epochs": int(log[-1]["epoch"]),
-            "steps_used": 0,
-            "best_val_loss": best, "fit_seconds": round(fit_seconds, 3),
-            "forecasts_per_second": round(len(val_runs) / forecast_seconds, 1) if val_runs and forecast_seconds else None,
-            "val_weight_mse": dict(zip(map(str, fc.horizons), val_mse, strict=True))}
-
-
 def run(params: Params, *, store_key: str, model: str, split: Path, store: Path, out: Path,
-        progress: bool | None = None) -> TrainSummary:
+        progress: bool | None = None, models_checked: bool = False) -> TrainSummary:
     """Fit model ``model`` for every dataset seed of one store and write ``out`` atomically.
 
     Memory is bounded by one dataset seed's train + val runs for learned models (seeds are read one at a
@@ -288,6 +183,8 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
         store: the trajectory store.
         out: the model directory to create (replaced if present).
         progress: tqdm bar on stderr (None = only when stderr is a terminal).
+        models_checked: every ``models:`` entry of ``params`` has passed :func:`model_problems` already (the
+            CLI's params loading checks them for every command), so it is not run again.
 
     Returns:
         The summary also written to ``out/summary.json``; for a model that refused the store (``StoreNotSupported``
@@ -300,7 +197,7 @@ def run(params: Params, *, store_key: str, model: str, split: Path, store: Path,
     params.lookup_store(store_key)
     if model not in params.models:
         raise ParamsError(f"--model: got {model!r}; expected one of {', '.join(sorted(params.models)) or '(none)'}")
-    problems = model_problems(params, sorted({*params.train.models, model}))
+    problems = [] if models_checked else model_problems(params, sorted({*params.train.models, model}))
     if problems:
         raise ParamsError(problems)
     spec_ = dict(params.models[model])

@@ -1,8 +1,8 @@
 # Stage train: one job per (task, optimizer, model); each job fits that model once per dataset seed.
 
-# Forecaster kinds that never use a GPU (closed-form or tiny per-parameter nets). Mirrors the forecasters'
-# `neural = False` flag (tests/test_train_stage.py checks it) so that the Snakefile need not import torch.
-CPU_KINDS = {"last_value", "linear", "exp_fit", "lfd2", "introspection", "wnn", "gfm_function", "lstm_z"}
+# The forecaster kinds a GPU may train (their class's `neural`), read from the forecasters' source, not imported:
+# the Snakefile must not import torch.
+from gfm.pipeline.forecaster_kinds import neural_kinds
 
 
 rule train:
@@ -26,7 +26,7 @@ rule train:
         # Only `device: cuda` sends neural training to a GPU: with `auto` a train job asks for none, because no
         # measurement shows a GPU speeding up these small-batch fits, which are short and largely process
         # start-up (BENCHMARKS.md, "Forecaster training"; profiles/README.md). Closed-form kinds never use one.
-        gpu=lambda wc: int(config["device"] == "cuda" and config["models"][wc.model]["kind"] not in CPU_KINDS),
+        gpu=lambda wc: int(config["device"] == "cuda" and config["models"][wc.model]["kind"] in neural_kinds()),
     shell:
         "gfm train --params params.yaml --store {params.store} --model {wildcards.model} "
         "--split {input.split} --in {input.store} --out {output} --threads {threads} > {log} 2>&1"

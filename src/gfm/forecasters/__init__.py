@@ -1,16 +1,13 @@
 """Forecasters: GFM, its ablation, sequence and classical baselines, behind one interface (base.py).
 
-Importing this package fills the registry ``FORECASTERS`` (name in params -> class).
+Importing this package fills the registry ``FORECASTERS`` (name in params -> class): it imports every module of
+its own directory, and a module's ``@register`` classes register themselves, so a new forecaster is its module
+(and its test) and nothing else.
 """
 
-# Importing a module registers its forecasters (@register).
-from gfm.forecasters import (  # noqa: E402, F401  (baselines)
-    classical,
-    conditioned,  # noqa: E402, F401  (lstm_z)
-    function_field,  # noqa: E402, F401  (gfm_function)
-    gfm,  # noqa: E402, F401  (gfm, gfm_plain)
-    sequence,
-)
+import importlib
+import pkgutil
+
 from gfm.forecasters.base import (
     FORECASTERS,
     Forecaster,
@@ -22,13 +19,18 @@ from gfm.forecasters.base import (
     read_model,
     register,
 )
-from gfm.forecasters.trained import (  # noqa: E402  (a trained model + what it was fitted on: gfm.load_forecaster)
+from gfm.forecasters.trained import (  # a trained model + what it was fitted on: gfm.load_forecaster
     Forecast,
     RunMismatchError,
     TrainedForecaster,
     TrainedOn,
     prefix_from_arrays,
 )
+
+# The names come from this package's own directory (pkgutil lists its modules), never from params or data: the
+# one computed import tests/test_safety.py allows.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "StoreNotSupported", "Trajectories",

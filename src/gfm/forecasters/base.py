@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 class ForecasterError(GFMError, ValueError):
     """Bad forecaster name, config or input (e.g. a prefix shorter than the model needs)."""
 
@@ -180,9 +179,9 @@ class Forecaster:
     their learned tensors in ``state_tensors`` / ``load_state_tensors`` (an ``nn.Module`` does this for free
     via :attr:`module`).
 
-    ``min_prefix`` is the number of records (0..k) the model needs to see. ``neural`` marks models trained
-    by gradient descent on a network big enough to want a GPU (the train stage gives them ``device``'s
-    accelerator and Snakemake a ``gpu`` resource); closed-form and tiny models set it False and run on CPU.
+    ``min_prefix`` is the number of records (0..k) the model needs to see. ``neural`` (a literal: Snakemake
+    reads it from the source) marks models big enough to want a GPU (the train stage gives them ``device``'s
+    accelerator, Snakemake a ``gpu`` resource); closed-form and tiny models set it False and run on CPU.
     ``on_epoch``, when set (the train stage sets it for progress bars), is called with each epoch's log row.
     ``closed_form`` marks models whose ``fit`` learns nothing from the runs (it only checks them): the train
     stage then streams the store block by block instead of reading the train runs into memory.

@@ -15,9 +15,10 @@ variant) trains under the same budget and the same stopping rule, set once for a
 * **early stopping** (:class:`EarlyStopping`): the best-scoring state is kept, training stops after
   ``patience`` scores without improvement, and the best state is restored.
 
-:func:`fit_rows` runs this recipe on row tensors. :class:`DirectForecaster` is the shared shape of the
-learned baselines: build per-parameter inputs from the prefix, predict every horizon at once, decode back to
-weights. Subclasses override ``_build``, ``_inputs`` and, when their target differs from the default
+:func:`fit_module` is this recipe, the one training loop: a learned forecaster gives it its module and the
+loss of one update (drawing its own minibatch from the fit's generator), and keeps its own forecast.
+:class:`DirectForecaster` is the shared shape of the learned baselines: build per-parameter inputs from the
+prefix, predict every horizon at once, decode back to weights. Subclasses override ``_build``, ``_inputs`` and, when their target differs from the default
 residual ``(w_h - w_K) / s_h``, ``_targets`` and ``_decode``.
 """
 
@@ -36,8 +37,8 @@ from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories
 from gfm.forecasters.features import decode_residual, fit_scales, residual_targets, scales_schema
 from gfm.schema import spec
 
-__all__ = ["FitOptions", "BUDGET_KEYS", "AdamW", "EarlyStopping", "make_optimizer", "val_scores", "fit_rows", "seeded",
-           "DirectForecaster", "predict_rows"]
+__all__ = ["FitOptions", "BUDGET_KEYS", "AdamW", "EarlyStopping", "make_optimizer", "val_scores", "validation",
+           "best_val_loss", "fit_module", "RowBatches", "seeded", "DirectForecaster", "predict_rows"]
 
 Rows = tuple[torch.Tensor, ...]
 
@@ -47,10 +48,11 @@ BUDGET_KEYS = ("steps", "eval_every", "patience")
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Optimisation and early-stopping options shared by every learned baseline."""
+    """Optimisation and early-stopping options of every learned forecaster (its ``Config`` extends this class and
+    overrides a default or a doc where its own differs)."""
 
     lr: float = spec(3e-3, gt=0, doc="AdamW learning rate (cosine-decayed to 5% over the budget)")
-    weight_decay: float = spec(0.0, ge=0)
+    weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
     batch_size: int = spec(256, ge=1, doc="rows (run x parameter) per minibatch")
     grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
     steps: int = spec(400, ge=1, doc="optimizer updates: the budget (the train stage sets it from train.budget)")
@@ -145,70 +147,68 @@ def val_scores(fc: Forecaster, val: Trajectories) -> dict[str, float]:
 def seeded(build: Callable[[], nn.Module], rng: torch.Generator) -> nn.Module:
     """Build a module whose initial weights depend only on ``rng`` (not on torch's global RNG state). The seed
     is drawn on the generator's own device, so that a build under ``torch.device("meta")`` (a shape-only dry
-    run: :func:`gfm.forecasters.model_files.load_forecaster`) still draws it."""
+    run: :func:`gfm.forecasters.model_files.read_model`) still draws it."""
     seed = int(torch.randint(0, 2**62, (1,), generator=rng, device=rng.device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 
 
-def _take(rows: Rows, idx: torch.Tensor) -> Rows:
-    idx = idx.to(rows[0].device)
-    return tuple(r[idx] for r in rows)
+def validation(fc: Forecaster, val: Trajectories) -> Callable[[], dict[str, float]] | None:
+    """The early-stopping score of ``fc`` on the validation runs (:func:`val_scores`); None when there are none
+    (then :func:`fit_module` keeps the last state)."""
+    return (lambda: val_scores(fc, val)) if val.n_runs else None
 
 
-def fit_rows(module: nn.Module, loss_of: Callable[[Rows], torch.Tensor], train: Rows,
-             score: Callable[[], dict[str, float]] | None, opts: FitOptions, *, rng: torch.Generator,
-             on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
-    """Minimise ``loss_of(batch)`` over minibatches of ``train`` rows under the shared recipe.
+def best_val_loss(log: list[dict[str, float]]) -> float | None:
+    """The best validation score of a fit's log, as a model's ``extra`` keeps it: None when no score was finite."""
+    best = log[-1]["best_val_loss"]
+    return best if math.isfinite(best) else None
+
+
+def fit_module(module: nn.Module, step_loss: Callable[[int], torch.Tensor], score: Callable[[], dict[str, float]] | None,
+               opts: FitOptions, *, on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
+    """The training loop of every learned forecaster: minimise ``step_loss`` under the shared recipe.
 
     Args:
-        module: the model (its parameters are optimised; it is left holding the best state).
-        loss_of: maps a tuple of row tensors (one minibatch, same layout as ``train``) to a scalar loss.
-        train: tensors sharing their first (row) dimension, e.g. ``(inputs, targets)``.
-        score: validation scores of the current module (:func:`val_scores`); None when there are no
-            validation runs (then the last state is kept).
+        module: the model (its parameters are optimised; it is left holding the best state, in eval mode).
+        step_loss: the loss of update ``step`` (1, 2, ...); it draws its own minibatch from the model's generator.
+        score: validation scores of the current module (:func:`validation`); None when there are no validation
+            runs (then the last state is kept).
         opts: budget, stopping rule and optimiser options.
-        rng: CPU generator for the minibatch order.
         on_epoch: called with each log row (progress bars).
 
     Returns:
-        One dict per validation score: ``epoch`` (score index), ``step`` (updates so far), ``train_loss``
-        (mean since the last score), ``val_loss``, ``val_final_mse``, ``best_val_loss``, ``seconds``.
+        One dict per validation score: ``epoch`` (score index), ``step`` (updates so far), ``train_loss`` (mean
+        since the last score), ``val_loss``, ``val_final_mse``, ``skipped`` (non-finite updates not taken so
+        far), ``best_val_loss``, ``seconds``.
     """
-    n = train[0].shape[0]
-    if n == 0:
-        raise ForecasterError("no training rows: every training run of this dataset diverged or none were given")
     optim = make_optimizer(module.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, steps=opts.steps)
     stopper = EarlyStopping(module, opts.patience)
     log: list[dict[str, float]] = []
-    order, cursor, running = torch.randperm(n, generator=rng), 0, []
-    start = time.perf_counter()
+    running: list[float] = []
+    skipped, start = 0, time.perf_counter()
     for step in range(1, opts.steps + 1):
         module.train()
-        if cursor >= n:  # reshuffle once every row has been seen
-            order, cursor = torch.randperm(n, generator=rng), 0
-        idx = order[cursor : cursor + opts.batch_size]
-        cursor += opts.batch_size
-        loss = loss_of(_take(train, idx))
+        loss = step_loss(step)
         optim.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), opts.grad_clip)
         if torch.isfinite(norm):
             optim.step()
             running.append(float(loss.detach()))
-        else:  # never poison the weights with a non-finite update
+        else:  # never poison the weights with a non-finite update (e.g. a rare sqrt(0) in an adaptive rule's backward)
+            skipped += 1
             optim.skip()
         if step % opts.eval_every and step != opts.steps:
             continue
         module.eval()
         row = {"epoch": len(log) + 1, "step": step, "train_loss": sum(running) / max(len(running), 1),
-               "val_loss": math.nan, "val_final_mse": math.nan}
+               "val_loss": math.nan, "val_final_mse": math.nan, "skipped": skipped}
         running = []
-        stop = False
         if score is not None:
             row.update(score())
-            stop = stopper.update(row["val_loss"], step)
+        stop = score is not None and stopper.update(row["val_loss"], step)
         row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
         row["seconds"] = round(time.perf_counter() - start, 4)
         log.append(row)
@@ -216,10 +216,27 @@ def fit_rows(module: nn.Module, loss_of: Callable[[Rows], torch.Tensor], train: 
             on_epoch(row)
         if stop:
             break
-    if score is not None:
-        stopper.restore()
+    stopper.restore()
     module.eval()
     return log
+
+
+class RowBatches:
+    """Minibatches of row tensors in a random order, reshuffled once every row has been seen: the minibatches of
+    :class:`DirectForecaster`. The first order is drawn here, before the first update."""
+
+    def __init__(self, rows: Rows, batch_size: int, rng: torch.Generator):
+        self.rows, self.n, self.batch_size, self.rng = rows, rows[0].shape[0], batch_size, rng
+        if self.n == 0:
+            raise ForecasterError("no training rows: every training run of this dataset diverged or none were given")
+        self.order, self.cursor = torch.randperm(self.n, generator=rng), 0
+
+    def next(self) -> Rows:
+        if self.cursor >= self.n:
+            self.order, self.cursor = torch.randperm(self.n, generator=self.rng), 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size].to(self.rows[0].device)
+        self.cursor += self.batch_size
+        return tuple(r[idx] for r in self.rows)
 
 
 @torch.no_grad()
@@ -284,12 +301,13 @@ class DirectForecaster(Forecaster):
 
         rows_tr, n_in = rows(train)
         module = self.module
+        batches = RowBatches(rows_tr, self.config.batch_size, rng)
 
-        def loss_of(batch: Rows) -> torch.Tensor:
+        def step_loss(_step: int) -> torch.Tensor:
+            batch = batches.next()
             return self._loss(module(*batch[:n_in]), batch[-1], batch[n_in:-1])
 
-        score = (lambda: val_scores(self, val)) if val.n_runs else None
-        return fit_rows(module, loss_of, rows_tr, score, self.config, rng=rng, on_epoch=self.on_epoch)
+        return fit_module(module, step_loss, validation(self, val), self.config, on_epoch=self.on_epoch)
 
     def _forecast(self, prefix: Trajectories, horizons: tuple[int, ...]) -> torch.Tensor:
         if self.module is None or "scales" not in self.extra:

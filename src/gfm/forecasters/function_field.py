@@ -36,11 +36,9 @@ update; no ODE discretisation is involved), with the learning rate held at its l
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from gfm import optimizers as opt_rules
 from gfm.errors import shorten
@@ -54,13 +52,21 @@ from gfm.forecasters.base import (
     register,
     tensor_dim,
 )
-from gfm.forecasters.fitting import EarlyStopping, FitOptions, make_optimizer, val_scores
+from gfm.forecasters.fitting import FitOptions, best_val_loss, fit_module, validation
+from gfm.forecasters.function_net import (
+    FunctionField,
+    MLPShape,
+    fitted_activation,
+    mlp_apply,
+    mlp_shape,
+    run_activation,
+)
 from gfm.forecasters.function_sampling import calibrate, sample_final
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.network import ACTIVATIONS, activation_fn
+from gfm.network import ACTIVATIONS
 from gfm.schema import spec
 
-__all__ = ["FunctionFieldConfig", "FunctionFieldGFM", "MLPShape", "mlp_shape", "mlp_apply", "run_activation"]
+__all__ = ["FunctionFieldConfig", "FunctionFieldGFM"]
 
 _SECOND_MOMENTS = ("exp_avg_sq", "square_avg")  # optimizer states under a square root in the update
 
@@ -82,162 +88,6 @@ class FunctionFieldConfig(FitOptions):
     samples: int = spec(32, ge=0, doc="draws of the final weights per run (0: point forecasts only)")
     coverage: float = spec(0.9, gt=0, lt=1, doc="central-interval coverage of the final weights that the draws' "
                                                 "spread is calibrated to on the validation runs")
-
-
-@dataclass(frozen=True)
-class MLPShape:
-    """The linear layers of an MLP layout: ((out, in), ...) with a bias after every weight."""
-
-    layers: tuple[tuple[int, int], ...]
-
-    @property
-    def n_in(self) -> int:
-        return self.layers[0][1]
-
-    @property
-    def n_out(self) -> int:
-        return self.layers[-1][0]
-
-    @property
-    def n_params(self) -> int:
-        return sum(o * i + o for o, i in self.layers)
-
-
-def mlp_shape(layout) -> MLPShape:
-    """Read an MLP from a store layout: alternating (out, in) weights and (out,) biases, in order, each
-    layer's input the previous layer's output.
-
-    Raises:
-        StoreNotSupported: the layout is missing or is not such an MLP (e.g. least squares, a CNN).
-    """
-    if not layout:
-        raise StoreNotSupported("gfm_function: needs the store's parameter layout (an MLP: weight, bias, ...)")
-    specs = list(layout)
-    shapes = [tuple(s.shape) for s in specs]
-    problem = None
-    layers: list[tuple[int, int]] = []
-    if len(specs) % 2:
-        problem = "an odd number of tensors"
-    else:
-        for i in range(0, len(specs), 2):
-            w, b = shapes[i], shapes[i + 1]
-            if len(w) != 2 or b != (w[0],):
-                problem = f"{specs[i].name} {list(w)} / {specs[i + 1].name} {list(b)} is not a (out, in) weight and its bias"
-                break
-            if layers and w[1] != layers[-1][0]:
-                problem = f"{specs[i].name} takes {w[1]} inputs but the previous layer gives {layers[-1][0]}"
-                break
-            layers.append((w[0], w[1]))
-    if problem:
-        raise StoreNotSupported(f"gfm_function: the layout is not an MLP of linear layers with biases ({problem}); "
-                              f"this field applies to the mlp_regression, mlp_classification and digits tasks")
-    return MLPShape(tuple(layers))
-
-
-_UNKNOWN_ACTIVATION = ("gfm_function: the store does not record its network's activation; record it with "
-                       "gfm.record(..., activation=...)")
-
-
-def run_activation(runs: Trajectories) -> str | None:
-    """The activation of the runs' network as their store records it (:func:`gfm.network.network_of`); None
-    when the runs do not say (Trajectories built from arrays, not read from a store).
-
-    Raises:
-        StoreNotSupported: the store says it does not know its activation.
-    """
-    network = runs.network
-    if network is None:
-        return None
-    if network.activation is None:
-        raise StoreNotSupported(_UNKNOWN_ACTIVATION)
-    return network.activation
-
-
-def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """f_w(x) for stacked flat weights ``w`` (..., D) at inputs ``x`` (P, in): (..., P, out), with
-    ``activation`` (a name of :data:`gfm.network.ACTIVATIONS`) between layers and none after the last, as
-    ``nn.Sequential(Linear, act, Linear, ...)`` computes."""
-    act = activation_fn(activation)
-    lead, h, at = w.shape[:-1], x.expand(*w.shape[:-1], *x.shape), 0
-    for n, (o, i) in enumerate(shape.layers):
-        weight = w[..., at: at + o * i].reshape(*lead, o, i)
-        bias = w[..., at + o * i: at + o * i + o]
-        at += o * i + o
-        h = h @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
-        if n < len(shape.layers) - 1:
-            h = act(h)
-    return h
-
-
-class FunctionField(nn.Module):
-    """Probes, their weights, the target basis and the ridge strength: every learned part of the field, on the
-    network of ``shape`` with ``activation`` between its layers."""
-
-    def __init__(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor, ridge: float, *, activation: str):
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ForecasterError(f"gfm_function: activation {shorten(activation)}; expected one of "
-                                  f"{', '.join(ACTIVATIONS)}")
-        self.shape, self.activation = shape, activation
-        self.x = nn.Parameter(probes)                                    # (P, in)
-        self.logc = nn.Parameter(torch.full((len(probes),), math.log(math.e - 1)))  # softplus -> 1
-        self.basis = nn.Parameter(basis)                                 # (P, out, M)
-        self.log_ridge = nn.Parameter(torch.tensor(math.log(ridge)))
-
-    def weights(self) -> torch.Tensor:
-        return nn.functional.softplus(self.logc) / len(self.logc)
-
-    def _vjps(self, w: torch.Tensor, cotangents: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
-        """grad_w of sum(f_w(x) * cot) for each cotangent (..., P, out), batched over the leading dims."""
-        w = w if w.requires_grad else w.detach().requires_grad_(True)
-        f = mlp_apply(self.shape, w, self.x, self.activation)
-        out = []
-        for n, cot in enumerate(cotangents):
-            cot = cot(f) if callable(cot) else cot
-            last = n == len(cotangents) - 1
-            (g,) = torch.autograd.grad(f, w, grad_outputs=cot.expand_as(f), retain_graph=create_graph or not last,
-                                       create_graph=create_graph)
-            out.append(g)
-        return out
-
-    def surrogate(self, w: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """g(w | h = B z): (..., D) for weights (..., D) and codes (..., M)."""
-        c = self.weights()[:, None]
-        h = torch.einsum("pom,...m->...po", self.basis, z)
-        return self._vjps(w, [lambda f: 2 * c * (f - h)], create_graph)[0]
-
-    def _normal_equations(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool):
-        """The prefix least squares for z: (A + lambda I, b, a, U) with g(w_k | B z) = a_k - U_k z."""
-        c = self.weights()[:, None]
-        M = self.basis.shape[-1]
-        cots = [lambda f: 2 * c * f] + [(2 * c * self.basis[..., m]) for m in range(M)]
-        a, *u = self._vjps(w, cots, create_graph)
-        U = torch.stack(u, -1)                                            # (N, K, D, M)
-        A = (U.transpose(-1, -2) @ U).sum(1)                             # (N, M, M)
-        b = (U.transpose(-1, -2) @ (a - g).unsqueeze(-1)).sum(1)         # (N, M, 1)
-        scale = A.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None]
-        eye = torch.eye(M, dtype=A.dtype, device=A.device)
-        return A + self.log_ridge.exp() * scale * eye, b, a, U
-
-    def infer_code(self, w: torch.Tensor, g: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """The per-run code z from prefix weights ``w`` (N, K, D) and their recovered gradients ``g``.
-
-        g(w_k | B z) = a_k - U_k z with a_k = grad sum c |f|^2 and U_k[:, m] = grad sum 2 c <f, B_m>; z solves
-        min_z sum_k |a_k - U_k z - g_k|^2 + lambda |z|^2 (lambda relative to the mean diagonal of sum U^T U).
-        """
-        A, b, _, _ = self._normal_equations(w, g, create_graph)
-        return torch.linalg.solve(A, b).squeeze(-1)
-
-    def code_posterior(self, w: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and the Cholesky factor of its Gaussian posterior covariance s^2 (A + lambda I)^-1, where s^2 is the
-        mean squared residual of the prefix fit (the ridge regression's own noise estimate)."""
-        A, b, a, U = self._normal_equations(w, g, False)
-        z = torch.linalg.solve(A, b).squeeze(-1)
-        s2 = (a - (U @ z[:, None, :, None]).squeeze(-1) - g).pow(2).mean((1, 2))
-        cov = s2[:, None, None] * torch.linalg.inv(A)
-        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        return z.detach(), torch.linalg.cholesky(cov + 1e-12 * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
-                                                 + 1e-30 * eye).detach()
 
 
 @register
@@ -289,9 +139,7 @@ class FunctionFieldGFM(Forecaster):
     def fit(self, train: Trajectories, val: Trajectories, *, rng: torch.Generator) -> list[dict[str, float]]:
         cfg, K = self.config, self.prefix_end
         shape = mlp_shape(train.layout)
-        activation = run_activation(train)
-        if activation is None:  # fitting rebuilds the network's function: it must be known, never assumed
-            raise StoreNotSupported(_UNKNOWN_ACTIVATION)
+        activation = fitted_activation(train)
         if shape.n_params != train.n_params:
             raise ForecasterError(f"gfm_function: the layout has {shape.n_params} parameters, the runs {train.n_params}")
         if train.optimizer not in opt_rules.STATE_NAMES:
@@ -304,11 +152,9 @@ class FunctionFieldGFM(Forecaster):
         g_all = recover_gradient(train).float()                          # (N, T-1, D)
         W = train.weights.float()
         g_scale = float(g_all.pow(2).mean().clamp_min(1e-30))
-        opt = make_optimizer(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, steps=cfg.steps)
-        stopper = EarlyStopping(self.module, cfg.patience)
-        log, running, t0 = [], [], time.perf_counter()
         n_batch = min(cfg.batch_size, train.n_runs)
-        for it in range(1, cfg.steps + 1):
+
+        def step_loss(_step: int) -> torch.Tensor:
             runs = torch.randperm(train.n_runs, generator=rng)[:n_batch]
             z = self.module.infer_code(W[runs, :K], g_all[runs, :K], create_graph=True)
             ks = torch.randint(0, g_all.shape[1], (n_batch, cfg.points), generator=rng)
@@ -318,31 +164,10 @@ class FunctionFieldGFM(Forecaster):
             loss = (pred - gk).pow(2).mean() / g_scale
             if cfg.unroll:
                 loss = loss + self._rollout_loss(train, runs, z, rng)
-            opt.zero_grad()
-            loss.backward()
-            norm = nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
-            if torch.isfinite(norm):
-                opt.step()
-                running.append(float(loss.detach()))
-            else:
-                opt.skip()
-            if it % cfg.eval_every and it != cfg.steps:
-                continue
-            row = {"epoch": len(log) + 1, "step": it, "train_loss": sum(running) / max(len(running), 1),
-                   "val_loss": math.nan, "val_final_mse": math.nan}
-            running, stop = [], False
-            if val.n_runs:
-                row.update(val_scores(self, val))
-                stop = stopper.update(row["val_loss"], it)
-            row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
-            row["seconds"] = round(time.perf_counter() - t0, 4)
-            log.append(row)
-            if self.on_epoch is not None:
-                self.on_epoch(row)
-            if stop:
-                break
-        stopper.restore()
-        self.extra["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else None
+            return loss
+
+        log = fit_module(self.module, step_loss, validation(self, val), cfg, on_epoch=self.on_epoch)
+        self.extra["best_val_loss"] = best_val_loss(log)
         if cfg.samples and val.n_runs:
             self.extra.update(calibrate(self, self.module, val, rng))
         return log

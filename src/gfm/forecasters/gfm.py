@@ -30,7 +30,6 @@ only the prefix); schedules beyond the prefix are not modelled.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,7 +54,7 @@ from gfm.forecasters.base import (
     register,
     tensor_dim,
 )
-from gfm.forecasters.fitting import EarlyStopping, make_optimizer, val_scores
+from gfm.forecasters.fitting import FitOptions, best_val_loss, fit_module, seeded, validation
 from gfm.forecasters.gfm_features import (
     RUN_HYPER,
     Context,
@@ -78,8 +77,9 @@ assert set(SOLVERS) == {"euler", "midpoint", "rk4", "dopri5", "bosh3"}, "keep So
 
 
 @dataclass(frozen=True)
-class PlainConfig:
-    """Options shared by ``gfm`` and ``gfm_plain``."""
+class PlainConfig(FitOptions):
+    """Options shared by ``gfm`` and ``gfm_plain`` (the budget and the rest of the optimiser's options are
+    every learned model's: :class:`~gfm.forecasters.fitting.FitOptions`)."""
 
     field: Literal["coordinate", "joint"] = spec("coordinate", doc="weight-shared per-parameter field, or one MLP over the flat vector")
     width: int = spec(64, ge=1, doc="hidden width of the field MLP")
@@ -101,16 +101,10 @@ class PlainConfig:
     steps_per_record: int = spec(1, ge=1, doc="fixed-step solvers: steps per recorded interval")
     rtol: float = spec(1e-5, gt=0, doc="adaptive solvers' relative tolerance")
     atol: float = spec(1e-7, gt=0, doc="adaptive solvers' absolute tolerance")
-    steps: int = spec(400, ge=1, doc="optimizer updates of the field: the budget (the train stage sets it from "
-                                     "train.budget, as for every learned model)")
     batch_size: int = spec(256, ge=1, doc="(run, t) samples per iteration")
     param_sample: int = spec(0, ge=0, doc="coordinate field: parameters drawn per iteration (0 = all); bounds the "
                                           "cost of an iteration on large networks")
     lr: float = spec(2e-3, gt=0, doc="Adam learning rate of the field")
-    weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
-    grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
-    eval_every: int = spec(25, ge=1, doc="updates between validation rollouts (one logged 'epoch')")
-    patience: int = spec(4, ge=1, doc="validation rounds without improvement before stopping")
 
 
 @dataclass(frozen=True)
@@ -201,20 +195,18 @@ class _GFMBase(Forecaster):
         return Scales.from_json(self.extra["scales"])
 
     # --- module ------------------------------------------------------------------------------------------
-    def _build_module(self) -> None:
+    def _new_field(self) -> JointField | CoordinateField:
         e, cfg = self.extra, self.config
         zero = self.structure != "rule"
         if cfg.field == "joint":
-            self.module = JointField(e["n_params"], e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth,
-                                     limit=cfg.bound, zero_init=zero)
-        else:
-            n_pool = {"none": 0, "prefix": e["n_static"], "state": e["n_features"]}[cfg.run_context]
-            self.module = CoordinateField(e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth,
-                                          n_pool=n_pool, pool_width=cfg.pool_width, limit=cfg.bound,
-                                          zero_init=zero)
+            return JointField(e["n_params"], e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth,
+                              limit=cfg.bound, zero_init=zero)
+        n_pool = {"none": 0, "prefix": e["n_static"], "state": e["n_features"]}[cfg.run_context]
+        return CoordinateField(e["n_features"], e["n_run"], width=cfg.width, depth=cfg.depth, n_pool=n_pool,
+                               pool_width=cfg.pool_width, limit=cfg.bound, zero_init=zero)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._build_module()
+        self.module = self._new_field()
         super().load_state_tensors(tensors)
 
     def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
@@ -311,11 +303,7 @@ class _GFMBase(Forecaster):
                       "n_features": n_static + n_dyn, "scales": scales.to_json(),
                       "n_run": len(scales.hyper_mean)}
         dev = train.weights.device
-        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._build_module()
-        self.module.to(dev)
+        self.module = seeded(self._new_field, rng).to(dev)
         ctx = self._context(train)
         ctx.lr = train.lr  # training knows the whole lr schedule of its runs
         W, T = train.weights, train.n_records
@@ -324,12 +312,8 @@ class _GFMBase(Forecaster):
         rule = self.structure == "rule"
         target = getattr(cfg, "target", "velocity")
         g_true = recover_gradient(train) if rule and target != "velocity" else None
-        opt = make_optimizer(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, steps=cfg.steps)
-        stopper = EarlyStopping(self.module, cfg.patience)
-        log: list[dict[str, float]] = []
-        running, t_start, skipped = [], time.perf_counter(), 0
-        for it in range(1, cfg.steps + 1):
-            self.module.train()
+
+        def step_loss(_step: int) -> torch.Tensor:
             runs = torch.randint(0, train.n_runs, (cfg.batch_size,), generator=rng).to(dev)
             k, om = sample_segments(cfg.batch_size, first, T - 2, mode=cfg.t_sampling, generator=rng)
             k, om = k.to(dev), om.to(dev)
@@ -354,35 +338,10 @@ class _GFMBase(Forecaster):
                 loss = loss + ((g - gt) / scales.g).pow(2).mean()
             if cfg.unroll:
                 loss = loss + cfg.unroll_weight * self._unroll_loss(train, ctx, first, rng)
-            opt.zero_grad()
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
-            if torch.isfinite(norm):
-                opt.step()
-                running.append(float(loss.detach()))
-            else:  # a rare sqrt(0) in the adaptive rules' backward: skip the step, never poison the weights
-                skipped += 1
-                opt.skip()
-            if it % cfg.eval_every and it != cfg.steps:
-                continue
-            row = {"epoch": len(log) + 1, "step": it, "train_loss": sum(running) / max(len(running), 1),
-                   "val_loss": math.nan, "val_final_mse": math.nan, "skipped": skipped}
-            running = []
-            stop = False
-            if val.n_runs:
-                self.module.eval()
-                row.update(val_scores(self, val))
-                stop = stopper.update(row["val_loss"], it)
-            row["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else math.nan
-            row["seconds"] = round(time.perf_counter() - t_start, 4)
-            log.append(row)
-            if self.on_epoch is not None:
-                self.on_epoch(row)
-            if stop:
-                break
-        stopper.restore()
-        self.module.eval()
-        self.extra["best_val_loss"] = stopper.best if math.isfinite(stopper.best) else None
+            return loss
+
+        log = fit_module(self.module, step_loss, validation(self, val), cfg, on_epoch=self.on_epoch)
+        self.extra["best_val_loss"] = best_val_loss(log)
         return log
 
     def _unroll_loss(self, train: Trajectories, ctx: Context, first: int, rng: torch.Generator) -> torch.Tensor:

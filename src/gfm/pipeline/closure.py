@@ -65,10 +65,21 @@ def _imports(name: str, file: Path, src: Path, *, module_level: bool) -> frozens
     return _imports_cached(name, file, file.stat().st_mtime_ns, src, module_level)
 
 
+def _imports_own_directory(tree: ast.AST) -> bool:
+    """Whether a package's ``__init__`` imports every module of its own directory, as a registry that fills itself
+    does (``for m in pkgutil.iter_modules(__path__): importlib.import_module(...)``, gfm.forecasters)."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "iter_modules"
+               and isinstance(node.func.value, ast.Name) and node.func.value.id == "pkgutil"
+               and [a.id for a in node.args if isinstance(a, ast.Name)] == ["__path__"] for node in ast.walk(tree))
+
+
 @cache
 def _imports_cached(name: str, file: Path, mtime_ns: int, src: Path, module_level: bool) -> frozenset[str]:
     package = name if file.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
+    if file.name == "__init__.py" and _imports_own_directory(_parse(file, mtime_ns)):
+        found.update(f"{name}.{p.name.removesuffix('.py')}" for p in file.parent.iterdir()
+                     if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file())
     for node in _import_nodes(_parse(file, mtime_ns), module_level=module_level):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
