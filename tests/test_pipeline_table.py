@@ -35,6 +35,34 @@ def test_checked_in_dvc_yaml_is_generated_from_the_table():
         "`gfm pipeline --write dvc.yaml` and commit it")
 
 
+def test_snakemake_code_inputs_are_dvc_yamls_code_deps_file_by_file(tmp_path):
+    """Both drivers take a stage's code from the stage table and the source (neither reads the other's files):
+    the Snakemake inputs (stage_codes, as workflow/rules/common.smk computes them) are dvc.yaml's code deps with
+    each directory written out; a cache of the scans gives the same, and an unreadable one is ignored."""
+    from gfm.pipeline.closure import stage_codes
+
+    src = ROOT / "src" / "gfm"
+    expected = {}
+    for name, st in _dvc_stages().items():
+        deps = [d for d in st["deps"] if d.startswith(("src/", "workflow/"))]
+        expected[name] = [f for d in deps for f in (
+            sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / d).rglob("*.py")) if (ROOT / d).is_dir() else [d])]
+    cache = tmp_path / "scans.json"
+    first = stage_codes(cache=cache, src=src)
+    assert first == expected
+    assert stage_codes(cache=cache, src=src) == first and cache.is_file()
+    cache.write_text('{"not": "a scan"}')
+    assert stage_codes(cache=cache, src=src) == first
+
+
+def test_a_module_that_imports_by_name_depends_on_its_whole_package():
+    """gfm.tasks builds each kind's Task class from the name its config gives (importlib): the AST cannot follow
+    that, so every module of the package is a code dep of the stages that import it."""
+    tasks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "src" / "gfm" / "tasks").glob("*.py"))
+    for stage in ("generate", "evaluate", "accelerate"):
+        assert set(tasks) <= set(code_deps(stage, ROOT / "src" / "gfm")), stage
+
+
 # Run in a fresh interpreter: per stage, import its modules, report the gfm modules loaded, then forget them
 # (torch and the other third-party modules stay loaded, so the stages after the first cost little).
 _LOADED = """
@@ -131,7 +159,10 @@ def test_closure_holds_every_module_of_a_package_that_imports_its_own_directory(
         "other.py": "",
     })
     got = {p.relative_to(src).as_posix() for p in import_closure(["gfm.a"], src)}
-    assert got == {"__init__.py", "a.py", "reg/__init__.py", "reg/base.py", "reg/one.py", "reg/sub/__init__.py"}
+    # an import by name may load any module below the package, so every one counts (a superset is safe; a
+    # missed module would leave a stage fresh after its code changed)
+    assert got == {"__init__.py", "a.py", "reg/__init__.py", "reg/base.py", "reg/one.py", "reg/sub/__init__.py",
+                   "reg/sub/two.py"}
 
 
 def test_a_module_that_is_gone_is_named(tmp_path):
