@@ -55,8 +55,9 @@ class FitOptions:
     weight_decay: float = spec(0.0, ge=0, doc="AdamW weight decay")
     batch_size: int = spec(256, ge=1, doc="rows (run x parameter) per minibatch")
     grad_clip: float = spec(1.0, gt=0, doc="gradient-norm clip")
-    steps: int = spec(400, ge=1, doc="optimizer updates: the budget (the train stage sets it from train.budget)")
-    eval_every: int = spec(25, ge=1, doc="updates between validation scores")
+    steps: int = spec(400, ge=1, doc="optimizer updates: the budget (the train stage sets it from train.budget, as "
+                                     "for every learned model)")
+    eval_every: int = spec(25, ge=1, doc="updates between validation scores (one logged 'epoch')")
     patience: int = spec(4, ge=1, doc="stop after this many validation scores without improvement")
 
 
