@@ -119,22 +119,57 @@ def test_validate_ok_summary():
     assert proc.returncode == 0 and "ok (" in proc.stdout
 
 
-def test_json_schema_agrees_with_params():
-    """The schema Snakemake checks accepts the real params and rejects a wrong top-level key or type."""
+SCHEMA = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+def test_checked_in_params_schema_is_generated_from_the_dataclasses():
+    from gfm.pipeline.params_schema import render_params_schema
+
+    assert SCHEMA.read_text() == render_params_schema(), (
+        "workflow/schemas/params.schema.yaml is stale (a params dataclass, a task kind or an optimizer changed): "
+        "regenerate it with `gfm schema --write workflow/schemas/params.schema.yaml` and commit it")
+
+
+def _schema_refuses(mutate) -> bool:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    schema = str(ROOT / "workflow" / "schemas" / "params.schema.yaml")
-    for f in ("params.yaml", "tests/params.tiny.yaml"):
-        validate(yaml.safe_load((ROOT / f).read_text()), schema)
-    bad = copy.deepcopy(DEFAULT)
-    bad["tasks"]["digits"]["steps"] = 0
-    with pytest.raises(WorkflowError):
-        validate(bad, schema)
-    bad = copy.deepcopy(DEFAULT)
-    bad["surprise"] = 1
-    with pytest.raises(WorkflowError):
-        validate(bad, schema)
+    data = copy.deepcopy(DEFAULT)
+    mutate(data)
+    try:
+        validate(data, str(SCHEMA), set_default=False)
+    except WorkflowError:
+        return True
+    return False
+
+
+def test_json_schema_agrees_with_params():
+    """The schema Snakemake checks accepts the presets and the tiny params, and refuses what the dataclasses
+    refuse field by field: ranges, unknown keys (a task's by its kind, an optimizer's by its name), names."""
+    from snakemake.utils import validate
+
+    from gfm.params_yaml import parse_yaml, read_params_text
+
+    for f in ("params.yaml", "params.quick.yaml", "params.jump.yaml", "tests/params.tiny.yaml"):
+        validate(parse_yaml(read_params_text(ROOT / f)), str(SCHEMA), set_default=False)
+    refused = {
+        "a range": lambda d: d["tasks"]["digits"].update(steps=0),
+        "a top-level key": lambda d: d.update(surprise=1),
+        "a key of another task kind": lambda d: d["tasks"]["digits"].update(classes=3),
+        "a kind": lambda d: d["tasks"]["digits"].update(kind="imagenet"),
+        "a key the optimizer does not read": lambda d: d["stores"]["digits-adam"]["optimizer"].update(momentum=0.5),
+        "an optimizer name": lambda d: d["stores"]["digits-adam"]["optimizer"].update(name="lbfgs"),
+        "a hyper-parameter range": lambda d: d["stores"]["digits-adam"]["optimizer"].update(beta1=1.0),
+        "a store key": lambda d: d["stores"].update({"digits-lbfgs": d["stores"]["digits-adam"]}),
+        "a task name": lambda d: d["tasks"].update({"9lives": d["tasks"]["digits"]}),
+        "a model without a kind": lambda d: d["models"].update(extra={"hidden": 3}),
+        "a missing section": lambda d: d.pop("split"),
+        "a zero test fraction": lambda d: d["split"].update(train=0.75, test=0.0),
+    }
+    assert [what for what, mutate in refused.items() if not _schema_refuses(mutate)] == []
+    for what, mutate in refused.items():
+        if what != "a missing section":  # the loader gives a left-out section its defaults
+            assert problems_of(mutate), what
 
 
 def test_json_schema_names_every_params_section():
@@ -143,7 +178,7 @@ def test_json_schema_names_every_params_section():
 
     from gfm.config import Params
 
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     assert set(schema["properties"]) == {f.name for f in dataclasses.fields(Params)}
 
 

@@ -18,6 +18,8 @@ Commands::
     gfm adopt    [--pull]                                   after dvc pull: make Snakemake see outputs current
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
     gfm slurm-check [--profile profiles/slurm]              the partitions a profile asks for exist
+    gfm pipeline [--write dvc.yaml]                         dvc.yaml from the stage table
+    gfm schema   [--write workflow/schemas/params.schema.yaml]   the params schema from the params dataclasses
     gfm --version                                           the package version
 
 `gfm <command> --help` explains every flag and ends with an example.
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
     cli_stages.add_parsers(sub)
     cli_tools.add_parsers(sub)
-    from gfm.pipeline.dvc_yaml import add_commands  # gfm pipeline (dvc.yaml from the stages), gfm train-index
+    from gfm.pipeline.dvc_yaml import add_commands  # gfm pipeline (dvc.yaml), gfm schema, gfm train-index
 
     add_commands(sub)
     for name in THREADED:  # every torch-heavy command takes --threads (rules pass their `threads:`)
@@ -113,6 +115,7 @@ EXAMPLES = {
                  "cd build/quick && snakemake --cores all && gfm commit     # what make run PRESET=quick runs",
     "check": "gfm check data/trajectories data/models reports/claims.json",
     "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from the stage table (gfm.pipeline)",
+    "schema": "gfm schema --write workflow/schemas/params.schema.yaml   # regenerate it from the params dataclasses",
     "train-index": "gfm train-index --store mlp_regression-sgd --out data/models/mlp_regression/sgd/index.json",
 }
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gfm.errors import GFMError, shorten
+from gfm.schema import is_name
 
 __all__ = ["DeclaredStore", "store_digest", "read_declared", "source_problems", "declare_entries", "declare",
            "default_task_name", "intake", "rechunk", "DeclareError"]
@@ -283,9 +284,9 @@ def default_task_name(path: str | Path) -> str:
     """A task name for the store at ``path``: its recorded task name when that is a params name, else the
     directory's stem with every other character replaced by ``_``."""
     name = str(_attrs(Path(path)).get("task_name") or "")
-    if not (name[:1].isalpha() and name.replace("_", "").isalnum()) or name in ("recorded", "imported"):
+    if not is_name(name) or name in ("recorded", "imported"):
         stem = Path(path).name.removesuffix(".zarr")
-        name = "".join(c if c.isalnum() else "_" for c in stem).strip("_") or "recorded"
+        name = "".join(c if c.isascii() and c.isalnum() else "_" for c in stem).strip("_") or "recorded"
         name = name if name[:1].isalpha() else f"run_{name}"
     return name
 
@@ -312,7 +313,7 @@ def declare(path: str | Path, *, params_path: str | Path, task: str | None = Non
     params_path = Path(params_path)
     root = params_path.resolve().parent
     task = task or default_task_name(path)
-    if not (task[:1].isalpha() and task.replace("_", "").isalnum()):
+    if not is_name(task):
         raise DeclareError(f"--task {task!r}: task names use letters, digits and '_' and start with a letter")
     name, entry, key, store = declare_entries(path, task=task, root=root, models=models)
     editor = YAML(typ="rt")  # ruamel's round trip: keeps comments and order; builds plain data, never objects

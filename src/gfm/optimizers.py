@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from gfm.config import ScheduleConfig
 
 __all__ = ["OptimizerSpec", "SPECS", "OPTIMIZER_NAMES", "STATE_NAMES", "HYPER_NAMES", "HYPER_DEFAULTS",
-           "DECOUPLED_WEIGHT_DECAY", "spec_of", "init_state", "update", "recover_gradient", "adam_moments",
-           "momentum_buffer_from_weights", "lr_multiplier", "lr_multipliers"]
+           "spec_of", "init_state", "update", "recover_gradient", "adam_moments", "momentum_buffer_from_weights",
+           "lr_multiplier", "lr_multipliers"]
 
 Tensor = Any  # torch.Tensor in the rules; the arithmetic is the operators', so numpy arrays would do as well
 
@@ -133,6 +133,28 @@ def _buffer_from_weights(name: str) -> Callable:
     return lambda w, lr, hyper: {"momentum_buffer": momentum_buffer_from_weights(w, lr, name, hyper.get("momentum"))}
 
 
+# The state as GFM's field reads it (gfm.forecasters.gfm_features.state_features): one feature per state array,
+# on the scale of a velocity (scales.v) or of a gradient (scales.g); m is optimizer steps per unit time.
+def _no_features(states: dict, hp: dict, n_done, m: float, scales) -> list:
+    return []
+
+
+def _buffer_features(states: dict, hp: dict, n_done, m: float, scales) -> list:
+    return [hp["lr"] * states["momentum_buffer"] * m / scales.v]   # the buffer's velocity lr b m / V
+
+
+def _square_avg_features(states: dict, hp: dict, n_done, m: float, scales) -> list:
+    return [states["square_avg"].clamp_min(0).sqrt() / scales.g]   # sqrt(s) / G
+
+
+def _adam_features(states: dict, hp: dict, n_done, m: float, scales) -> list:
+    """The bias-corrected step lr Mhat / (sqrt(Vhat) + eps) m / V and sqrt(Vhat) / G."""
+    import torch
+
+    mhat, vhat = adam_moments(states, hp, torch.as_tensor(n_done).clamp_min(1.0))
+    return [hp["lr"] * mhat / (vhat + hp["eps"]) * m / scales.v, vhat / scales.g]
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """One optimizer's facts.
@@ -148,6 +170,8 @@ class OptimizerSpec:
         state_from_weights: ``(w, lr, hyper) -> {state name: array}`` where the weights of a run recorded at
             every step determine the state (momentum buffers); None where they do not.
         decoupled_weight_decay: weight decay shrinks the weights instead of adding weight_decay * w to g.
+        state_features: ``(states, hp, n_done, m, scales) -> [tensor]``, the state as GFM's field reads it,
+            one feature per state array (see :func:`_buffer_features`).
     """
 
     name: str
@@ -158,6 +182,7 @@ class OptimizerSpec:
     grad: Callable
     state_from_weights: Callable | None = None
     decoupled_weight_decay: bool = False
+    state_features: Callable = _no_features
 
     @property
     def params_keys(self) -> frozenset[str]:
@@ -169,20 +194,21 @@ _ADAM_STATE = ("exp_avg", "exp_avg_sq")
 SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (
     OptimizerSpec("sgd", ("lr", "weight_decay"), False, (), _sgd, _sgd_grad),
     OptimizerSpec("momentum", ("lr", "momentum", "weight_decay"), False, ("momentum_buffer",), _momentum,
-                  _buffer_grad, _buffer_from_weights("momentum")),
+                  _buffer_grad, _buffer_from_weights("momentum"), state_features=_buffer_features),
     OptimizerSpec("nesterov", ("lr", "momentum", "weight_decay"), False, ("momentum_buffer",), _nesterov,
-                  _buffer_grad, _buffer_from_weights("nesterov")),
-    OptimizerSpec("adam", ("beta1", "beta2", "lr", "weight_decay"), True, _ADAM_STATE, _adam, _adam_grad),
+                  _buffer_grad, _buffer_from_weights("nesterov"), state_features=_buffer_features),
+    OptimizerSpec("adam", ("beta1", "beta2", "lr", "weight_decay"), True, _ADAM_STATE, _adam, _adam_grad,
+                  state_features=_adam_features),
     OptimizerSpec("adamw", ("beta1", "beta2", "lr", "weight_decay"), True, _ADAM_STATE, _adam, _adam_grad,
-                  decoupled_weight_decay=True),
-    OptimizerSpec("rmsprop", ("alpha", "lr", "weight_decay"), True, ("square_avg",), _rmsprop, _rmsprop_grad),
+                  decoupled_weight_decay=True, state_features=_adam_features),
+    OptimizerSpec("rmsprop", ("alpha", "lr", "weight_decay"), True, ("square_avg",), _rmsprop, _rmsprop_grad,
+                  state_features=_square_avg_features),
 )}
 
 # Views of the registry, by optimizer name (the names other modules import).
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(SPECS)
 STATE_NAMES: dict[str, tuple[str, ...]] = {n: s.state for n, s in SPECS.items()}
 HYPER_NAMES: dict[str, tuple[str, ...]] = {n: s.hyper for n, s in SPECS.items()}
-DECOUPLED_WEIGHT_DECAY = frozenset(n for n, s in SPECS.items() if s.decoupled_weight_decay)
 
 
 def spec_of(name: str) -> OptimizerSpec:

@@ -8,17 +8,33 @@ dependency. Field constraints live next to the field as ``field(metadata=...)`` 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
 
 from gfm.errors import shorten
 
-__all__ = ["spec", "build", "describe_type"]
+__all__ = ["spec", "build", "describe_type", "NAME_PATTERN", "is_name", "keys_matching"]
 
 _MISSING = dataclasses.MISSING
 INT_BOUND = 2**63
 """Every integer field fits a signed 64-bit integer (NumPy, Zarr and torch store them as int64)."""
+
+NAME_PATTERN = "[A-Za-z][A-Za-z0-9_]*"
+"""What a task or model name may be: it becomes a path component and a Snakemake wildcard's value (the rules
+constrain ``{task}`` and ``{model}`` with it, and the params schema the keys it names)."""
+
+
+def is_name(name: str) -> bool:
+    """Whether ``name`` may name a task or a model (:data:`NAME_PATTERN`: ASCII letters, digits and '_', a
+    letter first)."""
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
+def keys_matching(pattern: str) -> dict:
+    """The JSON-schema keywords of a mapping whose keys match ``pattern`` (for ``spec(json_schema=...)``)."""
+    return {"propertyNames": {"pattern": f"^{pattern}$"}}
 
 
 def _show(value: Any) -> str:
@@ -32,9 +48,14 @@ def _key(key: Any) -> str:
 
 
 def spec(default: Any = _MISSING, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, nonempty: bool = False, doc: str = "") -> Any:
-    """A dataclass field with range constraints checked by :func:`build`."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty, "doc": doc}
+         le: float | None = None, lt: float | None = None, nonempty: bool = False, doc: str = "",
+         json_schema: dict | None = None) -> Any:
+    """A dataclass field with range constraints checked by :func:`build`.
+
+    ``json_schema`` holds JSON-schema keywords for a rule the field's type cannot say and a ``_check`` or the
+    cross-section checks enforce (distinct items, the names keys may take): the generated params schema
+    (gfm.pipeline.params_schema) adds them to the field's own, so Snakemake refuses what they refuse."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty, "doc": doc, "json_schema": json_schema or {}}
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)

@@ -2,29 +2,19 @@
 # declaration of the stages; dvc.yaml is generated from it). Helper functions live here only: the rule files
 # hold rules (snakemake --lint).
 
-import json
-import os
-from pathlib import Path
-
-import yaml
-
+from gfm.optimizers import OPTIMIZER_NAMES
 from gfm.pipeline import path, trigger_values
+from gfm.pipeline.closure import stage_codes
+from gfm.schema import NAME_PATTERN
 
 STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
 
-# Each stage's code: its rule file and the import closure its dvc.yaml deps list (computed from the source when
-# dvc.yaml is generated; a test keeps the checked-in file fresh), a subpackage held whole as its directory. As
-# rule inputs they are checksummed in Snakemake's records, from which `gfm commit` judges them by content; and
-# they make Snakemake re-run a job whose code was edited (its mtime trigger), as DVC does from their hashes;
-# Snakemake gets the files, because a directory's mtime does not change when a file in it is edited.
-def _code_files(dep):
-    return sorted(str(p) for p in Path(dep).rglob("*.py")) if Path(dep).is_dir() else [dep]
-
-
-with open("dvc.yaml") as _f:
-    CODE = {name: [f for d in stage.get("do", stage)["deps"] if d.startswith(("src/", "workflow/"))
-                   for f in _code_files(d)]
-            for name, stage in yaml.safe_load(_f)["stages"].items()}
+# Each stage's code: its rule file and its import closure, computed from the source as dvc.yaml's code deps are
+# (file by file: a directory's mtime does not change when a file in it is edited). As rule inputs they are
+# checksummed in Snakemake's records, from which `gfm commit` judges them by content; and they make Snakemake
+# re-run a job whose code was edited (its mtime trigger), as DVC does from their hashes. The cache keeps each
+# module's imports by content hash, so a start parses only the modules edited since the last one.
+CODE = stage_codes(cache=".snakemake/gfm/code-scans.json")
 
 
 def trigger(rule):
@@ -97,6 +87,6 @@ def all_outputs():
 
 
 wildcard_constraints:
-    task="[A-Za-z][A-Za-z0-9_]*",
-    optimizer="sgd|momentum|nesterov|adam|adamw|rmsprop",
-    model="[A-Za-z][A-Za-z0-9_]*",
+    task=NAME_PATTERN,
+    optimizer="|".join(OPTIMIZER_NAMES),
+    model=NAME_PATTERN,

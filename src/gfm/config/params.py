@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gfm.config.sections import (
+    STORE_KEY_PATTERN,
     AccelerateConfig,
     EvaluateConfig,
     ForecastConfig,
@@ -23,7 +24,7 @@ from gfm.config.sections import (
 from gfm.config.tasks import TaskConfig
 from gfm.config.validation import params_problems
 from gfm.errors import ParamsError
-from gfm.schema import spec
+from gfm.schema import NAME_PATTERN, keys_matching, spec
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,14 @@ class Params:
     store: StoreLayoutConfig = dataclasses.field(default_factory=StoreLayoutConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    tasks: dict[str, TaskConfig] = spec({}, nonempty=True)
-    stores: dict[str, StoreSpec] = spec({}, nonempty=True)
+    tasks: dict[str, TaskConfig] = spec({}, nonempty=True, json_schema=keys_matching(NAME_PATTERN))
+    stores: dict[str, StoreSpec] = spec({}, nonempty=True, json_schema=keys_matching(STORE_KEY_PATTERN))
     forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}")
+    # each entry's options are checked by its forecaster's own Config (gfm.train.model_problems)
+    models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}", json_schema={
+        **keys_matching(NAME_PATTERN),
+        "additionalProperties": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}}})
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     generalize: GeneralizeConfig = dataclasses.field(default_factory=GeneralizeConfig)
     accelerate: AccelerateConfig = dataclasses.field(default_factory=AccelerateConfig)

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gfm.config.optimizer import OptimizerConfig, OptimizerName
-from gfm.schema import spec
+from gfm.optimizers import OPTIMIZER_NAMES
+from gfm.schema import NAME_PATTERN, keys_matching, spec
+
+# A store key is its task's name and its optimizer's.
+STORE_KEY_PATTERN = f"{NAME_PATTERN}-({'|'.join(OPTIMIZER_NAMES)})"
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class GenerateConfig:
     """Trajectory generation."""
 
     dataset_seeds: list[int] = spec([1, 2, 3, 4, 5], nonempty=True, ge=0, lt=2**63,
-                                    doc="NumPy SeedSequence entries, stored as int64: 0 <= seed < 2**63")
+                                    doc="NumPy SeedSequence entries, stored as int64: 0 <= seed < 2**63",
+                                    json_schema={"uniqueItems": True})
     progress: bool = True
 
     def _check(self):
@@ -61,7 +66,7 @@ class SplitConfig:
 
     train: float = spec(0.5, ge=0, le=1)
     val: float = spec(0.25, ge=0, le=1)
-    test: float = spec(0.25, ge=0, le=1)
+    test: float = spec(0.25, ge=0, le=1, json_schema={"exclusiveMinimum": 0})  # 0: refused by _check, with why
 
     def _check(self):
         total = self.train + self.val + self.test
@@ -190,7 +195,8 @@ class AccelerateConfig:
     """Jump-ahead training (stage accelerate): every ``every`` optimizer steps, jump to a forecast when the
     held-out loss does not get worse."""
 
-    stores: dict[str, AccelerateStore] = spec({}, doc="<task>-<optimizer>: {task, optimizer}; empty = stage off")
+    stores: dict[str, AccelerateStore] = spec({}, doc="<task>-<optimizer>: {task, optimizer}; empty = stage off",
+                                              json_schema=keys_matching(STORE_KEY_PATTERN))
     models: list[str] = spec([], doc="forecasters making the jumps; each must be trained on every listed store")
     every: int = spec(20, ge=1, doc="K: optimizer steps between jump attempts (a multiple of record_every)")
     horizons: list[int] = spec([200], nonempty=True, ge=1, doc="candidate jump targets (forecast.horizons entries)")

@@ -4,8 +4,9 @@ network's sizes computed from the config alone (no torch)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from gfm.errors import shorten
 from gfm.schema import spec
@@ -26,6 +27,9 @@ class TaskConfig:
     """Fields every task has. ``kind`` picks the model family, data and loss."""
 
     kind: str
+    # The class that builds this kind's network, data and loss, as "<module>:<class>": gfm.tasks.make_task
+    # imports it by name, so that reading params never imports torch; "" where there is none to build.
+    task_class: ClassVar[str] = ""
     runs_per_dataset: int = spec(200, ge=1, doc="runs (trajectories) per dataset seed")
     steps: int = spec(200, ge=1, doc="optimizer steps per run")
     record_every: int = spec(1, ge=1, doc="record weights every k optimizer steps")
@@ -80,6 +84,7 @@ class LeastSquaresConfig(TaskConfig):
     loss 0.5 * sum over the batch of (x.w - y)^2; no bias."""
 
     kind: Literal["least_squares"] = "least_squares"
+    task_class: ClassVar[str] = "gfm.tasks.least_squares:LeastSquaresTask"
     dim: int = spec(1, ge=1)
     noise: float = spec(0.0, ge=0)
     lr_scale: Literal["none", "inverse_lambda_max"] = spec(
@@ -98,6 +103,7 @@ class MLPRegressionConfig(TaskConfig):
     or sin(2 X w*) (``sin``), plus Gaussian noise."""
 
     kind: Literal["mlp_regression"] = "mlp_regression"
+    task_class: ClassVar[str] = "gfm.tasks.mlp:MLPRegressionTask"
     dim: int = spec(1, ge=1)
     hidden: list[int] = spec([10], nonempty=True, ge=1)
     target: Literal["linear", "sin"] = "linear"
@@ -113,6 +119,7 @@ class MLPClassificationConfig(TaskConfig):
     MLP dim -> hidden... -> classes with ReLU, cross-entropy."""
 
     kind: Literal["mlp_classification"] = "mlp_classification"
+    task_class: ClassVar[str] = "gfm.tasks.mlp:MLPClassificationTask"
     dim: int = spec(2, ge=1)
     classes: int = spec(3, ge=2)
     hidden: list[int] = spec([16], nonempty=True, ge=1)
@@ -128,6 +135,7 @@ class DigitsConfig(TaskConfig):
     subset of ``n_samples`` images; MLP 64 -> hidden... -> 10, cross-entropy."""
 
     kind: Literal["digits"] = "digits"
+    task_class: ClassVar[str] = "gfm.tasks.digits:DigitsTask"
     hidden: list[int] = spec([16], nonempty=True, ge=1)
     n_samples: int = spec(256, ge=1, le=1797)
 
@@ -142,6 +150,7 @@ class CIFAR10Config(TaskConfig):
     of 3x3 conv -> ReLU -> 2x2 max-pool per entry of ``channels``, then Linear -> 10, cross-entropy."""
 
     kind: Literal["cifar10"] = "cifar10"
+    task_class: ClassVar[str] = "gfm.tasks.cifar10:CIFAR10Task"
     data_dir: str = spec("data/cifar10/cifar-10-batches-bin", doc="directory holding data_batch_1.bin ... _5.bin")
     n_samples: int = spec(512, ge=1, le=50000)
     channels: list[int] = spec([8, 16], nonempty=True, ge=1, doc="output channels of each conv block")
@@ -173,6 +182,9 @@ class CIFAR10Config(TaskConfig):
         return out
 
 
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+
+
 @dataclass(frozen=True, kw_only=True)  # kw_only: required fields after the base class's defaults
 class RecordedConfig(TaskConfig):
     """A store recorded from a user's own training loop (``gfm.record``) or imported (``gfm import``), declared
@@ -184,9 +196,12 @@ class RecordedConfig(TaskConfig):
     that needs a size sees the store's, and ``n_params`` is its layout's."""
 
     kind: Literal["recorded"] = "recorded"
+    # no task_class: the store is taken in, never trained; evaluate rebuilds its network from what the store
+    # records (gfm.tasks.recorded.recorded_task)
     path: str = spec(doc="the store (a .zarr directory), relative to the workspace root")
     sha256: str = spec(doc="content hash of the store (gfm declare writes it); a changed store is refused "
-                           "until it is declared again, and its change re-runs its stages under DVC")
+                           "until it is declared again, and its change re-runs its stages under DVC",
+                       json_schema={"pattern": SHA256_PATTERN})
     n_layout_params: int = spec(0, ge=0, doc="read from the store, never written: its parameter count")
     root: str = spec(".", doc="set when params are loaded, never written: the directory `path` is relative to")
 
@@ -203,18 +218,13 @@ class RecordedConfig(TaskConfig):
 
     def _check(self):
         out = super()._check()
-        if not (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)):
+        if not re.fullmatch(SHA256_PATTERN, self.sha256):
             out.append(("sha256", f"got {shorten(self.sha256, 70)}; expected 64 lowercase hex digits (run "
                                   f"`gfm declare {self.path}` to write it)"))
         return out
 
 
-TASK_KINDS: dict[str, type[TaskConfig]] = {
-    "least_squares": LeastSquaresConfig,
-    "mlp_regression": MLPRegressionConfig,
-    "mlp_classification": MLPClassificationConfig,
-    "digits": DigitsConfig,
-    "cifar10": CIFAR10Config,
-    "recorded": RecordedConfig,
-}
+# The one list of task kinds: params' `kind` -> its config class, which names its Task class (task_class).
+TASK_KINDS: dict[str, type[TaskConfig]] = {c.kind: c for c in (  # type: ignore[misc]  (each kind's default)
+    LeastSquaresConfig, MLPRegressionConfig, MLPClassificationConfig, DigitsConfig, CIFAR10Config, RecordedConfig)}
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from gfm.config.optimizer import OPTIMIZER_STATE_ARRAYS
 from gfm.config.sizes import _count, _size, estimate_store
 from gfm.errors import shorten
+from gfm.schema import is_name
 
 if TYPE_CHECKING:
     from gfm.config.params import Params
@@ -32,10 +33,10 @@ def _name_problems(p: Params) -> list[tuple[str, str]]:
         if key != expected:
             out.append((f"stores.{key}", f"store keys are '<task>-<optimizer>'; expected {expected!r}"))
     for name in p.tasks:
-        if not name.replace("_", "").isalnum() or not name[:1].isalpha():
+        if not is_name(name):
             out.append((f"tasks.{name}", "task names use letters, digits and '_' and start with a letter"))
     for name, m in p.models.items():
-        if not name.replace("_", "").isalnum() or not name[:1].isalpha():
+        if not is_name(name):
             out.append((f"models.{name}", "model names use letters, digits and '_' and start with a letter"))
         if not isinstance(m, dict) or not isinstance(m.get("kind"), str):
             out.append((f"models.{name}", f"got {shorten(m)}; expected a mapping with a 'kind' (a forecaster name)"))
@@ -60,8 +61,8 @@ def _recorded_problems(p: Params) -> list[tuple[str, str]]:
                 out.append((f"stores.{key}.optimizer.lr", "missing; expected a number or {low, high, log}"))
             continue
         entries.setdefault(st.task, []).append(key)
-        set_keys = [k for k in ("lr", "momentum", "beta1", "beta2", "alpha", "eps", "weight_decay", "schedule")
-                    if getattr(st.optimizer, k) != getattr(defaults, k)]
+        set_keys = [f.name for f in dataclasses.fields(OptimizerConfig)
+                    if f.name != "name" and getattr(st.optimizer, f.name) != getattr(defaults, f.name)]
         if set_keys:
             out.append((f"stores.{key}.optimizer.{set_keys[0]}", "a recorded store's hyper-parameters are its "
                         "runs' own (read from the store); give only the optimizer's name"))

@@ -103,8 +103,10 @@ class FunctionFieldGFM(Forecaster):
         return opt_rules.STATE_NAMES.get(self.extra.get("optimizer", ""), ())
 
     def hyper_needed(self) -> tuple[str, ...]:
-        names = opt_rules.HYPER_NAMES.get(self.extra.get("optimizer", ""), ())
-        return tuple(n for n in names if n != "lr") + (("eps",) if self.extra.get("optimizer") in ("adam", "adamw", "rmsprop") else ())
+        spec = opt_rules.SPECS.get(self.extra.get("optimizer", ""))
+        if spec is None:
+            return ()
+        return tuple(n for n in spec.hyper if n != "lr") + (("eps",) if spec.reads_eps else ())
 
     # --- building -------------------------------------------------------------------------------------
     def _build(self, shape: MLPShape, probes: torch.Tensor, basis: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ __all__ = ["Scales", "Context", "fit_scales", "recover_gradient", "build_context
            "state_features", "n_state_features", "RUN_HYPER", "record_dt"]
 
 # Hyper-parameters that become run features when present (eps is fixed and tiny: left out).
-RUN_HYPER = ("lr", "momentum", "beta1", "beta2", "alpha", "weight_decay")
+RUN_HYPER = ("lr", *(k for k in optimizers.HYPER_DEFAULTS if k != "eps"))
 
 
 def record_dt(traj: Trajectories) -> float:
@@ -125,8 +125,9 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
                    n_done: torch.Tensor | float, m: float, scales: Scales) -> list[torch.Tensor]:
     """Optimizer state as velocity- or gradient-scale features.
 
-    momentum, nesterov: the buffer's velocity lr b m / V; adam, adamw: the bias-corrected step
-    lr Mhat / (sqrt(Vhat) + eps) m / V and sqrt(Vhat) / G; rmsprop: sqrt(s) / G.
+    Each optimizer's spec says how (``state_features`` in gfm.optimizers): momentum, nesterov: the buffer's
+    velocity lr b m / V; adam, adamw: the bias-corrected step lr Mhat / (sqrt(Vhat) + eps) m / V and
+    sqrt(Vhat) / G; rmsprop: sqrt(s) / G.
 
     Args:
         optimizer: optimizer name.
@@ -139,15 +140,8 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
     Returns:
         :func:`n_state_features` tensors, each (batch, param).
     """
-    lr = hp["lr"]
-    if optimizer in ("momentum", "nesterov"):
-        return [lr * states["momentum_buffer"] * m / scales.v]
-    if optimizer == "rmsprop":
-        return [states["square_avg"].clamp_min(0).sqrt() / scales.g]
-    if optimizer in ("adam", "adamw"):
-        mhat, vhat = optimizers.adam_moments(states, hp, torch.as_tensor(n_done).clamp_min(1.0))
-        return [lr * mhat / (vhat + hp["eps"]) * m / scales.v, vhat / scales.g]
-    return []
+    spec = optimizers.SPECS.get(optimizer)
+    return [] if spec is None else spec.state_features(states, hp, n_done, m, scales)
 
 
 @dataclass

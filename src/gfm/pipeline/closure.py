@@ -7,12 +7,15 @@ Walked in the source's AST, not executed, so lazy imports inside functions count
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 from functools import cache
 from pathlib import Path
 
-from gfm.pipeline import SRC, stage
+from gfm.pipeline import SRC, STAGES, stage
 
-__all__ = ["import_closure", "code_deps", "collapsed"]
+__all__ = ["scan", "import_closure", "code_deps", "stage_code", "stage_codes", "collapsed"]
 
 
 def _parents(name: str) -> list[str]:
@@ -27,26 +30,110 @@ def _is_type_checking(node: ast.AST) -> bool:
         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
 
 
-def _import_nodes(tree: ast.AST, *, module_level: bool):
-    """Import statements that can run: all of them, lazy ones inside functions included, or (``module_level``)
-    those that run when the module is imported. ``if TYPE_CHECKING:`` blocks never run."""
-    stack = [tree]
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _statements(tree: ast.Module, *, module_level: bool):
+    """Statements that can run: all of them, those inside functions included, or (``module_level``) those that
+    run when the module is imported. ``if TYPE_CHECKING:`` blocks never run. Only statement lists are walked (an
+    import is a statement, never part of an expression), which is what keeps a scan cheap."""
+    stack = list(tree.body)
     while stack:
         node = stack.pop()
-        for child in ast.iter_child_nodes(node):
-            if _is_type_checking(child):
-                stack.extend(child.orelse)
-                continue
-            if module_level and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                continue
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                yield child
-            stack.append(child)
+        if _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        yield node
+        for attr in _BODIES:
+            stack.extend(getattr(node, attr, None) or ())
+
+
+def _lists_own_directory(node: ast.AST) -> bool:
+    """Whether statement ``node`` itself (its nested statements aside: :func:`_statements` visits them) calls
+    ``pkgutil.iter_modules(__path__)``: a package that imports every module of its own directory, as a registry
+    that fills itself does (``for m in pkgutil.iter_modules(__path__): importlib.import_module(...)``,
+    gfm.forecasters and gfm.tasks)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        func = getattr(n, "func", None)
+        if (isinstance(func, ast.Attribute) and func.attr == "iter_modules" and isinstance(func.value, ast.Name)
+                and func.value.id == "pkgutil" and [a.id for a in n.args if isinstance(a, ast.Name)] == ["__path__"]):
+            return True
+        stack.extend(c for c in ast.iter_child_nodes(n)
+                     if not isinstance(c, (ast.stmt, ast.excepthandler, ast.match_case)))
+    return False
+
+
+def scan(source: str) -> dict[str, list]:
+    """What a module's source imports, before names are resolved against the package: for ``all`` (every
+    statement that can run) and ``top`` (those run on import), a list of ``[level, module, names]`` per import
+    statement (level -1 for ``import a.b``, whose names are the modules), and ``[-2, "", []]`` where a package
+    imports every module of its own directory (:func:`_lists_own_directory`; names the AST cannot follow)."""
+    tree = ast.parse(source)
+    by_name_possible = "iter_modules" in source
+    out: dict[str, list] = {}
+    for key, module_level in (("all", False), ("top", True)):
+        entries: list = []
+        for node in _statements(tree, module_level=module_level):
+            if isinstance(node, ast.Import):
+                entries.append([-1, "", [a.name for a in node.names]])
+            elif isinstance(node, ast.ImportFrom):
+                entries.append([node.level, node.module or "", [a.name for a in node.names]])
+            elif by_name_possible and _lists_own_directory(node) and [-2, "", []] not in entries:
+                entries.append([-2, "", []])
+        out[key] = entries
+    return out
+
+
+_SCANS: dict[str, dict[str, list]] = {}   # sha-256 of a source -> scan(source), shared by every closure
+_USED: set[str] = set()                     # the digests looked up by this process
 
 
 @cache
-def _parse(file: Path, mtime_ns: int) -> ast.Module:
-    return ast.parse(file.read_text(), filename=str(file))
+def _digest(file: Path, mtime_ns: int, size: int) -> str:
+    """The sha-256 of ``file``, scanned into :data:`_SCANS` if no scan of that content is known."""
+    data = file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _SCANS:
+        _SCANS[digest] = scan(data.decode())
+    return digest
+
+
+def _is_scan(value) -> bool:
+    """Whether ``value`` (read back from a cache file) has the shape :func:`scan` returns."""
+    def entry(e) -> bool:
+        return (isinstance(e, list) and len(e) == 3 and isinstance(e[0], int) and isinstance(e[1], str)
+                and isinstance(e[2], list) and all(isinstance(n, str) for n in e[2]))
+    return isinstance(value, dict) and set(value) == {"all", "top"} and all(
+        isinstance(v, list) and all(entry(e) for e in v) for v in value.values())
+
+
+def stage_codes(cache: str | Path | None = None, src: str | Path = SRC) -> dict[str, list[str]]:
+    """:func:`stage_code` of every stage. With ``cache`` (a JSON file, made if missing), the scans of the
+    sources are kept there by content hash, so a start parses only the modules edited since the last one: the
+    Snakefile computes this at every start (workflow/rules/common.smk), and parsing every module costs about
+    a second. A cache that cannot be read is ignored, one that cannot be written left as it is."""
+    cache = None if cache is None else Path(cache)
+    try:
+        known = json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict):
+        _SCANS.update({k: v for k, v in known.items() if isinstance(k, str) and _is_scan(v)})
+    out = {st.name: stage_code(st.name, src) for st in STAGES}
+    keep = {d: _SCANS[d] for d in sorted(_USED)}
+    if cache is not None and keep != known:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(keep, separators=(",", ":")))
+            os.replace(tmp, cache)   # atomic: concurrent starts (cluster jobs) each write a whole file
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    return out
 
 
 @cache
@@ -62,40 +149,43 @@ def _module_file(name: str, src: Path) -> Path | None:
 
 def _imports(name: str, file: Path, src: Path, *, module_level: bool) -> frozenset[str]:
     """The ``gfm`` modules that module ``name`` (source ``file``) imports."""
-    return _imports_cached(name, file, file.stat().st_mtime_ns, src, module_level)
-
-
-def _imports_own_directory(tree: ast.AST) -> bool:
-    """Whether a package's ``__init__`` imports every module of its own directory, as a registry that fills itself
-    does (``for m in pkgutil.iter_modules(__path__): importlib.import_module(...)``, gfm.forecasters)."""
-    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "iter_modules"
-               and isinstance(node.func.value, ast.Name) and node.func.value.id == "pkgutil"
-               and [a.id for a in node.args if isinstance(a, ast.Name)] == ["__path__"] for node in ast.walk(tree))
+    st = file.stat()
+    digest = _digest(file, st.st_mtime_ns, st.st_size)
+    _USED.add(digest)
+    return _imports_cached(name, file.name == "__init__.py", digest, src, module_level)
 
 
 @cache
-def _imports_cached(name: str, file: Path, mtime_ns: int, src: Path, module_level: bool) -> frozenset[str]:
-    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+def _imports_cached(name: str, is_package: bool, digest: str, src: Path, module_level: bool) -> frozenset[str]:
+    package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    if file.name == "__init__.py" and _imports_own_directory(_parse(file, mtime_ns)):
-        found.update(f"{name}.{p.name.removesuffix('.py')}" for p in file.parent.iterdir()
-                     if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file())
-    for node in _import_nodes(_parse(file, mtime_ns), module_level=module_level):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+    for level, module, names in _SCANS[digest]["top" if module_level else "all"]:
+        if level == -1:
+            found.update(names)
             continue
-        base = node.module or ""
-        if node.level:
+        if level == -2:
+            if is_package:
+                found.update(_own_directory(name, src))
+            continue
+        base = module
+        if level:
             anchor = package.split(".")
-            anchor = anchor[:len(anchor) - node.level + 1]
-            base = ".".join(anchor + ([node.module] if node.module else []))
+            anchor = anchor[:len(anchor) - level + 1]
+            base = ".".join(anchor + ([module] if module else []))
         # `from pkg import x`: x is a submodule or an attribute of pkg. Only an attribute needs pkg whole (it may
         # come from pkg's lazy __getattr__); for submodules pkg runs as their parent (its module-level imports)
-        subs = [f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}", src)]
+        subs = [f"{base}.{n}" for n in names if _module_file(f"{base}.{n}", src)]
         found.update(subs)
-        if len(subs) < len(node.names):
+        if len(subs) < len(names):
             found.add(base)
     return frozenset(m for m in found if (m == "gfm" or m.startswith("gfm.")) and _module_file(m, src))
+
+
+def _own_directory(package: str, src: Path) -> list[str]:
+    """The modules of package ``package``'s own directory: its files and its subpackages."""
+    root = src.joinpath(*package.split(".")[1:])
+    return [f"{package}.{p.name.removesuffix('.py')}" for p in sorted(root.iterdir())
+            if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()]
 
 
 def import_closure(modules: tuple[str, ...] | list[str], src: str | Path = SRC) -> list[Path]:
@@ -126,6 +216,13 @@ def code_deps(name: str, src: str | Path = SRC) -> list[str]:
     """The code dependencies of stage ``name``: its import closure, as paths like ``src/gfm/x.py``."""
     src = Path(src)
     return [f"{SRC}/{f.relative_to(src).as_posix()}" for f in import_closure(stage(name).modules, src)]
+
+
+def stage_code(name: str, src: str | Path = SRC) -> list[str]:
+    """The code stage ``name`` runs, file by file: its rules file, then its import closure (:func:`code_deps`).
+    dvc.yaml lists them as deps (subpackages held whole as directories, :func:`collapsed`); the Snakemake rules
+    of the stage take them as inputs (workflow/rules/common.smk), so neither driver reads the other's files."""
+    return [f"workflow/rules/{stage(name).rule_file}", *code_deps(name, src)]
 
 
 def collapsed(deps: list[str], src: str | Path = SRC) -> list[str]:

@@ -1,6 +1,7 @@
-"""dvc.yaml rendered from the stage table, and the commands ``gfm pipeline`` and ``gfm train-index``.
+"""dvc.yaml rendered from the stage table, and the commands ``gfm pipeline``, ``gfm schema`` and ``gfm train-index``.
 
     gfm pipeline --write dvc.yaml          # or: python -m gfm.pipeline --write dvc.yaml
+    gfm schema --write workflow/schemas/params.schema.yaml
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfm.outputs import Kind, claim_output, write_text_output
 from gfm.pipeline import PATHS, SRC, STAGES, Stage
-from gfm.pipeline.closure import code_deps, collapsed
+from gfm.pipeline.closure import collapsed, stage_code
+from gfm.pipeline.generated import emit, generated_kind
 
 __all__ = ["render_dvc_yaml", "render_stage", "add_commands", "DVC_YAML"]
 
@@ -47,27 +48,7 @@ plots:
       template: workflow/plots/trajectory.json
 """
 
-# The first line of every file `gfm pipeline --write` writes: its ownership marker (YAML has no place for the
-# JSON marker of gfm.outputs), so --write replaces only a dvc.yaml it generated, never params.yaml or a README.
-_GENERATED = HEADER.splitlines()[0] + "\n"
-
-
-def _generated(path: Path) -> str | None:
-    """The kind named by ``path``'s marker: :data:`DVC_YAML`'s name if it starts with the generated-by line."""
-    try:
-        with path.open("rb") as f:
-            first = f.read(len(_GENERATED.encode()))
-    except OSError:
-        return None
-    return "generated dvc.yaml" if first == _GENERATED.encode() else None
-
-
-def _own_dvc_yaml(path: Path) -> str | None:
-    return None if _generated(path) else "is a file that `gfm pipeline` did not write (it does not start with " \
-                                          "the generated-by line of a dvc.yaml)"
-
-
-DVC_YAML = Kind("generated dvc.yaml", False, _own_dvc_yaml, _generated)
+DVC_YAML = generated_kind("generated dvc.yaml", HEADER, "gfm pipeline")
 
 
 def _dvc_path(entry: str, item: dict | None) -> str:
@@ -107,9 +88,8 @@ def render_stage(st: Stage, src: str | Path = SRC) -> list[str]:
         lines += [f"    foreach: ${{{st.foreach}}}", "    do:"]
     targets = " ".join(_dvc_path(t, item) for t in st.targets)
     lines.append(f"{indent}cmd: snakemake --cores all --allowed-rules {' '.join(st.rules)} -- {targets}")
-    deps = [_dvc_path(d, item) for d in st.deps]
-    deps += sorted({f"workflow/rules/{st.rule_file}"})
-    deps += collapsed(code_deps(st.name, src), src)
+    rules, *code = stage_code(st.name, src)
+    deps = [*(_dvc_path(d, item) for d in st.deps), rules, *collapsed(code, src)]
     lines += _entries("deps", deps, {_dvc_path(k, item): v for k, v in st.notes.items()}, indent, deps)
     params = [p.format(task=(item or {}).get("task", "{task}"), store=(item or {}).get("store", "{store}"))
               for p in st.params]
@@ -129,18 +109,13 @@ def render_dvc_yaml(src: str | Path = SRC) -> str:
 
 # --- commands ------------------------------------------------------------------------------------------------
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    # before any work: a dvc.yaml this command wrote, or nothing; anything else is refused untouched
-    out = None if args.write is None else claim_output(args.write, DVC_YAML)
-    text = render_dvc_yaml(args.src)
-    if out is None:
-        print(text, end="")
-        return 0
-    if out.is_file() and out.read_bytes() == text.encode():
-        print(f"{out}: up to date")
-        return 0
-    write_text_output(out, DVC_YAML, text)
-    print(f"{out}: written from the stage table in {SRC}/pipeline/__init__.py")
-    return 0
+    return emit(args.write, DVC_YAML, lambda: render_dvc_yaml(args.src), f"the stage table in {SRC}/pipeline/__init__.py")
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from gfm.pipeline.params_schema import PARAMS_SCHEMA, render_params_schema
+
+    return emit(args.write, PARAMS_SCHEMA, render_params_schema, f"the params dataclasses in {SRC}/config")
 
 
 def _cmd_train_index(args: argparse.Namespace) -> int:
@@ -151,7 +126,7 @@ def _cmd_train_index(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    """``gfm pipeline`` and ``gfm train-index`` on the CLI's subparsers."""
+    """``gfm pipeline``, ``gfm schema`` and ``gfm train-index`` on the CLI's subparsers."""
     p = sub.add_parser("pipeline", help="dvc.yaml from the stage table (src/gfm/pipeline/__init__.py)",
                        description="Render dvc.yaml from the stage table, with each stage's code dependencies "
                                    "computed from the source; print it, or write it with --write.")
@@ -159,6 +134,13 @@ def add_commands(sub) -> None:
                    "file is replaced only if this command wrote it (its generated-by first line)")
     p.add_argument("--src", default=SRC, metavar="DIR", help="the gfm package source (default: %(default)s)")
     p.set_defaults(func=_cmd_pipeline)
+    sc = sub.add_parser("schema", help="the params schema Snakemake checks, from the params dataclasses",
+                        description="Render the JSON schema of params.yaml (workflow/schemas/params.schema.yaml) from "
+                                    "the params dataclasses and the task and optimizer registries; print it, or "
+                                    "write it with --write.")
+    sc.add_argument("--write", metavar="SCHEMA.yaml", help="write here (atomically) instead of printing; an existing "
+                    "file is replaced only if this command wrote it (its generated-by first line)")
+    sc.set_defaults(func=_cmd_schema)
     t = sub.add_parser("train-index", help="a store's index.json: its trained models and their kinds")
     t.add_argument("--params", default="params.yaml", metavar="P", help="the params file (default: %(default)s)")
     t.add_argument("--store", required=True, metavar="KEY", help="<task>-<optimizer>, a key of `stores`")
