@@ -211,6 +211,23 @@ def test_param_count_from_the_config_matches_the_task_layout(fields):
         assert x.shape[1] == cfg.input_width()
 
 
+def test_one_list_of_task_kinds_names_each_task_class():
+    """TASK_KINDS is the one list of task kinds: each kind's config names the Task class that runs it, and
+    gfm.tasks builds it by that name (a recorded store's kind has none: its runs are taken in)."""
+    from gfm.config import TASK_KINDS
+    from gfm.tasks import Task, task_class
+
+    for kind, cfg in TASK_KINDS.items():
+        if kind == "recorded":
+            assert cfg.task_class == ""
+            with pytest.raises(ValueError, match="no Task class"):
+                task_class(kind)
+        else:
+            assert issubclass(task_class(kind), Task) and task_class(kind).__name__ == cfg.task_class.split(":")[1]
+    with pytest.raises(ValueError, match="unknown task kind 'imagenet'"):
+        task_class("imagenet")
+
+
 def test_every_task_of_the_default_params_counts_like_its_layout():
     from gfm.tasks import make_task
 

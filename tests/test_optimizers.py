@@ -74,6 +74,23 @@ def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
     assert set(HYPER_DEFAULTS) == {k for v in _OPTIMIZER_KEYS.values() for k in v} - {"lr"}
 
 
+@pytest.mark.parametrize("name", sorted(HYPER))
+def test_gfm_reads_one_state_feature_per_state_array(name):
+    """Each spec says how GFM's field reads its state (``state_features``): one feature per state array, each
+    shaped like the weights, finite."""
+    from types import SimpleNamespace
+
+    from gfm.forecasters.gfm_features import state_features
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 5, generator=gen)
+    states = {k: torch.rand(3, 5, generator=gen) for k in STATE_NAMES[name]}
+    hp = {k: torch.full((3, 1), float(v)) for k, v in HYPER[name].items()}
+    feats = state_features(name, states, hp, 4.0, 10.0, SimpleNamespace(v=2.0, g=3.0))
+    assert len(feats) == len(STATE_NAMES[name])
+    assert all(f.shape == w.shape and bool(torch.isfinite(f).all()) for f in feats)
+
+
 def test_adamw_decay_is_decoupled_and_nesterov_looks_ahead():
     w, g = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.25])
     hp = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.5}

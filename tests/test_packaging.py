@@ -260,6 +260,48 @@ def test_pipeline_command_without_the_extra_names_it(tmp_path):
         proc.stderr
 
 
+# --- light commands without torch -----------------------------------------------------------------------------
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+
+    class NoTorch:
+        \"\"\"Any import of torch fails, as if it were not installed.\"\"\"
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torch":
+                raise ModuleNotFoundError(f"torch is blocked in this test: {name}")
+
+
+    sys.meta_path.insert(0, NoTorch())
+    from gfm.cli import main
+
+    code = main(sys.argv[1:])
+    assert "torch" not in sys.modules, "imported torch"
+    raise SystemExit(code)
+""")
+
+# Commands that only read params, YAML or JSON and write text: they run where torch is not installed (a login
+# node, a CI job that checks the pipeline's files) and start fast. `gfm validate` is not one of them yet: it
+# builds each entry of `models:` to check its options and its size against limits: (gfm.train.model_problems),
+# and the forecasters' option classes and size estimates live in their torch modules.
+LIGHT_COMMANDS = {
+    "pipeline": ["pipeline"],
+    "schema": ["schema"],
+    "train-index": ["train-index", "--params", str(ROOT / "tests" / "params.tiny.yaml"), "--store",
+                    "mlp_regression-sgd", "--out", "{tmp}/index.json"],
+}
+
+
+@pytest.mark.parametrize("command", LIGHT_COMMANDS)
+def test_light_commands_run_without_torch(command, tmp_path):
+    args = [a.format(tmp=tmp_path) for a in LIGHT_COMMANDS[command]]
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # --- the command line -----------------------------------------------------------------------------------------
 
 

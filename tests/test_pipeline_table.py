@@ -35,6 +35,34 @@ def test_checked_in_dvc_yaml_is_generated_from_the_table():
         "`gfm pipeline --write dvc.yaml` and commit it")
 
 
+def test_snakemake_code_inputs_are_dvc_yamls_code_deps_file_by_file(tmp_path):
+    """Both drivers take a stage's code from the stage table and the source (neither reads the other's files):
+    the Snakemake inputs (stage_codes, as workflow/rules/common.smk computes them) are dvc.yaml's code deps with
+    each directory written out; a cache of the scans gives the same, and an unreadable one is ignored."""
+    from gfm.pipeline.closure import stage_codes
+
+    src = ROOT / "src" / "gfm"
+    expected = {}
+    for name, st in _dvc_stages().items():
+        deps = [d for d in st["deps"] if d.startswith(("src/", "workflow/"))]
+        expected[name] = [f for d in deps for f in (
+            sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / d).rglob("*.py")) if (ROOT / d).is_dir() else [d])]
+    cache = tmp_path / "scans.json"
+    first = stage_codes(cache=cache, src=src)
+    assert first == expected
+    assert stage_codes(cache=cache, src=src) == first and cache.is_file()
+    cache.write_text('{"not": "a scan"}')
+    assert stage_codes(cache=cache, src=src) == first
+
+
+def test_a_module_that_imports_by_name_depends_on_its_whole_package():
+    """gfm.tasks builds each kind's Task class from the name its config gives (importlib): the AST cannot follow
+    that, so every module of the package is a code dep of the stages that import it."""
+    tasks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "src" / "gfm" / "tasks").glob("*.py"))
+    for stage in ("generate", "evaluate", "accelerate"):
+        assert set(tasks) <= set(code_deps(stage, ROOT / "src" / "gfm")), stage
+
+
 # Run in a fresh interpreter: per stage, import its modules, report the gfm modules loaded, then forget them
 # (torch and the other third-party modules stay loaded, so the stages after the first cost little).
 _LOADED = """

@@ -314,7 +314,7 @@ def declare(path: str | Path, *, params_path: str | Path, task: str | None = Non
     root = params_path.resolve().parent
     task = task or default_task_name(path)
     if not is_name(task):
-        raise DeclareError(f"--task {task!r}: task names use letters, digits and '_' and start with a letter")
+        raise DeclareError(f"--task {task!r}: task names use ASCII letters, digits and '_' and start with a letter")
     name, entry, key, store = declare_entries(path, task=task, root=root, models=models)
     editor = YAML(typ="rt")  # ruamel's round trip: keeps comments and order; builds plain data, never objects
     editor.preserve_quotes = True

@@ -80,6 +80,7 @@ from gfm.errors import GFMError, shorten
 from gfm.eval_data import shape_problem, value_problem
 from gfm.network import ACTIVATIONS, LOSSES, Network
 from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, SPECS, STATE_NAMES, momentum_buffer_from_weights
+from gfm.schema import is_name
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
 __all__ = ["TrajectoryImportError", "ImportMeta", "read_meta", "import_trajectories", "default_meta_path",
@@ -196,7 +197,7 @@ def read_meta(data: dict[str, Any], *, n_runs: int, n_steps: int, n_params: int,
     if missing_state not in ("error", "zeros"):
         raise TrajectoryImportError(f"{source}: missing_state: got {shorten(missing_state)}; expected error or zeros")
     store_name = data.get("name", "imported")
-    if not isinstance(store_name, str) or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", store_name) is None:
+    if not isinstance(store_name, str) or not is_name(store_name):
         raise TrajectoryImportError(f"{source}: name: got {shorten(store_name)}; use letters, digits and '_', "
                                     "starting with a letter")
     network = {}

@@ -34,10 +34,10 @@ def _name_problems(p: Params) -> list[tuple[str, str]]:
             out.append((f"stores.{key}", f"store keys are '<task>-<optimizer>'; expected {expected!r}"))
     for name in p.tasks:
         if not is_name(name):
-            out.append((f"tasks.{name}", "task names use letters, digits and '_' and start with a letter"))
+            out.append((f"tasks.{name}", "task names use ASCII letters, digits and '_' and start with a letter"))
     for name, m in p.models.items():
         if not is_name(name):
-            out.append((f"models.{name}", "model names use letters, digits and '_' and start with a letter"))
+            out.append((f"models.{name}", "model names use ASCII letters, digits and '_' and start with a letter"))
         if not isinstance(m, dict) or not isinstance(m.get("kind"), str):
             out.append((f"models.{name}", f"got {shorten(m)}; expected a mapping with a 'kind' (a forecaster name)"))
     return out
