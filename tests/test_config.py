@@ -119,15 +119,15 @@ def test_validate_ok_summary():
     assert proc.returncode == 0 and "ok (" in proc.stdout
 
 
-SCHEMA = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+SCHEMA = ROOT / "workflow" / "schemas" / "params.schema.json"
 
 
 def test_checked_in_params_schema_is_generated_from_the_dataclasses():
     from gfm.pipeline.params_schema import render_params_schema
 
     assert SCHEMA.read_text() == render_params_schema(), (
-        "workflow/schemas/params.schema.yaml is stale (a params dataclass, a task kind or an optimizer changed): "
-        "regenerate it with `gfm schema --write workflow/schemas/params.schema.yaml` and commit it")
+        "workflow/schemas/params.schema.json is stale (a params dataclass, a task kind or an optimizer changed): "
+        "regenerate it with `gfm schema --write workflow/schemas/params.schema.json` and commit it")
 
 
 def _schema_refuses(mutate) -> bool:

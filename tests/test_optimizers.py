@@ -206,7 +206,7 @@ def test_params_generate_nesterov_and_adamw_stores(tmp_path):
                                                  "optimizer": {"name": "nesterov", "lr": 0.05, "momentum": 0.9}}
     data["stores"]["mlp_regression-adamw"] = {"task": "mlp_regression",
                                               "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.05}}
-    validate(copy.deepcopy(data), str(ROOT / "workflow" / "schemas" / "params.schema.yaml"))
+    validate(copy.deepcopy(data), str(ROOT / "workflow" / "schemas" / "params.schema.json"))
     params = parse_params(data)
     for name in ("nesterov", "adamw"):
         out = tmp_path / f"{name}.zarr"

@@ -19,7 +19,7 @@ Commands::
     gfm commit   [--profile P] [--dry-run] [--push]         after snakemake: re-run stale, dvc commit -f
     gfm slurm-check [--profile profiles/slurm]              the partitions a profile asks for exist
     gfm pipeline [--write dvc.yaml]                         dvc.yaml from the stage table
-    gfm schema   [--write workflow/schemas/params.schema.yaml]   the params schema from the params dataclasses
+    gfm schema   [--write workflow/schemas/params.schema.json]   the params schema from the params dataclasses
     gfm --version                                           the package version
 
 `gfm <command> --help` explains every flag and ends with an example.
@@ -115,7 +115,7 @@ EXAMPLES = {
                  "cd build/quick && snakemake --cores all && gfm commit     # what make run PRESET=quick runs",
     "check": "gfm check data/trajectories data/models reports/claims.json",
     "pipeline": "gfm pipeline --write dvc.yaml      # regenerate dvc.yaml from the stage table (gfm.pipeline)",
-    "schema": "gfm schema --write workflow/schemas/params.schema.yaml   # regenerate it from the params dataclasses",
+    "schema": "gfm schema --write workflow/schemas/params.schema.json   # regenerate it from the params dataclasses",
     "train-index": "gfm train-index --store mlp_regression-sgd --out data/models/mlp_regression/sgd/index.json",
 }
 

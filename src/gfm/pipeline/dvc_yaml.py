@@ -1,7 +1,7 @@
 """dvc.yaml rendered from the stage table, and the commands ``gfm pipeline``, ``gfm schema`` and ``gfm train-index``.
 
     gfm pipeline --write dvc.yaml          # or: python -m gfm.pipeline --write dvc.yaml
-    gfm schema --write workflow/schemas/params.schema.yaml
+    gfm schema --write workflow/schemas/params.schema.json
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def add_commands(sub) -> None:
     p.add_argument("--src", default=SRC, metavar="DIR", help="the gfm package source (default: %(default)s)")
     p.set_defaults(func=_cmd_pipeline)
     sc = sub.add_parser("schema", help="the params schema Snakemake checks, from the params dataclasses",
-                        description="Render the JSON schema of params.yaml (workflow/schemas/params.schema.yaml) from "
+                        description="Render the JSON schema of params.yaml (workflow/schemas/params.schema.json) from "
                                     "the params dataclasses and the task and optimizer registries; print it, or "
                                     "write it with --write.")
     sc.add_argument("--write", metavar="SCHEMA.yaml", help="write here (atomically) instead of printing; an existing "

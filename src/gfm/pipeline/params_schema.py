@@ -1,7 +1,7 @@
-"""The JSON schema Snakemake checks params.yaml against (workflow/schemas/params.schema.yaml), generated from the
+"""The JSON schema Snakemake checks params.yaml against (workflow/schemas/params.schema.json), generated from the
 params dataclasses (gfm.config) and their registries: the task kinds, the optimizers and the keys each reads.
 
-    gfm schema --write workflow/schemas/params.schema.yaml
+    gfm schema --write workflow/schemas/params.schema.json
 
 Each field gives its type, its bounds (``spec(ge=...)``), its doc and the keywords of a rule its type cannot
 say (``spec(json_schema=...)``); a task's fields depend on its ``kind`` and an optimizer's keys on its ``name``,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import textwrap
 import types
 import typing
 from typing import Any, Literal, Union
@@ -27,11 +26,10 @@ from gfm.pipeline.generated import generated_kind
 
 __all__ = ["params_schema", "render_params_schema", "HEADER", "SCHEMA_PATH", "PARAMS_SCHEMA"]
 
-SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
+SCHEMA_PATH = "workflow/schemas/params.schema.json"
 
-HEADER = f"""\
-# Generated from the params dataclasses (src/gfm/config) by `gfm schema --write {SCHEMA_PATH}`: edit them, not this file.
-"""
+HEADER = ('{"$comment": "Generated from the params dataclasses (src/gfm/config) by `gfm schema --write '
+          f'{SCHEMA_PATH}`: edit them, not this file.",\n')
 PARAMS_SCHEMA = generated_kind("generated params schema", HEADER, "gfm schema")
 
 # Stages every study runs: DVC refuses a stage whose params keys are missing from params.yaml, so their sections
@@ -156,57 +154,26 @@ def params_schema() -> dict:
             "$defs": {cls.__name__: class_schema(cls) for cls in _SHARED}}
 
 
-# --- YAML text ------------------------------------------------------------------------------------------------
+# --- the file -------------------------------------------------------------------------------------------------
 _WIDTH = 118
 
 
-def _scalar(value: Any) -> str:
-    """A scalar or a list/mapping of scalars in YAML flow style (JSON is valid flow YAML; plain words stay bare)."""
-    if isinstance(value, str):
-        plain = value.replace("_", "").replace("-", "").replace(".", "").isalnum() and value[0].isalpha() and \
-            value.lower() not in ("true", "false", "null", "yes", "no", "on", "off", "y", "n")
-        return value if plain else json.dumps(value)
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+def _json(value: Any, indent: int, used: int) -> str:
+    """``value`` as JSON, on one line where it fits in :data:`_WIDTH` columns after ``used`` of them."""
+    flat = json.dumps(value, ensure_ascii=False)
+    if len(flat) + used <= _WIDTH or not isinstance(value, (dict, list)) or not value:
+        return flat
+    pad = " " * (indent + 1)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_scalar(k)}: {_scalar(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)
-
-
-def _is_flat(value: Any) -> bool:
-    if isinstance(value, dict):
-        return all(_is_flat(v) for v in value.values()) and all(not isinstance(v, dict) or len(v) <= 2
-                                                                for v in value.values())
-    if isinstance(value, list):
-        return all(not isinstance(v, (dict, list)) for v in value)
-    return not (isinstance(value, str) and len(value) > 60)
-
-
-def _lines(node: dict, indent: int) -> list[str]:
-    pad, out = " " * indent, []
-    for key, value in node.items():
-        head = f"{pad}{_scalar(key)}:"
-        if isinstance(value, str) and len(head) + 1 + len(_scalar(value)) > _WIDTH:
-            out.append(f"{head} >-")
-            out += [f"{pad}  {line}" for line in textwrap.wrap(value, _WIDTH - indent - 2)]
-        elif isinstance(value, dict) and value and not (_is_flat(value) and len(head) + 1 + len(_scalar(value)) <= _WIDTH):
-            out += [head, *_lines(value, indent + 2)]
-        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
-            out.append(head)
-            for item in value:
-                if _is_flat(item) and indent + 4 + len(_scalar(item)) <= _WIDTH:
-                    out.append(f"{pad}  - {_scalar(item)}")
-                    continue
-                first, *rest = _lines(item, indent + 4)
-                out += [f"{pad}  - {first.lstrip()}", *rest]
-        else:
-            out.append(f"{head} {_scalar(value)}")
-    return out
+        items = [f"{pad}{json.dumps(k)}: {_json(v, indent + 1, indent + len(json.dumps(k)) + 3)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    return "[\n" + ",\n".join(f"{pad}{_json(v, indent + 1, indent + 1)}" for v in value) + "\n" + " " * indent + "]"
 
 
 def render_params_schema() -> str:
-    """The schema as the checked-in YAML file: :data:`HEADER`, then the schema, mappings that fit on a line in
-    flow style."""
-    return HEADER + "\n".join(_lines(params_schema(), 0)) + "\n"
+    """The schema as the checked-in file: JSON (Snakemake reads JSON before trying YAML, which costs a
+    noticeable part of a second on a schema this size), its first line the generated-by marker (a ``$comment``,
+    which JSON schema ignores), objects that fit on a line written on one."""
+    body = _json(params_schema(), 0, 0)
+    return HEADER + body.removeprefix("{\n") + "\n"
