@@ -114,8 +114,9 @@ def _is_scan(value) -> bool:
 def stage_codes(cache: str | Path | None = None, src: str | Path = SRC) -> dict[str, list[str]]:
     """:func:`stage_code` of every stage. With ``cache`` (a JSON file, made if missing), the scans of the
     sources are kept there by content hash, so a start parses only the modules edited since the last one: the
-    Snakefile computes this at every start (workflow/rules/common.smk), and parsing every module costs about
-    a second. A cache that cannot be read is ignored, one that cannot be written left as it is."""
+    Snakefile computes this at every start (workflow/rules/common.smk), and parsing every module is most of
+    what it costs (BENCHMARKS.md, "Snakemake's start"). A cache that cannot be read is ignored, one that cannot
+    be written left as it is."""
     cache = None if cache is None else Path(cache)
     try:
         known = json.loads(cache.read_text()) if cache is not None else {}
