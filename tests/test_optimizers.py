@@ -68,7 +68,10 @@ def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
         p.grad = torch.ones(2)
         opt.step()
         assert set(opt.state[p]) - {"step"} == set(spec.state), name
-    # the defaults a caller may leave out are config's defaults
+    # config has a field per hyper-parameter of the registry, with its default: a new one is declared there alone
+    from gfm.optimizers import HYPERS
+
+    assert [f.name for f in dataclasses.fields(OptimizerConfig)] == ["name", "lr", *HYPERS, "schedule"]
     defaults = OptimizerConfig(name="adam", lr=0.1)
     assert all(getattr(defaults, k) == v for k, v in HYPER_DEFAULTS.items())
     assert set(HYPER_DEFAULTS) == {k for v in _OPTIMIZER_KEYS.values() for k in v} - {"lr"}

@@ -38,15 +38,38 @@ if TYPE_CHECKING:
 
     from gfm.config import ScheduleConfig
 
-__all__ = ["OptimizerSpec", "SPECS", "OPTIMIZER_NAMES", "STATE_NAMES", "HYPER_NAMES", "HYPER_DEFAULTS",
-           "spec_of", "init_state", "update", "recover_gradient", "adam_moments", "momentum_buffer_from_weights",
-           "lr_multiplier", "lr_multipliers"]
+__all__ = ["OptimizerSpec", "SPECS", "OPTIMIZER_NAMES", "STATE_NAMES", "HYPER_NAMES", "HyperSpec", "HYPERS",
+           "HYPER_DEFAULTS", "spec_of", "init_state", "update", "recover_gradient", "adam_moments",
+           "momentum_buffer_from_weights", "lr_multiplier", "lr_multipliers"]
 
 Tensor = Any  # torch.Tensor in the rules; the arithmetic is the operators', so numpy arrays would do as well
 
+@dataclass(frozen=True)
+class HyperSpec:
+    """A hyper-parameter some optimizer's rule reads, lr aside (which every rule reads and has no default): its
+    default and its range (``ge``/``gt``, ``lt``; config checks them). ``per_run`` ones may also be drawn per
+    run from a ``{low, high, log}`` range; the others are one number (eps: stores hold it always)."""
+
+    default: float
+    ge: float | None = 0
+    gt: float | None = None
+    lt: float | None = None
+    per_run: bool = True
+
+
+# Every hyper-parameter but lr, in the order params and stores list them: config.OptimizerConfig has one field
+# each, so an optimizer whose rule reads a new one adds it here.
+HYPERS: dict[str, HyperSpec] = {
+    "momentum": HyperSpec(0.9, lt=1),
+    "beta1": HyperSpec(0.9, lt=1),
+    "beta2": HyperSpec(0.999, lt=1),
+    "alpha": HyperSpec(0.99, lt=1),
+    "eps": HyperSpec(1e-8, ge=None, gt=0, per_run=False),
+    "weight_decay": HyperSpec(0.0),
+}
+
 # Values of hyper-parameters a caller may leave out (config.OptimizerConfig's defaults; lr has none).
-HYPER_DEFAULTS: dict[str, float] = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "alpha": 0.99, "eps": 1e-8,
-                                    "weight_decay": 0.0}
+HYPER_DEFAULTS: dict[str, float] = {k: h.default for k, h in HYPERS.items()}
 
 
 def _sgd(w: Tensor, g: Tensor, state: dict, hp: dict, n) -> tuple[Tensor, dict]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gfm.errors import shorten
-from gfm.optimizers import HYPER_DEFAULTS, OPTIMIZER_NAMES, SPECS
+from gfm.optimizers import HYPERS, OPTIMIZER_NAMES, SPECS, HyperSpec
 from gfm.schema import spec
 
 # The names come from the registry (gfm.optimizers.SPECS, torch-free to import); Literal of a tuple is the
@@ -53,21 +53,8 @@ OPTIMIZER_STATE_ARRAYS: dict[str, int] = {n: len(s.state) for n, s in SPECS.item
 _OPTIMIZER_KEYS: dict[str, frozenset[str]] = {n: s.params_keys for n, s in SPECS.items()}
 
 
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """An optimizer and its hyper-parameters (PyTorch conventions: heavy-ball or Nesterov momentum, Adam with
-    bias correction and L2 weight decay, AdamW with decoupled weight decay, RMSprop with smoothing ``alpha``;
-    update rules in gfm.optimizers). Each hyper-parameter is a number or a per-run Range."""
-
-    name: OptimizerName
-    lr: Hyper | None = spec(None, ge=0, doc="required, except for a recorded store (whose runs carry their own)")
-    momentum: Hyper = spec(HYPER_DEFAULTS["momentum"], ge=0, lt=1)
-    beta1: Hyper = spec(HYPER_DEFAULTS["beta1"], ge=0, lt=1)
-    beta2: Hyper = spec(HYPER_DEFAULTS["beta2"], ge=0, lt=1)
-    alpha: Hyper = spec(HYPER_DEFAULTS["alpha"], ge=0, lt=1)
-    eps: float = spec(HYPER_DEFAULTS["eps"], gt=0)
-    weight_decay: Hyper = spec(HYPER_DEFAULTS["weight_decay"], ge=0)
-    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+class _OptimizerRules:
+    """The checks and look-ups of :class:`OptimizerConfig` (its fields come from the registry)."""
 
     @classmethod
     def _dispatch(cls, data, path, problems):
@@ -84,3 +71,21 @@ class OptimizerConfig:
         """The hyper-parameters this optimizer reads, by name."""
         return {k: getattr(self, k) for k in sorted(_OPTIMIZER_KEYS[self.name])}
 
+
+def _hyper_field(name: str, h: HyperSpec) -> tuple:
+    return name, Hyper if h.per_run else float, spec(h.default, ge=h.ge, gt=h.gt, lt=h.lt)
+
+
+# One field per hyper-parameter of the registry (gfm.optimizers.HYPERS), so that an optimizer reading a new one
+# is declared in gfm.optimizers alone; to_dict and stores list them in this order.
+OptimizerConfig = dataclasses.make_dataclass(
+    "OptimizerConfig",
+    [("name", OptimizerName),
+     ("lr", Hyper | None, spec(None, ge=0, doc="required, except for a recorded store (whose runs carry their own)")),
+     *(_hyper_field(k, h) for k, h in HYPERS.items()),
+     ("schedule", ScheduleConfig, dataclasses.field(default_factory=ScheduleConfig))],
+    bases=(_OptimizerRules,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": """An optimizer and its hyper-parameters (PyTorch conventions:
+    heavy-ball or Nesterov momentum, Adam with bias correction and L2 weight decay, AdamW with decoupled weight
+    decay, RMSprop with smoothing ``alpha``; update rules in gfm.optimizers). Each hyper-parameter is a number
+    or a per-run Range; which ones an optimizer reads, and their defaults and ranges, are gfm.optimizers'."""})

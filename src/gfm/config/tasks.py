@@ -27,8 +27,8 @@ class TaskConfig:
     """Fields every task has. ``kind`` picks the model family, data and loss."""
 
     kind: str
-    # The class that builds this kind's network, data and loss, as "<module>:<class>": gfm.tasks.make_task
-    # imports it by name, so that reading params never imports torch; "" where there is none to build.
+    # The class that builds this kind's network, data and loss, as "<module>:<class>", named rather than imported
+    # so that reading params never imports torch (gfm.tasks.task_class finds it); "" where there is none to build.
     task_class: ClassVar[str] = ""
     runs_per_dataset: int = spec(200, ge=1, doc="runs (trajectories) per dataset seed")
     steps: int = spec(200, ge=1, doc="optimizer steps per run")

@@ -50,15 +50,17 @@ def _statements(tree: ast.Module, *, module_level: bool):
             stack.extend(getattr(node, attr, None) or ())
 
 
-def _calls_import_module(node: ast.AST) -> bool:
+def _lists_own_directory(node: ast.AST) -> bool:
     """Whether statement ``node`` itself (its nested statements aside: :func:`_statements` visits them) calls
-    ``importlib.import_module``."""
+    ``pkgutil.iter_modules(__path__)``: a package that imports every module of its own directory, as a registry
+    that fills itself does (``for m in pkgutil.iter_modules(__path__): importlib.import_module(...)``,
+    gfm.forecasters and gfm.tasks)."""
     stack = [node]
     while stack:
         n = stack.pop()
         func = getattr(n, "func", None)
-        if isinstance(func, ast.Attribute) and func.attr == "import_module" or \
-                isinstance(func, ast.Name) and func.id == "import_module":
+        if (isinstance(func, ast.Attribute) and func.attr == "iter_modules" and isinstance(func.value, ast.Name)
+                and func.value.id == "pkgutil" and [a.id for a in n.args if isinstance(a, ast.Name)] == ["__path__"]):
             return True
         stack.extend(c for c in ast.iter_child_nodes(n)
                      if not isinstance(c, (ast.stmt, ast.excepthandler, ast.match_case)))
@@ -68,11 +70,10 @@ def _calls_import_module(node: ast.AST) -> bool:
 def scan(source: str) -> dict[str, list]:
     """What a module's source imports, before names are resolved against the package: for ``all`` (every
     statement that can run) and ``top`` (those run on import), a list of ``[level, module, names]`` per import
-    statement (level -1 for ``import a.b``, whose names are the modules), and ``[-2, "", []]`` where the module
-    imports by name (``importlib.import_module``: a registry that names its modules in data, as gfm.tasks does,
-    which the AST cannot follow: every module of its package counts)."""
+    statement (level -1 for ``import a.b``, whose names are the modules), and ``[-2, "", []]`` where a package
+    imports every module of its own directory (:func:`_lists_own_directory`; names the AST cannot follow)."""
     tree = ast.parse(source)
-    by_name_possible = "import_module" in source
+    by_name_possible = "iter_modules" in source
     out: dict[str, list] = {}
     for key, module_level in (("all", False), ("top", True)):
         entries: list = []
@@ -81,7 +82,7 @@ def scan(source: str) -> dict[str, list]:
                 entries.append([-1, "", [a.name for a in node.names]])
             elif isinstance(node, ast.ImportFrom):
                 entries.append([node.level, node.module or "", [a.name for a in node.names]])
-            elif by_name_possible and _calls_import_module(node) and [-2, "", []] not in entries:
+            elif by_name_possible and _lists_own_directory(node) and [-2, "", []] not in entries:
                 entries.append([-2, "", []])
         out[key] = entries
     return out
@@ -113,8 +114,9 @@ def _is_scan(value) -> bool:
 def stage_codes(cache: str | Path | None = None, src: str | Path = SRC) -> dict[str, list[str]]:
     """:func:`stage_code` of every stage. With ``cache`` (a JSON file, made if missing), the scans of the
     sources are kept there by content hash, so a start parses only the modules edited since the last one: the
-    Snakefile computes this at every start (workflow/rules/common.smk), and parsing every module costs about
-    a second. A cache that cannot be read is ignored, one that cannot be written left as it is."""
+    Snakefile computes this at every start (workflow/rules/common.smk), and parsing every module is most of
+    what it costs (BENCHMARKS.md, "Snakemake's start"). A cache that cannot be read is ignored, one that cannot
+    be written left as it is."""
     cache = None if cache is None else Path(cache)
     try:
         known = json.loads(cache.read_text()) if cache is not None else {}
@@ -163,7 +165,8 @@ def _imports_cached(name: str, is_package: bool, digest: str, src: Path, module_
             found.update(names)
             continue
         if level == -2:
-            found.update(_package_modules(package, src))
+            if is_package:
+                found.update(_own_directory(name, src))
             continue
         base = module
         if level:
@@ -179,11 +182,11 @@ def _imports_cached(name: str, is_package: bool, digest: str, src: Path, module_
     return frozenset(m for m in found if (m == "gfm" or m.startswith("gfm.")) and _module_file(m, src))
 
 
-def _package_modules(package: str, src: Path) -> list[str]:
-    """Every module below package ``package`` (what an import by name inside it may load)."""
+def _own_directory(package: str, src: Path) -> list[str]:
+    """The modules of package ``package``'s own directory: its files and its subpackages."""
     root = src.joinpath(*package.split(".")[1:])
-    return [".".join([package, *f.relative_to(root).with_suffix("").parts]).removesuffix(".__init__")
-            for f in sorted(root.rglob("*.py")) if "__pycache__" not in f.parts]
+    return [f"{package}.{p.name.removesuffix('.py')}" for p in sorted(root.iterdir())
+            if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()]
 
 
 def import_closure(modules: tuple[str, ...] | list[str], src: str | Path = SRC) -> list[Path]:

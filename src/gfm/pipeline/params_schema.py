@@ -172,8 +172,9 @@ def _json(value: Any, indent: int, used: int) -> str:
 
 
 def render_params_schema() -> str:
-    """The schema as the checked-in file: JSON (Snakemake reads JSON before trying YAML, which costs a
-    noticeable part of a second on a schema this size), its first line the generated-by marker (a ``$comment``,
-    which JSON schema ignores), objects that fit on a line written on one."""
+    """The schema as the checked-in file: JSON, which Snakemake reads before trying YAML (its YAML reader is
+    what a schema this size would cost at every start: BENCHMARKS.md, "Snakemake's start"), its first line the
+    generated-by marker (a ``$comment``, which JSON schema ignores), objects that fit on a line written on
+    one."""
     body = _json(params_schema(), 0, 0)
     return HEADER + body.removeprefix("{\n") + "\n"

@@ -1,19 +1,24 @@
 """Tasks: a model family + data + loss, chosen by ``kind`` in params.
 
 The kinds are listed once, in :data:`gfm.config.TASK_KINDS`: each kind's config class names the Task class
-that runs it (``task_class``, ``"<module>:<class>"``), imported here by that name, so that reading params never
-imports torch. The code dependencies of a stage that imports this package hold every module in it
-(gfm.pipeline.closure counts a by-name import as one of any module of its package).
+that runs it (``task_class``, ``"<module>:<class>"``), so that reading params never imports torch. This package
+imports every module of its own directory, and :func:`task_class` finds the named class among them.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+import sys
 
 from gfm.config import TASK_KINDS, TaskConfig
 from gfm.tasks.base import ParamSpec, Task
 
 __all__ = ["task_class", "make_task", "Task", "ParamSpec"]
+
+# The names come from this package's own directory (pkgutil lists its modules), never from params or data.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def task_class(kind: str) -> type[Task]:
@@ -28,7 +33,11 @@ def task_class(kind: str) -> type[Task]:
     if not module:
         raise ValueError(f"task kind {kind!r} has no Task class to build: its runs are taken in from a store "
                          "(gfm.tasks.recorded rebuilds the network a store records)")
-    return getattr(importlib.import_module(module), name)
+    cls = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):  # a config naming a class this package lacks
+        raise ValueError(f"task kind {kind!r}: its config names {TASK_KINDS[kind].task_class!r}, which is not "
+                         f"a Task class of {__name__}")
+    return cls
 
 
 def make_task(cfg: TaskConfig) -> Task:
