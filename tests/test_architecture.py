@@ -1,11 +1,12 @@
 """The shape of the package, checked in its source (parsed, never imported): no import loop among gfm's
-modules, no private name imported from another module, no module over 400 lines, and a package root that holds
-only the package face, the command line and the subpackages, each of which says in its docstring what lives
-there."""
+modules, no private name imported from another module, no module over 400 lines, a package root that holds
+only the package face, the command line and the subpackages, and subpackages that import only what their
+docstrings allow."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gfm"
@@ -152,7 +153,28 @@ def test_the_package_root_holds_the_face_the_command_line_and_subpackages():
         f"and subpackages: {stray}"
 
 
-def test_every_subpackage_says_what_lives_there():
-    silent = [p.relative_to(SRC.parent).as_posix() for p in sorted(SRC.glob("*/__init__.py"))
-              if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
-    assert not silent, f"subpackages whose __init__.py has no docstring: {silent}"
+def _allowed(doc: str) -> set[str] | None:
+    """The subpackages a package docstring allows: the ``gfm.<name>`` in its clause "May import: ..." up to the
+    clause's full stop (None without one)."""
+    found = re.search(r"May import:(.*?)\.(?:\s|$)", doc, re.S)
+    return None if found is None else set(re.findall(r"\bgfm\.(\w+)", found.group(1)))
+
+
+def test_every_subpackage_says_what_lives_there_and_imports_only_what_it_allows():
+    docs = {p.parent.name: ast.get_docstring(ast.parse(p.read_text())) or "" for p in SRC.glob("*/__init__.py")}
+    allowed = {name: _allowed(doc) for name, doc in docs.items()}
+    silent = sorted(name for name, doc in docs.items() if allowed[name] is None)
+    assert not silent, f"subpackages whose __init__.py docstring does not say what lives there and what they may " \
+        f"import (a clause 'May import: gfm.x, gfm.y.'): {silent}"
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        own = name.split(".")[1] if name.count(".") else None
+        if own not in allowed:  # the package root: the face and the command line import what they need
+            continue
+        for target, _, line in _imports(name, path, modules):
+            other = target.split(".")[1] if target.count(".") else None
+            if target != "gfm._version" and other != own and other not in allowed[own]:
+                wrong.append(f"{path.relative_to(SRC.parent)}:{line}: imports {target}")
+    assert not wrong, "imports that the importing subpackage's docstring does not allow ('May import: ...'):\n" + \
+        "\n".join(wrong)
