@@ -1,5 +1,5 @@
-"""The structural check of a trajectory store (layout: :mod:`gfm.store`), shared by every stage that opens one
-(:func:`gfm.store_reader.open_trajectories`) and by ``gfm check``: schema version, completion flag, attributes
+"""The structural check of a trajectory store (layout: :mod:`gfm.store_arrays`), shared by every stage that opens
+one (:func:`gfm.store_reader.open_trajectories`) and by ``gfm check``: schema version, completion flag, attributes
 (sizes, layout adding up to ``n_params``, optimizer state names, task record_every / steps, the ``network``
 attribute where there is one: :func:`gfm.network.network_problem`), the optional evaluation arrays' shapes
 against each other and the loss (:mod:`gfm.eval_data`), and every array's
@@ -242,7 +242,7 @@ def _eval_problems(out: StoreInspection) -> list[str]:
 
 
 def _record_problems(out: StoreInspection, files: dict[str, int]) -> list[str]:
-    """The completeness record (attribute ``chunks``, :mod:`gfm.store`) against the chunk files present: a
+    """The completeness record (attribute ``chunks``, :mod:`gfm.store_arrays`) against the chunk files present: a
     per-run field's fill value is 0, so without it a lost chunk file reads as "not diverged", run index 0. A
     store without the record predates it and is read as before (``gfm check`` says so in its summary)."""
     record = out.attrs.get("chunks")
