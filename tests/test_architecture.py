@@ -167,7 +167,7 @@ def test_every_subpackage_says_what_lives_there_and_imports_only_what_it_allows(
     assert not silent, f"subpackages whose __init__.py docstring does not say what lives there and what they may " \
         f"import (a clause 'May import: gfm.x, gfm.y.'): {silent}"
     modules = _modules()
-    wrong = []
+    wrong = set()
     for name, path in modules.items():
         own = name.split(".")[1] if name.count(".") else None
         if own not in allowed:  # the package root: the face and the command line import what they need
@@ -175,6 +175,6 @@ def test_every_subpackage_says_what_lives_there_and_imports_only_what_it_allows(
         for target, _, line in _imports(name, path, modules):
             other = target.split(".")[1] if target.count(".") else None
             if target != "gfm._version" and other != own and other not in allowed[own]:
-                wrong.append(f"{path.relative_to(SRC.parent)}:{line}: imports {target}")
+                wrong.add(f"{path.relative_to(SRC.parent)}:{line}: imports {target}")
     assert not wrong, "imports that the importing subpackage's docstring does not allow ('May import: ...'):\n" + \
-        "\n".join(wrong)
+        "\n".join(sorted(wrong))
