@@ -6,7 +6,7 @@ records, 31 parameters, SGD; 2 dataset seeds):
 * ``recorded``: written by ``gfm.record`` from a plain PyTorch loop, one run per ``with`` block, as a user
   records; the recorder writes one run per chunk (its write block is one run);
 * ``taken in``: the same store declared (``tasks.<name>: {kind: recorded, ...}``) and taken in by ``gfm
-  generate`` (gfm.declared.intake), which rewrites it in the generated layout (``store.chunk_runs`` runs per
+  generate`` (gfm.declare.intake), which rewrites it in the generated layout (``store.chunk_runs`` runs per
   chunk);
 * ``generated``: ``gfm generate`` of an ``mlp_regression`` task of the same shape (the reference).
 
@@ -41,7 +41,7 @@ from torch import nn
 import gfm
 from gfm import forecast, generate, split, train
 from gfm.config import load_params
-from gfm.declared import declare_entries
+from gfm.declare import declare_entries
 from gfm.forecasters import Trajectories
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from gfm.forecasters import Trajectories, make_forecaster, read_model
 from gfm.forecasters.fitting import val_scores
 from gfm.split import read_split
 from gfm.stats import paired_ratio
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from gfm.tuning import learned_options
 
 

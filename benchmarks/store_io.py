@@ -37,7 +37,8 @@ import zarr
 from gfm import generate
 from gfm.config import load_params
 from gfm.optimizers import STATE_NAMES
-from gfm.store import create_trajectory_store, open_trajectories
+from gfm.store import create_trajectory_store
+from gfm.store_reader import open_trajectories
 from gfm.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

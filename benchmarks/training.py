@@ -25,7 +25,7 @@ import torch
 from gfm import train
 from gfm.config import load_params
 from gfm.forecasters import Trajectories, read_model
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 
 def main(argv: list[str] | None = None) -> None:

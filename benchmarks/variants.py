@@ -27,7 +27,7 @@ from gfm.config import load_params
 from gfm.forecasters import Trajectories, make_forecaster
 from gfm.forecasters.fitting import val_scores
 from gfm.split import read_split
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 
 def main(argv: list[str] | None = None) -> None:

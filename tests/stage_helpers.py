@@ -10,7 +10,7 @@ import numpy as np
 
 from gfm import forecast, split, train
 from gfm.forecasters.base import Trajectories
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 __all__ = ["first_seed_runs", "train_and_forecast"]
 

@@ -17,7 +17,7 @@ from gfm.config import CIFAR10Config, OptimizerConfig, parse_params
 from gfm.errors import ParamsError
 from gfm.generate import simulate
 from gfm.runs import run_ids, setup_run
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from gfm.tasks import make_task
 from gfm.tasks.cifar10 import RECORD_BYTES, CifarDataError, load_cifar10_binary
 

@@ -157,7 +157,7 @@ def test_pipeline_on_slurm_equals_local_run(slurm, tmp_path):
     # an edit of evaluate's module, with no Snakemake run after it: gfm commit re-runs exactly the stages whose
     # code deps hold that module (the checksum Snakemake recorded differs), as SLURM jobs that must be seen to
     # finish (without accounting: squeue), then commits; nothing changed
-    module = cluster / "src" / "gfm" / "evaluate.py"
+    module = cluster / "src/gfm/evaluate.py"
     module.write_text(module.read_text() + "\n# edited\n")
     t0 = time.monotonic()
     rerun = run_tool(["timeout", "900", "gfm", "commit", "--profile", "profiles/slurm"], cluster, timeout=1000)

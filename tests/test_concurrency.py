@@ -15,7 +15,7 @@ import yaml
 
 from conftest import TINY, run_tool, tool_env
 from gfm.check import check_path
-from gfm.store import partial_path
+from gfm.store_files import partial_path
 
 TARGET = "data/trajectories/mlp_regression/sgd.zarr"
 

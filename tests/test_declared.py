@@ -17,7 +17,8 @@ from torch import nn
 
 import gfm
 from gfm.config import load_params
-from gfm.declared import DeclareError, declare, intake, store_digest
+from gfm.declare import declare, intake
+from gfm.declared import DeclareError, store_digest
 from gfm.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]

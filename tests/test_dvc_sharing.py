@@ -159,7 +159,7 @@ def test_commit_after_direct_snakemake_run_reruns_stale_outputs(producer, tmp_pa
     # 2. a code edit: a stage's code is a rule input, so Snakemake sees it and re-runs the jobs that read it;
     # before that, gfm commit finds the split outputs stale by content (the checksum Snakemake recorded for
     # split.py differs), and after it, made from the current code (nothing to re-run)
-    module = repo / "src" / "gfm" / "split.py"
+    module = repo / "src/gfm/split.py"
     module.write_text(module.read_text() + "\n# edited\n")
     plan = run_tool(["snakemake", "-n"], repo)
     assert NOTHING not in plan.stdout + plan.stderr and "split" in plan.stdout

@@ -16,7 +16,7 @@ import zarr
 from gfm import evaluate, forecast, report
 from gfm.config import ForecastConfig, TrainConfig
 from gfm.errors import GFMError
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from stage_helpers import train_and_forecast
 
 

@@ -11,9 +11,9 @@ import torch
 
 from gfm.config import to_dict
 from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, make_forecaster, read_model
-from gfm.outputs import MARKER_FILE
+from gfm.output_contents import MARKER_FILE
 from gfm.split import make_split
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from margins import THREADS, at_least, fit_rng
 
 KINDS = sorted(FORECASTERS)

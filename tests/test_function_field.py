@@ -279,7 +279,7 @@ def record_runs(path, make_net, n_runs: int, steps: int = 12, **record_kw):
 @pytest.fixture(scope="module")
 def tanh_runs(tmp_path_factory):
     """Trajectories of 6 recorded runs of nn.Sequential(Linear, Tanh, Linear) (activation read from the module)."""
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     path = record_runs(tmp_path_factory.mktemp("tanh") / "t.zarr",
                        lambda: nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)), 6, loss="mse")
@@ -346,7 +346,7 @@ def test_a_model_saved_before_models_kept_their_activation_is_relu(tanh_runs, tm
 def test_a_store_that_does_not_know_its_activation_is_refused(tmp_path):
     """A custom forward recorded without activation=: the store says null, and gfm_function and lstm_z (its
     encoder) refuse it with StoreNotSupported, the one-line reason the stages record, instead of assuming ReLU."""
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     path = record_runs(tmp_path / "c.zarr", CustomMLP, 3, steps=6)
     runs = Trajectories.from_store(open_trajectories(path), np.arange(3))

@@ -19,7 +19,9 @@ from conftest import TINY
 from gfm.cli import main
 
 BASE: dict = yaml.safe_load(TINY.read_text())
-STAGES = ("generate", "split", "train", "forecast", "evaluate", "report")
+# stage -> the module whose run() its command calls
+STAGES = {"generate": "gfm.generate", "split": "gfm.split", "train": "gfm.train", "forecast": "gfm.forecast",
+          "evaluate": "gfm.evaluate", "report": "gfm.report"}
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -95,17 +97,10 @@ class _Recorder:
 
 @pytest.fixture
 def stages(monkeypatch) -> dict[str, _Recorder]:
-    import gfm.evaluate
-    import gfm.forecast
-    import gfm.generate
-    import gfm.report
-    import gfm.split
-    import gfm.train
-
     recs = {}
-    for name in STAGES:
+    for name, module in STAGES.items():
         recs[name] = _Recorder()
-        monkeypatch.setattr(getattr(gfm, name), "run", recs[name])
+        monkeypatch.setattr(f"{module}.run", recs[name])
     return recs
 
 

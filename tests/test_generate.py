@@ -14,7 +14,7 @@ from gfm import generate
 from gfm.config import OptimizerConfig, Range, ScheduleConfig, load_params, parse_params
 from gfm.generate import simulate
 from gfm.runs import run_ids, setup_run
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from gfm.tasks import make_task
 
 DEFAULT = load_params(ROOT / "params.yaml")

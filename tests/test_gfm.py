@@ -15,7 +15,7 @@ from gfm import generate
 from gfm.forecasters import ForecasterError, Trajectories, make_forecaster, read_model
 from gfm.forecasters.gfm_features import recover_gradient
 from gfm.optimizers import STATE_NAMES, init_state, update
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from margins import THREADS, at_least, fit_rng
 
 HP = {

@@ -41,9 +41,9 @@ def repo(tmp_path) -> Path:
     (tmp_path / "data" / "splits" / "s.json").write_text('{"train": [0]}')
     (tmp_path / "data" / "models" / "s" / "lstm").mkdir(parents=True)
     (tmp_path / "data" / "models" / "s" / "index.json").write_text("{}")
-    (tmp_path / "src" / "gfm").mkdir(parents=True)
-    (tmp_path / "src" / "gfm" / "split.py").write_text("# split\n")
-    (tmp_path / "src" / "gfm" / "train.py").write_text("# train\n")
+    for module in ("src/gfm/split.py", "src/gfm/train.py"):
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).write_text(f"# {Path(module).stem}\n")
     return tmp_path
 
 

@@ -23,7 +23,7 @@ import gfm
 from gfm import forecast
 from gfm.errors import GFMError, StoreSchemaError
 from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, make_forecaster
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from test_hostile_inputs import Run, _assert_named, _assert_refused, _cli, closed_params, lstm_model  # noqa: F401
 from test_reliability import KEY, staged  # noqa: F401
 

@@ -137,7 +137,7 @@ def lstm_model(tiny_store, tmp_path_factory) -> Path:
     import dataclasses
 
     from gfm.forecasters import FORECASTERS, Trajectories, make_forecaster
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     fields = {f.name for f in dataclasses.fields(FORECASTERS["lstm"].Config)}
     short = {k: v for k, v in {"steps": 2, "eval_every": 1, "max_epochs": 1}.items() if k in fields}

@@ -258,7 +258,8 @@ def test_a_stale_temporary_path_of_someone_else_is_refused(built, tmp_path, capf
 def test_a_leftover_of_an_interrupted_run_is_cleared(built, tmp_path, capfd):
     """The stage's own leftover (marked as its kind from the start) beside the output is removed and the
     stage runs."""
-    from gfm.outputs import MARKER_FILE, PLOTS, marker_kind, open_temp_dir
+    from gfm.output_contents import MARKER_FILE, marker_kind
+    from gfm.outputs import PLOTS, open_temp_dir
 
     tmp = open_temp_dir(tmp_path / "plots", PLOTS)  # what an interrupted evaluate leaves
     (tmp / "mse_vs_horizon.csv").write_text("model,hor")  # cut short by a kill

@@ -20,10 +20,9 @@ import zarr
 from gfm import __version__
 from gfm.check import check_path
 from gfm.cli import main
+from gfm.output_contents import MARKER_FILE, MARKER_KEY, marker_kind
 from gfm.outputs import (
     FORECASTS,
-    MARKER_FILE,
-    MARKER_KEY,
     METRICS,
     MODEL,
     MODELS,
@@ -33,7 +32,6 @@ from gfm.outputs import (
     TRAJECTORY_STORE,
     OutputError,
     claim_output,
-    marker_kind,
 )
 from test_hostile_outputs import _assert_refused, _snapshot, _stage_argv, built  # noqa: F401 (module fixture)
 
@@ -194,7 +192,7 @@ def test_a_leftover_of_a_gfm_before_markers_is_cleared(tmp_path):
 
 def test_a_partial_store_of_an_interrupted_recording_is_ours(tmp_path):
     """A one-run store of gfm.record is marked from its first write, so its leftover is replaced."""
-    from gfm.store import create_run_group
+    from gfm.store_one_run import create_run_group
 
     create_run_group(tmp_path / "r.zarr.partial", n_params=3, state_names=(), chunk_steps=4)
     assert marker_kind(tmp_path / "r.zarr.partial") == TRAJECTORY_STORE.name

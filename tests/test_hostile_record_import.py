@@ -19,11 +19,11 @@ from torch import nn
 
 import gfm
 from conftest import tool_env
-from gfm import recorder
+from gfm import record_append
 from gfm.cli import main
 from gfm.errors import StoreLockedError
-from gfm.recorder import RecordError
-from gfm.store import partial_path
+from gfm.record_capture import RecordError
+from gfm.store_files import partial_path
 from kill_helpers import sigkill_at_zarr_write
 
 
@@ -85,7 +85,7 @@ def _appended_and_killed(store: Path, *, at_write: int | None = None, at_stage: 
                     os.kill(os.getpid(), signal.SIGKILL)
 
             sigkill_at_zarr_write(at_write)
-            recorder._append_hook = hook
+            record_append._append_hook = hook
             record_run(store, 2, "a")
         finally:
             os._exit(0)
@@ -103,7 +103,7 @@ def test_killed_append_leaves_the_store_byte_identical_and_a_retry_succeeds(two_
     base, grown = two_runs
     before, expected = _files(base), _files(grown)
     # fsync guards against a machine crash, not a killed process (the page cache survives it): skipped here
-    monkeypatch.setattr(recorder, "_fsync_tree", lambda root: None)
+    monkeypatch.setattr(record_append, "fsync_tree", lambda root: None)
     real, writes = _local._put, [0]
 
     def counting(path, value, exclusive=False):
@@ -153,7 +153,7 @@ def test_append_without_a_one_step_swap_restores_the_store_after_a_kill(two_runs
     """Where directories cannot be swapped in one step (NFS): killed between its two renames, the append left
     the old store at ``<path>.previous.partial``; the next recorder of the path puts it back, then appends."""
     base, grown = two_runs
-    monkeypatch.setattr(recorder, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(record_append, "exchange_paths", lambda a, b: False)
     store = tmp_path / "s.zarr"
     shutil.copytree(base, store)
     real, calls = os.rename, [0]
@@ -353,19 +353,20 @@ def test_gfm_check_refuses_a_store_whose_tensor_names_repeat(tmp_path, capsys):
 def test_a_written_store_that_fails_gfm_check_is_not_put_in_place(tmp_path, monkeypatch):
     """The last gate: the written store goes through gfm check's own rules before it is flagged complete and
     renamed; a store they refuse is removed, and nothing is at the destination."""
-    from gfm import store_check
-    from gfm.importer import TrajectoryImportError, import_trajectories
+    from gfm import store_scan
+    from gfm.import_meta import TrajectoryImportError
+    from gfm.importer import import_trajectories
 
     np.save(tmp_path / "w.npy", np.zeros((2, 5, 13), dtype=np.float32))
     checked = []
-    real = store_check.check_trajectory_store
+    real = store_scan.check_trajectory_store
 
     def refusing(path, v):
         real(path, v)
         checked.append((Path(path), list(v.problems)))
         v.problems.append("weights: injected problem")
 
-    monkeypatch.setattr(store_check, "check_trajectory_store", refusing)
+    monkeypatch.setattr(store_scan, "check_trajectory_store", refusing)
     with pytest.raises(TrajectoryImportError, match=r"out.zarr: the written store fails gfm check \(weights: "
                                                     r"injected problem\); nothing was put in place"):
         import_trajectories(tmp_path / "w.npy", tmp_path / "out.zarr", meta={"optimizer": {"name": "sgd", "lr": 0.1}})
@@ -421,14 +422,14 @@ def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypa
     a third of the weights, which loading any array whole would exceed."""
     import tracemalloc
 
-    from gfm import importer, store_check, verdict
+    from gfm import import_source, importer, store_check, verdict
     from gfm.config import StoreLayoutConfig
 
     shape = (192, 25, 8192)
     _zeros_npz(tmp_path / "big.npz", shape)
     assert (tmp_path / "big.npz").stat().st_size < 400_000
     whole = np.prod(shape) * 4
-    monkeypatch.setattr(importer, "PART_BYTES", 8 << 20)
+    monkeypatch.setattr(import_source, "PART_BYTES", 8 << 20)
     monkeypatch.setattr(verdict, "READ_BYTES", 8 << 20)
     # gfm.inputs.read_bytes reads a zarr.json with f.read(limit + 1), a buffer of the limit (64 MB) that is
     # never filled: tracemalloc counts it, the resident memory does not. A 1 MB limit keeps it out of the peak.
@@ -446,7 +447,7 @@ def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypa
 
 
 def test_an_import_written_in_parts_is_byte_identical_to_one_written_whole(tmp_path, monkeypatch):
-    from gfm import importer
+    from gfm import import_source, importer
     from gfm.config import StoreLayoutConfig
 
     rng = np.random.default_rng(0)
@@ -455,6 +456,6 @@ def test_an_import_written_in_parts_is_byte_identical_to_one_written_whole(tmp_p
     meta = {"optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9}}
     chunks = StoreLayoutConfig(chunk_runs=4, shard_runs=12, chunk_steps=4)
     importer.import_trajectories(tmp_path / "r.npz", tmp_path / "whole.zarr", meta=meta, chunks=chunks)
-    monkeypatch.setattr(importer, "PART_BYTES", 1)  # one inner chunk of 4 runs at a time
+    monkeypatch.setattr(import_source, "PART_BYTES", 1)  # one inner chunk of 4 runs at a time
     importer.import_trajectories(tmp_path / "r.npz", tmp_path / "parts.zarr", meta=meta, chunks=chunks)
     assert _files(tmp_path / "parts.zarr") == _files(tmp_path / "whole.zarr")

@@ -21,8 +21,8 @@ from gfm.cli import main
 from gfm.config import StoreLayoutConfig
 from gfm.errors import StoreSchemaError
 from gfm.importer import import_trajectories
-from gfm.store import open_trajectories, partial_path
-from gfm.store_files import chunk_counts
+from gfm.store_files import chunk_counts, partial_path
+from gfm.store_reader import open_trajectories
 from kill_helpers import interrupt_generate_at_block
 
 

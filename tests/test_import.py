@@ -14,8 +14,9 @@ from gfm import split as split_stage
 from gfm import train
 from gfm.cli import main
 from gfm.forecasters import Trajectories
-from gfm.importer import TrajectoryImportError, import_trajectories
-from gfm.store import open_trajectories
+from gfm.import_meta import TrajectoryImportError
+from gfm.importer import import_trajectories
+from gfm.store_reader import open_trajectories
 
 LAYOUT = [{"name": "0.weight", "shape": [4, 1]}, {"name": "0.bias", "shape": [4]},
           {"name": "2.weight", "shape": [1, 4]}, {"name": "2.bias", "shape": [1]}]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from gfm.check import check_path
-from gfm.importer import TrajectoryImportError, import_trajectories
+from gfm.import_meta import TrajectoryImportError
+from gfm.importer import import_trajectories
 from gfm.network import Network
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 META = {"optimizer": {"name": "sgd", "lr": 0.1}}
 

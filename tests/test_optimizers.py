@@ -167,7 +167,7 @@ def test_schedules():
 @pytest.mark.parametrize("name", ["momentum", "nesterov"])
 def test_import_rebuilds_the_momentum_buffer_from_the_weights(name):
     """gfm import's reconstruction of a missing buffer (record_every 1) against the rule's own buffers."""
-    from gfm.importer import momentum_buffer_from_weights
+    from gfm.optimizers import momentum_buffer_from_weights
 
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(3, 5, generator=gen, dtype=torch.float64)
@@ -202,7 +202,7 @@ def test_params_generate_nesterov_and_adamw_stores(tmp_path):
     from gfm.config import parse_params
     from gfm.errors import ParamsError
     from gfm.forecasters import Trajectories, make_forecaster
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     data = yaml.safe_load(TINY.read_text())
     data["stores"]["mlp_regression-nesterov"] = {"task": "mlp_regression",

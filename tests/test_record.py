@@ -14,7 +14,7 @@ from gfm.config import SplitConfig
 from gfm.errors import StoreNotFoundError
 from gfm.forecasters import Trajectories, make_forecaster
 from gfm.optimizers import HYPER_NAMES, STATE_NAMES, update
-from gfm.recorder import RecordError
+from gfm.record_capture import RecordError
 from gfm.split import make_split
 from margins import THREADS, at_least, fit_rng
 

@@ -16,7 +16,7 @@ import gfm.eval_data
 from gfm.check import check_path
 from gfm.errors import StoreSchemaError
 from gfm.network import ACTIVATIONS, Network, read_activation
-from gfm.recorder import RecordError
+from gfm.record_capture import RecordError
 
 _MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
             "elu": nn.ELU, "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU, "identity": nn.Identity}

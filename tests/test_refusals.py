@@ -19,7 +19,8 @@ from conftest import TINY
 from gfm import cli, evaluate, forecast, split, train, train_index
 from gfm.check import check_path
 from gfm.forecasters import FORECASTERS, StoreNotSupported
-from gfm.outputs import MARKER_FILE, MARKER_KEY, REFUSAL, write_json_output
+from gfm.output_contents import MARKER_FILE, MARKER_KEY
+from gfm.outputs import REFUSAL, write_json_output
 
 KEY = "mlp_regression-adam"
 REASON = "linear cannot rebuild this store's activation 'gelu' (test refusal)"

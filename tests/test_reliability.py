@@ -24,7 +24,7 @@ from conftest import TINY, tool_env
 from gfm import evaluate, forecast, generate, outputs, report, split, store, train
 from gfm.cli import main
 from gfm.config import ForecastConfig, SplitConfig, TrainConfig, load_params
-from gfm.store import partial_path
+from gfm.store_files import foreign_files_on_disk, partial_path
 from kill_helpers import sigkill_at_zarr_write
 
 KEY = "mlp_regression-adam"
@@ -107,17 +107,17 @@ def test_kill_between_completion_flag_and_rename_loses_nothing(tiny_params, tmp_
     generate.run(tiny_params, "mlp_regression-sgd", out=ref, progress=False)
     out = tmp_path / "out.zarr"
 
-    real = store._fsync_tree
+    real = store.fsync_tree
 
     def dying_fsync(root):  # finish() flushes the flagged store right before renaming it: die there
         if Path(root) == partial_path(out) and json.loads((Path(root) / "zarr.json").read_text())["attributes"]["complete"]:
             raise KeyboardInterrupt("killed before the rename")
         real(root)
 
-    monkeypatch.setattr(store, "_fsync_tree", dying_fsync)
+    monkeypatch.setattr(store, "fsync_tree", dying_fsync)
     with pytest.raises(KeyboardInterrupt):
         generate.run(tiny_params, "mlp_regression-sgd", out=out, progress=False)
-    monkeypatch.setattr(store, "_fsync_tree", real)
+    monkeypatch.setattr(store, "fsync_tree", real)
     assert not out.exists() and zarr.open_group(str(partial_path(out)), mode="r").attrs["complete"] is True
     summary = generate.run(tiny_params, "mlp_regression-sgd", out=out, progress=False)
     assert (summary.blocks_run, summary.blocks_reused) == (0, 3)
@@ -384,16 +384,16 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
     """SIGKILL at 24 points spread over a whole generation (12 blocks of 2 runs, adam: 9 arrays + 9 run fields
     per block, plus the metadata and the completion flag), each inside a chunk or metadata write, leaving
     zarr's half-written temporary file. Every restart finishes a store byte-identical to an uninterrupted
-    one: the leftover temporary files are discarded (store.foreign_files_on_disk), never renamed into the
-    store."""
+    one: the leftover temporary files are discarded (gfm.store_files.foreign_files_on_disk), never renamed into
+    the store."""
     from zarr.storage import _local
 
     params = dataclasses.replace(tiny_params, store=dataclasses.replace(tiny_params.store, shard_runs=2,
                                                                         chunk_runs=2))
     # fsync guards against a machine crash, not a killed process (the page cache survives it): skipped here,
     # it is most of the runtime on a slow disk (BENCHMARKS.md, "Test suite")
-    monkeypatch.setattr(store, "_fsync_tree", lambda root: None)
-    monkeypatch.setattr(store, "_fsync_dir", lambda path: None)
+    monkeypatch.setattr(store, "fsync_tree", lambda root: None)
+    monkeypatch.setattr(store, "fsync_dir", lambda path: None)
     ref = tmp_path / "ref.zarr"
     real, writes = _local._put, [0]
 
@@ -418,5 +418,5 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
         generate.run(params, "mlp_regression-adam", out=out, progress=False)
         assert not partial_path(out).exists()
         assert _files(out) == expected, f"killed in write {n} of {total}: the resumed store differs"
-        assert store.foreign_files_on_disk(out) == []
+        assert foreign_files_on_disk(out) == []
         shutil.rmtree(out)

@@ -21,7 +21,7 @@ from gfm.config import parse_params
 from gfm.errors import GFMError, ParamsError
 from gfm.forecasters import Trajectories, make_forecaster, read_model
 from gfm.forecasters.base import MAX_HEADER_BYTES, ForecasterError, ModelFileError
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from test_reliability import KEY, staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
 
 # --- the source scan -----------------------------------------------------------------------------------

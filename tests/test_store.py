@@ -14,7 +14,9 @@ import zarr
 
 from gfm import generate
 from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
-from gfm.store import SCHEMA_VERSION, open_trajectories, partial_path
+from gfm.store_arrays import SCHEMA_VERSION
+from gfm.store_files import partial_path
+from gfm.store_reader import open_trajectories
 from gfm.tasks import make_task
 from kill_helpers import interrupt_generate_at_block
 

@@ -15,7 +15,7 @@ from conftest import ROOT, TINY, run_tool
 from gfm import cli, train, train_fit
 from gfm.config import load_params
 from gfm.forecasters import FORECASTERS, read_model
-from gfm.outputs import MARKER_FILE
+from gfm.output_contents import MARKER_FILE
 from gfm.pipeline.forecaster_kinds import neural_kinds
 
 STORE = "mlp_regression-adam"

@@ -15,7 +15,7 @@ import zarr
 
 from gfm import cli, train, tuning
 from gfm.forecasters import FORECASTERS, read_model
-from gfm.outputs import MARKER_FILE
+from gfm.output_contents import MARKER_FILE
 
 STORE = "mlp_regression-adam"
 LEARNED = ["lstm", "wnn", "gfm"]

@@ -41,7 +41,7 @@ def load_forecaster(model_dir, *, seed=None, store=None):
 def __getattr__(name):
     # Each name from the module that holds it under the same name, imported on first access.
     if name == "open_trajectories":
-        from gfm.store import open_trajectories
+        from gfm.store_reader import open_trajectories
 
         return open_trajectories
     if name == "record":

@@ -34,7 +34,6 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable
@@ -43,9 +42,9 @@ from typing import Any
 
 from gfm.errors import GFMError, is_out_of_memory, out_of_memory_text
 from gfm.forecast_check import check_forecast_store
-from gfm.inputs import file_problem, read_json, tree_problems
-from gfm.store_check import check_trajectory_store
-from gfm.verdict import READ_BYTES, Verdict, artifact_kind, is_int
+from gfm.inputs import file_problem, is_int, read_json, tree_problems
+from gfm.store_scan import check_trajectory_store
+from gfm.verdict import READ_BYTES, Verdict, artifact_kind, check_csv
 
 __all__ = ["Verdict", "check_path", "READ_BYTES"]
 
@@ -190,54 +189,6 @@ def _check_metrics(data: dict, v: Verdict) -> None:
             mean_std(ms, f"models.{name}.mse_by_horizon.{h}.mse")
     refused = sum(isinstance(m, dict) and "refused" in m for m in models.values())
     v.summary = f"store {data.get('store')}, {len(models)} models" + (f" ({refused} refused)" if refused else "")
-
-
-_INT_COLUMNS = {"epoch", "horizon", "step", "param"}
-_TEXT_COLUMNS = {"model", "series"}
-
-
-def check_csv(path: Path, v: Verdict) -> None:
-    """Rows are streamed (memory: one row; csv's field size limit bounds a line without newlines)."""
-    regular = file_problem(path, path.parent)
-    if regular:
-        v.problems.append(f"{regular}; not read")
-        return
-    n = 0
-    try:
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                v.problems.append("empty (no header)")
-                return
-            if len(set(header)) != len(header) or not all(header):
-                v.problems.append(f"header {header!r:.200} must name distinct columns")
-                return
-            for i, row in enumerate(reader, start=2):
-                n += 1
-                problem = _csv_row_problem(header, row)
-                if problem:
-                    v.problems.append(f"line {i}: {problem}")
-                    return
-    except (UnicodeDecodeError, csv.Error) as exc:
-        v.problems.append(f"not a readable CSV ({type(exc).__name__})")
-        return
-    v.summary = f"{n} rows, columns {', '.join(header)}"
-
-
-def _csv_row_problem(header: list[str], row: list[str]) -> str | None:
-    if len(row) != len(header):
-        return f"{len(row)} fields; the header has {len(header)}"
-    for col, cell in zip(header, row, strict=True):
-        if col in _TEXT_COLUMNS or cell == "":
-            continue
-        try:
-            value = float(cell)
-        except ValueError:
-            return f"column {col} holds {cell!r:.80}; expected a number"
-        if col in _INT_COLUMNS and not (math.isfinite(value) and value == int(value)):
-            return f"column {col} holds {cell!r:.80}; expected an integer"
-    return None
 
 
 def _check_report(path: Path, v: Verdict) -> None:

@@ -22,7 +22,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_declare(args: argparse.Namespace) -> int:
-    from gfm.declared import declare
+    from gfm.declare import declare
 
     print(declare(args.store, params_path=args.params, task=args.task, models=args.models, write=args.write),
           end="" if not args.write else "\n")
@@ -31,7 +31,7 @@ def _cmd_declare(args: argparse.Namespace) -> int:
 
 def _cmd_rechunk(args: argparse.Namespace) -> int:
     from gfm.config import StoreLayoutConfig
-    from gfm.declared import rechunk
+    from gfm.declare import rechunk
 
     chunks = load_validated_params(args.params).store if args.params else StoreLayoutConfig()
     done = rechunk(args.src, args.dest, chunks=chunks)
@@ -41,7 +41,7 @@ def _cmd_rechunk(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     # open_trajectories checks the store's structure (gfm.inputs): every attribute read below is present and
     # of its type, and a damaged store is one `error:` line, exit 2

@@ -1,4 +1,5 @@
-"""Typed errors. Each also subclasses a builtin so callers can catch either (zarr-python's pattern)."""
+"""Typed errors. Each also subclasses a builtin so callers can catch either (zarr-python's pattern). And the
+text helpers their messages share (one line, shortened values, sizes and counts)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ __all__ = [
     "one_line",
     "bound_problems",
     "shorten",
+    "size_text",
+    "count_text",
     "MAX_PROBLEM_CHARS",
     "MAX_PROBLEMS",
     "GFMError",
@@ -127,14 +130,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return "not enough memory" in text or "out of memory" in text or "can't allocate memory" in text
 
 
+def size_text(n: float) -> str:
+    """Bytes as text: 37.2 GiB, 512.0 MiB, 12 KiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}" if n < 10**6 * scale else f"{n / scale:.2e} {unit}"
+    return f"{int(n)} B"
+
+
+def count_text(n: int) -> str:
+    """A count as text: 97,000,000; 1.0e+30 when it would be longer than 15 digits."""
+    return f"{n:,}" if n < 10**15 else f"{float(n):.1e}" if n < 10**300 else "more than 1e300"
+
+
 def _allocation(exc: BaseException) -> str:
     """The size of the allocation that failed, as torch's message gives it ("" when it does not)."""
-    from gfm.config.sizes import _size
-
     text = str(exc)[:2000]
     found = re.search(r"allocate (\d+) bytes", text)
     if found:
-        return _size(int(found.group(1)))
+        return size_text(int(found.group(1)))
     found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
     return found.group(1) if found else ""
 

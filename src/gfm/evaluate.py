@@ -56,7 +56,7 @@ from gfm.outputs import (
 )
 from gfm.refusals import forecast_refusal_path, read_refusal
 from gfm.runs import RunId, setup_run
-from gfm.store import open_trajectories, read_runs
+from gfm.store_reader import open_trajectories, read_runs
 from gfm.tasks import make_task
 from gfm.tasks.recorded import recorded_task
 from gfm.uncertainty import covered, crps

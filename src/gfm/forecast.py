@@ -57,7 +57,8 @@ from gfm.inputs import tree_problems
 from gfm.outputs import FORECASTS, discard_temp, open_temp_dir, replace_output
 from gfm.refusals import REFUSED_FILE, forecast_refusal_path, read_refusal, refusal_reason, write_refusal
 from gfm.split import read_split  # re-exported: evaluate and generalize import it from here
-from gfm.store import SCHEMA_VERSION, open_trajectories
+from gfm.store_arrays import SCHEMA_VERSION
+from gfm.store_reader import open_trajectories
 
 __all__ = ["run", "forecast_model", "open_forecasts", "write_forecast_store", "ForecastStore", "read_split",
            "test_runs", "Prefixes", "nonfinite_draw_runs", "PREFIX_BYTES"]

@@ -21,11 +21,12 @@ from gfm.inputs import (
     array_meta_problems,
     chunk_file_limit,
     foreign_files_in_listing,
+    is_int,
     read_json,
     tree_problems,
 )
 from gfm.store_files import chunk_grid, missing_chunks
-from gfm.verdict import Verdict, foreign_line, is_int, runs_text, zarr_attrs
+from gfm.verdict import Verdict, foreign_line, runs_text, zarr_attrs
 
 __all__ = ["check_forecast_store", "verify_forecast_store", "chunk_record"]
 
@@ -94,7 +95,7 @@ def _nonfinite_chunks(values: np.ndarray, start: int, meta: dict, limit: int = 5
 def check_forecast_store(path: Path, v: Verdict) -> None:
     import zarr
 
-    from gfm.store import SCHEMA_VERSION
+    from gfm.store_arrays import SCHEMA_VERSION
 
     attrs = zarr_attrs(path)
     if not isinstance(attrs, dict):

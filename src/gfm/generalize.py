@@ -41,7 +41,7 @@ from gfm.forecasters import ForecasterError, StoreNotSupported, Trajectories, re
 from gfm.model_entries import refusal_of
 from gfm.outputs import GENERALIZE, claim_output, write_json_output
 from gfm.pipeline import under
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 __all__ = ["run", "pair_label"]
 

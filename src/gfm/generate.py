@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gfm._version import __version__
 from gfm.config import OptimizerConfig, Params, TaskConfig, to_dict
-from gfm.declared import intake
+from gfm.declare import intake
 from gfm.errors import GFMError
 from gfm.optimizers import STATE_NAMES, init_state, lr_multipliers, update
 from gfm.runs import RunSetup, batch_schedule, run_ids, setup_run

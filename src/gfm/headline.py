@@ -36,17 +36,9 @@ from pathlib import Path
 from gfm.errors import GFMError
 from gfm.inputs import MAX_JSON_BYTES, read_bytes, read_json
 from gfm.model_entries import refusal, scored
-from gfm.outputs import (
-    MARKER_FILE,
-    MARKER_KEY,
-    SNAKEMAKE_STAMP,
-    Kind,
-    claim_output,
-    discard_temp,
-    open_temp_dir,
-    replace_output,
-    write_json_output,
-)
+from gfm.output_contents import MARKER_FILE, MARKER_KEY
+from gfm.outputs import Kind, claim_output, discard_temp, open_temp_dir, replace_output, write_json_output
+from gfm.store_files import SNAKEMAKE_STAMP
 
 __all__ = ["HEADLINE", "PLOT_DATA", "PLOT_KINDS", "headline_metrics", "plot_rows", "run"]
 

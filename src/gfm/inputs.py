@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from gfm.errors import GFMError
-from gfm.store_files import _DONE_DIR, _LOCK_FILE, _STAMP, is_chunk_key
+from gfm.store_files import DONE_DIR, LOCK_FILE, SNAKEMAKE_STAMP, is_chunk_key
 
 __all__ = [
-    "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "file_problem", "regular_file",
-    "read_bytes", "read_json", "json_depth", "tree_problems", "array_meta_problems", "chunk_file_limit",
-    "foreign_files_in_listing",
+    "UnsafeInputError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "KNOWN_CODECS", "is_int", "listed", "file_problem",
+    "regular_file", "read_bytes", "read_json", "json_depth", "tree_problems", "array_meta_problems",
+    "chunk_file_limit", "foreign_files_in_listing",
 ]
 
 MAX_JSON_BYTES = 64 << 20  # a metadata / split / metrics JSON larger than this is refused unread
@@ -49,14 +49,15 @@ _DTYPE_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int3
 _MAX_LISTED = 5  # problems of one kind named before "and N more"
 # A generator's own bookkeeping inside a (partial) store (its done-markers and lock, gfm.store_files), and the
 # stamp `snakemake --touch` (gfm adopt) leaves in a directory output.
-_WRITER_FILES = re.compile(rf"{re.escape(_DONE_DIR)}/\d+\.done|{re.escape(_LOCK_FILE)}|{re.escape(_STAMP)}")
+_WRITER_FILES = re.compile(rf"{re.escape(DONE_DIR)}/\d+\.done|{re.escape(LOCK_FILE)}|{re.escape(SNAKEMAKE_STAMP)}")
 
 
 class UnsafeInputError(GFMError, ValueError):
     """A file of an artifact is a link leaving it, not a regular file, too large or nested too deep."""
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """``v`` is a Python int and not a bool (what a JSON integer parses to)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -173,7 +174,8 @@ def _walk(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
                 stack.append(sub)
 
 
-def _listed(items: list[str], what: str) -> str:
+def listed(items: list[str], what: str) -> str:
+    """``what: a, b, c and N more``: the first few of ``items`` named, the rest counted."""
     more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
     return f"{what}: {', '.join(items[:_MAX_LISTED])}{more}"
 
@@ -210,11 +212,11 @@ def tree_problems(root: Path) -> tuple[list[str], dict[str, int]]:
             special.append(f"{rel} ({_kind_of(st.st_mode)})")
     problems = []
     if leaving:
-        problems.append(_listed(leaving, "symbolic links leaving the artifact (refused unread)"))
+        problems.append(listed(leaving, "symbolic links leaving the artifact (refused unread)"))
     if broken:
-        problems.append(_listed(broken, "symbolic links to nothing"))
+        problems.append(listed(broken, "symbolic links to nothing"))
     if special:
-        problems.append(_listed(special, "not regular files (refused unread)"))
+        problems.append(listed(special, "not regular files (refused unread)"))
     return problems, files
 
 
@@ -233,7 +235,7 @@ def _codec_problems(codecs: Any, where: str, chunk: list[int]) -> list[str]:
             out.append(f"{where}: codec {name} configuration must be a mapping")
         elif name == "sharding_indexed":
             inner = conf.get("chunk_shape")
-            if (not isinstance(inner, list) or len(inner) != len(chunk) or not all(_is_int(n) and n > 0 for n in inner)
+            if (not isinstance(inner, list) or len(inner) != len(chunk) or not all(is_int(n) and n > 0 for n in inner)
                     or any(o % i for o, i in zip(chunk, inner, strict=True))):
                 out.append(f"{where}: shard inner chunk_shape {inner!r:.60} must be positive integers dividing "
                            f"{chunk}")
@@ -248,7 +250,7 @@ def array_meta_problems(meta: Any, where: str, shape: tuple[int, ...] | None, dt
     if not isinstance(meta, dict) or meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
         return [f"{where}: not a Zarr v3 array (node_type / zarr_format)"]
     got, dt = meta.get("shape"), meta.get("data_type")
-    if not isinstance(got, list) or not all(_is_int(n) and n >= 0 for n in got):
+    if not isinstance(got, list) or not all(is_int(n) and n >= 0 for n in got):
         return [f"{where}: shape {got!r:.80} must be a list of non-negative integers"]
     ok_dtype = dt in dtype if isinstance(dtype, set) else dt == dtype
     if (shape is not None and tuple(got) != tuple(shape)) or not ok_dtype:
@@ -259,7 +261,7 @@ def array_meta_problems(meta: Any, where: str, shape: tuple[int, ...] | None, dt
     chunk = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) and isinstance(
         grid.get("configuration"), dict) else None
     if (not isinstance(grid, dict) or grid.get("name") != "regular" or not isinstance(chunk, list)
-            or len(chunk) != len(got) or not all(_is_int(n) and n > 0 for n in chunk)):
+            or len(chunk) != len(got) or not all(is_int(n) and n > 0 for n in chunk)):
         return [f"{where}: chunk_grid must be regular with {len(got)} positive chunk sizes"]
     enc = meta.get("chunk_key_encoding")
     sep = enc.get("configuration", {}).get("separator", "/") if isinstance(enc, dict) and isinstance(

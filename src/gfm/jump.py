@@ -73,7 +73,7 @@ from gfm.forecasters.base import integers
 from gfm.layout import layout_from_shapes
 from gfm.network import Network, read_activation
 from gfm.optimizers import STATE_NAMES
-from gfm.recorder import RecordError, flat_state, flat_tensors, optimizer_spec, owned_parameters
+from gfm.record_capture import RecordError, flat_state, flat_tensors, optimizer_spec, owned_parameters
 
 __all__ = ["jump_ahead", "JumpAhead", "JumpStats", "JumpError", "STATE_AFTER_JUMP"]
 

@@ -2,8 +2,9 @@
 
 Every stage writes its output beside the target (``<out>.tmp`` / ``<out>.partial``) and renames it into place.
 Every output carries a marker written by the command that made it: ``{"kind": <kind name>, "gfm": <version>}``
-under :data:`MARKER_KEY`, at the top of a JSON output, in a trajectory store's root attributes, and in the
-:data:`MARKER_FILE` of any other directory output (written into its temporary directory before anything else).
+under :data:`~gfm.output_contents.MARKER_KEY`, at the top of a JSON output, in a trajectory store's root
+attributes, and in the :data:`~gfm.output_contents.MARKER_FILE` of any other directory output (written into its
+temporary directory before anything else).
 Before anything is written, and again right before the rename, :func:`claim_output` decides whether the path
 may be replaced:
 
@@ -29,6 +30,8 @@ Usage (every stage)::
     replace_output(tmp, out, MODELS)        # checks out again, removes the old artifact, renames
 
     write_json_output(out, SPLIT, data)     # JSON outputs: marked, checked, written beside out, renamed
+
+What each kind's artifact may hold (its recogniser) and the marker's names are in :mod:`gfm.output_contents`.
 """
 
 from __future__ import annotations
@@ -44,22 +47,35 @@ from pathlib import Path
 from gfm._version import __version__
 from gfm.atomic import write_text_atomic
 from gfm.errors import GFMError, one_line
+from gfm.output_contents import (
+    COUNT_LIMIT,
+    MARKER_FILE,
+    MARKER_KEY,
+    REFUSAL_KIND,
+    WORKSPACE_MARKER,
+    count_files,
+    json_kind,
+    marker_kind,
+    own_forecasts,
+    own_model,
+    own_models,
+    own_plots,
+    own_refusal_json,
+    own_report,
+    own_trajectory_store,
+    own_workspace,
+    plain_file,
+)
 
 __all__ = [
-    "OutputError", "Kind", "KINDS", "MARKER_KEY", "MARKER_FILE", "WORKSPACE_MARKER", "marker", "marked", "marker_kind",
+    "OutputError", "Kind", "KINDS", "marker", "marked",
     "claim_output", "unsafe_location", "open_temp_dir", "replace_output", "remove_output", "write_text_output",
     "write_json_output", "discard_temp",
     "TRAJECTORY_STORE", "FORECASTS", "MODELS", "MODEL", "PLOTS", "REPORT", "SPLIT", "METRICS", "GENERALIZE",
     "ACCELERATE", "WORKSPACE", "REFUSAL",
 ]
 
-WORKSPACE_MARKER = ".gfm-workspace.json"  # written into every gfm workspace (gfm.workspace)
-MARKER_KEY = "gfm_output"  # {"kind": ..., "gfm": ...}: a JSON output's key, a store's root attribute
-MARKER_FILE = ".gfm-output.json"  # {MARKER_KEY: marker} in every other directory output
-SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
 _OLD_TMP_MARKER = ".gfm-writing"  # the marker a gfm before MARKER_FILE wrote into a temporary directory
-_COUNT_LIMIT = 10_000  # files counted in a refused directory before "more than"
-_JSON_BYTES = 256 << 20  # a JSON output larger than this is not parsed to find its marker (never ours)
 
 
 class OutputError(GFMError, ValueError):
@@ -71,7 +87,8 @@ class Kind:
     """One kind of stage output, named in its marker. ``own(path)`` judges the contents: None if everything at
     ``path`` belongs to such an artifact, else what is there instead (the marker alone proves nothing about a
     file someone put into a marked directory). ``marker_of(path)``: the kind named by the marker at ``path``
-    (default :func:`marker_kind`; a format that cannot hold :data:`MARKER_KEY` brings its own)."""
+    (default :func:`marker_kind`; a format that cannot hold :data:`~gfm.output_contents.MARKER_KEY` brings
+    its own)."""
 
     name: str
     is_dir: bool
@@ -93,203 +110,22 @@ def marked(kind: Kind, data: dict) -> dict:
     return {MARKER_KEY: marker(kind), **{k: v for k, v in data.items() if k != MARKER_KEY}}
 
 
-def _json_of(path: Path, limit: int) -> object:
-    """The JSON in the regular file ``path`` (not a link), or None: missing, larger than ``limit``, not JSON."""
-    try:
-        st = path.lstat()
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return None
-
-
-def marker_kind(path: Path) -> str | None:
-    """The kind named by the gfm marker at ``path`` (written by any gfm version), None if it carries none: a
-    directory's :data:`MARKER_FILE` or, for a Zarr store, its root attributes; a JSON file's top-level key."""
-    if path.is_dir():
-        data = _json_of(path / MARKER_FILE, 1 << 16)
-        if data is None:
-            data = _zarr_attrs(path)
-    else:
-        data = _json_of(path, _JSON_BYTES)
-    mark = data.get(MARKER_KEY) if isinstance(data, dict) else None
-    kind = mark.get("kind") if isinstance(mark, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-# --- recognisers --------------------------------------------------------------------------------------------
-def _count(paths: list[Path], root: Path) -> tuple[int, str | None]:
-    """Files (links and special files included, links not followed) at or under ``paths``, up to a limit,
-    and the first one relative to ``root``."""
-    n, first = 0, None
-    for top in paths:
-        if top.is_dir() and not top.is_symlink():
-            for dirpath, dirs, files in os.walk(top):
-                dirs.sort()
-                for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(dirpath, d))):
-                    n += 1
-                    first = first or os.path.relpath(os.path.join(dirpath, name), root)
-                    if n > _COUNT_LIMIT:
-                        return n, first
-        else:
-            n += 1
-            first = first or os.path.relpath(top, root)
-        if n > _COUNT_LIMIT:
-            break
-    return n, first
-
-
-def _holds(paths: list[Path], root: Path, what: str) -> str:
-    n, first = _count(paths, root)
-    if n == 0:
-        return f"holds directories that are not {what} (e.g. {os.path.relpath(paths[0], root)})"
-    count = f"more than {_COUNT_LIMIT} files" if n > _COUNT_LIMIT else f"{n} file{'s' if n != 1 else ''}"
-    return f"holds {count} that {'is' if n == 1 else 'are'} not {what} (e.g. {first})"
-
-
-def _entries(path: Path, what: str, legit: Callable[[Path], bool], required: str | None = None) -> str | None:
-    """A directory artifact judged by its entries: None if every entry is ``legit`` (Snakemake's timestamp
-    aside) and ``required`` is there, else what is wrong."""
-    bad = [e for e in sorted(path.iterdir()) if not legit(e)
-           and not (e.name in (SNAKEMAKE_STAMP, MARKER_FILE) and _plain_file(e))]
-    if bad:
-        return _holds(bad, path, what)
-    if required is not None and not (path / required).is_file():
-        return f"holds no {required}, so it is not {what}"
-    return None
-
-
-def _plain_file(p: Path, names: set[str] | None = None) -> bool:
-    return (names is None or p.name in names) and p.is_file() and not p.is_symlink()
-
-
-def _plain_dir(p: Path) -> bool:
-    return p.is_dir() and not p.is_symlink()
-
-
-def _zarr_attrs(path: Path) -> dict | None:
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" else None
-    return attrs if isinstance(attrs, dict) else None
-
-
-def _zarr_artifact(path: Path, what: str, forecast: bool) -> str | None:
-    from gfm.store import foreign_files_on_disk
-
-    attrs = _zarr_attrs(path)
-    if attrs is None or not isinstance(attrs.get("schema_version"), int) \
-            or (attrs.get("kind") == "forecast") != forecast or (not forecast and "layout" not in attrs):
-        found = _describe(path)
-        return f"holds {found}, not {what}" if found else _holds(sorted(path.iterdir()), path, what)
-    foreign = foreign_files_on_disk(path)
-    if foreign:
-        n = len(foreign)
-        return (f"holds {what} and {n} file{'s' if n != 1 else ''} that {'is' if n == 1 else 'are'} not part of "
-                f"it (e.g. {foreign[0].relative_to(path)})")
-    return None
-
-
-def _describe(path: Path) -> str | None:
-    """Another artifact of this pipeline at ``path`` (gfm check's recognition), as a phrase, or None."""
-    from gfm.verdict import artifact_kind as _kind
-
-    try:
-        kind = _kind(path)
-    except OSError:
-        return None
-    return None if kind is None else f"a {kind}"
-
-
-def _own_trajectory_store(path: Path) -> str | None:
-    return _zarr_artifact(path, "a trajectory store", forecast=False)
-
-
-def _own_refusal(p: Path) -> bool:
-    """A model refusal JSON (gfm.refusals) written by a stage: a plain file marked as one."""
-    return _plain_file(p) and marker_kind(p) == REFUSAL.name and REFUSAL.own(p) is None
-
-
-def _own_forecasts(path: Path) -> str | None:
-    """forecast --out: a directory of ``<model>.zarr`` forecast stores and ``<model>.refused.json`` refusals."""
-    return _entries(path, "forecast stores (<model>.zarr) or refusals (<model>.refused.json)",
-                    lambda e: (e.name.endswith(".zarr") and _plain_dir(e)
-                               and _zarr_artifact(e, "a forecast store", forecast=True) is None)
-                    or (e.name.endswith(".refused.json") and _own_refusal(e)))
-
-
-_MODEL_FILES = {"config.json", "weights.safetensors", "train_log.csv"}
-
-
-def _own_model(path: Path) -> str | None:
-    return _entries(path, "a model directory (config.json, weights.safetensors, train_log.csv)",
-                    lambda e: _plain_file(e, _MODEL_FILES), required="config.json")
-
-
-def _own_models(path: Path) -> str | None:
-    """train --out: summary.json and one model directory per dataset seed, or (a model that refused the store)
-    refused.json alone."""
-    if (path / "refused.json").exists() or (path / "refused.json").is_symlink():
-        return _entries(path, "a model's refusal of a store (refused.json alone)",
-                        lambda e: e.name == "refused.json" and _own_refusal(e), required="refused.json")
-    return _entries(path, "trained models (summary.json and <seed>/ model directories)",
-                    lambda e: _plain_file(e, {"summary.json"})
-                    or (e.name.isdigit() and _plain_dir(e) and _own_model(e) is None), required="summary.json")
-
-
-def _own_plots(path: Path) -> str | None:
-    names = {"mse_vs_horizon.csv", "trajectory.csv"}
-    return _entries(path, "evaluate's plot data (mse_vs_horizon.csv, trajectory.csv)",
-                    lambda e: _plain_file(e, names))
-
-
-def _own_report(path: Path) -> str | None:
-    def legit(e: Path) -> bool:
-        if e.name == "figures":
-            return _plain_dir(e) and all(f.suffix in (".png", ".svg") and _plain_file(f) for f in e.iterdir())
-        return _plain_file(e, {"summary.md", "summary.html", "claims.json"})
-
-    return _entries(path, "a report (summary.md, summary.html, claims.json, figures/)", legit, required="summary.md")
-
-
-def _own_workspace(path: Path) -> str | None:
-
-    return None if (path / WORKSPACE_MARKER).is_file() else _holds(sorted(path.iterdir()), path, "a gfm workspace")
-
-
-def _json_kind(what: str, keys: set[str]) -> Callable[[Path], str | None]:
-    def own(path: Path) -> str | None:
-        try:
-            if path.stat().st_size > 256 << 20:
-                raise ValueError("too large")
-            data = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return f"is a file that is not {what} (not JSON)"
-        if not isinstance(data, dict) or not keys <= set(data):
-            shown = ", ".join(sorted(data)[:4]) if isinstance(data, dict) else type(data).__name__
-            return f"is a JSON file that is not {what} (keys {shown or 'none'})"
-        return None
-    return own
-
-
-TRAJECTORY_STORE = Kind("trajectory store", True, _own_trajectory_store)
-FORECASTS = Kind("forecast directory", True, _own_forecasts)
-MODELS = Kind("trained-models directory", True, _own_models)
-MODEL = Kind("model directory", True, _own_model)
-PLOTS = Kind("plot-data directory", True, _own_plots)
-REPORT = Kind("report directory", True, _own_report)
+# --- the kinds (what each may hold: gfm.output_contents) ---------------------------------------------------
+TRAJECTORY_STORE = Kind("trajectory store", True, own_trajectory_store)
+FORECASTS = Kind("forecast directory", True, own_forecasts)
+MODELS = Kind("trained-models directory", True, own_models)
+MODEL = Kind("model directory", True, own_model)
+PLOTS = Kind("plot-data directory", True, own_plots)
+REPORT = Kind("report directory", True, own_report)
 # a workspace is marked by its own file (gfm.workspace), which predates the other markers
-WORKSPACE = Kind("gfm workspace", True, _own_workspace,
+WORKSPACE = Kind("gfm workspace", True, own_workspace,
                  lambda p: "gfm workspace" if (p / WORKSPACE_MARKER).is_file() else None)
-SPLIT = Kind("split JSON", False, _json_kind("a split JSON", {"datasets"}))
-METRICS = Kind("metrics JSON", False, _json_kind("a metrics JSON", {"models", "counts"}))
-GENERALIZE = Kind("generalisation metrics JSON", False, _json_kind("a generalisation metrics JSON", {"pairs"}))
-ACCELERATE = Kind("accelerate metrics JSON", False, _json_kind("an accelerate metrics JSON", {"plain", "models"}))
+SPLIT = Kind("split JSON", False, json_kind("a split JSON", {"datasets"}))
+METRICS = Kind("metrics JSON", False, json_kind("a metrics JSON", {"models", "counts"}))
+GENERALIZE = Kind("generalisation metrics JSON", False, json_kind("a generalisation metrics JSON", {"pairs"}))
+ACCELERATE = Kind("accelerate metrics JSON", False, json_kind("an accelerate metrics JSON", {"plain", "models"}))
 # a model's refusal of a store (gfm.refusals): written inside a trained-models or forecast directory, never alone
-REFUSAL = Kind("model refusal JSON", False, _json_kind("a model refusal JSON", {"model", "kind", "refused"}))
+REFUSAL = Kind(REFUSAL_KIND, False, own_refusal_json)
 KINDS = {k.name: k for k in (TRAJECTORY_STORE, FORECASTS, MODELS, MODEL, PLOTS, REPORT, WORKSPACE, SPLIT, METRICS,
                              GENERALIZE, ACCELERATE, REFUSAL)}
 
@@ -377,8 +213,8 @@ def _what_blocks(p: Path, kind: Kind) -> str | None:
             return None if inner is None else f"is a symbolic link to {target}, which {inner}"
         if stat.S_ISDIR(st.st_mode):
             if not kind.is_dir:
-                n, _ = _count([p], p)
-                held = f"more than {_COUNT_LIMIT} files" if n > _COUNT_LIMIT else f"{n} file{'s' if n != 1 else ''}"
+                n, _ = count_files([p], p)
+                held = f"more than {COUNT_LIMIT} files" if n > COUNT_LIMIT else f"{n} file{'s' if n != 1 else ''}"
                 return f"is a directory (holding {held}), not a {kind.name}"
             if not any(p.iterdir()):
                 return None
@@ -413,7 +249,7 @@ def _clear_leftover(tmp: Path, kind: Kind) -> None:
     if not tmp.exists() and not tmp.is_symlink():
         return
     if tmp.is_dir() and not tmp.is_symlink() and (not any(tmp.iterdir()) or kind.marked_as(tmp) == kind.name
-                                                  or _plain_file(tmp / _OLD_TMP_MARKER)):
+                                                  or plain_file(tmp / _OLD_TMP_MARKER)):
         shutil.rmtree(tmp)
         return
     why = _what_blocks(tmp, kind) or f"is not a temporary {kind.name} of this stage"
@@ -423,8 +259,9 @@ def _clear_leftover(tmp: Path, kind: Kind) -> None:
 
 def open_temp_dir(out: str | Path, kind: Kind, *, suffix: str = ".tmp") -> Path:
     """Claim ``out`` and return a temporary directory ``<out><suffix>`` beside it (a leftover of an
-    interrupted run of this stage is removed first) that holds only the marker :data:`MARKER_FILE`: it marks
-    the unfinished output as ours, and stays in the finished one."""
+    interrupted run of this stage is removed first) that holds only the marker
+    :data:`~gfm.output_contents.MARKER_FILE`: it marks the unfinished output as ours, and stays in the finished
+    one."""
     out = claim_output(out, kind)
     tmp = out.with_name(out.name + suffix)
     _clear_leftover(tmp, kind)

@@ -19,7 +19,7 @@ What is recorded, per run (R runs, T records, P parameters; record j is after j 
 
 * ``weights`` (run, record, param): every parameter of ``model`` (``named_parameters`` order, which is the
   ``state_dict`` order of the parameters) flattened into one vector; the layout (name, shape, offset) goes into
-  the root attributes so :meth:`~gfm.store.TrajectoryStore.load_into` can put any record back. Buffers (e.g.
+  the root attributes so :meth:`~gfm.store_reader.TrajectoryStore.load_into` can put any record back. Buffers (e.g.
   BatchNorm running statistics) are not parameters and are not recorded.
 * ``state/<name>``: the optimizer's own state after the updates up to that record (``momentum_buffer``,
   ``exp_avg``/``exp_avg_sq``, ``square_avg``), zeros where torch has not created it yet.
@@ -63,10 +63,8 @@ process or in this one, is refused instead of emptying the first one's ``.partia
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -77,124 +75,28 @@ import torch
 import zarr
 
 from gfm._version import __version__
-from gfm.errors import GFMError, StoreLockedError, StoreSchemaError, shorten
+from gfm.errors import StoreLockedError, shorten
 from gfm.eval_data import eval_arrays
-from gfm.network import ACTIVATIONS, LOSSES, Network, network_of, read_activation
-from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
-from gfm.outputs import MARKER_FILE, TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
-from gfm.store import (
-    SCHEMA_VERSION,
-    _empty,
-    _fsync_tree,
-    add_eval_arrays,
-    all_chunks,
-    append_run,
-    create_run_group,
-    exchange_paths,
-    finish_run_group,
-    link_store,
-    lock_partial,
-    partial_path,
+from gfm.optimizers import HYPER_NAMES, STATE_NAMES
+from gfm.outputs import TRAJECTORY_STORE, claim_output
+from gfm.record_append import check_joinable, finish_append, restore_previous
+from gfm.record_capture import (
+    RecordError,
+    flat_state,
+    flat_tensors,
+    network_spec,
+    optimizer_spec,
+    owned_parameters,
 )
-from gfm.store_files import _LOCK_FILE
+from gfm.store_arrays import SCHEMA_VERSION, all_chunks
+from gfm.store_durable import HELD, lock_key, lock_partial, remove_partial
+from gfm.store_files import LOCK_FILE, partial_path
+from gfm.store_one_run import add_eval_arrays, create_run_group, finish_run_group
 from gfm.tasks.base import ParamSpec, layout_from_shapes
 
-__all__ = ["record", "Recorder", "RecordError", "optimizer_spec", "network_spec", "flat_tensors", "flat_state",
-           "owned_parameters", "HYPER_NAMES"]
+__all__ = ["record", "Recorder", "HYPER_NAMES"]
 
 # HYPER_NAMES (gfm.optimizers) is re-exported here: the per-run hyper-parameters a store holds, by optimizer.
-
-
-class RecordError(GFMError, ValueError):
-    """The model, optimizer or target store cannot be recorded as asked."""
-
-
-def optimizer_spec(optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, float]]:
-    """The store's optimizer name and hyper-parameters for a ``torch.optim`` optimizer.
-
-    Returns:
-        ``(name, hyper)``: name in ``sgd | momentum | nesterov | adam | adamw | rmsprop``; hyper holds the keys
-        of :data:`HYPER_NAMES` plus ``eps``.
-
-    Raises:
-        RecordError: an optimizer (or option) whose update rule gfm.optimizers does not implement, or param
-            groups with different hyper-parameters.
-    """
-    kind = type(optimizer)
-    groups = optimizer.param_groups
-
-    def same(key: str) -> float:
-        values = {float(g[key]) for g in groups}
-        if len(values) > 1:
-            raise RecordError(f"param groups have different {key!r} ({sorted(values)}); a store holds one value "
-                              "per run, so use one param group or equal hyper-parameters")
-        return values.pop()
-
-    def refuse(option: str, value: Any) -> None:
-        raise RecordError(f"{kind.__name__}({option}={value!r}) is not supported: its update rule is not "
-                          f"gfm.optimizers'; expected the default for {option}")
-
-    def flag(key: str) -> bool:
-        values = {bool(g.get(key, False)) for g in groups}
-        if len(values) > 1:
-            raise RecordError(f"param groups differ in {key!r}; a store holds one update rule per run")
-        return values.pop()
-
-    g0 = groups[0]
-    if kind is torch.optim.SGD:
-        if float(g0.get("dampening", 0.0)) != 0.0:
-            refuse("dampening", g0["dampening"])
-        momentum = same("momentum")
-        nesterov = flag("nesterov")  # torch itself refuses Nesterov without momentum
-        name = "nesterov" if nesterov else "momentum" if momentum > 0 else "sgd"
-        hyper = {"lr": same("lr"), "weight_decay": same("weight_decay"), "eps": HYPER_DEFAULTS["eps"]}
-        if momentum > 0:
-            hyper["momentum"] = momentum
-    elif kind in (torch.optim.Adam, torch.optim.AdamW):
-        if flag("amsgrad"):
-            refuse("amsgrad", True)
-        b1 = {float(g["betas"][0]) for g in groups}
-        b2 = {float(g["betas"][1]) for g in groups}
-        if len(b1) > 1 or len(b2) > 1:
-            raise RecordError("param groups have different 'betas'; use one param group or equal betas")
-        # AdamW is Adam with decoupled_weight_decay=True in torch >= 2.6 and its own class before
-        name = "adamw" if kind is torch.optim.AdamW or flag("decoupled_weight_decay") else "adam"
-        hyper = {"lr": same("lr"), "beta1": b1.pop(), "beta2": b2.pop(), "eps": same("eps"),
-                 "weight_decay": same("weight_decay")}
-    elif kind is torch.optim.RMSprop:
-        if g0.get("centered"):
-            refuse("centered", True)
-        if float(g0.get("momentum", 0.0)) != 0.0:
-            refuse("momentum", g0["momentum"])
-        name = "rmsprop"
-        hyper = {"lr": same("lr"), "alpha": same("alpha"), "eps": same("eps"), "weight_decay": same("weight_decay")}
-    else:
-        raise RecordError(f"optimizer {kind.__module__}.{kind.__name__} is not supported; expected "
-                          "torch.optim.SGD (plain, heavy-ball or Nesterov momentum), torch.optim.Adam, "
-                          "torch.optim.AdamW or torch.optim.RMSprop")
-    if any(g0.get(flag) for flag in ("maximize",)):
-        refuse("maximize", True)
-    return name, hyper
-
-
-def network_spec(model: torch.nn.Module, activation: str | None = None, loss: str | None = None) -> Network:
-    """The ``network`` attribute of a recording of ``model``: its activation read from the module where it can
-    be (:func:`gfm.network.read_activation`), else the one given; the loss as given (None: not known).
-
-    Raises:
-        RecordError: a name outside :data:`gfm.network.ACTIVATIONS` / :data:`gfm.network.LOSSES`, or an
-            ``activation`` that contradicts the one the module's code says.
-    """
-    if activation is not None and activation not in ACTIVATIONS:
-        raise RecordError(f"activation={shorten(activation)}; expected one of {', '.join(ACTIVATIONS)} (torch.nn's "
-                          "module of that name, default options), or None where the model's code says it")
-    if loss is not None and loss not in LOSSES:
-        raise RecordError(f"loss={shorten(loss)}; expected one of {', '.join(LOSSES)}, or None (not known)")
-    read = read_activation(model)
-    if read is not None and activation is not None and read != activation:
-        raise RecordError(f"activation={activation!r}, but the model ({type(model).__name__}) applies {read} between "
-                          "its layers; pass the model's own activation or leave activation= out")
-    return Network(read or activation, loss)
 
 
 def _integer(value: Any, name: str, low: int) -> int:
@@ -205,53 +107,6 @@ def _integer(value: Any, name: str, low: int) -> int:
         raise RecordError(f"{name}={shorten(value)}; expected an integer from {low} to 2**63 - 1 (a Python or "
                           "NumPy integer, not a bool or a float)")
     return int(value)
-
-
-# The lock files this process holds: a POSIX lock does not exclude its own process, so two recorders of one
-# store in one interpreter are told apart here.
-_HELD: set[Path] = set()
-
-
-def _lock_key(path: Path) -> Path:
-    """The entry of :data:`_HELD` for a writer of the store at ``path`` (gfm.record_runs holds it too)."""
-    tmp = partial_path(path)
-    return Path(os.path.realpath(tmp.parent)) / tmp.name / _LOCK_FILE
-
-
-def _append_hook(stage: str) -> None:
-    """No-op; tests replace it to act inside an append (``"staged"``: the grown store is complete beside the
-    old one; ``"swapped"``: the two are swapped, the old one not yet removed)."""
-
-
-def flat_tensors(tensors: list[torch.Tensor]) -> np.ndarray:
-    """``tensors`` flattened into one float32 vector, in order: a record's ``weights`` (and each state array)
-    as the store holds it. gfm.jump keeps its window in this same form, so a forecaster reads the same numbers
-    from a recorded run and from a live one."""
-    return torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors]).numpy()
-
-
-def flat_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], name: str) -> np.ndarray:
-    """The torch optimizer's state ``name`` (a name of :data:`gfm.optimizers.STATE_NAMES`, e.g.
-    ``momentum_buffer``) for ``params``, flattened like the weights; zeros where torch has not created it yet
-    (before the first step), which is the state the update rules of gfm.optimizers start from."""
-    parts = [optimizer.state.get(p, {}).get(name) for p in params]
-    return flat_tensors([torch.zeros_like(p) if t is None else t for t, p in zip(parts, params)])
-
-
-def owned_parameters(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The parameters of ``model`` in ``named_parameters`` order (the order of a record's flat vector).
-
-    Raises:
-        RecordError: the optimizer updates tensors that are not parameters of the model: a record would miss
-            them, and a forecast loaded into the model would not move them.
-    """
-    params = [p for _, p in model.named_parameters()]
-    ids = {id(p) for p in params}
-    stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in ids)
-    if stray:
-        raise RecordError(f"the optimizer updates {stray} tensors that are not parameters of the model; "
-                          "record the module that owns every optimized parameter")
-    return params
 
 
 class Recorder:
@@ -291,7 +146,7 @@ class Recorder:
         self.state_names = STATE_NAMES[self.opt_name]
         self.tmp = partial_path(self.path)  # the run being recorded, and the writer's lock, in both modes
         self._lock: int | None = None
-        self._lock_key = _lock_key(self.path)
+        self._lock_key = lock_key(self.path)
         self.steps = 0  # optimizer steps seen
         self.n_written = 0  # records flushed to zarr
         self._buf: dict[str, list] = {"weights": [], "lr": [], **{f"state/{s}": [] for s in self.state_names}}
@@ -346,18 +201,18 @@ class Recorder:
             self._flush()
 
     def _open(self) -> None:
-        if self._lock_key in _HELD:
+        if self._lock_key in HELD:
             raise StoreLockedError(f"{self.path}: another recorder of this process is writing this store (it holds "
-                                   f"{self.tmp / _LOCK_FILE}); finish its `with` block first")
+                                   f"{self.tmp / LOCK_FILE}); finish its `with` block first")
         self._lock = lock_partial(self.path)  # refused while another process writes this store
-        _HELD.add(self._lock_key)
+        HELD.add(self._lock_key)
         try:
             if self.mode == "a":
-                self._restore_previous()
+                restore_previous(self.path, self.previous)
                 try:
-                    self._check_joinable()
+                    check_joinable(self)
                 except RecordError:  # refused before anything was recorded: no .partial left behind
-                    _remove_partial(self.tmp)
+                    remove_partial(self.tmp)
                     raise
             self._group = create_run_group(self.tmp, n_params=self.n_params, state_names=self.state_names,
                                            chunk_steps=self.chunk_steps)
@@ -369,20 +224,7 @@ class Recorder:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-            _HELD.discard(self._lock_key)
-
-    def _restore_previous(self) -> None:
-        """Undo what a recorder killed inside the two-rename swap left (module docstring): the old store back
-        at the path if the new one never got there, else the old one removed. Runs under the lock."""
-        if not self.previous.exists():
-            pass
-        elif not self.path.exists() and not self.path.is_symlink():
-            os.rename(self.previous, self.path)
-        else:
-            remove_output(self.previous, TRAJECTORY_STORE)
-        if not self.path.exists():
-            raise RecordError(f"{self.path}: no store to add a run to (mode='a'); record the first run with "
-                              "mode='w'")
+            HELD.discard(self._lock_key)
 
     def _flush(self) -> None:
         """Append the buffered records: one whole chunk per array (the last one may be partial)."""
@@ -445,13 +287,13 @@ class Recorder:
             if self.mode == "w":
                 self._finish_new(g, T, loss)
             else:
-                self._finish_append(g, T, loss)
+                finish_append(self, g, T, loss)
         finally:
             self._release()
         return self.path
 
     # --- store assembly --------------------------------------------------------------------------------
-    def _attrs(self, T: int) -> dict[str, Any]:
+    def store_attrs(self, T: int) -> dict[str, Any]:
         steps = (T - 1) * self.every
         return {
             "store": f"{self.name}-{self.opt_name}", "task_name": self.name, "seed": None,
@@ -468,123 +310,18 @@ class Recorder:
                          "numpy": np.__version__},
         }
 
-    def _run_fields(self, loss: np.ndarray, index: int) -> dict[str, np.ndarray]:
+    def run_fields(self, loss: np.ndarray, index: int) -> dict[str, np.ndarray]:
         w_ok = self._finite
         return {"dataset_seed": np.array([self.dataset_seed], np.int64), "index": np.array([index], np.int64),
                 "lr_scale": np.array([1.0]), "diverged": np.array([not (w_ok and np.isfinite(loss).all())]),
                 **{k: np.array([self.hyper[k]]) for k in (*HYPER_NAMES[self.opt_name], "eps")}}
 
     def _finish_new(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
-        attrs = self._attrs(T)
+        attrs = self.store_attrs(T)
         attrs.update({"n_runs": 1, "dataset_seeds": [self.dataset_seed], "complete": True})
-        finish_run_group(g, self.tmp, self.path, loss=loss, fields=self._run_fields(loss, 0), attrs=attrs)
+        finish_run_group(g, self.tmp, self.path, loss=loss, fields=self.run_fields(loss, 0), attrs=attrs)
         # the lock file moved into place with the store (held until now, as gfm generate's): not part of it
-        (self.path / _LOCK_FILE).unlink(missing_ok=True)
-
-    def _finish_append(self, g: zarr.Group, T: int, loss: np.ndarray) -> None:
-        """Add the recorded run to the store at the path: the grown store is built beside it and swapped in,
-        so the store at the path is at every moment the old one or the grown one (module docstring)."""
-        try:
-            fields, seeds = self._append_fields(T, loss)
-        except GFMError:  # this run cannot join the store: its recording goes, the store stays as it was
-            _remove_partial(self.tmp)
-            raise
-        staged = open_temp_dir(self.path, TRAJECTORY_STORE, suffix=".append.partial")  # a leftover: removed
-        link_store(self.path, staged)
-        append_run(zarr.open_group(staged, mode="r+"), g, loss=loss, fields=fields, dataset_seeds=seeds,
-                   chunk_steps=self.chunk_steps)
-        # a store carries its ownership marker in its root attributes (linked in above), not in a marker file
-        (staged / MARKER_FILE).unlink()
-        _fsync_tree(staged)  # the swap must not outrun the new run's files to the disk
-        _append_hook("staged")
-        self._swap_in(staged)
-        _append_hook("swapped")
-        shutil.rmtree(staged)  # the old store now
-        _remove_partial(self.tmp)
-
-    def _append_fields(self, T: int, loss: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
-        """The per-run fields of the new run and the store's dataset seeds with it; refused when the store at
-        the path is not a finished store this run can join."""
-        main = zarr.open_group(self.path, mode="r")
-        attrs = dict(main.attrs)
-        if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
-            raise StoreSchemaError(f"{self.path}: not a finished trajectory store of schema {SCHEMA_VERSION}")
-        self._check_joinable()
-        if attrs.get("n_records") != T:
-            raise RecordError(f"{self.path}: this run's number of records ({T}) differs from the store's "
-                              f"({attrs.get('n_records')!r:.40}); runs of one store must match")
-        seeds = main["runs/dataset_seed"][:]
-        fields = self._run_fields(loss, int((seeds == self.dataset_seed).sum()))
-        missing = set(fields) ^ {name for name, _ in main["runs"].arrays()}
-        if missing:
-            raise RecordError(f"{self.path}: per-run fields differ ({sorted(missing)}); runs of one store must "
-                              "use the same optimizer")
-        return fields, sorted({*map(int, seeds), self.dataset_seed})
-
-    def _check_joinable(self) -> None:
-        """Refuse a run that cannot join the store at the path for what is known before training: layout,
-        optimizer, ``every``, network, evaluation data (checked when the block is entered, so a mismatch costs
-        no training, and again when the run is added; the number of records is checked then). A store written
-        before stores recorded their network reads as not knowing it (``gfm.network.network_of``)."""
-        path = self.path
-        try:
-            main = zarr.open_group(path, mode="r")
-            attrs = dict(main.attrs)
-        except Exception:  # noqa: BLE001 - not a store at all: _append_fields refuses it with the reason
-            return
-        if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("complete") is not True:
-            return
-        mine = json.loads(json.dumps(self._attrs(1)))
-        for key, label in (("layout", "parameter layout"), ("state_names", "optimizer state")):
-            if attrs.get(key) != mine[key]:
-                raise RecordError(f"{path}: this run's {label} ({mine[key]!r:.120}) differs from the "
-                                  f"store's ({attrs.get(key)!r:.120}); runs of one store must match")
-        opt, task = attrs.get("optimizer") or {}, attrs.get("task") or {}
-        if opt.get("name") != self.opt_name or task.get("record_every") != self.every:
-            raise RecordError(f"{path}: store holds {shorten(opt.get('name'), 40)} runs recorded every "
-                              f"{shorten(task.get('record_every'), 40)} steps; this run is {self.opt_name} every "
-                              f"{self.every}")
-        try:
-            theirs = network_of(attrs)
-        except ValueError as exc:
-            raise RecordError(f"{path}: {exc}") from None
-        if theirs != self.network:
-            old = "" if "network" in attrs else " (the store was written before stores recorded their network)"
-            raise RecordError(f"{path}: this run's network {self.network.as_attr()} differs from the store's "
-                              f"{theirs.as_attr()}{old}; runs of one store must match (activation=, loss=)")
-        held = "eval" in main
-        if held != (self.eval is not None):
-            raise RecordError(f"{path}: the store holds evaluation data for {'every' if held else 'no'} run; this "
-                              f"run {'has none (pass eval_data=)' if held else 'has eval_data'}; a store holds it "
-                              "for every run or for none")
-        if held:
-            x, y = self.eval
-            want = (main["eval/x"].shape[1:], str(main["eval/y"].dtype))
-            if (x.shape, str(y.dtype)) != want:
-                raise RecordError(f"{path}: this run's eval_data is x {x.shape} with {y.dtype} targets; the store "
-                                  f"holds x {want[0]} with {want[1]} targets for every run")
-
-    def _swap_in(self, staged: Path) -> None:
-        """Put the grown store ``staged`` at the path and the old store at ``staged``."""
-        if exchange_paths(staged, self.path):
-            return
-        # No one-step swap here: for the instant between the two renames nothing is at the path, and the old
-        # store waits at ``previous``, where the next recorder of the path finds it (_restore_previous).
-        remove_output(self.previous, TRAJECTORY_STORE)  # a leftover of an earlier swap, or nothing
-        os.rename(self.path, self.previous)
-        os.rename(staged, self.path)
-        os.rename(self.previous, staged)
-
-
-def _remove_partial(tmp: Path) -> None:
-    """Remove the recorder's ``.partial`` (the recorded run, now in the store) while still holding its lock:
-    the lock file goes last, and a second writer that made a new one in the meantime keeps its directory."""
-    _empty(tmp, keep=_LOCK_FILE)
-    (tmp / _LOCK_FILE).unlink(missing_ok=True)
-    try:
-        tmp.rmdir()
-    except OSError:  # a new writer's lock file is already in it: the directory is that writer's now
-        pass
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
 
 
 def record(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,

@@ -31,7 +31,8 @@ store, so appending N runs costs more than N times one run (BENCHMARKS.md, "Reco
   into one store at ``path`` in the generated chunk layout (``chunks``: ``chunk_runs`` runs per chunk,
   ``shard_runs`` per block; a store of fewer runs than ``shard_runs`` is one block, chunked by the largest
   divisor of its run count up to ``chunk_runs``, as ``gfm import`` does), a bounded part of a block at a time,
-  checked with ``gfm check``'s rules before it is renamed into place. The work directory is then removed.
+  checked with ``gfm check``'s rules before it is renamed into place (:mod:`gfm.runset_write`). The work
+  directory is then removed.
 * The store's attributes are those of the first run's store (task name, module, network, versions...), with
   ``source: gfm.record_runs``, the dataset seeds of all runs, each optimizer hyper-parameter's value where
   every run has the same and ``"per run"`` where they differ (``runs/<name>`` holds each run's, as in ``gfm
@@ -56,9 +57,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -69,30 +68,18 @@ from gfm.config import StoreLayoutConfig
 from gfm.errors import StoreLockedError, shorten
 from gfm.layout import ParamSpec
 from gfm.outputs import TRAJECTORY_STORE, claim_output, open_temp_dir, remove_output
-from gfm.recorder import _HELD, Recorder, RecordError, _lock_key, _remove_partial
-from gfm.store import create_eval_arrays, create_trajectory_store, lock_partial, partial_path
-from gfm.store_files import _LOCK_FILE
+from gfm.record_capture import RecordError
+from gfm.recorder import Recorder
+from gfm.runset_write import Run, fitted_layout, stacked_fields, store_attrs, verify_store, write_blocks
+from gfm.store import create_trajectory_store
+from gfm.store_durable import HELD, lock_key, lock_partial, remove_partial
+from gfm.store_files import LOCK_FILE, partial_path
 
 __all__ = ["record_runs", "RunSet", "WORK_SUFFIX"]
 
 WORK_SUFFIX = ".runs.partial"  # <path><suffix>/<n>.zarr: the runs recorded so far
-_PART_BYTES = 256 << 20  # weights, state and evaluation data read and written at once by the final write
 # what runs of one store must agree on (a signature's keys), in the words a refusal uses
 _STATE, _EVAL, _RECORDS = "optimizer state", "evaluation data (eval_data=: x shape, y dtype)", "number of records"
-# root attributes that create_trajectory_store writes itself
-_STORE_OWN = {"schema_version", "complete", "layout", "n_runs", "n_records", "n_params", "block_runs", "chunks",
-              "gfm_output"}
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A finished run in the work directory and what the store needs of it beyond its arrays."""
-
-    path: Path
-    attrs: dict[str, Any]
-    fields: dict[str, np.ndarray]  # runs/<name>, one value each
-
-
 class _RunRecorder(Recorder):
     """A :class:`Recorder` of one run of a :class:`RunSet`: once its one-run store is finished, the set checks
     it against the runs before it and keeps it or removes it."""
@@ -144,16 +131,6 @@ def _layout_config(chunks: Any) -> StoreLayoutConfig:
     return built
 
 
-def _fitted(chunks: StoreLayoutConfig, n_runs: int) -> StoreLayoutConfig:
-    """The layout of a store of ``n_runs`` runs: fewer runs than ``shard_runs`` make one block, which zarr can
-    only split into chunks of a divisor of its run count, so take the largest one up to ``chunk_runs`` (where
-    store.py would take the greatest common divisor: 1 run per chunk for 3 runs and ``chunk_runs`` 4)."""
-    if n_runs < chunks.shard_runs:
-        runs = max(d for d in range(1, min(chunks.chunk_runs, n_runs) + 1) if n_runs % d == 0)
-        return dataclasses.replace(chunks, chunk_runs=runs, shard_runs=n_runs)
-    return chunks
-
-
 class RunSet:
     """Records runs into one store; made by :func:`record_runs`, used as a context manager."""
 
@@ -165,12 +142,12 @@ class RunSet:
             raise RecordError(f"{self.path} exists; pass overwrite=True to replace it once the runs are recorded")
         self.chunks, self.overwrite = _layout_config(chunks), overwrite
         self.work = self.path.with_name(self.path.name + WORK_SUFFIX)
-        self._key = _lock_key(self.path)
+        self._key = lock_key(self.path)
         self._lock: int | None = None
         self._open = self._used = False
         self._handed = False  # the lock handed to the store's writer (which may drop it): see _drop_lock_dir
         self._calls = 0
-        self._runs: dict[int, _Run] = {}
+        self._runs: dict[int, Run] = {}
         self._first: tuple[int, dict[str, Any], tuple[ParamSpec, ...]] | None = None  # n, signature, layout
 
     @property
@@ -183,11 +160,11 @@ class RunSet:
         if self._used:
             raise RecordError(f"{self.path}: a record_runs is used in one `with` block; call gfm.record_runs again")
         self._used = True
-        if self._key in _HELD:
+        if self._key in HELD:
             raise StoreLockedError(f"{self.path}: another recorder of this process is writing this store (it holds "
-                                   f"{partial_path(self.path) / _LOCK_FILE}); finish its `with` block first")
+                                   f"{partial_path(self.path) / LOCK_FILE}); finish its `with` block first")
         self._lock = lock_partial(self.path)  # refused while another process writes this store
-        _HELD.add(self._key)
+        HELD.add(self._key)
         try:
             self._open_work()
         except BaseException:
@@ -222,8 +199,8 @@ class RunSet:
         is still held (once the store's writer has released it, another writer may own the directory)."""
         tmp = partial_path(self.path)
         try:
-            if {p.name for p in tmp.iterdir()} == {_LOCK_FILE}:
-                _remove_partial(tmp)
+            if {p.name for p in tmp.iterdir()} == {LOCK_FILE}:
+                remove_partial(tmp)
         except OSError:
             pass
 
@@ -231,7 +208,7 @@ class RunSet:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-            _HELD.discard(self._key)
+            HELD.discard(self._key)
 
     # --- runs ------------------------------------------------------------------------------------------
     def record(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,
@@ -254,7 +231,7 @@ class RunSet:
                            overwrite=True, dataset_seed=dataset_seed, evaluate=evaluate, chunk_steps=chunk_steps,
                            name=name, activation=activation, loss=loss, eval_data=eval_data)
         self._calls += 1
-        attrs = json.loads(json.dumps(rec._attrs(1)))  # the attributes its store will have, but its length
+        attrs = json.loads(json.dumps(rec.store_attrs(1)))  # the attributes its store will have, but its length
         seen = None if rec.eval is None else _eval_of(rec.eval[0].shape, rec.eval[1].dtype)
         self._check(n, _signature(attrs, seen), "refused before it was recorded")
         return rec
@@ -271,7 +248,7 @@ class RunSet:
         except RecordError:
             remove_output(path, TRAJECTORY_STORE)
             raise
-        self._runs[n] = _Run(path, attrs, fields)
+        self._runs[n] = Run(path, attrs, fields)
         if self._first is None:
             layout = tuple(ParamSpec(s["name"], tuple(s["shape"]), s["offset"]) for s in attrs["layout"])
             self._first = (n, sig, layout)
@@ -299,94 +276,22 @@ class RunSet:
                               f"it (the runs are kept in {self.work} until a new record_runs of the path)")
         runs = [self._runs[n] for n in sorted(self._runs)]
         _, sig, layout = self._first
-        chunks = _fitted(self.chunks, len(runs))
+        chunks = fitted_layout(self.chunks, len(runs))
         state_names = tuple(sig[_STATE])
-        fields = _run_fields(runs)
+        fields = stacked_fields(runs)
         self._handed = True
         writer = create_trajectory_store(
             self.path, n_runs=len(runs), n_records=sig[_RECORDS], layout=layout, state_names=state_names,
-            run_fields={k: v.dtype for k, v in fields.items()}, chunks=chunks, attrs=_store_attrs(runs, fields),
+            run_fields={k: v.dtype for k, v in fields.items()}, chunks=chunks, attrs=store_attrs(runs, fields),
             resume=False)
         try:
-            _write_blocks(writer, runs, fields, state_names, sig[_EVAL], chunks)
-            writer.finish(verify=lambda tmp: _verify(tmp, self.path))
+            write_blocks(writer, runs, fields, state_names, sig[_EVAL], chunks)
+            writer.finish(verify=lambda tmp: verify_store(tmp, self.path))
         except BaseException:
             writer.release()
             shutil.rmtree(writer.tmp, ignore_errors=True)
             raise
         shutil.rmtree(self.work)
-
-
-def _run_fields(runs: list[_Run]) -> dict[str, np.ndarray]:
-    """Every run's per-run fields, ``index`` renumbered: a run's position among the runs of its dataset seed."""
-    fields = {name: np.concatenate([r.fields[name] for r in runs]) for name in runs[0].fields}
-    seeds = fields["dataset_seed"]
-    index = np.zeros(len(runs), dtype=np.int64)
-    for d in np.unique(seeds):
-        index[seeds == d] = np.arange(int((seeds == d).sum()))
-    fields["index"] = index
-    return fields
-
-
-def _store_attrs(runs: list[_Run], fields: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The store's root attributes: the first run's, with what the runs together say (module docstring)."""
-    attrs = {k: v for k, v in runs[0].attrs.items() if k not in _STORE_OWN}
-    opt = dict(attrs["optimizer"])
-    for key in opt.keys() - {"name", "schedule"}:
-        values = fields[key]
-        opt[key] = float(values[0]) if (values == values[0]).all() else "per run"
-    sources = sorted({str(r.attrs.get("loss_source")) for r in runs})
-    attrs.update({"source": "gfm.record_runs", "optimizer": opt, "loss_source": ", ".join(sources),
-                  "dataset_seeds": sorted(int(d) for d in np.unique(fields["dataset_seed"]))})
-    return attrs
-
-
-def _write_blocks(writer: Any, runs: list[_Run], fields: dict[str, np.ndarray], state_names: tuple[str, ...],
-                  eval_data: list | None, chunks: StoreLayoutConfig) -> None:
-    """Every run's arrays into the store, a bounded part of a block (whole chunks of runs) at a time."""
-    from gfm.importer import _eval_chunk_runs
-
-    g0 = zarr.open_group(runs[0].path, mode="r")
-    T, P = g0["weights"].shape[1:]
-    per_run = T * P * 4 * (1 + len(state_names))
-    names = ["weights", "loss", "lr", *(f"state/{s}" for s in state_names), "final/weights", "final/loss"]
-    if eval_data is not None:
-        x_shape, y_dtype = tuple(eval_data[0]), eval_data[1]
-        per_run += 4 * int(np.prod(x_shape)) + 8 * x_shape[0]
-        create_eval_arrays(writer.group, n_runs=len(runs), x_shape=x_shape, y_dtype=y_dtype, chunks=chunks,
-                           run_chunk=_eval_chunk_runs(SimpleNamespace(shape=(len(runs), *x_shape)), writer.block_runs))
-        names += ["eval/x", "eval/y"]
-    part = max(1, _PART_BYTES // (per_run * chunks.chunk_runs)) * chunks.chunk_runs
-    for b in range(writer.n_blocks):
-        rows = writer.block_range(b)
-        for start in range(rows.start, rows.stop, part):
-            stop = min(start + part, rows.stop)
-            arrays = _read_runs(runs[start:stop], names)
-            arrays.update({f"runs/{k}": v[start:stop] for k, v in fields.items()})
-            writer.write_rows(start, arrays)
-        writer.mark_done(b)
-
-
-def _read_runs(runs: list[_Run], names: list[str]) -> dict[str, np.ndarray]:
-    """The arrays ``names`` of the one-run stores ``runs``, stacked along the run axis."""
-    out: dict[str, np.ndarray] = {}
-    for j, run in enumerate(runs):
-        g = zarr.open_group(run.path, mode="r")
-        for name in names:
-            row = g[name][0]
-            if name not in out:
-                out[name] = np.empty((len(runs), *np.shape(row)), dtype=g[name].dtype)
-            out[name][j] = row
-    return out
-
-
-def _verify(tmp: Path, path: Path) -> None:
-    """``gfm check`` of the written store before it is put in place."""
-    from gfm.store_check import check_problem
-
-    problem = check_problem(tmp)
-    if problem:
-        raise RecordError(f"{path}: the written store fails gfm check ({problem}); nothing was put in place")
 
 
 def record_runs(path: str | Path, *, chunks: StoreLayoutConfig | None = None, overwrite: bool = False) -> RunSet:

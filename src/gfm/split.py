@@ -21,7 +21,7 @@ import numpy as np
 from gfm.config import SplitConfig
 from gfm.errors import GFMError
 from gfm.outputs import SPLIT, write_json_output
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 
 __all__ = ["make_split", "run", "read_split", "read_split_structure", "split_problems", "SplitError", "PARTS"]
 

@@ -1,5 +1,5 @@
-"""The structural check of a trajectory store (layout: :mod:`gfm.store`), shared by every stage that opens one
-(:func:`gfm.store_reader.open_trajectories`) and by ``gfm check``: schema version, completion flag, attributes
+"""The structural check of a trajectory store (layout: :mod:`gfm.store_arrays`), shared by every stage that opens
+one (:func:`gfm.store_reader.open_trajectories`) and by ``gfm check``: schema version, completion flag, attributes
 (sizes, layout adding up to ``n_params``, optimizer state names, task record_every / steps, the ``network``
 attribute where there is one: :func:`gfm.network.network_problem`), the optional evaluation arrays' shapes
 against each other and the loss (:mod:`gfm.eval_data`), and every array's
@@ -8,8 +8,7 @@ against each other and the loss (:mod:`gfm.eval_data`), and every array's
 (:func:`gfm.inputs.foreign_files_in_listing`) are listed for ``gfm check``; they do not stop a stage (zarr
 never reads them).
 
-``gfm check`` (:func:`check_trajectory_store`) then decodes every chunk, a bounded block of runs at a time
-(evaluation data included: finite inputs and targets, class labels >= 0).
+``gfm check`` then decodes every chunk, a bounded block of runs at a time (:mod:`gfm.store_scan`).
 """
 
 from __future__ import annotations
@@ -21,26 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gfm import verdict
 from gfm.errors import StoreError, StoreIncompleteError, StoreSchemaError, shorten
 from gfm.inputs import (
     MAX_JSON_BYTES,
-    _is_int,
-    _listed,
     array_meta_problems,
     chunk_file_limit,
     file_problem,
     foreign_files_in_listing,
+    is_int,
+    listed,
     read_json,
     tree_problems,
 )
 from gfm.store_files import chunk_record_problems
-from gfm.verdict import Verdict, foreign_line, runs_text
 
-__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "check_trajectory_store",
-           "check_problem"]
+__all__ = ["StoreInspection", "inspect_trajectory_store", "first_problem", "attr_problems"]
 
 _RUN_FIELD_DTYPES = {"bool", "int32", "int64", "float32", "float64"}
 
@@ -75,7 +69,7 @@ def _layout_problems(layout: Any, n_params: int) -> list[str]:
     for i, spec in enumerate(layout):
         ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
               and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.]*", spec["name"]) is not None
-              and isinstance(spec.get("shape"), list) and all(_is_int(n) and n > 0 for n in spec["shape"])
+              and isinstance(spec.get("shape"), list) and all(is_int(n) and n > 0 for n in spec["shape"])
               and spec.get("offset") == offset)
         if not ok:
             return [f"layout[{i}] must be {{name, shape, offset}} with offset {offset} (the sum of the sizes "
@@ -88,11 +82,11 @@ def _layout_problems(layout: Any, n_params: int) -> list[str]:
     return [] if offset == n_params else [f"layout covers {offset} parameters; n_params is {n_params}"]
 
 
-def _attr_problems(attrs: dict) -> list[str]:
+def attr_problems(attrs: dict) -> list[str]:
     from gfm.optimizers import STATE_NAMES
 
     sizes = {k: attrs.get(k) for k in ("n_runs", "n_records", "n_params", "block_runs")}
-    bad = [k for k, n in sizes.items() if not _is_int(n) or n < 1]
+    bad = [k for k, n in sizes.items() if not is_int(n) or n < 1]
     if bad:
         return [f"attributes {', '.join(bad)} must be positive integers"]
     problems = _layout_problems(attrs.get("layout"), sizes["n_params"])
@@ -103,8 +97,8 @@ def _attr_problems(attrs: dict) -> list[str]:
     if attrs.get("state_names") != list(STATE_NAMES[name]):
         problems.append(f"state_names {attrs.get('state_names')!r:.80}; optimizer {name} keeps {list(STATE_NAMES[name])}")
     task = attrs.get("task")
-    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _is_int(task.get("record_every"))
-            or task["record_every"] < 1 or not _is_int(task.get("steps"))
+    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not is_int(task.get("record_every"))
+            or task["record_every"] < 1 or not is_int(task.get("steps"))
             or task["steps"] != (sizes["n_records"] - 1) * task["record_every"]):
         problems.append(f"attribute task must hold kind, record_every >= 1 and steps = (n_records - 1) * "
                         f"record_every; got {task!r:.120}")
@@ -150,7 +144,7 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
         path: the ``.zarr`` directory.
         tree: also walk its files (links, special files, chunk sizes, foreign files).
     """
-    from gfm.store import SCHEMA_VERSION
+    from gfm.store_arrays import SCHEMA_VERSION
 
     path = Path(path)
     out = StoreInspection(path)
@@ -182,7 +176,7 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
         out.error = StoreIncompleteError
         p.append("store is not complete (no completion flag); re-run the generate stage")
         return out
-    p += _attr_problems(attrs)
+    p += attr_problems(attrs)
     if p:
         return out
     R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
@@ -232,7 +226,7 @@ def inspect_trajectory_store(path: str | Path, *, tree: bool = True) -> StoreIns
             big += [f"{rel} ({size} bytes > {limit})" for rel, size in files.items()
                     if rel.startswith(name + "/") and rel != f"{name}/zarr.json" and size > limit]
         if big:
-            p.append(_listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
+            p.append(listed(big, "chunk files larger than their chunk can encode to (refused unread)"))
         p += _run_block_problems(out.arrays["weights"], files, R)
         p += _record_problems(out, files)
         out.foreign = foreign_files_in_listing(files, {"", "final", "runs", "state", "eval"}, out.arrays)
@@ -248,7 +242,7 @@ def _eval_problems(out: StoreInspection) -> list[str]:
 
 
 def _record_problems(out: StoreInspection, files: dict[str, int]) -> list[str]:
-    """The completeness record (attribute ``chunks``, :mod:`gfm.store`) against the chunk files present: a
+    """The completeness record (attribute ``chunks``, :mod:`gfm.store_arrays`) against the chunk files present: a
     per-run field's fill value is 0, so without it a lost chunk file reads as "not diverged", run index 0. A
     store without the record predates it and is read as before (``gfm check`` says so in its summary)."""
     record = out.attrs.get("chunks")
@@ -256,150 +250,10 @@ def _record_problems(out: StoreInspection, files: dict[str, int]) -> list[str]:
         out.recorded = False
         return []
     redo = "the store lost files or was edited; re-create it (gfm generate, gfm.record or gfm import)"
-    if not isinstance(record, dict) or not all(isinstance(k, str) and _is_int(n) and n >= 0
+    if not isinstance(record, dict) or not all(isinstance(k, str) and is_int(n) and n >= 0
                                                for k, n in record.items()):
         return [f"attribute chunks {shorten(record, 80)}: expected the chunk files of each array by name"]
     stray = [shorten(k, 60, quote=False) for k in sorted(set(record) - set(out.arrays))]
     if stray:
-        return [_listed(stray, "attribute chunks records arrays the store does not hold") + f"; {redo}"]
+        return [listed(stray, "attribute chunks records arrays the store does not hold") + f"; {redo}"]
     return chunk_record_problems(record, out.arrays, files, redo)
-
-
-# --- gfm check: the structure as above, then every chunk decoded ------------------------------------------
-def check_trajectory_store(path: Path, v: Verdict) -> None:
-    import zarr
-
-    # Structure first, with the stages' own rules (above): files, attributes, array metadata.
-    inspection = inspect_trajectory_store(path)
-    v.problems += inspection.problems
-    if inspection.foreign:
-        v.problems.append(foreign_line(inspection.foreign))
-    if inspection.problems:
-        return
-    attrs = inspection.attrs
-    R, T, P = attrs["n_runs"], attrs["n_records"], attrs["n_params"]
-    opt = attrs["optimizer"]["name"]
-    try:
-        g = zarr.open_group(str(path), mode="r")
-        arrays = {name: g[name] for name in ("weights", "loss", "lr", "final/weights", "final/loss",
-                                            "runs/diverged", *(f"state/{s}" for s in attrs["state_names"]))}
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the verdict
-        v.problems.append(f"not a readable Zarr group ({type(exc).__name__})")
-        return
-    try:
-        diverged = arrays["runs/diverged"][:].astype(bool)
-        fields = {name: g[f"runs/{name}"][:] for name in sorted(g["runs"].array_keys())}
-    except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
-        v.problems.append(f"runs/*: chunk data unreadable ({type(exc).__name__})")
-        return
-    v.problems += _run_field_problems(fields, attrs)
-    no_loss = attrs.get("loss_source") == "none"
-    _check_trajectory_data(arrays, diverged, R, T, P, v, loss_recorded=not no_loss)
-    has_eval = "eval/x" in inspection.arrays
-    if has_eval:
-        _check_eval_data(g, R, v)
-    v.summary = (f"{R} runs x {T} records x {P} params, optimizer {opt}, {int(diverged.sum())} diverged, "
-                 f"{'no loss recorded (loss_source none), ' if no_loss else ''}"
-                 f"{'evaluation data ' + str(inspection.arrays['eval/x']['shape'][1]) + ' samples a run, ' if has_eval else ''}"
-                 "every chunk read"
-                 f"{'' if inspection.recorded else ', written before stores recorded their chunk files'}")
-
-
-def _check_eval_data(g, R: int, v: Verdict) -> None:
-    """Every chunk of ``eval/x`` and ``eval/y``, a bounded block of runs at a time: inputs and targets finite,
-    class labels >= 0 (gfm.eval_data)."""
-    from gfm.eval_data import value_problem
-
-    x_arr, y_arr = g["eval/x"], g["eval/y"]
-    block = max(1, verdict.READ_BYTES // max(1, math.prod(x_arr.shape[1:]) * 4))
-    bad: list[int] = []
-    for start in range(0, R, block):
-        stop = min(start + block, R)
-        try:
-            x, y = x_arr[start:stop], y_arr[start:stop]
-        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode is the verdict
-            v.problems.append(f"eval runs {start}..{stop - 1}: chunk data unreadable ({type(exc).__name__})")
-            continue
-        bad += [start + i for i in range(stop - start) if value_problem(x[i], y[i])]
-    if bad:
-        v.problems.append(f"eval/x, eval/y: {runs_text(np.asarray(bad))} hold non-finite inputs or targets, or "
-                          "negative class labels")
-
-
-def _run_field_problems(fields: dict[str, np.ndarray], attrs: dict) -> list[str]:
-    """Per-run fields that cannot be what was recorded. Their arrays are filled with 0; a store written before
-    the completeness record (:func:`_record_problems`) holds no file for a chunk equal to the fill value (a
-    block of runs none of which diverged, a weight decay of 0), so a missing chunk there cannot be told from the
-    files: it reads as 0, which is refused where 0 is never a recorded value: a dataset seed the store does not
-    list (every writer lists its runs' seeds in ``dataset_seeds``) and a learning rate of 0."""
-    problems = [f"runs/{name} holds non-finite values" for name, a in fields.items()
-                if not np.isfinite(np.asarray(a, dtype=np.float64)).all()]
-    seeds = attrs.get("dataset_seeds")
-    if "dataset_seed" in fields and isinstance(seeds, list):
-        stray = np.flatnonzero(~np.isin(fields["dataset_seed"], np.asarray(seeds, dtype=np.int64)))
-        if stray.size:
-            problems.append(f"runs/dataset_seed: {runs_text(stray)} hold seeds the store does not list in "
-                            f"dataset_seeds {shorten(seeds, 60)} (a missing chunk reads as 0)")
-    if "lr" in fields:
-        zero = np.flatnonzero(np.asarray(fields["lr"]) == 0)
-        if zero.size:
-            problems.append(f"runs/lr: {runs_text(zero)} hold a learning rate of 0 (what a missing chunk reads as)")
-    return problems
-
-
-def _check_trajectory_data(arrays: dict, diverged: np.ndarray, R: int, T: int, P: int, v: Verdict, *,
-                           loss_recorded: bool = True) -> None:
-    """Decode every chunk, a bounded block of runs at a time, checking values as they stream past.
-
-    ``loss_recorded`` False (attribute ``loss_source: none``: ``gfm import`` of weights without a loss) means
-    the loss arrays hold NaN by design, the honest value for "not measured" (a made-up number would be
-    scored by evaluate as if it were a loss); they must then hold nothing else."""
-    n_state = sum(1 for n in arrays if n.startswith("state/"))
-    block = max(1, verdict.READ_BYTES // (T * P * 4 * (1 + n_state)))
-    nonfinite: dict[str, list[int]] = {}
-    mismatch: dict[str, list[int]] = {}
-    for start in range(0, R, block):
-        sl = slice(start, min(start + block, R))
-        where = f"runs {sl.start}..{sl.stop - 1}"
-        try:
-            w = arrays["weights"][sl]  # (run, step, param)
-            loss, lr = arrays["loss"][sl], arrays["lr"][sl]
-            fw, fl = arrays["final/weights"][sl], arrays["final/loss"][sl]
-            states = {n: arrays[n][sl] for n in arrays if n.startswith("state/")}
-        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode is the verdict
-            v.problems.append(f"{where}: chunk data unreadable ({type(exc).__name__}: {str(exc)[:120]})")
-            continue
-        ok = ~diverged[sl]
-        runs = np.arange(sl.start, sl.stop)
-        for name, a in (("weights", w), *((("loss", loss),) if loss_recorded else ()), *states.items()):
-            bad = ok & ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
-            nonfinite.setdefault(name, []).extend(runs[bad].tolist())
-        if not loss_recorded:
-            held = ~np.isnan(loss).all(axis=1) | ~np.isnan(fl)
-            mismatch.setdefault("loss (loss_source none)", []).extend(runs[held].tolist())
-        bad_lr = ~np.isfinite(lr).all(axis=1) | (lr < 0).any(axis=1)
-        nonfinite.setdefault("lr", []).extend(runs[bad_lr].tolist())
-        for name, got, last in (("final/weights", fw, w[:, -1]), ("final/loss", fl, loss[:, -1])):
-            same = (got == last) | (np.isnan(got) & np.isnan(last))
-            bad = ~same.reshape(same.shape[0], -1).all(axis=1)
-            mismatch.setdefault(name, []).extend(runs[bad].tolist())
-    for name, runs in nonfinite.items():
-        if runs:
-            what = "non-finite or negative" if name == "lr" else "non-finite values (missing chunks read as NaN)"
-            v.problems.append(f"{name}: {runs_text(np.asarray(runs))} not flagged diverged hold {what}"
-                              if name != "lr" else f"lr: {runs_text(np.asarray(runs))} hold {what} values")
-    for name, runs in mismatch.items():
-        if runs and name.startswith("loss"):
-            v.problems.append(f"loss: {runs_text(np.asarray(runs))} hold values although the attributes say no "
-                              "loss was recorded (loss_source none)")
-        elif runs:
-            v.problems.append(f"{name}: {runs_text(np.asarray(runs))} differ from the last recorded step")
-
-
-def check_problem(path: Path) -> str | None:
-    """The first problem ``gfm check`` finds in the trajectory store at ``path`` (every chunk decoded, a bounded
-    block of runs at a time), as one line of at most 200 characters; None when it finds none. What the writers
-    (gfm import, declared stores, gfm.record_runs) run on a store before they put it in place."""
-    v = Verdict(path, "trajectory store")
-    check_trajectory_store(path, v)
-    return shorten(v.problems[0], 200, quote=False) if v.problems else None

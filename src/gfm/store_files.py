@@ -10,20 +10,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["partial_path", "foreign_files_on_disk", "is_chunk_key", "chunk_grid", "present_chunks",
-           "missing_chunks", "chunk_counts", "chunk_record_problems"]
+__all__ = ["DONE_DIR", "LOCK_FILE", "SNAKEMAKE_STAMP", "partial_path", "foreign_files_on_disk", "is_chunk_key",
+           "chunk_grid", "present_chunks", "missing_chunks", "chunk_counts", "chunk_record_problems"]
 
-_DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
-_LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
+DONE_DIR = ".blocks_done"  # marker files of finished blocks inside a partial store
+LOCK_FILE = ".writer.lock"  # inside the partial store; a POSIX lock on it marks the live writer
+SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
 
 
 def partial_path(path: str | Path) -> Path:
     """Where a store is built before it is renamed into place."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
-
-
-_STAMP = ".snakemake_timestamp"  # Snakemake touches it inside directory() outputs
 
 
 def is_chunk_key(meta: dict, key: str) -> bool:
@@ -172,9 +170,9 @@ def foreign_files_on_disk(path: str | Path) -> list[Path]:
             name = child.name
             if name == "zarr.json" and meta is not None and child.is_file() and not child.is_symlink():
                 continue
-            if at_root and (name in (_LOCK_FILE, _STAMP) and child.is_file() and not child.is_symlink()):
+            if at_root and (name in (LOCK_FILE, SNAKEMAKE_STAMP) and child.is_file() and not child.is_symlink()):
                 continue
-            if at_root and name == _DONE_DIR and child.is_dir() and not child.is_symlink():
+            if at_root and name == DONE_DIR and child.is_dir() and not child.is_symlink():
                 for m in child.iterdir():
                     if not (m.suffix == ".done" and m.stem.isdigit() and m.is_file() and not m.is_symlink()):
                         everything(m) if m.is_dir() and not m.is_symlink() else found.append(m)

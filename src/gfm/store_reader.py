@@ -1,4 +1,4 @@
-"""Reading a finished trajectory store (layout: :mod:`gfm.store`): :func:`open_trajectories` checks its
+"""Reading a finished trajectory store (layout: :mod:`gfm.store_arrays`): :func:`open_trajectories` checks its
 structure first (:func:`gfm.store_check.inspect_trajectory_store`), then gives typed, lazy access to its arrays."""
 
 from __future__ import annotations

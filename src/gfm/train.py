@@ -42,15 +42,14 @@ import torch
 from tqdm import tqdm
 
 from gfm.config import Params, to_dict
-from gfm.config.sizes import _count, _size
-from gfm.errors import GFMError, ParamsError, on_out_of_memory
+from gfm.errors import GFMError, ParamsError, count_text, on_out_of_memory, size_text
 from gfm.forecasters import FORECASTERS, Forecaster, StoreNotSupported, Trajectories, make_forecaster
 from gfm.outputs import MODELS, discard_temp, open_temp_dir, replace_output
 from gfm.refusals import REFUSED_FILE, refusal_reason, write_refusal
 from gfm.schema import build
 from gfm.seeds import hashed_seed
 from gfm.split import SplitError, read_split
-from gfm.store import open_trajectories
+from gfm.store_reader import open_trajectories
 from gfm.train_fit import fit_seed, fit_seed_streamed
 from gfm.tuning import budget_problems, choose, draw_trials, grid_size, learned_options, tuning_seed
 
@@ -143,13 +142,13 @@ def model_size_problems(params: Params, name: str, fc: Forecaster, where: str) -
     if worst is None:
         return []
     key, est = worst
-    what = (f"about {_count(est.params)} parameters and {_size(est.train_bytes)} to train on store {key} "
+    what = (f"about {count_text(est.params)} parameters and {size_text(est.train_bytes)} to train on store {key} "
             "(parameters, gradients, AdamW state and one batch's activations; an order-of-magnitude estimate)")
     lower = f"lower the sizes or batch_size of models.{name}, or raise the limit"
     if est.params > lim.max_model_params:
-        return [f"{where}: {what}, above limits.max_model_params = {_count(lim.max_model_params)}; {lower}"]
+        return [f"{where}: {what}, above limits.max_model_params = {count_text(lim.max_model_params)}; {lower}"]
     if est.train_bytes > lim.max_model_bytes:
-        return [f"{where}: {what}, above limits.max_model_bytes = {_size(lim.max_model_bytes)}; {lower}"]
+        return [f"{where}: {what}, above limits.max_model_bytes = {size_text(lim.max_model_bytes)}; {lower}"]
     return []
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gfm.forecasters import Forecaster, Trajectories
-from gfm.store import read_runs
+from gfm.store_reader import read_runs
 
 __all__ = ["fit_seed", "fit_seed_streamed", "LOG_COLUMNS", "STREAM_BYTES"]
 

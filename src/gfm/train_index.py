@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from gfm.errors import GFMError
-from gfm.outputs import MARKER_KEY, Kind, write_json_output
+from gfm.output_contents import MARKER_KEY
+from gfm.outputs import Kind, write_json_output
 from gfm.refusals import REFUSED_FILE, read_refusal
 
 __all__ = ["TRAIN_INDEX", "index", "run"]

@@ -1,10 +1,12 @@
 """What ``gfm check`` says about one artifact (:class:`Verdict`), and the helpers the validators of each format
-share. Each format's validator lives beside the code that reads and writes it (:mod:`gfm.store_check`,
-:mod:`gfm.forecast_check`, :mod:`gfm.forecasters.model_files`); :mod:`gfm.check` finds the artifacts and
-dispatches to them."""
+share, the check of a CSV (plot data, train logs) among them. Each format's validator lives beside the code that
+reads and writes it (:mod:`gfm.store_scan`, :mod:`gfm.forecast_check`, :mod:`gfm.forecasters.model_files`);
+:mod:`gfm.check` finds the artifacts and dispatches to them."""
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from gfm.errors import GFMError, one_line
-from gfm.inputs import MAX_JSON_BYTES, read_json
-from gfm.inputs import _is_int as is_int
+from gfm.inputs import MAX_JSON_BYTES, file_problem, read_json
 
-__all__ = ["Verdict", "READ_BYTES", "runs_text", "foreign_line", "zarr_attrs", "is_int", "artifact_kind"]
+__all__ = ["Verdict", "READ_BYTES", "runs_text", "foreign_line", "zarr_attrs", "artifact_kind", "check_csv"]
 
 READ_BYTES = 64 << 20  # at most this much array data is held in memory at once
 
@@ -79,4 +80,53 @@ def artifact_kind(path: Path) -> str | None:
         return "csv"
     if path.suffix == ".safetensors":
         return "safetensors"
+    return None
+
+
+_INT_COLUMNS = {"epoch", "horizon", "step", "param"}
+_TEXT_COLUMNS = {"model", "series"}
+
+
+def check_csv(path: Path, v: Verdict) -> None:
+    """``gfm check`` of a CSV (evaluate's plot data, a train log): a distinct header, and every row as many
+    fields as the header, numbers in the numeric columns. Rows are streamed (memory: one row; csv's field size limit bounds a line without newlines)."""
+    regular = file_problem(path, path.parent)
+    if regular:
+        v.problems.append(f"{regular}; not read")
+        return
+    n = 0
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                v.problems.append("empty (no header)")
+                return
+            if len(set(header)) != len(header) or not all(header):
+                v.problems.append(f"header {header!r:.200} must name distinct columns")
+                return
+            for i, row in enumerate(reader, start=2):
+                n += 1
+                problem = _csv_row_problem(header, row)
+                if problem:
+                    v.problems.append(f"line {i}: {problem}")
+                    return
+    except (UnicodeDecodeError, csv.Error) as exc:
+        v.problems.append(f"not a readable CSV ({type(exc).__name__})")
+        return
+    v.summary = f"{n} rows, columns {', '.join(header)}"
+
+
+def _csv_row_problem(header: list[str], row: list[str]) -> str | None:
+    if len(row) != len(header):
+        return f"{len(row)} fields; the header has {len(header)}"
+    for col, cell in zip(header, row, strict=True):
+        if col in _TEXT_COLUMNS or cell == "":
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            return f"column {col} holds {cell!r:.80}; expected a number"
+        if col in _INT_COLUMNS and not (math.isfinite(value) and value == int(value)):
+            return f"column {col} holds {cell!r:.80}; expected an integer"
     return None

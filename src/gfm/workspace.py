@@ -37,7 +37,7 @@ from pathlib import Path
 
 from gfm.atomic import write_text_atomic
 from gfm.errors import GFMError, one_line
-from gfm.outputs import WORKSPACE_MARKER
+from gfm.output_contents import WORKSPACE_MARKER
 from gfm.plots_page import use_offline_page
 
 __all__ = ["PIPELINE_FILES", "MARKER", "BUILD_DIR", "WorkspaceError", "sync_workspace", "workspace_params_source"]

@@ -47,17 +47,3 @@ def estimate_store(task: TaskConfig, optimizer: str, n_seeds: int, shard_runs: i
     return StoreEstimate(runs=runs, block_runs=block, records=T, params=P, arrays=1 + S,
                          record_bytes=block * per_run_records, work_bytes=block * (data + orders + acts + live),
                          store_bytes=runs * per_run_records, total_steps=runs * task.steps)
-
-
-def _size(n: float) -> str:
-    """Bytes as text: 37.2 GiB, 512.0 MiB, 12 KiB."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}" if n < 10**6 * scale else f"{n / scale:.2e} {unit}"
-    return f"{int(n)} B"
-
-
-def _count(n: int) -> str:
-    """A count as text: 97,000,000; 1.0e+30 when it would be longer than 15 digits."""
-    return f"{n:,}" if n < 10**15 else f"{float(n):.1e}" if n < 10**300 else "more than 1e300"
-

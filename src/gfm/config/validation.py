@@ -8,8 +8,8 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from gfm.config.optimizer import OPTIMIZER_STATE_ARRAYS
-from gfm.config.sizes import _count, _size, estimate_store
-from gfm.errors import shorten
+from gfm.config.sizes import estimate_store
+from gfm.errors import count_text, shorten, size_text
 from gfm.schema import is_name
 
 if TYPE_CHECKING:
@@ -200,39 +200,39 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
     for name, task in p.tasks.items():
         n = task.n_params()
         if n > lim.max_params:
-            out.append((f"tasks.{name}", f"the network has {_count(n)} parameters, above limits.max_params = "
-                                         f"{_count(lim.max_params)}; use a smaller network or raise the limit"))
+            out.append((f"tasks.{name}", f"the network has {count_text(n)} parameters, above limits.max_params = "
+                                         f"{count_text(lim.max_params)}; use a smaller network or raise the limit"))
         if task.steps > lim.max_run_steps:
-            out.append((f"tasks.{name}.steps", f"got {_count(task.steps)}; above limits.max_run_steps = "
-                                               f"{_count(lim.max_run_steps)}; lower it or raise the limit"))
+            out.append((f"tasks.{name}.steps", f"got {count_text(task.steps)}; above limits.max_run_steps = "
+                                               f"{count_text(lim.max_run_steps)}; lower it or raise the limit"))
     for key, st in p.stores.items():
         task = p.tasks.get(st.task)
         if task is None or task.n_params() > lim.max_params:
             continue
         e = estimate_store(task, st.optimizer.name, len(p.generate.dataset_seeds), p.store.shard_runs)
-        shape = (f"{_count(e.block_runs)} runs x {_count(e.records)} records x {_count(e.params)} params x 4 B x "
+        shape = (f"{count_text(e.block_runs)} runs x {count_text(e.records)} records x {count_text(e.params)} params x 4 B x "
                  f"{e.arrays} array{'s' if e.arrays > 1 else ''}")
         if e.block_bytes > lim.max_block_bytes:
             more = f" or tasks.{st.task}.n_samples" if e.work_bytes > e.record_bytes else ""
-            out.append((f"stores.{key}", f"a write block needs {_size(e.block_bytes)} ({shape} = "
-                                         f"{_size(e.record_bytes)}, plus {_size(e.work_bytes)} of data and working "
-                                         f"memory), above limits.max_block_bytes = {_size(lim.max_block_bytes)}; "
+            out.append((f"stores.{key}", f"a write block needs {size_text(e.block_bytes)} ({shape} = "
+                                         f"{size_text(e.record_bytes)}, plus {size_text(e.work_bytes)} of data and working "
+                                         f"memory), above limits.max_block_bytes = {size_text(lim.max_block_bytes)}; "
                                          f"lower store.shard_runs{more} or raise the limit"))
         if e.store_bytes > lim.max_store_bytes:
-            out.append((f"stores.{key}", f"the store needs {_size(e.store_bytes)} uncompressed ({_count(e.runs)} runs x "
-                                         f"{_count(e.records)} records x {_count(e.params)} params x 4 B x {e.arrays}), "
-                                         f"above limits.max_store_bytes = {_size(lim.max_store_bytes)}; lower "
+            out.append((f"stores.{key}", f"the store needs {size_text(e.store_bytes)} uncompressed ({count_text(e.runs)} runs x "
+                                         f"{count_text(e.records)} records x {count_text(e.params)} params x 4 B x {e.arrays}), "
+                                         f"above limits.max_store_bytes = {size_text(lim.max_store_bytes)}; lower "
                                          f"tasks.{st.task}.runs_per_dataset or steps, raise record_every, or raise "
                                          "the limit"))
         if e.total_steps > lim.max_total_steps:
-            out.append((f"stores.{key}", f"{_count(e.runs)} runs x {_count(task.steps)} steps = "
-                                         f"{_count(e.total_steps)} optimizer steps, above limits.max_total_steps = "
-                                         f"{_count(lim.max_total_steps)}; lower tasks.{st.task}.runs_per_dataset "
+            out.append((f"stores.{key}", f"{count_text(e.runs)} runs x {count_text(task.steps)} steps = "
+                                         f"{count_text(e.total_steps)} optimizer steps, above limits.max_total_steps = "
+                                         f"{count_text(lim.max_total_steps)}; lower tasks.{st.task}.runs_per_dataset "
                                          "or steps, or raise the limit"))
     acc = p.accelerate
     if acc.budget > lim.max_run_steps:
-        out.append(("accelerate.budget", f"got {_count(acc.budget)}; above limits.max_run_steps = "
-                                         f"{_count(lim.max_run_steps)}; lower it or raise the limit"))
+        out.append(("accelerate.budget", f"got {count_text(acc.budget)}; above limits.max_run_steps = "
+                                         f"{count_text(lim.max_run_steps)}; lower it or raise the limit"))
     for key, ast in acc.stores.items():
         task = p.tasks.get(ast.task)
         if task is None or key not in p.stores or task.n_params() > lim.max_params:
@@ -242,9 +242,9 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
             # an image set has this many images: a larger pool would silently come out short (a smaller held-out
             # set than asked for, or none, which would measure the loss on training samples)
             out.append((f"accelerate.stores.{key}", f"tasks.{ast.task}.n_samples + accelerate.holdout + "
-                                                    f"accelerate.measure = {_count(task.n_samples)} + "
-                                                    f"{_count(acc.holdout)} + {_count(acc.measure)} samples, "
-                                                    f"above the {_count(cap)} the task's data set has; lower "
+                                                    f"accelerate.measure = {count_text(task.n_samples)} + "
+                                                    f"{count_text(acc.holdout)} + {count_text(acc.measure)} samples, "
+                                                    f"above the {count_text(cap)} the task's data set has; lower "
                                                     "one of them"))
         runs = (acc.runs or task.runs_per_dataset)  # per dataset seed, one stacked job each
         budget = acc.budget or task.steps
@@ -252,10 +252,10 @@ def size_problems(p: Params) -> list[tuple[str, str]]:
                        + 2 * (task.n_samples + acc.holdout + acc.measure) * task.activation_width() * 4
                        + (budget + 1) * 4 * 2 + (4 + OPTIMIZER_STATE_ARRAYS[ast.optimizer]) * task.n_params() * 4)
         if need > lim.max_block_bytes:
-            out.append((f"accelerate.stores.{key}", f"a jump-ahead job needs {_size(need)} ({_count(runs)} runs x "
-                                                    f"{_count(task.n_samples + acc.holdout + acc.measure)} samples, "
-                                                    f"{_count(budget)} steps), above limits.max_block_bytes = "
-                                                    f"{_size(lim.max_block_bytes)}; lower accelerate.runs, "
+            out.append((f"accelerate.stores.{key}", f"a jump-ahead job needs {size_text(need)} ({count_text(runs)} runs x "
+                                                    f"{count_text(task.n_samples + acc.holdout + acc.measure)} samples, "
+                                                    f"{count_text(budget)} steps), above limits.max_block_bytes = "
+                                                    f"{size_text(lim.max_block_bytes)}; lower accelerate.runs, "
                                                     "holdout or measure, or raise the limit"))
     return out
 

@@ -140,10 +140,10 @@ class Trajectories:
 
     @classmethod
     def from_store(cls, store: Any, runs: Sequence[int] | np.ndarray, *, records: int | None = None) -> Trajectories:
-        """Read runs ``runs`` (store positions) of a :class:`~gfm.store.TrajectoryStore`, optionally only the
+        """Read runs ``runs`` (store positions) of a :class:`~gfm.store_reader.TrajectoryStore`, optionally only the
         first ``records`` records (a prefix read touches only the first chunk rows)."""
         from gfm.network import network_of
-        from gfm.store import read_runs
+        from gfm.store_reader import read_runs
 
         runs = np.asarray(runs, dtype=np.int64)
         stop = store.n_records if records is None else records

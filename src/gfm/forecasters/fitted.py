@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gfm.errors import shorten
-from gfm.inputs import _is_int
+from gfm.inputs import is_int
 
 __all__ = ["Value", "ListOf", "MapOf", "Maybe", "Schema", "fitted_problems", "NUMBER", "POSITIVE", "NON_NEGATIVE",
            "COUNT", "NON_NEGATIVE_INT", "MAPPING", "OPTIMIZER"]
@@ -72,8 +72,8 @@ def _optimizer(x: Any) -> bool:
 NUMBER = Value(_finite, "a finite number")
 POSITIVE = Value(lambda x: _finite(x) and x > 0, "a positive number")
 NON_NEGATIVE = Value(lambda x: _finite(x) and x >= 0, "a number >= 0")
-COUNT = Value(lambda x: _is_int(x) and x >= 1, "an integer >= 1")
-NON_NEGATIVE_INT = Value(lambda x: _is_int(x) and x >= 0, "an integer >= 0")
+COUNT = Value(lambda x: is_int(x) and x >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = Value(lambda x: is_int(x) and x >= 0, "an integer >= 0")
 MAPPING = Value(lambda x: isinstance(x, dict), "a mapping")
 OPTIMIZER = Value(_optimizer, "an optimizer name of gfm.optimizers (sgd, momentum, nesterov, adam, ...)")
 

@@ -25,7 +25,7 @@ from gfm.config import to_dict
 from gfm.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
 from gfm.forecasters.fitted import fitted_problems
-from gfm.inputs import _is_int
+from gfm.inputs import is_int
 from gfm.verdict import Verdict
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "write_model", "read_model", "check_model_dir",
@@ -101,9 +101,9 @@ def _check_safetensors_header(path: Path, root: Path | None = None) -> dict[str,
         if info.get("dtype") != "F32":
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r:.40}; expected F32")
         shape, offsets = info.get("shape"), info.get("data_offsets")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
             raise ModelFileError(f"{path}: tensor {name!r} has shape {shape!r:.60}; expected non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets))
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(is_int, offsets))
                 or not 0 <= offsets[0] <= offsets[1] or offsets[1] - offsets[0] != 4 * math.prod(shape)):
             raise ModelFileError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.60}; expected "
                                  f"[begin, begin + {4 * math.prod(shape)}] for shape {shape}")
@@ -168,7 +168,7 @@ def read_model(directory: str | Path) -> Forecaster:
     if not isinstance(kind, str):
         raise ModelFileError(f"{cfg_path}: 'kind' must be a string")
     prefix_end, horizons, extra = meta.get("prefix_end"), meta.get("horizons"), meta.get("extra") or {}
-    if not _is_int(prefix_end) or not isinstance(horizons, list) or not all(map(_is_int, horizons)):
+    if not is_int(prefix_end) or not isinstance(horizons, list) or not all(map(is_int, horizons)):
         raise ModelFileError(f"{cfg_path}: 'prefix_end' must be an integer and 'horizons' a list of integers")
     if not isinstance(extra, dict):
         raise ModelFileError(f"{cfg_path}: 'extra' must be a mapping")
@@ -235,7 +235,7 @@ def _dry_load(fc: Forecaster, shapes: dict[str, tuple[int, ...]]) -> None:
 
 # --- gfm check: a model directory, a train stage's directory of per-seed models, a safetensors file -------
 def check_model_dir(path: Path, v: Verdict) -> None:
-    from gfm.check import check_csv
+    from gfm.verdict import check_csv
 
     fc = read_model(path)  # refuses what the stages refuse: headers, shapes, non-finite tensors
     if (path / "train_log.csv").is_file():

@@ -193,7 +193,7 @@ class TrainedForecaster:
 
     # --- forecasting ---------------------------------------------------------------------------------
     def _as_trajectories(self, run: Any, runs: Any) -> tuple[list[Trajectories], str]:
-        from gfm.store import TrajectoryStore, open_trajectories
+        from gfm.store_reader import TrajectoryStore, open_trajectories
 
         if isinstance(run, (str, Path)):
             run = open_trajectories(run)

@@ -66,7 +66,7 @@ _CHECKED_FACTS = ("optimizer", "record_every", "steps", "n_params")
 def read_trained_on(fc: Forecaster, model_dir: Path, store: str | Path | None) -> TrainedOn:
     """Facts from summary.json, the training store and the model itself; sources that contradict each other
     (a store regenerated after training, or the wrong ``store=``) are refused, not silently preferred."""
-    from gfm.store import open_trajectories
+    from gfm.store_reader import open_trajectories
 
     found: list[tuple[str, dict[str, Any]]] = []
     key = _summary_store_key(model_dir)
