@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from gfm import train
 from gfm.config import load_params
 from gfm.forecasters import FORECASTERS, Trajectories, make_forecaster
 from gfm.forecasters.fitting import val_scores
-from gfm.split import read_split
-from gfm.store_reader import open_trajectories
-from gfm.tuning import learned_options
+from gfm.stages import train
+from gfm.stages.split import read_split
+from gfm.stages.tuning import learned_options
+from gfm.store.reader import open_trajectories
 
 
 def main(argv: list[str] | None = None) -> None:

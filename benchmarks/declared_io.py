@@ -6,13 +6,13 @@ records, 31 parameters, SGD; 2 dataset seeds):
 * ``recorded``: written by ``gfm.record`` from a plain PyTorch loop, one run per ``with`` block, as a user
   records; the recorder writes one run per chunk (its write block is one run);
 * ``taken in``: the same store declared (``tasks.<name>: {kind: recorded, ...}``) and taken in by ``gfm
-  generate`` (gfm.declare.intake), which rewrites it in the generated layout (``store.chunk_runs`` runs per
+  generate`` (gfm.recording.declare.intake), which rewrites it in the generated layout (``store.chunk_runs`` runs per
   chunk);
 * ``generated``: ``gfm generate`` of an ``mlp_regression`` task of the same shape (the reference).
 
 On each it times, median of ``--repeats``, the test runs' prefixes (records 0..prefix_end, weights, state, lr)
 read two ways: one read per write block (``block_runs``), what the forecast stage did before, and one read of
-all test runs (gfm.forecast.Prefixes), what it does now; and the whole forecast stage (``forecast.run``) with
+all test runs (gfm.stages.forecast.Prefixes), what it does now; and the whole forecast stage (``forecast.run``) with
 the closed-form models (``last_value``, ``linear``), whose forecasts cost nothing beside the read. The ratios
 answer: is a recorded store forecast within 2x of a generated one of the same size?
 
@@ -39,10 +39,10 @@ import yaml
 from torch import nn
 
 import gfm
-from gfm import forecast, generate, split, train
 from gfm.config import load_params
-from gfm.declare import declare_entries
 from gfm.forecasters import Trajectories
+from gfm.recording.declare import declare_entries
+from gfm.stages import forecast, generate, split, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 200

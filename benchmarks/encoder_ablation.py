@@ -6,7 +6,7 @@ store and dataset seed this fits ``lstm`` and ``lstm_z`` with the LSTM options t
 ``lstm`` there (``summary.json``) and the encoder options its tuning chose for ``gfm_function``, under the
 shared budget and stopping rule, and scores them with the pipeline's fitted ``gfm_function`` of that seed by
 the validation weight MSE at the final horizon (the tuning score). Validation runs only: test runs are never
-read (they are evaluate's). Paired ratios over dataset seeds with 95% t intervals (gfm.stats).
+read (they are evaluate's). Paired ratios over dataset seeds with 95% t intervals (gfm.metrics.stats).
 
 Usage (after ``make run``; one thread, as a train job)::
 
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from gfm import train
 from gfm.config import load_params
 from gfm.forecasters import Trajectories, make_forecaster, read_model
 from gfm.forecasters.fitting import val_scores
-from gfm.split import read_split
-from gfm.stats import paired_ratio
-from gfm.store_reader import open_trajectories
-from gfm.tuning import learned_options
+from gfm.metrics.stats import paired_ratio
+from gfm.stages import train
+from gfm.stages.split import read_split
+from gfm.stages.tuning import learned_options
+from gfm.store.reader import open_trajectories
 
 
 def chosen(params, models_dir: Path, task: str, opt: str, model: str) -> dict:

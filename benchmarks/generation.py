@@ -3,7 +3,7 @@
 For each workload (a store of ``params.yaml`` and a number of runs R) it times, on the same runs with the
 same seeds, data, minibatch order and recording:
 
-* ``batched``: :func:`gfm.generate.simulate`, all R runs as one stacked model, in this process, with
+* ``batched``: :func:`gfm.stages.generate.simulate`, all R runs as one stacked model, in this process, with
   torch's default thread count and again with one thread;
 * ``naive``: ``train_reference`` (benchmarks/reference.py: one ``nn.Module`` + ``torch.optim`` per run) for
   every run, one after another, in this process;
@@ -11,7 +11,7 @@ same seeds, data, minibatch order and recording:
   running half of the runs: what a user who parallelises per-run jobs gets. Wall time from "go" to the last
   worker's answer; the workers are started and warmed up before the clock starts.
 
-Per-run setup (:func:`gfm.runs.setup_run`: data sampling, initial weights, batch order) is excluded from all
+Per-run setup (:func:`gfm.stages.runs.setup_run`: data sampling, initial weights, batch order) is excluded from all
 of them. Every timing is repeated ``--repeats`` times, interleaved, and the median is reported. It also
 measures a large float32 matmul to give the machine's attainable GFLOP/s.
 
@@ -41,8 +41,8 @@ import torch
 
 from benchmarks.reference import train_reference
 from gfm.config import Params, load_params
-from gfm.generate import simulate
-from gfm.runs import RunId, RunSetup, run_ids, setup_run
+from gfm.stages.generate import simulate
+from gfm.stages.runs import RunId, RunSetup, run_ids, setup_run
 from gfm.tasks import Task, make_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 
 from gfm.config import OptimizerConfig
-from gfm.optimizers import lr_multipliers
-from gfm.runs import RunSetup, batch_schedule
+from gfm.core.optimizers import lr_multipliers
+from gfm.stages.runs import RunSetup, batch_schedule
 from gfm.tasks import Task
 
 __all__ = ["torch_optimizer", "train_reference", "flat_params"]
 
 
 def torch_optimizer(name: str, params, hyper: dict[str, float]) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer equivalent to :func:`gfm.optimizers.update` for ``name``."""
+    """The ``torch.optim`` optimizer equivalent to :func:`gfm.core.optimizers.update` for ``name``."""
     wd = hyper.get("weight_decay", 0.0)
     if name == "sgd":
         return torch.optim.SGD(params, lr=hyper["lr"], weight_decay=wd)

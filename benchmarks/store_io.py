@@ -2,7 +2,7 @@
 
 It generates one real store of ``params.yaml`` (untimed), reads it into memory, then times:
 
-* write: every block written the way ``gfm generate`` writes it (:func:`gfm.store.create_trajectory_store`,
+* write: every block written the way ``gfm generate`` writes it (:func:`gfm.store.writer.create_trajectory_store`,
   ``write_block`` with its fsync, ``finish``), from the in-memory arrays, so only the store is measured;
 * the three reads of docs/architecture.md §2 on the finished store: "first k steps of all runs" (``prefix``, k =
   ``forecast.prefix_end``), "one whole run" (``weights`` and every ``state/*`` of one run) and "final step of
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from gfm import generate
 from gfm.config import load_params
-from gfm.optimizers import STATE_NAMES
-from gfm.store import create_trajectory_store
-from gfm.store_reader import open_trajectories
+from gfm.core.optimizers import STATE_NAMES
+from gfm.stages import generate
+from gfm.store.reader import open_trajectories
+from gfm.store.writer import create_trajectory_store
 from gfm.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]

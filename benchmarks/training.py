@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gfm import train
 from gfm.config import load_params
 from gfm.forecasters import Trajectories, read_model
-from gfm.store_reader import open_trajectories
+from gfm.stages import train
+from gfm.store.reader import open_trajectories
 
 
 def main(argv: list[str] | None = None) -> None:

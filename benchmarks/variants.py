@@ -4,7 +4,7 @@ For each store and dataset seed, the model is fitted twice from the same random 
 pipeline's tuning chose (``summary.json``; the base) and with those options plus each ``--set`` override (the
 variant), under the shared budget and stopping rule. Both are scored by the validation weight MSE at the final
 horizon (the tuning score); test runs are never read. One Markdown row per store: mean scores, the paired
-ratio variant / base over dataset seeds with its 95% t interval (gfm.stats), and fit seconds.
+ratio variant / base over dataset seeds with its 95% t interval (gfm.metrics.stats), and fit seconds.
 
 Usage (after ``make run``; one thread, as a train job)::
 
@@ -22,12 +22,12 @@ import torch
 import yaml
 
 from benchmarks.encoder_ablation import chosen, ratio_text
-from gfm import train
 from gfm.config import load_params
 from gfm.forecasters import Trajectories, make_forecaster
 from gfm.forecasters.fitting import val_scores
-from gfm.split import read_split
-from gfm.store_reader import open_trajectories
+from gfm.stages import train
+from gfm.stages.split import read_split
+from gfm.store.reader import open_trajectories
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,7 +109,7 @@ def write_study(params: str | Path, stores: dict[str, str | Path], seeds: list[i
     in it, as ``gfm declare STORE --params PARAMS --task NAME --write`` declares one in an existing file (path
     relative to the preset's directory, content hash, the optimizer the store holds)."""
     from gfm.config import load_params
-    from gfm.declare import declare_entries
+    from gfm.recording.declare import declare_entries
 
     params = Path(params)
     tasks, entries = [], []

@@ -67,7 +67,7 @@ def train(model, opt, data, steps: int, jumper=None) -> tuple[list[float], list[
     return seconds, test
 
 
-def record(path: str, data, n_runs: int, steps: int) -> gfm.store_reader.TrajectoryStore:
+def record(path: str, data, n_runs: int, steps: int) -> gfm.store.reader.TrajectoryStore:
     """``n_runs`` plain runs of the loop into one store (gfm.record_runs), one record per optimizer step."""
     with gfm.record_runs(path, overwrite=True) as runs:
         for r in range(n_runs):

@@ -29,7 +29,7 @@ def tiny_params() -> Params:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_params, tmp_path_factory) -> Path:
     """mlp_regression-adam of the tiny params, generated once per session."""
-    from gfm import generate
+    from gfm.stages import generate
 
     out = tmp_path_factory.mktemp("stores") / "mlp_regression" / "adam.zarr"
     generate.run(tiny_params, "mlp_regression-adam", out=out, progress=False)
@@ -52,7 +52,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_split(tiny_params, tiny_store, tmp_path_factory) -> Path:
     """The split file of :func:`tiny_store`, written once per session."""
-    from gfm.split import run as run_split
+    from gfm.stages.split import run as run_split
 
     out = tmp_path_factory.mktemp("split") / "adam.json"
     run_split(tiny_params.split, store=tiny_store, out=out)

@@ -29,8 +29,8 @@ def sigkill_at_zarr_write(n: int) -> None:
 
 
 def interrupt_generate_at_block(monkeypatch, n: int = 2) -> None:
-    """``gfm.generate.simulate`` raises KeyboardInterrupt on its n-th call (block n), as a kill there would."""
-    from gfm import generate
+    """``gfm.stages.generate.simulate`` raises KeyboardInterrupt on its n-th call (block n), as a kill there would."""
+    from gfm.stages import generate
 
     real, calls = generate.simulate, [0]
 

@@ -28,8 +28,8 @@ def shrink(params: dict, *, stores: int = 2, models: int = 1) -> dict:
     (BENCHMARKS.md, "Test suite"), so the number of jobs is what sets these tests' time.
     Params that refer across sections (a stage naming a store or a model) may not allow a cut: the first
     cut that still validates is used, down to no cut at all."""
+    from gfm.base.errors import ParamsError
     from gfm.config import parse_params
-    from gfm.errors import ParamsError
 
     for cut in ((stores, models), (None, models), (stores, None), (None, None)):
         doc = _cut(params, *cut)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gfm import forecast, split, train
 from gfm.forecasters.base import Trajectories
-from gfm.store_reader import open_trajectories
+from gfm.stages import forecast, split, train
+from gfm.store.reader import open_trajectories
 
 __all__ = ["first_seed_runs", "train_and_forecast"]
 

@@ -12,13 +12,13 @@ import torch
 import yaml
 
 from conftest import TINY
-from gfm import accelerate, generate, split, train
-from gfm.accelerate_table import accelerate_section
+from gfm.artifacts.outputs import ACCELERATE, marked
+from gfm.base.errors import ParamsError
 from gfm.cli import main
 from gfm.config import parse_params
-from gfm.errors import ParamsError
 from gfm.forecasters import Forecaster
-from gfm.outputs import ACCELERATE, marked
+from gfm.report.accelerate_table import accelerate_section
+from gfm.stages import accelerate, generate, split, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +53,7 @@ class Wild(Forecaster):
 def test_rejected_jumps_leave_training_exactly_as_plain():
     params = parse_params(tiny_doc())
     spec, task_cfg = params.lookup_store("mlp_regression-sgd")
-    from gfm.runs import run_ids
+    from gfm.stages.runs import run_ids
 
     runs = run_ids([1], 3)
     data = accelerate.setup_runs(task_cfg, spec.optimizer, 0, runs, holdout=8, budget=40, task_name=spec.task)
@@ -118,7 +118,7 @@ def test_good_forecasts_cut_steps_end_to_end(tmp_path):
     # a model that refused the store at train time is reported with its reason; the others still jump
     import shutil
 
-    from gfm.refusals import REFUSED_FILE, write_refusal
+    from gfm.artifacts.refusals import REFUSED_FILE, write_refusal
 
     shutil.rmtree(tmp_path / "models" / "linear")
     (tmp_path / "models" / "linear").mkdir()

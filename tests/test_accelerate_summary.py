@@ -1,4 +1,4 @@
-"""What the jump-ahead experiment reports (gfm.accelerate_summary), on loops whose answers are known by hand."""
+"""What the jump-ahead experiment reports (gfm.metrics.accelerate_summary), on loops whose answers are known by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from gfm.accelerate_summary import best_by_validation, curve, summarise, why_not
+from gfm.metrics.accelerate_summary import best_by_validation, curve, summarise, why_not
 
 
 def _loop(loss, seconds, accepted=0, rejected=0):

@@ -16,10 +16,10 @@ from torch import nn
 
 import gfm
 from conftest import ROOT
-from gfm import forecast, generate, split, train
-from gfm.forecast import open_forecasts
 from gfm.forecasters import ForecasterError, ModelFileError, Trajectories, make_forecaster
 from gfm.forecasters.trained import RunMismatchError, TrainedForecaster, TrainedOn
+from gfm.stages import forecast, generate, split, train
+from gfm.stages.forecast import open_forecasts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from gfm import split as split_stage
-from gfm.check import check_path
 from gfm.cli import main
 from gfm.config import SplitConfig
+from gfm.forecasters.model_files import save_model
+from gfm.stages import split as split_stage
+from gfm.tools.check import check_path
 from test_hostile_inputs import closed_params  # noqa: F401  (params file: the tiny study's closed-form models)
 from test_import import momentum_runs
 from test_reliability import staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
@@ -34,7 +35,7 @@ def _assert_clean(path: Path, *kinds: str) -> list[str]:
 
 # --- generate ---------------------------------------------------------------------------------------------
 def test_generated_stores_check_clean(tiny_store, tiny_params, tmp_path):
-    from gfm import generate
+    from gfm.stages import generate
 
     lines = _assert_clean(tiny_store, "trajectory store")
     assert "optimizer adam" in lines[0]
@@ -152,13 +153,13 @@ def test_a_saved_neural_model_checks_clean(tiny_store, tmp_path):
     import dataclasses
 
     from gfm.forecasters import FORECASTERS, Trajectories, make_forecaster
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
     fields = {f.name for f in dataclasses.fields(FORECASTERS["lstm"].Config)}
     short = {k: v for k, v in {"steps": 2, "eval_every": 1, "max_epochs": 1}.items() if k in fields}
     traj = Trajectories.from_store(open_trajectories(tiny_store), list(range(12)))
     fc = make_forecaster("lstm", {"hidden": 4, **short}, prefix_end=8, horizons=[16, 24, 32, 40])
     fc.fit(traj.select(range(8)), traj.select(range(8, 12)), rng=torch.Generator().manual_seed(0))
-    d = fc.save(tmp_path / "lstm")
+    d = save_model(fc, tmp_path / "lstm")
     assert "ok (model: lstm" in _assert_clean(d, "model")[0]
     assert "header sound" in _assert_clean(d / "weights.safetensors", "safetensors")[0]

@@ -1,4 +1,4 @@
-"""gfm.atomic.write_text_atomic: the one temporary-file-then-rename writer (stage file outputs, the README)."""
+"""gfm.base.atomic.write_text_atomic: the one temporary-file-then-rename writer (stage file outputs, the README)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from gfm.atomic import write_text_atomic
+from gfm.base.atomic import write_text_atomic
 
 
 def test_writes_whole_file_with_the_umask_mode_and_leaves_nothing_beside_it(tmp_path):

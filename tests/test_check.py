@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from gfm.check import check_path
 from gfm.cli import main
+from gfm.tools.check import check_path
 from test_reliability import staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
 
 
@@ -139,7 +139,7 @@ def test_a_missing_path_and_an_empty_directory(tmp_path, capsys):
 
 def test_check_streams_a_store_in_bounded_blocks(tiny_store, monkeypatch):
     """With a tiny read budget every block is one run: the check still covers every run."""
-    import gfm.verdict
+    import gfm.artifacts.verdict
 
     reads = []
     real = zarr.Array.__getitem__
@@ -149,7 +149,7 @@ def test_check_streams_a_store_in_bounded_blocks(tiny_store, monkeypatch):
             reads.append(sel)
         return real(self, sel)
 
-    monkeypatch.setattr(gfm.verdict, "READ_BYTES", 1)  # read by every format's validator
+    monkeypatch.setattr(gfm.artifacts.verdict, "READ_BYTES", 1)  # read by every format's validator
     monkeypatch.setattr(zarr.Array, "__getitem__", spy)
     (verdict,) = check_path(tiny_store)
     assert verdict.ok and len(reads) == 24 and all(s.stop - s.start == 1 for s in reads)

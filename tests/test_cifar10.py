@@ -12,12 +12,12 @@ import yaml
 from benchmarks.reference import train_reference
 
 from conftest import TINY
-from gfm import generate
+from gfm.base.errors import ParamsError
 from gfm.config import CIFAR10Config, OptimizerConfig, parse_params
-from gfm.errors import ParamsError
-from gfm.generate import simulate
-from gfm.runs import run_ids, setup_run
-from gfm.store_reader import open_trajectories
+from gfm.stages import generate
+from gfm.stages.generate import simulate
+from gfm.stages.runs import run_ids, setup_run
+from gfm.store.reader import open_trajectories
 from gfm.tasks import make_task
 from gfm.tasks.cifar10 import RECORD_BYTES, CifarDataError, load_cifar10_binary
 

@@ -157,13 +157,13 @@ def test_pipeline_on_slurm_equals_local_run(slurm, tmp_path):
     # an edit of evaluate's module, with no Snakemake run after it: gfm commit re-runs exactly the stages whose
     # code deps hold that module (the checksum Snakemake recorded differs), as SLURM jobs that must be seen to
     # finish (without accounting: squeue), then commits; nothing changed
-    module = cluster / "src/gfm/evaluate.py"
+    module = cluster / "src/gfm/stages/evaluate.py"
     module.write_text(module.read_text() + "\n# edited\n")
     t0 = time.monotonic()
     rerun = run_tool(["timeout", "900", "gfm", "commit", "--profile", "profiles/slurm"], cluster, timeout=1000)
     print(f"gfm commit re-running evaluate on SLURM: {time.monotonic() - t0:.1f} s")
     stale = [v.split()[1].rstrip(":") for v in rerun.stdout.splitlines() if v.startswith("re-run ")]
-    readers = sorted(s.name for s in drivers.dvc_stages(cluster) if "src/gfm/evaluate.py" in s.deps)
+    readers = sorted(s.name for s in drivers.dvc_stages(cluster) if "src/gfm/stages/evaluate.py" in s.deps)
     assert any(n.startswith("evaluate@") for n in readers) and sorted(stale) == readers, rerun.stdout
     new_ids = set(re.findall(r"/(\d+)\.log", "\n".join(map(str, (cluster / "logs" / "slurm").rglob("*.log")))))
     assert new_ids - set(job_ids), "the re-run submitted no SLURM job"

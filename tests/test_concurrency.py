@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import TINY, run_tool, tool_env
-from gfm.check import check_path
-from gfm.store_files import partial_path
+from gfm.artifacts.zarr_files import partial_path
+from gfm.tools.check import check_path
 
 TARGET = "data/trajectories/mlp_regression/sgd.zarr"
 
@@ -116,8 +116,9 @@ def test_a_second_generate_in_the_finish_window_cannot_touch_the_finished_store(
     flagged store, removed the first one's and renamed a store holding only zarr.json). One started right
     after the rename, while the first still holds its lock, starts a new store and replaces the first
     (identical) one. Both end with a store that checks clean, byte-identical to an undisturbed run."""
-    from gfm import generate, store
     from gfm.config import load_params
+    from gfm.stages import generate
+    from gfm.store import writer as store
     from test_hostile_outputs import KEY, _params_file
     from test_reliability import _files
 

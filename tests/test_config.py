@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gfm.base.errors import ParamsError
 from gfm.config import load_params, parse_params
-from gfm.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -148,7 +148,7 @@ def test_json_schema_agrees_with_params():
     refuse field by field: ranges, unknown keys (a task's by its kind, an optimizer's by its name), names."""
     from snakemake.utils import validate
 
-    from gfm.params_yaml import parse_yaml, read_params_text
+    from gfm.base.params_yaml import parse_yaml, read_params_text
 
     for f in ("params.yaml", "params.quick.yaml", "params.jump.yaml", "tests/params.tiny.yaml"):
         validate(parse_yaml(read_params_text(ROOT / f)), str(SCHEMA), set_default=False)
@@ -237,7 +237,7 @@ def test_every_task_of_the_default_params_counts_like_its_layout():
 
 def test_state_array_counts_match_the_optimizers():
     from gfm.config import OPTIMIZER_STATE_ARRAYS
-    from gfm.optimizers import STATE_NAMES
+    from gfm.core.optimizers import STATE_NAMES
 
     assert OPTIMIZER_STATE_ARRAYS == {k: len(v) for k, v in STATE_NAMES.items()}
 
@@ -247,8 +247,8 @@ def test_the_block_estimate_counts_exactly_what_simulate_records(optimizer):
     import torch
 
     from gfm.config import OptimizerConfig, estimate_store
-    from gfm.generate import simulate
-    from gfm.runs import run_ids, setup_run
+    from gfm.stages.generate import simulate
+    from gfm.stages.runs import run_ids, setup_run
     from gfm.tasks import make_task
 
     cfg = load_params(ROOT / "tests" / "params.tiny.yaml").tasks["mlp_regression"]

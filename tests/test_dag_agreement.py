@@ -31,9 +31,9 @@ import yaml
 
 from conftest import ROOT, run_tool
 from gfm import drivers
+from gfm.base.errors import ParamsError
 from gfm.config import parse_params
-from gfm.errors import ParamsError
-from gfm.train import model_problems
+from gfm.stages.train import model_problems
 from repo_helpers import make_repo
 from snakemake_helpers import snakemake_summary
 

@@ -1,4 +1,4 @@
-"""Declared stores (gfm.declared): a store recorded with gfm.record, named in params by path and content hash,
+"""Declared stores (gfm.config.declared): a store recorded with gfm.record, named in params by path and content hash,
 checked when params are loaded, declared by `gfm declare`, and taken in by generate in the generated layout."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import zarr
 from torch import nn
 
 import gfm
+from gfm.base.errors import ParamsError
 from gfm.config import load_params
-from gfm.declare import declare, intake
-from gfm.declared import DeclareError, store_digest
-from gfm.errors import ParamsError
+from gfm.config.declared import DeclareError, store_digest
+from gfm.recording.declare import declare, intake
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "params.tiny.yaml"
@@ -194,7 +194,7 @@ def test_intake_refuses_its_own_output_path_as_source(tmp_path, recorded):
 
 
 def test_a_workspace_reads_the_declared_store_from_where_the_preset_names_it(tmp_path, recorded):
-    from gfm.workspace import _declared_paths_absolute
+    from gfm.tools.workspace import _declared_paths_absolute
 
     params = _study(tmp_path, recorded)
     text = _declared_paths_absolute(params.read_bytes(), tmp_path)

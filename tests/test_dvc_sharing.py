@@ -159,13 +159,13 @@ def test_commit_after_direct_snakemake_run_reruns_stale_outputs(producer, tmp_pa
     # 2. a code edit: a stage's code is a rule input, so Snakemake sees it and re-runs the jobs that read it;
     # before that, gfm commit finds the split outputs stale by content (the checksum Snakemake recorded for
     # split.py differs), and after it, made from the current code (nothing to re-run)
-    module = repo / "src/gfm/split.py"
+    module = repo / "src/gfm/stages/split.py"
     module.write_text(module.read_text() + "\n# edited\n")
     plan = run_tool(["snakemake", "-n"], repo)
     assert NOTHING not in plan.stdout + plan.stderr and "split" in plan.stdout
     dry = run_tool(["gfm", "commit", "--dry-run"], repo)
     assert dry.stdout.count("re-run  split@") == len(split_outs), dry.stdout
-    assert "re-run  generate@" not in dry.stdout       # generation does not import gfm.split
+    assert "re-run  generate@" not in dry.stdout       # generation does not import gfm.stages.split
     run_tool(["snakemake", "--cores", "2"], repo)
     dry = run_tool(["gfm", "commit", "--dry-run"], repo)
     assert "would re-run 0 stages" in dry.stdout, dry.stdout

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
-from gfm import evaluate, forecast, report
+from gfm.base.errors import GFMError
 from gfm.config import ForecastConfig, TrainConfig
-from gfm.errors import GFMError
-from gfm.store_reader import open_trajectories
+from gfm.report import summary as report
+from gfm.stages import evaluate, forecast
+from gfm.store.reader import open_trajectories
 from stage_helpers import train_and_forecast
 
 

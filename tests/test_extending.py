@@ -115,7 +115,7 @@ def test_the_forecaster_recipe_touches_two_files_and_its_model_runs_through_the_
 
 
 def test_the_optimizer_recipe_touches_the_spec_and_its_test_and_a_store_trains_with_it(tmp_path):
-    assert files_named("An optimizer") == ["src/gfm/optimizers.py", "tests/test_optimizers.py"]
+    assert files_named("An optimizer") == ["src/gfm/core/optimizers.py", "tests/test_optimizers.py"]
     rules, entry = code_blocks("An optimizer", "python")
     src = copy_package(tmp_path)
     optimizers = src / "gfm" / "optimizers.py"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gfm.core.optimizers import STATE_NAMES, init_state, update
 from gfm.flow import (
     SOLVERS,
     CoordinateField,
@@ -15,7 +16,6 @@ from gfm.flow import (
     sample,
     sample_segments,
 )
-from gfm.optimizers import STATE_NAMES, init_state, update
 
 # --- path ------------------------------------------------------------------------------------------------
 

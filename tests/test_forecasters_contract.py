@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gfm.artifacts.output_contents import MARKER_FILE
 from gfm.config import to_dict
 from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, make_forecaster, read_model
-from gfm.output_contents import MARKER_FILE
-from gfm.split import make_split
-from gfm.store_reader import open_trajectories
+from gfm.forecasters.model_files import save_model
+from gfm.stages.split import make_split
+from gfm.store.reader import open_trajectories
 from margins import THREADS, at_least, fit_rng
 
 KINDS = sorted(FORECASTERS)
@@ -105,7 +106,7 @@ def test_deterministic_under_a_fixed_seed(kind, fitted, data, tiny_params):
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip_gives_identical_forecasts(kind, fitted, data, tmp_path):
     fc, pred = fitted(kind)
-    path = fc.save(tmp_path / kind)
+    path = save_model(fc, tmp_path / kind)
     assert sorted(p.name for p in path.iterdir()) == [MARKER_FILE, "config.json", "weights.safetensors"]
     loaded = read_model(path)
     assert type(loaded) is type(fc) and to_dict(loaded.config) == to_dict(fc.config) and loaded.horizons == fc.horizons

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from gfm.core.layout import layout_from_shapes
+from gfm.core.network import ACTIVATIONS, Network
 from gfm.forecasters.base import (
     ForecasterError,
     StoreNotSupported,
@@ -15,8 +17,7 @@ from gfm.forecasters.base import (
     read_model,
 )
 from gfm.forecasters.function_net import FunctionField, mlp_apply, mlp_shape
-from gfm.layout import layout_from_shapes
-from gfm.network import ACTIVATIONS, Network
+from gfm.forecasters.model_files import save_model
 from margins import at_least, fit_rng
 from stage_helpers import first_seed_runs
 
@@ -152,7 +153,7 @@ def test_fit_beats_last_value_on_validation_runs_and_round_trips(tiny_params, ti
     val = tiny_runs["val"]
     lv = float((val.weights[:, K] - val.weights[:, hz[-1]]).pow(2).mean())
     at_least("gfm_function_val_vs_last_value", lv / min(r["val_final_mse"] for r in log), 2)
-    fc.save(tmp_path / "m")
+    save_model(fc, tmp_path / "m")
     again = read_model(tmp_path / "m")
     test = tiny_runs["test"].prefix(K)
     assert torch.equal(fc.forecast(test, horizons=hz), again.forecast(test, horizons=hz))
@@ -219,7 +220,7 @@ def test_lstm_z_reads_the_run_code_and_round_trips(tiny_params, tiny_runs, tmp_p
     assert torch.allclose(x[:: test.n_params, 0, 5:], x[:: test.n_params, -1, 5:])   # z is constant in time
     assert fc.states_needed() == fc.encoder.states_needed() == ("exp_avg", "exp_avg_sq")   # Adam runs
     pred = fc.forecast(test, horizons=hz)
-    fc.save(tmp_path / "m")
+    save_model(fc, tmp_path / "m")
     again = read_model(tmp_path / "m")
     assert torch.equal(again.forecast(test, horizons=hz), pred)
     again._z_stats = ([m + 3.0 for m in again._z_stats[0]], again._z_stats[1])
@@ -279,7 +280,7 @@ def record_runs(path, make_net, n_runs: int, steps: int = 12, **record_kw):
 @pytest.fixture(scope="module")
 def tanh_runs(tmp_path_factory):
     """Trajectories of 6 recorded runs of nn.Sequential(Linear, Tanh, Linear) (activation read from the module)."""
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
     path = record_runs(tmp_path_factory.mktemp("tanh") / "t.zarr",
                        lambda: nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)), 6, loss="mse")
@@ -316,7 +317,7 @@ def test_a_tanh_store_is_fitted_and_forecast_as_a_tanh_network(tanh_runs, tmp_pa
     test = tanh_runs.select([4, 5]).prefix(4)
     out = fc.forecast(test, horizons=[8, 12])
     assert out.shape == (2, 2, 19) and torch.isfinite(out).all()
-    fc.save(tmp_path / "m")
+    save_model(fc, tmp_path / "m")
     again = read_model(tmp_path / "m")
     assert again.extra["activation"] == "tanh" and torch.equal(again.forecast(test, horizons=[8, 12]), out)
     relu = dataclasses.replace(test, network=Network("relu", "mse"))
@@ -332,7 +333,7 @@ def test_a_model_saved_before_models_kept_their_activation_is_relu(tanh_runs, tm
     from gfm.forecasters.base import ModelFileError
 
     fc = tanh_fit(tanh_runs)
-    fc.save(tmp_path / "m")
+    save_model(fc, tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     del meta["extra"]["activation"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
@@ -346,7 +347,7 @@ def test_a_model_saved_before_models_kept_their_activation_is_relu(tanh_runs, tm
 def test_a_store_that_does_not_know_its_activation_is_refused(tmp_path):
     """A custom forward recorded without activation=: the store says null, and gfm_function and lstm_z (its
     encoder) refuse it with StoreNotSupported, the one-line reason the stages record, instead of assuming ReLU."""
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
     path = record_runs(tmp_path / "c.zarr", CustomMLP, 3, steps=6)
     runs = Trajectories.from_store(open_trajectories(path), np.arange(3))

@@ -20,8 +20,8 @@ from gfm.cli import main
 
 BASE: dict = yaml.safe_load(TINY.read_text())
 # stage -> the module whose run() its command calls
-STAGES = {"generate": "gfm.generate", "split": "gfm.split", "train": "gfm.train", "forecast": "gfm.forecast",
-          "evaluate": "gfm.evaluate", "report": "gfm.report"}
+STAGES = {"generate": "gfm.stages.generate", "split": "gfm.stages.split", "train": "gfm.stages.train", "forecast": "gfm.stages.forecast",
+          "evaluate": "gfm.stages.evaluate", "report": "gfm.report.summary"}
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:

@@ -8,9 +8,9 @@ import math
 import yaml
 
 from conftest import TINY
-from gfm import generalize, generate, split, train
 from gfm.config import parse_params
 from gfm.forecasters import StoreNotSupported
+from gfm.stages import generalize, generate, split, train
 
 
 def test_transfer_between_widths(tmp_path, monkeypatch):

@@ -10,11 +10,11 @@ import torch
 from benchmarks.reference import train_reference
 
 from conftest import DEVICES, ROOT, TINY
-from gfm import generate
 from gfm.config import OptimizerConfig, Range, ScheduleConfig, load_params, parse_params
-from gfm.generate import simulate
-from gfm.runs import run_ids, setup_run
-from gfm.store_reader import open_trajectories
+from gfm.stages import generate
+from gfm.stages.generate import simulate
+from gfm.stages.runs import run_ids, setup_run
+from gfm.store.reader import open_trajectories
 from gfm.tasks import make_task
 
 DEFAULT = load_params(ROOT / "params.yaml")

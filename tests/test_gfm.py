@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfm import generate
+from gfm.core.optimizers import STATE_NAMES, init_state, update
 from gfm.forecasters import ForecasterError, Trajectories, make_forecaster, read_model
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.optimizers import STATE_NAMES, init_state, update
-from gfm.store_reader import open_trajectories
+from gfm.forecasters.model_files import save_model
+from gfm.stages import generate
+from gfm.store.reader import open_trajectories
 from margins import THREADS, at_least, fit_rng
 
 HP = {
@@ -139,7 +140,7 @@ def test_variants_round_trip_through_save_and_load(options, tmp_path):
     log = fc.fit(train, train, rng=torch.Generator().manual_seed(0))
     assert [r["step"] for r in log] == [10, 20] and all("val_loss" in r for r in log)
     pred = fc.forecast(train, horizons=[20, 50])
-    loaded = read_model(fc.save(tmp_path / "m"))
+    loaded = read_model(save_model(fc, tmp_path / "m"))
     assert loaded.config == fc.config and torch.equal(loaded.forecast(train, horizons=[20, 50]), pred)
 
 

@@ -21,11 +21,11 @@ from gfm.drivers.provenance import Evidence, params_reported, stale_stages
 from gfm.drivers.snakemake import Record, incomplete_outputs, read_records
 
 SPLIT = DvcStage("split@s", "snakemake --allowed-rules split -- data/splits/s.json", ("split",),
-                 ("data/splits/s.json",), ("data/splits/s.json",), ("data/trajectories/s.zarr", "src/gfm/split.py"),
+                 ("data/splits/s.json",), ("data/splits/s.json",), ("data/trajectories/s.zarr", "src/gfm/stages/split.py"),
                  ("split",))
 TRAIN = DvcStage("train@s", "snakemake --allowed-rules train -- data/models/s/index.json", ("train",),
                  ("data/models/s/index.json",), ("data/models/s",),
-                 ("data/trajectories/s.zarr", "data/splits/s.json", "src/gfm/train.py"), ("train",))
+                 ("data/trajectories/s.zarr", "data/splits/s.json", "src/gfm/stages/train.py"), ("train",))
 STAGES = [SPLIT, TRAIN]
 
 
@@ -41,7 +41,7 @@ def repo(tmp_path) -> Path:
     (tmp_path / "data" / "splits" / "s.json").write_text('{"train": [0]}')
     (tmp_path / "data" / "models" / "s" / "lstm").mkdir(parents=True)
     (tmp_path / "data" / "models" / "s" / "index.json").write_text("{}")
-    for module in ("src/gfm/split.py", "src/gfm/train.py"):
+    for module in ("src/gfm/stages/split.py", "src/gfm/stages/train.py"):
         (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / module).write_text(f"# {Path(module).stem}\n")
     return tmp_path
@@ -87,16 +87,16 @@ def test_a_directory_made_by_another_stage_is_judged_by_snakemakes_job_order(rep
 
 
 def test_code_snakemake_does_not_see_is_stale_only_against_a_recorded_lock(repo):
-    status = {"split@s": [{"changed deps": {"src/gfm/split.py": "modified"}}]}
+    status = {"split@s": [{"changed deps": {"src/gfm/stages/split.py": "modified"}}]}
     records = _records((repo / "data/splits/s.json").read_bytes())
     first = _verdicts(status, repo, records=records, locked=frozenset())
     assert not first["split@s"].stale          # first commit: nothing recorded to differ from
     edited = _verdicts(status, repo, records=records, locked=frozenset({"split@s"}))
-    assert edited["split@s"].stale and "src/gfm/split.py changed since dvc.lock" in edited["split@s"].reason
+    assert edited["split@s"].stale and "src/gfm/stages/split.py changed since dvc.lock" in edited["split@s"].reason
     # once the code is a rule input, Snakemake's checksum decides (re-made after the edit: current)
-    code = (repo / "src/gfm/split.py").read_bytes()
-    records["data/splits/s.json"] = Record("data/splits/s.json", "split", ("src/gfm/split.py",),
-                                           {"src/gfm/split.py": _sha(code)}, 20.0)
+    code = (repo / "src/gfm/stages/split.py").read_bytes()
+    records["data/splits/s.json"] = Record("data/splits/s.json", "split", ("src/gfm/stages/split.py",),
+                                           {"src/gfm/stages/split.py": _sha(code)}, 20.0)
     assert not _verdicts(status, repo, records=records, locked=frozenset({"split@s"}))["split@s"].stale
 
 
@@ -112,7 +112,7 @@ def test_params_are_judged_by_snakemakes_recorded_params(repo):
 
 def test_what_is_stale_by_itself(repo):
     records = _records((repo / "data/splits/s.json").read_bytes())
-    deps = [{"changed deps": {"src/gfm/split.py": "modified"}}]
+    deps = [{"changed deps": {"src/gfm/stages/split.py": "modified"}}]
     assert not _verdicts({"split@s": [{"changed outs": {"data/splits/s.json": "modified"}}]}, repo,
                          records={})["split@s"].stale                          # only outputs changed
     assert _verdicts({"split@s": ["changed command"]}, repo, records=records)["split@s"].stale

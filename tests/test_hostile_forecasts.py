@@ -20,10 +20,11 @@ import torch
 import zarr
 
 import gfm
-from gfm import forecast
-from gfm.errors import GFMError, StoreSchemaError
+from gfm.base.errors import GFMError, StoreSchemaError
 from gfm.forecasters import FORECASTERS, ForecasterError, Trajectories, make_forecaster
-from gfm.store_reader import open_trajectories
+from gfm.forecasters.model_files import save_model
+from gfm.stages import forecast
+from gfm.store.reader import open_trajectories
 from test_hostile_inputs import Run, _assert_named, _assert_refused, _cli, closed_params, lstm_model  # noqa: F401
 from test_reliability import KEY, staged  # noqa: F401
 
@@ -145,8 +146,8 @@ def test_a_chunk_record_that_disagrees_with_the_grid_is_refused(st, capfd):
 
 def test_the_forecast_stage_checks_its_store_before_it_is_complete(st, monkeypatch):
     """The writer runs gfm check's rules on what it wrote: a store they refuse is never renamed into place."""
-    from gfm import forecast_check
     from gfm.config import load_params
+    from gfm.stages import forecast_check
 
     real = forecast_check.chunk_record
     monkeypatch.setattr(forecast, "chunk_record", lambda g: {**real(g), "weights": 1})  # a miscounted record
@@ -201,7 +202,7 @@ def function_model(tiny_store, tmp_path_factory) -> Path:
     fc = make_forecaster("gfm_function", {"probes": 4, "batch_size": 4, "samples": 0, **short}, prefix_end=8,
                          horizons=[16, 24, 32, 40])
     fc.fit(traj.select(range(8)), traj.select(range(8, 12)), rng=torch.Generator().manual_seed(0))
-    return fc.save(tmp_path_factory.mktemp("models") / "gfm_function")
+    return save_model(fc, tmp_path_factory.mktemp("models") / "gfm_function")
 
 
 def _edit_config(d: Path, change: Callable[[dict], None]) -> None:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY, tool_env
 from gfm.cli import main
+from gfm.forecasters.model_files import save_model
 from test_reliability import KEY, staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
 
 TIMEOUT = 60  # seconds; a FIFO or /dev/zero that is read instead of refused would block or run past it
@@ -137,14 +138,14 @@ def lstm_model(tiny_store, tmp_path_factory) -> Path:
     import dataclasses
 
     from gfm.forecasters import FORECASTERS, Trajectories, make_forecaster
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
     fields = {f.name for f in dataclasses.fields(FORECASTERS["lstm"].Config)}
     short = {k: v for k, v in {"steps": 2, "eval_every": 1, "max_epochs": 1}.items() if k in fields}
     traj = Trajectories.from_store(open_trajectories(tiny_store), list(range(12)))
     fc = make_forecaster("lstm", {"hidden": 4, **short}, prefix_end=8, horizons=[16, 24, 32, 40])
     fc.fit(traj.select(range(8)), traj.select(range(8, 12)), rng=torch.Generator().manual_seed(0))
-    return fc.save(tmp_path_factory.mktemp("models") / "lstm")
+    return save_model(fc, tmp_path_factory.mktemp("models") / "lstm")
 
 
 @pytest.fixture
@@ -397,8 +398,8 @@ def test_check_names_files_that_are_not_part_of_a_store(run, capfd):
 
 def test_check_and_a_resumed_writer_agree_which_chunk_files_are_foreign(run, capfd):
     """A copy of a chunk under a name zarr never reads (a leading zero) is foreign to gfm check exactly as
-    to the writer that resumes a store and discards such files (one chunk-key rule, gfm.store_files)."""
-    from gfm.store_files import foreign_files_on_disk
+    to the writer that resumes a store and discards such files (one chunk-key rule, gfm.artifacts.zarr_files)."""
+    from gfm.artifacts.zarr_files import foreign_files_on_disk
 
     chunk = next(p for p in sorted((run.store / "weights" / "c").rglob("*")) if p.is_file())
     odd = chunk.parent / f"0{chunk.name}"

@@ -26,8 +26,8 @@ import yaml
 
 from conftest import TINY
 from gfm.config import load_params
-from gfm.forecasters import FORECASTERS, make_forecaster, read_model
-from gfm.tuning import learned_options
+from gfm.forecasters import FORECASTERS, make_forecaster, read_model, save_model
+from gfm.stages.tuning import learned_options
 from stage_helpers import first_seed_runs
 from test_hostile_inputs import _assert_named, _assert_refused, _cli
 
@@ -60,7 +60,7 @@ def _fit_and_save(kind: str, options: dict, runs: dict, tiny_params, out: Path) 
     fc = make_forecaster(kind, learned_options({**spec, **options}, tiny_params.train.budget) | SHORT,
                          prefix_end=tiny_params.forecast.prefix_end, horizons=tiny_params.forecast.horizons)
     fc.fit(runs["train"], runs["val"], rng=torch.Generator().manual_seed(0))
-    return fc.save(out)
+    return save_model(fc, out)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_edited_sizes_are_refused_before_the_module_is_built(saved, tmp_path):
     script = textwrap.dedent("""
         import json, resource, sys, time
         from gfm.forecasters import read_model
-        from gfm.errors import GFMError
+        from gfm.base.errors import GFMError
         out = {}
         for name, path in json.loads(sys.argv[1]).items():
             before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
@@ -272,9 +272,9 @@ def _raise_oom(*args, **kwargs):
 
 
 def test_out_of_memory_while_training_is_named(tiny_store, tiny_split, tmp_path, monkeypatch, capfd):
-    import gfm.train
+    import gfm.stages.train
 
-    monkeypatch.setattr(gfm.train, "fit_seed", _raise_oom)
+    monkeypatch.setattr(gfm.stages.train, "fit_seed", _raise_oom)
     out = tmp_path / "lstm"
     code, _, err = _cli(["train", "--params", str(TINY), "--store", "mlp_regression-adam", "--model", "lstm",
                          "--split", str(tiny_split), "--in", str(tiny_store), "--out", str(out), "--quiet"], capfd)

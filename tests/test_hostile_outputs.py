@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from conftest import BIN, TINY, tool_env
-from gfm.check import check_path
 from gfm.cli import main
+from gfm.tools.check import check_path
 
 KEY = "mlp_regression-sgd"
 
@@ -258,8 +258,8 @@ def test_a_stale_temporary_path_of_someone_else_is_refused(built, tmp_path, capf
 def test_a_leftover_of_an_interrupted_run_is_cleared(built, tmp_path, capfd):
     """The stage's own leftover (marked as its kind from the start) beside the output is removed and the
     stage runs."""
-    from gfm.output_contents import MARKER_FILE, marker_kind
-    from gfm.outputs import PLOTS, open_temp_dir
+    from gfm.artifacts.output_contents import MARKER_FILE, marker_kind
+    from gfm.artifacts.outputs import PLOTS, open_temp_dir
 
     tmp = open_temp_dir(tmp_path / "plots", PLOTS)  # what an interrupted evaluate leaves
     (tmp / "mse_vs_horizon.csv").write_text("model,hor")  # cut short by a kill

@@ -18,10 +18,8 @@ import pytest
 import zarr
 
 from gfm import __version__
-from gfm.check import check_path
-from gfm.cli import main
-from gfm.output_contents import MARKER_FILE, MARKER_KEY, marker_kind
-from gfm.outputs import (
+from gfm.artifacts.output_contents import MARKER_FILE, MARKER_KEY, marker_kind
+from gfm.artifacts.outputs import (
     FORECASTS,
     METRICS,
     MODEL,
@@ -33,6 +31,9 @@ from gfm.outputs import (
     OutputError,
     claim_output,
 )
+from gfm.cli import main
+from gfm.forecasters.model_files import save_model
+from gfm.tools.check import check_path
 from test_hostile_outputs import _assert_refused, _snapshot, _stage_argv, built  # noqa: F401 (module fixture)
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gfm"
@@ -134,10 +135,10 @@ def test_a_folder_with_someones_config_json_is_not_a_model_to_overwrite(built, t
     (folder / "config.json").write_text('{"lr": 0.1, "notes": "my experiment"}\n')
     before = _snapshot(tmp_path)
     with pytest.raises(OutputError, match="experiment: output path .*marker"):
-        fc.save(folder)
+        save_model(fc, folder)
     assert _snapshot(tmp_path) == before
-    assert fc.save(tmp_path / "fresh") == tmp_path / "fresh"  # its own: written, then replaced
-    assert fc.save(tmp_path / "fresh") == tmp_path / "fresh" and marker_kind(tmp_path / "fresh") == MODEL.name
+    assert save_model(fc, tmp_path / "fresh") == tmp_path / "fresh"  # its own: written, then replaced
+    assert save_model(fc, tmp_path / "fresh") == tmp_path / "fresh" and marker_kind(tmp_path / "fresh") == MODEL.name
 
 
 # --- <out>.partial / <out>.tmp: removed only if ours -------------------------------------------------------
@@ -169,7 +170,7 @@ def test_a_forecast_partial_path_holding_zarr_stores_is_refused(built, tmp_path,
 
 
 def test_a_leftover_marked_as_another_kind_is_refused(tmp_path):
-    from gfm.outputs import open_temp_dir
+    from gfm.artifacts.outputs import open_temp_dir
 
     tmp = open_temp_dir(tmp_path / "out", PLOTS)  # an interrupted evaluate --plots
     (tmp / "mse_vs_horizon.csv").write_text("model,horizon\n")
@@ -181,7 +182,7 @@ def test_a_leftover_marked_as_another_kind_is_refused(tmp_path):
 
 def test_a_leftover_of_a_gfm_before_markers_is_cleared(tmp_path):
     """A ``<out>.tmp`` that a killed run of an older gfm marked with its temporary marker is still ours."""
-    from gfm.outputs import open_temp_dir
+    from gfm.artifacts.outputs import open_temp_dir
 
     old = tmp_path / "out.tmp"
     old.mkdir()
@@ -192,7 +193,7 @@ def test_a_leftover_of_a_gfm_before_markers_is_cleared(tmp_path):
 
 def test_a_partial_store_of_an_interrupted_recording_is_ours(tmp_path):
     """A one-run store of gfm.record is marked from its first write, so its leftover is replaced."""
-    from gfm.store_one_run import create_run_group
+    from gfm.store.one_run import create_run_group
 
     create_run_group(tmp_path / "r.zarr.partial", n_params=3, state_names=(), chunk_steps=4)
     assert marker_kind(tmp_path / "r.zarr.partial") == TRAJECTORY_STORE.name

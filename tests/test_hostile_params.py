@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from gfm.base.errors import MAX_PROBLEMS
 from gfm.cli import main
-from gfm.errors import MAX_PROBLEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ CASES: list[tuple[str, str | bytes | None, str]] = [
 
 
 class Tripwire:
-    """Stands in for ``gfm.generate.run``: a refused file must never get this far."""
+    """Stands in for ``gfm.stages.generate.run``: a refused file must never get this far."""
 
     calls = 0
 
@@ -192,10 +192,10 @@ class Tripwire:
 
 @pytest.fixture
 def no_generate(monkeypatch):
-    import gfm.generate
+    import gfm.stages.generate
 
     Tripwire.calls = 0
-    monkeypatch.setattr(gfm.generate, "run", Tripwire())
+    monkeypatch.setattr(gfm.stages.generate, "run", Tripwire())
     yield
     assert Tripwire.calls == 0
 
@@ -281,7 +281,7 @@ def test_numbers_in_the_forms_users_write(text, value, tmp_path, capsys):
 
 
 def test_integers_stay_integers():
-    from gfm.params_yaml import parse_yaml
+    from gfm.base.params_yaml import parse_yaml
 
     data = parse_yaml("a: 3\nb: -7\nc: 1e3\nd: 0x10\ne: -2e3\nf: 1.5\n")
     assert data == {"a": 3, "b": -7, "c": 1000.0, "d": 16, "e": -2000.0, "f": 1.5}
@@ -302,7 +302,7 @@ def test_anchors_for_shared_lists_still_work(tmp_path):
 
 
 def test_merge_keys_keep_their_meaning():
-    from gfm.params_yaml import parse_yaml
+    from gfm.base.params_yaml import parse_yaml
 
     assert parse_yaml("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  x: 3\n")["d"] == {"x": 3, "y": 2}
 

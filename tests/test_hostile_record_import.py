@@ -19,11 +19,11 @@ from torch import nn
 
 import gfm
 from conftest import tool_env
-from gfm import record_append
+from gfm.artifacts.zarr_files import partial_path
+from gfm.base.errors import StoreLockedError
 from gfm.cli import main
-from gfm.errors import StoreLockedError
-from gfm.record_capture import RecordError
-from gfm.store_files import partial_path
+from gfm.recording import append as record_append
+from gfm.recording.capture import RecordError
 from kill_helpers import sigkill_at_zarr_write
 
 
@@ -337,7 +337,7 @@ def test_gfm_check_refuses_a_store_whose_tensor_names_repeat(tmp_path, capsys):
     (load_into would put both under one name) is refused by check as well."""
     import json
 
-    from gfm.importer import import_trajectories
+    from gfm.recording.importer import import_trajectories
 
     np.save(tmp_path / "w.npy", np.zeros((2, 5, 13), dtype=np.float32))
     import_trajectories(tmp_path / "w.npy", tmp_path / "s.zarr", meta={
@@ -353,9 +353,9 @@ def test_gfm_check_refuses_a_store_whose_tensor_names_repeat(tmp_path, capsys):
 def test_a_written_store_that_fails_gfm_check_is_not_put_in_place(tmp_path, monkeypatch):
     """The last gate: the written store goes through gfm check's own rules before it is flagged complete and
     renamed; a store they refuse is removed, and nothing is at the destination."""
-    from gfm import store_scan
-    from gfm.import_meta import TrajectoryImportError
-    from gfm.importer import import_trajectories
+    from gfm.recording.import_meta import TrajectoryImportError
+    from gfm.recording.importer import import_trajectories
+    from gfm.store import scan as store_scan
 
     np.save(tmp_path / "w.npy", np.zeros((2, 5, 13), dtype=np.float32))
     checked = []
@@ -422,8 +422,10 @@ def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypa
     a third of the weights, which loading any array whole would exceed."""
     import tracemalloc
 
-    from gfm import import_source, importer, store_check, verdict
+    from gfm.artifacts import verdict
     from gfm.config import StoreLayoutConfig
+    from gfm.recording import import_source, importer
+    from gfm.store import check as store_check
 
     shape = (192, 25, 8192)
     _zeros_npz(tmp_path / "big.npz", shape)
@@ -431,7 +433,7 @@ def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypa
     whole = np.prod(shape) * 4
     monkeypatch.setattr(import_source, "PART_BYTES", 8 << 20)
     monkeypatch.setattr(verdict, "READ_BYTES", 8 << 20)
-    # gfm.inputs.read_bytes reads a zarr.json with f.read(limit + 1), a buffer of the limit (64 MB) that is
+    # gfm.artifacts.inputs.read_bytes reads a zarr.json with f.read(limit + 1), a buffer of the limit (64 MB) that is
     # never filled: tracemalloc counts it, the resident memory does not. A 1 MB limit keeps it out of the peak.
     monkeypatch.setattr(store_check, "MAX_JSON_BYTES", 1 << 20)
     tracemalloc.start()
@@ -447,8 +449,8 @@ def test_import_streams_its_input_a_part_of_a_block_at_a_time(tmp_path, monkeypa
 
 
 def test_an_import_written_in_parts_is_byte_identical_to_one_written_whole(tmp_path, monkeypatch):
-    from gfm import import_source, importer
     from gfm.config import StoreLayoutConfig
+    from gfm.recording import import_source, importer
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "r.npz", weights=rng.normal(size=(24, 9, 13)).astype(np.float32),

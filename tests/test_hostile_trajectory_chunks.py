@@ -16,13 +16,14 @@ import zarr
 from torch import nn
 
 import gfm
-from gfm import generate, store
+from gfm.artifacts.zarr_files import chunk_counts, partial_path
+from gfm.base.errors import StoreSchemaError
 from gfm.cli import main
 from gfm.config import StoreLayoutConfig
-from gfm.errors import StoreSchemaError
-from gfm.importer import import_trajectories
-from gfm.store_files import chunk_counts, partial_path
-from gfm.store_reader import open_trajectories
+from gfm.recording.importer import import_trajectories
+from gfm.stages import generate
+from gfm.store import writer as store
+from gfm.store.reader import open_trajectories
 from kill_helpers import interrupt_generate_at_block
 
 

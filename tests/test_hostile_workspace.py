@@ -17,7 +17,7 @@ import pytest
 
 from conftest import BIN, ROOT, TINY, tool_env
 from gfm.cli import main
-from gfm.workspace import MARKER, PIPELINE_FILES, sync_workspace
+from gfm.tools.workspace import MARKER, PIPELINE_FILES, sync_workspace
 
 
 def _snapshot(root: Path) -> dict[str, object]:

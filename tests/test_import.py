@@ -10,13 +10,13 @@ import torch
 import yaml
 
 from conftest import ROOT
-from gfm import split as split_stage
-from gfm import train
 from gfm.cli import main
 from gfm.forecasters import Trajectories
-from gfm.import_meta import TrajectoryImportError
-from gfm.importer import import_trajectories
-from gfm.store_reader import open_trajectories
+from gfm.recording.import_meta import TrajectoryImportError
+from gfm.recording.importer import import_trajectories
+from gfm.stages import split as split_stage
+from gfm.stages import train
+from gfm.store.reader import open_trajectories
 
 LAYOUT = [{"name": "0.weight", "shape": [4, 1]}, {"name": "0.bias", "shape": [4]},
           {"name": "2.weight", "shape": [1, 4]}, {"name": "2.bias", "shape": [1]}]

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from gfm.check import check_path
-from gfm.import_meta import TrajectoryImportError
-from gfm.importer import import_trajectories
-from gfm.network import Network
-from gfm.store_reader import open_trajectories
+from gfm.core.network import Network
+from gfm.recording.import_meta import TrajectoryImportError
+from gfm.recording.importer import import_trajectories
+from gfm.store.reader import open_trajectories
+from gfm.tools.check import check_path
 
 META = {"optimizer": {"name": "sgd", "lr": 0.1}}
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import gfm
 from gfm.forecasters import Forecaster, TrainedForecaster, TrainedOn
-from gfm.jump import JumpError
+from gfm.recording.jump import JumpError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

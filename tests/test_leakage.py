@@ -1,6 +1,6 @@
 """No leakage between the generalisation stores, nor between a run's training and held-out samples.
 
-gfm.runs draws each run's data, initial weights and minibatch order from streams that depend on the task's
+gfm.stages.runs draws each run's data, initial weights and minibatch order from streams that depend on the task's
 name. Without it, run i of a generalisation target (a task that differs from the source by one setting) would
 reuse the data and batch order of source run i -- maybe a run the source forecaster was fitted on -- and an
 init-scale target would start from an exact scaled copy of its weights. These checks rebuild runs with
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from gfm import accelerate, runs
 from gfm.config import load_params
-from gfm.runs import RunId, run_ids, setup_run
-from gfm.split import make_split
+from gfm.stages import accelerate, runs
+from gfm.stages.runs import RunId, run_ids, setup_run
+from gfm.stages.split import make_split
 from gfm.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _digest(t: torch.Tensor) -> bytes:
 
 
 def _test_runs(params, task_cfg, seed: int) -> list[int]:
-    """Indices (within dataset ``seed``) of the test runs, as gfm.split assigns them."""
+    """Indices (within dataset ``seed``) of the test runs, as gfm.stages.split assigns them."""
     ids = run_ids([seed], task_cfg.runs_per_dataset)
     sp = make_split(np.array([r.dataset_seed for r in ids]), np.array([r.index for r in ids]),
                     np.zeros(len(ids), dtype=bool), params.split)

@@ -18,9 +18,9 @@ from gfm.config import (
     ScheduleConfig,
     load_params,
 )
-from gfm.generate import simulate
-from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES, init_state, lr_multiplier, update
-from gfm.runs import run_ids, setup_run
+from gfm.core.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES, init_state, lr_multiplier, update
+from gfm.stages.generate import simulate
+from gfm.stages.runs import run_ids, setup_run
 from gfm.tasks import make_task
 
 HYPER = {
@@ -50,10 +50,10 @@ def test_update_matches_torch_optim_over_many_steps(name):
 
 
 def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
-    from gfm.config import _OPTIMIZER_KEYS
+    from gfm.config import OPTIMIZER_KEYS
+    from gfm.core.optimizers import SPECS
     from gfm.forecasters.gfm_features import n_state_features
-    from gfm.optimizers import SPECS
-    from gfm.recorder import HYPER_NAMES as RECORDED
+    from gfm.recording.recorder import HYPER_NAMES as RECORDED
 
     assert set(HYPER) == set(SPECS) == set(OPTIMIZER_NAMES)
     # config, the recorder and GFM read the registry instead of keeping tables of their own
@@ -61,7 +61,7 @@ def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
     assert {k: n_state_features(k) for k in SPECS} == OPTIMIZER_STATE_ARRAYS
     for name, spec in SPECS.items():
         # the params keys are exactly the hyper-parameters the rule reads (HYPER holds those, no more)
-        assert _OPTIMIZER_KEYS[name] == set(HYPER[name]) == {*spec.hyper, *(["eps"] if spec.reads_eps else [])}
+        assert OPTIMIZER_KEYS[name] == set(HYPER[name]) == {*spec.hyper, *(["eps"] if spec.reads_eps else [])}
         # the state names are torch.optim's, so gfm.record copies them
         p = torch.nn.Parameter(torch.ones(2))
         opt = torch_optimizer(name, [p], HYPER[name])
@@ -69,12 +69,12 @@ def test_one_registry_every_optimizer_tested_and_its_facts_match_torch_optim():
         opt.step()
         assert set(opt.state[p]) - {"step"} == set(spec.state), name
     # config has a field per hyper-parameter of the registry, with its default: a new one is declared there alone
-    from gfm.optimizers import HYPERS
+    from gfm.core.optimizers import HYPERS
 
     assert [f.name for f in dataclasses.fields(OptimizerConfig)] == ["name", "lr", *HYPERS, "schedule"]
     defaults = OptimizerConfig(name="adam", lr=0.1)
     assert all(getattr(defaults, k) == v for k, v in HYPER_DEFAULTS.items())
-    assert set(HYPER_DEFAULTS) == {k for v in _OPTIMIZER_KEYS.values() for k in v} - {"lr"}
+    assert set(HYPER_DEFAULTS) == {k for v in OPTIMIZER_KEYS.values() for k in v} - {"lr"}
 
 
 @pytest.mark.parametrize("name", sorted(HYPER))
@@ -167,7 +167,7 @@ def test_schedules():
 @pytest.mark.parametrize("name", ["momentum", "nesterov"])
 def test_import_rebuilds_the_momentum_buffer_from_the_weights(name):
     """gfm import's reconstruction of a missing buffer (record_every 1) against the rule's own buffers."""
-    from gfm.optimizers import momentum_buffer_from_weights
+    from gfm.core.optimizers import momentum_buffer_from_weights
 
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(3, 5, generator=gen, dtype=torch.float64)
@@ -197,12 +197,12 @@ def test_params_generate_nesterov_and_adamw_stores(tmp_path):
     from snakemake.utils import validate
 
     from conftest import TINY
-    from gfm import generate
-    from gfm.check import check_path
+    from gfm.base.errors import ParamsError
     from gfm.config import parse_params
-    from gfm.errors import ParamsError
     from gfm.forecasters import Trajectories, make_forecaster
-    from gfm.store_reader import open_trajectories
+    from gfm.stages import generate
+    from gfm.store.reader import open_trajectories
+    from gfm.tools.check import check_path
 
     data = yaml.safe_load(TINY.read_text())
     data["stores"]["mlp_regression-nesterov"] = {"task": "mlp_regression",

@@ -202,7 +202,7 @@ BLOCK_PIPELINE = textwrap.dedent(f"""
 LIBRARY_USE = textwrap.dedent("""
     import sys
     import torch
-    import gfm, gfm.recorder, gfm.store
+    import gfm, gfm.recording.recorder, gfm.store.writer
     from gfm.forecasters import Trajectories, make_forecaster
 
     torch.set_num_threads(1)
@@ -284,7 +284,7 @@ BLOCK_TORCH = textwrap.dedent("""
 
 # Commands that only read params, YAML or JSON and write text: they run where torch is not installed (a login
 # node, a CI job that checks the pipeline's files) and start fast. `gfm validate` is not one of them yet: it
-# builds each entry of `models:` to check its options and its size against limits: (gfm.train.model_problems),
+# builds each entry of `models:` to check its options and its size against limits: (gfm.stages.train.model_problems),
 # and the forecasters' option classes and size estimates live in their torch modules.
 LIGHT_COMMANDS = {
     "pipeline": ["pipeline"],
@@ -361,11 +361,11 @@ def test_every_command_ends_its_help_with_an_example_that_parses():
 
 # What `pip install .` must be able to import: the package face, the CLI, and every module behind the
 # library API and the stage commands (generate ... accelerate, import, info, check) with every task kind.
-# The pipeline-only modules (gfm.report and the HTML/figure code behind it, gfm.drivers' DVC calls) may import
+# The pipeline-only modules (gfm.report.summary and the HTML/figure code behind it, gfm.drivers' DVC calls) may import
 # the extra's packages; their commands then stop with the one-line message tested above.
-BASE_MODULES = ["gfm", "gfm.cli", "gfm.recorder", "gfm.runset", "gfm.jump", "gfm.store", "gfm.forecasters", "gfm.generate",
-                "gfm.split", "gfm.train", "gfm.forecast", "gfm.evaluate", "gfm.generalize", "gfm.accelerate",
-                "gfm.importer", "gfm.check", "gfm.tasks"] + sorted(
+BASE_MODULES = ["gfm", "gfm.cli", "gfm.recording.recorder", "gfm.recording.runset", "gfm.recording.jump", "gfm.store.writer", "gfm.forecasters", "gfm.stages.generate",
+                "gfm.stages.split", "gfm.stages.train", "gfm.stages.forecast", "gfm.stages.evaluate", "gfm.stages.generalize", "gfm.stages.accelerate",
+                "gfm.recording.importer", "gfm.tools.check", "gfm.tasks"] + sorted(
     f"gfm.tasks.{p.stem}" for p in (ROOT / "src" / "gfm" / "tasks").glob("*.py") if p.stem != "__init__")
 
 

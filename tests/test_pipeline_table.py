@@ -15,8 +15,8 @@ import yaml
 
 from conftest import ROOT, TINY
 from gfm import pipeline
-from gfm.errors import GFMError
-from gfm.outputs import OutputError
+from gfm.artifacts.outputs import OutputError
+from gfm.base.errors import GFMError
 from gfm.pipeline.closure import code_deps, collapsed, import_closure
 from gfm.pipeline.dvc_yaml import render_dvc_yaml
 
@@ -101,7 +101,7 @@ def test_generate_depends_on_what_shapes_a_store():
     """The defaults and checks a store is written with (config, errors, layout, schema) and the version it
     records are code deps of generate, though generate.py does not name them all."""
     deps = set(_dvc_stages()["generate"]["deps"])
-    for module in ("gfm.errors", "gfm.layout", "gfm.schema", "gfm._version", "gfm.optimizers", "gfm.config"):
+    for module in ("gfm.base.errors", "gfm.core.layout", "gfm.base.schema", "gfm._version", "gfm.core.optimizers", "gfm.config"):
         base = ROOT / "src" / module.replace(".", "/")
         file = (base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py")
         file = file.relative_to(ROOT).as_posix()
@@ -212,16 +212,16 @@ def test_paths_from_the_table():
 
 
 def test_train_index_lists_the_stores_models_and_refuses_a_foreign_file(tmp_path, capsys):
+    from gfm.artifacts.outputs import marked
     from gfm.config import load_params
-    from gfm.outputs import marked
-    from gfm.train_index import TRAIN_INDEX, run
+    from gfm.stages.train_index import TRAIN_INDEX, run
 
     params = load_params(TINY)
     key = next(iter(params.stores))
     out = tmp_path / "index.json"
     result = run(TINY, key, out)
     assert result == {"store": key, "models": {m: params.models[m]["kind"] for m in params.store_models(key)}}
-    assert json.loads(out.read_text()) == marked(TRAIN_INDEX, result)  # with its ownership marker (gfm.outputs)
+    assert json.loads(out.read_text()) == marked(TRAIN_INDEX, result)  # with its ownership marker (gfm.artifacts.outputs)
     assert capsys.readouterr().out == f"{len(result['models'])} models\n"
     foreign = tmp_path / "notes.json"
     foreign.write_text('{"mine": 1}\n')

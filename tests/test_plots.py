@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY, run_tool
-from gfm import evaluate, forecast, headline, split, train
-from gfm.errors import GFMError
-from gfm.outputs import OutputError
-from gfm.workspace import sync_workspace
+from gfm.artifacts.outputs import OutputError
+from gfm.base.errors import GFMError
+from gfm.report import headline
+from gfm.stages import evaluate, forecast, split, train
+from gfm.tools.workspace import sync_workspace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

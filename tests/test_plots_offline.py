@@ -1,4 +1,4 @@
-"""`dvc plots show` / `dvc plots diff` write a page that draws without network access (gfm.plots_page).
+"""`dvc plots show` / `dvc plots diff` write a page that draws without network access (gfm.tools.plots_page).
 
 The project's HTML template carries Vega, Vega-Lite and vega-embed inline (DVC's default page loads them from a
 CDN). The render tests open the page DVC writes, unchanged, in headless Chromium with every host unreachable
@@ -23,9 +23,9 @@ import pytest
 from configobj import ConfigObj
 
 from conftest import BIN, ROOT, TINY, run_tool
-from gfm.errors import GFMError
-from gfm.plots_page import CONFIG_VALUE, LIBRARIES, TEMPLATE, page, read_page, use_offline_page, vendor
-from gfm.workspace import sync_workspace
+from gfm.base.errors import GFMError
+from gfm.tools.plots_page import CONFIG_VALUE, LIBRARIES, TEMPLATE, page, read_page, use_offline_page, vendor
+from gfm.tools.workspace import sync_workspace
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None,
@@ -176,7 +176,7 @@ def test_template_holds_the_npm_builds_it_names_and_nothing_else():
                          lib.js), f"{lib.name}: the build is not version {lib.version}"
         licence = (ROOT / TEMPLATE).parent / f"LICENSE.{lib.name}"
         assert "Copyright" in licence.read_text() and "Redistribution" in licence.read_text(), licence
-    assert page(libs) == text, "the template was edited by hand: regenerate it with python -m gfm.plots_page"
+    assert page(libs) == text, "the template was edited by hand: regenerate it with python -m gfm.tools.plots_page"
     assert "{plot_divs}" in text and "{scripts}" not in text      # no CDN links: DVC fills {scripts} with them
     assert len(text.encode()) < MAX_TEMPLATE_BYTES
 
@@ -256,7 +256,7 @@ def test_vendor_command_exits_2_with_one_line_and_keeps_the_template(tmp_path):
     before = (ROOT / TEMPLATE).read_bytes()
     for args, why in [([tmp_path / "x.tgz"], "1 tarball(s) given; expected 3, of vega, vega-lite, vega-embed"),
                       ([tmp_path / f"{name}.tgz" for name in LIBRARIES], "vega.tgz: not an npm tarball of vega")]:
-        proc = subprocess.run([str(BIN / "python"), "-m", "gfm.plots_page", *map(str, args)], cwd=ROOT,
+        proc = subprocess.run([str(BIN / "python"), "-m", "gfm.tools.plots_page", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
         assert why in proc.stderr

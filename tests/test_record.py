@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 import gfm
+from gfm.base.errors import StoreNotFoundError
 from gfm.config import SplitConfig
-from gfm.errors import StoreNotFoundError
+from gfm.core.optimizers import HYPER_NAMES, STATE_NAMES, update
 from gfm.forecasters import Trajectories, make_forecaster
-from gfm.optimizers import HYPER_NAMES, STATE_NAMES, update
-from gfm.record_capture import RecordError
-from gfm.split import make_split
+from gfm.recording.capture import RecordError
+from gfm.stages.split import make_split
 from margins import THREADS, at_least, fit_rng
 
 
@@ -170,7 +170,7 @@ def test_user_loop_runs_train_a_gfm_that_forecasts_a_held_out_run(tmp_path):
     (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), "momentum"),
 ], ids=["AdamW", "Adam-decoupled", "Adam", "SGD-nesterov", "SGD-momentum"])
 def test_each_torch_optimizer_is_stored_under_the_rule_that_replays_it(tmp_path, make, name):
-    """The stored name and hyper-parameters drive gfm.optimizers.update through the recorded run: from each
+    """The stored name and hyper-parameters drive gfm.core.optimizers.update through the recorded run: from each
     stored record and state, with the gradient torch used, the next stored record and state come out."""
     torch.manual_seed(2)
     x, y = toy_data(2)

@@ -12,11 +12,11 @@ import zarr
 from torch import nn
 
 import gfm
-import gfm.eval_data
-from gfm.check import check_path
-from gfm.errors import StoreSchemaError
-from gfm.network import ACTIVATIONS, Network, read_activation
-from gfm.record_capture import RecordError
+import gfm.store.eval_data
+from gfm.base.errors import StoreSchemaError
+from gfm.core.network import ACTIVATIONS, Network, read_activation
+from gfm.recording.capture import RecordError
+from gfm.tools.check import check_path
 
 _MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
             "elu": nn.ELU, "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU, "identity": nn.Identity}
@@ -209,7 +209,7 @@ def test_bad_eval_data_is_refused_before_training(tmp_path, eval_data, loss, mes
 
 
 def test_eval_data_past_the_size_bound_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(gfm.eval_data, "MAX_EVAL_BYTES", 1000)
+    monkeypatch.setattr(gfm.store.eval_data, "MAX_EVAL_BYTES", 1000)
     net = tanh_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     gfm.record(tmp_path / "ok.zarr", net, opt, eval_data=(torch.randn(125, 2), torch.randn(125)))

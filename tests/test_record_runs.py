@@ -12,12 +12,12 @@ import zarr
 from torch import nn
 
 import gfm
+from gfm.artifacts.outputs import OutputError
+from gfm.artifacts.zarr_files import partial_path
+from gfm.base.errors import StoreLockedError
 from gfm.config import StoreLayoutConfig
-from gfm.errors import StoreLockedError
-from gfm.outputs import OutputError
-from gfm.record_capture import RecordError
-from gfm.runset import WORK_SUFFIX
-from gfm.store_files import partial_path
+from gfm.recording.capture import RecordError
+from gfm.recording.runset import WORK_SUFFIX
 from margins import THREADS
 
 STEPS = 6
@@ -109,7 +109,7 @@ def test_runs_are_chunked_as_the_layout_says(tmp_path, monkeypatch):
     """chunk_runs runs per chunk and shard_runs per block, as gfm generate writes (the recorder writes one run
     per chunk), written a part of a block at a time; fewer runs than a block: chunks of the largest divisor of
     the run count up to chunk_runs."""
-    monkeypatch.setattr("gfm.runset_write._PART_BYTES", 1)  # parts of one chunk of runs: two per block here
+    monkeypatch.setattr("gfm.recording.runset_write._PART_BYTES", 1)  # parts of one chunk of runs: two per block here
     g = zarr.open_group(record_set(tmp_path / "s.zarr", 6, chunks=StoreLayoutConfig(chunk_runs=2, shard_runs=4,
                                                                                    chunk_steps=4)))
     for r in range(6):  # each run in its place
@@ -196,7 +196,7 @@ def test_a_second_writer_of_the_path_is_refused(tmp_path):
         with runs.record(model, opt) as rec:
             train(model, opt, x, y, rec)
     assert gfm.open_trajectories(path).n_runs == 1
-    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom gfm.store_durable import lock_partial\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom gfm.store.durable import lock_partial\n"
                                "fd = lock_partial(sys.argv[1])\nprint('held', flush=True)\nsys.stdin.readline()\n",
                                str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

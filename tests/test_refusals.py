@@ -16,11 +16,12 @@ import torch
 import yaml
 
 from conftest import TINY
-from gfm import cli, evaluate, forecast, split, train, train_index
-from gfm.check import check_path
+from gfm import cli
+from gfm.artifacts.output_contents import MARKER_FILE, MARKER_KEY
+from gfm.artifacts.outputs import REFUSAL, write_json_output
 from gfm.forecasters import FORECASTERS, StoreNotSupported
-from gfm.output_contents import MARKER_FILE, MARKER_KEY
-from gfm.outputs import REFUSAL, write_json_output
+from gfm.stages import evaluate, forecast, split, train, train_index
+from gfm.tools.check import check_path
 
 KEY = "mlp_regression-adam"
 REASON = "linear cannot rebuild this store's activation 'gelu' (test refusal)"

@@ -21,10 +21,13 @@ import yaml
 import zarr
 
 from conftest import TINY, tool_env
-from gfm import evaluate, forecast, generate, outputs, report, split, store, train
+from gfm.artifacts import outputs
+from gfm.artifacts.zarr_files import foreign_files_on_disk, partial_path
 from gfm.cli import main
 from gfm.config import ForecastConfig, SplitConfig, TrainConfig, load_params
-from gfm.store_files import foreign_files_on_disk, partial_path
+from gfm.report import summary as report
+from gfm.stages import evaluate, forecast, generate, split, train
+from gfm.store import writer as store
 from kill_helpers import sigkill_at_zarr_write
 
 KEY = "mlp_regression-adam"
@@ -202,7 +205,7 @@ def test_failing_report_and_split_leave_nothing(staged, tiny_store, tmp_path, mo
     with pytest.raises(RuntimeError, match="injected"):
         report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", out=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
-    monkeypatch.setattr(outputs.os, "replace", _boom)  # the rename of split's temporary file (gfm.outputs)
+    monkeypatch.setattr(outputs.os, "replace", _boom)  # the rename of split's temporary file (gfm.artifacts.outputs)
     with pytest.raises(RuntimeError, match="injected"):
         split.run(params.split, store=tiny_store, out=tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()
@@ -384,7 +387,7 @@ def test_resume_after_a_kill_inside_any_write_is_byte_identical(tiny_params, tmp
     """SIGKILL at 24 points spread over a whole generation (12 blocks of 2 runs, adam: 9 arrays + 9 run fields
     per block, plus the metadata and the completion flag), each inside a chunk or metadata write, leaving
     zarr's half-written temporary file. Every restart finishes a store byte-identical to an uninterrupted
-    one: the leftover temporary files are discarded (gfm.store_files.foreign_files_on_disk), never renamed into
+    one: the leftover temporary files are discarded (gfm.artifacts.zarr_files.foreign_files_on_disk), never renamed into
     the store."""
     from zarr.storage import _local
 

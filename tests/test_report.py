@@ -15,10 +15,12 @@ import torch
 import yaml
 
 from conftest import TINY
-from gfm import accelerate, evaluate, figures, forecast, generalize, generate, report, split, train
+from gfm.base.errors import GFMError
 from gfm.config import parse_params
-from gfm.errors import GFMError
-from gfm.report_html import embed_image, render_html
+from gfm.report import figures
+from gfm.report import summary as report
+from gfm.report.html import embed_image, render_html
+from gfm.stages import accelerate, evaluate, forecast, generalize, generate, split, train
 
 SOURCE, TARGET = "mlp_regression-adam", "mlp_regression_w10-adam"
 MODELS = ["last_value", "linear"]  # closed-form fits: the fixture stays well under a few seconds

@@ -16,13 +16,14 @@ import pytest
 import yaml
 
 from conftest import TINY
-from gfm import figures, headline, report
-from gfm.check import check_path
-from gfm.comparisons import generalize_paired, paired_section
+from gfm.base.errors import GFMError, one_line
 from gfm.config import parse_params
-from gfm.errors import GFMError, one_line
-from gfm.model_entries import DOWNSTREAM_NOTE, cell_text, refusal_of
-from gfm.protocol import protocol_section
+from gfm.metrics.model_entries import DOWNSTREAM_NOTE, cell_text, refusal_of
+from gfm.report import figures, headline
+from gfm.report import summary as report
+from gfm.report.comparisons import generalize_paired, paired_section
+from gfm.report.protocol import protocol_section
+from gfm.tools.check import check_path
 
 SGD, ADAM = "mlp_regression-sgd", "mlp_regression-adam"
 MODELS = ["last_value", "linear", "lstm", "gfm", "gfm_function"]

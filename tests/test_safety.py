@@ -16,12 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, TINY
+from gfm.base.errors import GFMError, ParamsError
 from gfm.cli import main
 from gfm.config import parse_params
-from gfm.errors import GFMError, ParamsError
 from gfm.forecasters import Trajectories, make_forecaster, read_model
-from gfm.forecasters.base import MAX_HEADER_BYTES, ForecasterError, ModelFileError
-from gfm.store_reader import open_trajectories
+from gfm.forecasters.base import ForecasterError, ModelFileError
+from gfm.forecasters.model_files import MAX_HEADER_BYTES, save_model
+from gfm.store.reader import open_trajectories
 from test_reliability import KEY, staged  # noqa: F401  (module fixture: split/train/forecast/evaluate/report)
 
 # --- the source scan -----------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def lstm_dir(tiny_store, tmp_path_factory) -> Path:
     traj = Trajectories.from_store(ts, list(range(12)))
     fc = make_forecaster("lstm", {"hidden": 8, "steps": 8, "batch_size": 64}, prefix_end=8, horizons=[16, 24, 32, 40])
     fc.fit(traj.select(range(8)), traj.select(range(8, 12)), rng=torch.Generator().manual_seed(0))
-    return fc.save(tmp_path_factory.mktemp("models") / "lstm")
+    return save_model(fc, tmp_path_factory.mktemp("models") / "lstm")
 
 
 def _copy(src: Path, dest: Path) -> Path:

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from gfm import split
 from gfm.config import SplitConfig
+from gfm.stages import split
 
 
 def test_lfd2_split_per_dataset():

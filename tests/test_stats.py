@@ -1,4 +1,4 @@
-"""Paired ratio statistics (gfm.stats) with known answers, and claims.json written by the report stage."""
+"""Paired ratio statistics (gfm.metrics.stats) with known answers, and claims.json written by the report stage."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from conftest import TINY
-from gfm import report
+from gfm.base.errors import ParamsError
 from gfm.config import parse_params
-from gfm.errors import ParamsError
-from gfm.stats import paired_ratio, t_cdf, t_quantile, verdict
+from gfm.metrics.stats import paired_ratio, t_cdf, t_quantile, verdict
+from gfm.report import summary as report
 
 # two-sided 95% Student t quantiles t_{0.975, df} (any statistics table)
 T975 = {1: 12.7062047362, 2: 4.30265272975, 3: 3.18244630528, 4: 2.7764451052, 9: 2.26215716280,
@@ -177,7 +177,7 @@ def test_claims_are_validated_in_params():
 def test_seeds_to_resolve_matches_the_t_interval_it_promises():
     import math
 
-    from gfm.stats import seeds_to_resolve, t_quantile
+    from gfm.metrics.stats import seeds_to_resolve, t_quantile
 
     ratios = [0.9, 0.95, 0.85, 1.0, 0.92]  # mean log about -0.08, not resolved against 1 with 5 seeds
     n = seeds_to_resolve(ratios, 1.0)

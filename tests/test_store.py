@@ -12,11 +12,11 @@ import pytest
 import torch
 import zarr
 
-from gfm import generate
-from gfm.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
-from gfm.store_arrays import SCHEMA_VERSION
-from gfm.store_files import partial_path
-from gfm.store_reader import open_trajectories
+from gfm.artifacts.zarr_files import partial_path
+from gfm.base.errors import StoreIncompleteError, StoreNotFoundError, StoreSchemaError
+from gfm.stages import generate
+from gfm.store.arrays import SCHEMA_VERSION
+from gfm.store.reader import open_trajectories
 from gfm.tasks import make_task
 from kill_helpers import interrupt_generate_at_block
 
@@ -38,7 +38,7 @@ def test_plain_zarr_reader_sees_the_layout(tiny_store):
 
 def test_layout_loads_any_step_back_into_the_network(tiny_store, tiny_params):
     """Only the layout attribute is needed to rebuild the weights: the loaded net reproduces the recorded loss."""
-    from gfm.runs import run_ids, setup_run
+    from gfm.stages.runs import run_ids, setup_run
 
     ts = open_trajectories(tiny_store)
     spec, task_cfg = tiny_params.lookup_store("mlp_regression-adam")

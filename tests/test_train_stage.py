@@ -12,11 +12,12 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, run_tool
-from gfm import cli, train, train_fit
+from gfm import cli
+from gfm.artifacts.output_contents import MARKER_FILE
 from gfm.config import load_params
 from gfm.forecasters import FORECASTERS, read_model
-from gfm.output_contents import MARKER_FILE
 from gfm.pipeline.forecaster_kinds import neural_kinds
+from gfm.stages import train, train_fit
 
 STORE = "mlp_regression-adam"
 

@@ -1,4 +1,4 @@
-"""The fair-comparison protocol of the train stage (gfm.tuning): one budget for every learned model, the same
+"""The fair-comparison protocol of the train stage (gfm.stages.tuning): one budget for every learned model, the same
 validation-only search, test runs never read."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import torch
 import zarr
 
-from gfm import cli, train, tuning
+from gfm import cli
+from gfm.artifacts.output_contents import MARKER_FILE
 from gfm.forecasters import FORECASTERS, read_model
-from gfm.output_contents import MARKER_FILE
+from gfm.stages import train, tuning
 
 STORE = "mlp_regression-adam"
 LEARNED = ["lstm", "wnn", "gfm"]
@@ -143,7 +144,7 @@ def test_training_and_tuning_never_read_test_runs(tiny_params, tiny_store, split
 
 
 def test_protocol_section_and_val_curves_read_the_summaries(trained, tiny_params, tmp_path):
-    from gfm import protocol
+    from gfm.report import protocol
 
     models_dir = tmp_path / "models"
     dest = models_dir / "mlp_regression" / "adam"
@@ -171,7 +172,7 @@ def test_flattened_reads_patience_stops_and_late_improvement():
 
 
 def protocol_flat(log, budget):
-    from gfm.protocol import flattened
+    from gfm.report.protocol import flattened
 
     return flattened(log, budget)
 

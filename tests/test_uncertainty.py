@@ -1,4 +1,4 @@
-"""Sampled forecasts: the scores (src/gfm/uncertainty.py), gfm_function's draws and their calibration
+"""Sampled forecasts: the scores (src/gfm/metrics/uncertainty.py), gfm_function's draws and their calibration
 (src/gfm/forecasters/function_sampling.py), and the forecast store / evaluate plumbing."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.forecasters.base import Trajectories, make_forecaster, read_model
-from gfm.uncertainty import central_interval, covered, crps
+from gfm.forecasters.base import Trajectories, make_forecaster
+from gfm.forecasters.model_files import read_model, save_model
+from gfm.metrics.uncertainty import central_interval, covered, crps
 from stage_helpers import first_seed_runs, train_and_forecast
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +88,7 @@ def test_draws_are_spread_per_run_reproducible_and_round_trip(sampler, tiny_para
     one = dataclass_subset(test, [2])
     assert torch.equal(sampler.sample_final(one, horizon=H, n=24, seed=3)[0], draws[2])
     assert not torch.equal(sampler.sample_final(test, horizon=H, n=24, seed=4), draws)
-    sampler.save(tmp_path / "m")
+    save_model(sampler, tmp_path / "m")
     again = read_model(tmp_path / "m")
     assert again.n_samples() == 24 and torch.equal(again.sample_final(test, horizon=H, n=24, seed=3), draws)
 
@@ -128,8 +129,8 @@ def test_forecast_store_holds_checked_draws_and_evaluate_scores_them(sampled_pip
 
     import zarr
 
-    from gfm import evaluate, forecast
-    from gfm.check import check_path
+    from gfm.stages import evaluate, forecast
+    from gfm.tools.check import check_path
 
     params, root, split_path = sampled_pipeline
     fs = forecast.open_forecasts(root / "forecasts" / "gfm_function.zarr")

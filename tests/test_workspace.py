@@ -1,4 +1,4 @@
-"""Presets run in a workspace (gfm.workspace): `make run PRESET=quick` = params.quick.yaml in build/quick/."""
+"""Presets run in a workspace (gfm.tools.workspace): `make run PRESET=quick` = params.quick.yaml in build/quick/."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_tool
+from gfm.base.errors import ParamsError
 from gfm.cli import main
 from gfm.config import load_params
-from gfm.errors import ParamsError
-from gfm.workspace import MARKER, PIPELINE_FILES, WorkspaceError, sync_workspace, workspace_params_source
+from gfm.tools.workspace import (
+    MARKER,
+    PIPELINE_FILES,
+    WorkspaceError,
+    sync_workspace,
+    workspace_params_source,
+)
 
 QUICK = ROOT / "params.quick.yaml"
 

@@ -41,19 +41,19 @@ def load_forecaster(model_dir, *, seed=None, store=None):
 def __getattr__(name):
     # Each name from the module that holds it under the same name, imported on first access.
     if name == "open_trajectories":
-        from gfm.store_reader import open_trajectories
+        from gfm.store.reader import open_trajectories
 
         return open_trajectories
     if name == "record":
-        from gfm.recorder import record
+        from gfm.recording.recorder import record
 
         return record
     if name == "record_runs":
-        from gfm.runset import record_runs
+        from gfm.recording.runset import record_runs
 
         return record_runs
     if name == "jump_ahead":
-        from gfm.jump import jump_ahead
+        from gfm.recording.jump import jump_ahead
 
         return jump_ahead
     if name in ("forecast_run", "prefix_from_arrays"):

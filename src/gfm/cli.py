@@ -35,12 +35,12 @@ import sys
 
 from gfm import cli_stages, cli_tools
 from gfm._version import __version__
+from gfm.base.errors import GFMError, ParamsError, is_out_of_memory, one_line, out_of_memory_text
 from gfm.cli_stages import THREADS_HELP, load_validated_params
-from gfm.errors import GFMError, ParamsError, is_out_of_memory, one_line, out_of_memory_text
 
 __all__ = ["main", "load_validated_params"]
 
-# What to do about an allocation that failed outside any stage's own context (gfm.errors.on_out_of_memory).
+# What to do about an allocation that failed outside any stage's own context (gfm.base.errors.on_out_of_memory).
 OOM_ADVICE = ("lower the sizes of the models or tasks involved (gfm validate estimates them against limits:), or run "
               "where more memory is free")
 

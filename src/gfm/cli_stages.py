@@ -8,8 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gfm.base.errors import ParamsError
 from gfm.config import load_params
-from gfm.errors import ParamsError
 from gfm.pipeline import PATHS
 
 
@@ -29,7 +29,7 @@ def load_validated_params(path: str | Path):
     """Params as every command sees them (``gfm validate`` included): the file read and validated
     (:func:`gfm.config.load_params`), then the options of every entry of ``models:`` checked against its
     forecaster, so no stage starts on a file validate refuses."""
-    from gfm.train import model_problems
+    from gfm.stages.train import model_problems
 
     params = load_params(path)
     problems = model_problems(params, sorted(params.models))
@@ -42,7 +42,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     params = load_validated_params(args.params)
     def runs(task) -> int:  # a declared store's runs are its own, over its own dataset seeds
         if task.kind == "recorded":
-            from gfm.declared import read_declared
+            from gfm.config.declared import read_declared
 
             return read_declared(task.source).n_runs
         return len(params.generate.dataset_seeds) * task.runs_per_dataset
@@ -53,7 +53,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from gfm import generate
+    from gfm.stages import generate
 
     params = load_validated_params(args.params)
     params.lookup_store(args.store)
@@ -63,7 +63,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from gfm import split
+    from gfm.stages import split
 
     params = load_validated_params(args.params)
     result = split.run(params.split, store=Path(args.inp), out=Path(args.out))
@@ -79,7 +79,7 @@ def split_line(out: Path, datasets: dict[str, dict[str, list[int]]]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gfm import train
+    from gfm.stages import train
 
     params = load_validated_params(args.params)  # every model's options checked, before any data is read
     summary = train.run(params, store_key=args.store, model=args.model, split=Path(args.split), store=Path(args.inp),
@@ -98,7 +98,7 @@ def train_line(out: Path, summary) -> str:
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
-    from gfm import forecast
+    from gfm.stages import forecast
 
     params = load_validated_params(args.params)
     summary = forecast.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
@@ -117,7 +117,7 @@ def forecast_line(out: Path, summaries: dict[str, dict]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from gfm import evaluate
+    from gfm.stages import evaluate
 
     params = load_validated_params(args.params)
     result = evaluate.run(params, store_key=args.store, store=Path(args.inp), split=Path(args.split),
@@ -135,7 +135,7 @@ def evaluate_line(metrics: Path, result: dict) -> str:
 
 
 def _cmd_generalize(args: argparse.Namespace) -> int:
-    from gfm import generalize
+    from gfm.stages import generalize
 
     params = load_validated_params(args.params)
     result = generalize.run(params, data=Path(args.data), out=Path(args.out))
@@ -145,7 +145,7 @@ def _cmd_generalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_headline(args: argparse.Namespace) -> int:
-    from gfm import headline
+    from gfm.report import headline
 
     result = headline.run([Path(m) for m in args.metrics], plots=Path(args.plots), out=Path(args.out),
                           plot_data=Path(args.plot_data))
@@ -154,14 +154,14 @@ def _cmd_headline(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from gfm import report
+    from gfm.report import summary as report
 
     params = load_validated_params(args.params)
     if args.readme:
         report.update_readme(params, Path(args.metrics), Path(args.readme))
         print(f"updated the results block of {args.readme}")
     else:
-        from gfm.workspace import workspace_params_source
+        from gfm.tools.workspace import workspace_params_source
 
         # in a gfm workspace, params.yaml is a copy of a preset: the report names the preset too
         source = workspace_params_source(Path(args.params).resolve().parent)
@@ -173,7 +173,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_accelerate(args: argparse.Namespace) -> int:
-    from gfm import accelerate
+    from gfm.stages import accelerate
 
     params = load_validated_params(args.params)
     result = accelerate.run(params, store_key=args.store, split=Path(args.split), models=Path(args.models),

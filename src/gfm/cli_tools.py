@@ -13,7 +13,7 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from gfm.importer import import_trajectories
+    from gfm.recording.importer import import_trajectories
 
     chunks = load_validated_params(args.params).store if args.params else None
     summary = import_trajectories(args.src, args.dest, meta=args.meta, chunks=chunks, overwrite=args.overwrite)
@@ -22,7 +22,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_declare(args: argparse.Namespace) -> int:
-    from gfm.declare import declare
+    from gfm.recording.declare import declare
 
     print(declare(args.store, params_path=args.params, task=args.task, models=args.models, write=args.write),
           end="" if not args.write else "\n")
@@ -31,7 +31,7 @@ def _cmd_declare(args: argparse.Namespace) -> int:
 
 def _cmd_rechunk(args: argparse.Namespace) -> int:
     from gfm.config import StoreLayoutConfig
-    from gfm.declare import rechunk
+    from gfm.recording.declare import rechunk
 
     chunks = load_validated_params(args.params).store if args.params else StoreLayoutConfig()
     done = rechunk(args.src, args.dest, chunks=chunks)
@@ -41,9 +41,9 @@ def _cmd_rechunk(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
-    # open_trajectories checks the store's structure (gfm.inputs): every attribute read below is present and
+    # open_trajectories checks the store's structure (gfm.artifacts.inputs): every attribute read below is present and
     # of its type, and a damaged store is one `error:` line, exit 2
     ts = open_trajectories(args.store)
     runs = ts.runs
@@ -93,7 +93,7 @@ def _cmd_slurm_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_workspace(args: argparse.Namespace) -> int:
-    from gfm.workspace import sync_workspace
+    from gfm.tools.workspace import sync_workspace
 
     dest = sync_workspace(args.dest, args.params, repo=args.repo)
     print(f"{dest}: workspace ready for {args.params}; run it as `make run PRESET=<name>` does: "
@@ -102,7 +102,7 @@ def _cmd_workspace(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from gfm.check import check_path
+    from gfm.tools.check import check_path
 
     verdicts = [v for path in args.paths for v in check_path(path)]
     for v in verdicts:

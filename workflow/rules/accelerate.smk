@@ -1,4 +1,4 @@
-# Stage accelerate: jump-ahead training with trained forecasters (src/gfm/accelerate.py), one job per store of
+# Stage accelerate: jump-ahead training with trained forecasters (src/gfm/stages/accelerate.py), one job per store of
 # `accelerate.stores`; writes data/metrics/accelerate/<task>/<optimizer>.json (read by the report).
 
 

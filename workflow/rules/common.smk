@@ -2,10 +2,10 @@
 # declaration of the stages; dvc.yaml is generated from it). Helper functions live here only: the rule files
 # hold rules (snakemake --lint).
 
-from gfm.optimizers import OPTIMIZER_NAMES
+from gfm.core.optimizers import OPTIMIZER_NAMES
 from gfm.pipeline import path, trigger_values
 from gfm.pipeline.closure import stage_codes
-from gfm.schema import NAME_PATTERN
+from gfm.base.schema import NAME_PATTERN
 
 STORES = {key: (spec["task"], spec["optimizer"]["name"]) for key, spec in config["stores"].items()}
 

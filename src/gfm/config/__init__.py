@@ -1,19 +1,23 @@
 """Typed params: one frozen dataclass per ``params.yaml`` section, validated once at load.
 
 ``load_params(path)`` reads YAML with the safe loader, builds :class:`Params` and raises
-:class:`~gfm.errors.ParamsError` listing every problem as ``key.path: got X; expected Y``.
+:class:`~gfm.base.errors.ParamsError` listing every problem as ``key.path: got X; expected Y``.
 The same file is Snakemake's ``configfile:`` and DVC's params file (docs/architecture.md §6).
 
 One module per concern: :mod:`~gfm.config.optimizer` and :mod:`~gfm.config.tasks` (the sections runs are built
 from), :mod:`~gfm.config.sections` (stores and stages), :mod:`~gfm.config.params` (the whole file),
 :mod:`~gfm.config.validation` (checks across sections), :mod:`~gfm.config.sizes` (what a store costs) and
 :mod:`~gfm.config.loader` (YAML in, Params out).
+
+May import: gfm.base, gfm.core (the optimizers' registry) and gfm.artifacts (a declared store's files).
 """
 
 from __future__ import annotations
 
 from gfm.config.loader import config_hash, load_params, parse_params, to_dict
-from gfm.config.optimizer import _OPTIMIZER_KEYS as _OPTIMIZER_KEYS  # tests check it against gfm.optimizers
+from gfm.config.optimizer import (
+    OPTIMIZER_KEYS as OPTIMIZER_KEYS,  # tests check it against gfm.core.optimizers
+)
 from gfm.config.optimizer import (
     OPTIMIZER_NAMES,
     OPTIMIZER_STATE_ARRAYS,

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gfm.base.errors import ParamsError, shorten
+from gfm.base.params_yaml import YAMLRefused, parse_yaml, read_params_text
+from gfm.base.schema import build
 from gfm.config.params import Params
-from gfm.errors import ParamsError, shorten
-from gfm.params_yaml import YAMLRefused, parse_yaml, read_params_text
-from gfm.schema import build
 
 _REQUIRED = {"tasks": "a mapping of task names to tasks", "stores": "a mapping of store keys to stores (at least "
                                                                      "one: a study with no store has nothing to run)"}
@@ -23,13 +23,13 @@ def parse_params(data: Any, *, source: str = "params", root: str | Path = ".") -
     """Validate a parsed params mapping, sizes included (``limits:``); raise ParamsError listing every problem.
 
     Declared stores (tasks of kind ``recorded``) are read from their paths, relative to ``root`` (the
-    workspace: the params file's directory), which gives them their sizes (gfm.declared)."""
+    workspace: the params file's directory), which gives them their sizes (gfm.config.declared)."""
     problems: list[str] = []
     if isinstance(data, dict):
         problems += [f"{key}: missing; expected {what}" for key, what in _REQUIRED.items() if key not in data]
         if isinstance(data.get("tasks"), dict) and any(
                 isinstance(t, dict) and t.get("kind") == "recorded" for t in data["tasks"].values()):
-            from gfm.declared import source_problems
+            from gfm.config.declared import source_problems
 
             data = {**data, "tasks": copy.deepcopy(data["tasks"])}  # filled in from the stores, not the caller's
             problems += source_problems(data, Path(root))
@@ -43,7 +43,7 @@ def parse_params(data: Any, *, source: str = "params", root: str | Path = ".") -
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file: YAML through :func:`gfm.params_yaml.parse_yaml` (the safe loader with
+    """Read and validate a params file: YAML through :func:`gfm.base.params_yaml.parse_yaml` (the safe loader with
     bounded aliases and nesting, duplicate keys refused, ``1e-5`` read as a number), then :func:`parse_params`."""
     path = Path(path)
     try:

@@ -7,11 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from gfm.errors import shorten
-from gfm.optimizers import HYPERS, OPTIMIZER_NAMES, SPECS, HyperSpec
-from gfm.schema import spec
+from gfm.base.errors import shorten
+from gfm.base.schema import spec
+from gfm.core.optimizers import HYPERS, OPTIMIZER_NAMES, SPECS, HyperSpec
 
-# The names come from the registry (gfm.optimizers.SPECS, torch-free to import); Literal of a tuple is the
+# The names come from the registry (gfm.core.optimizers.SPECS, torch-free to import); Literal of a tuple is the
 # Literal of its items.
 OptimizerName = Literal[OPTIMIZER_NAMES]  # type: ignore[valid-type]
 
@@ -50,7 +50,7 @@ class ScheduleConfig:
 OPTIMIZER_STATE_ARRAYS: dict[str, int] = {n: len(s.state) for n, s in SPECS.items()}
 
 # Which hyper-parameters each optimizer reads; any other key is a mistake worth reporting.
-_OPTIMIZER_KEYS: dict[str, frozenset[str]] = {n: s.params_keys for n, s in SPECS.items()}
+OPTIMIZER_KEYS: dict[str, frozenset[str]] = {n: s.params_keys for n, s in SPECS.items()}
 
 
 class _OptimizerRules:
@@ -59,8 +59,8 @@ class _OptimizerRules:
     @classmethod
     def _dispatch(cls, data, path, problems):
         name = data.get("name")
-        if isinstance(name, str) and name in _OPTIMIZER_KEYS:  # a list here must be a problem, not a crash
-            allowed = _OPTIMIZER_KEYS[name] | {"name", "schedule"}
+        if isinstance(name, str) and name in OPTIMIZER_KEYS:  # a list here must be a problem, not a crash
+            allowed = OPTIMIZER_KEYS[name] | {"name", "schedule"}
             for key in data:
                 if key not in allowed and key in {f.name for f in dataclasses.fields(cls)}:
                     problems.append(f"{path}.{key}: not used by optimizer {name!r}; "
@@ -69,15 +69,15 @@ class _OptimizerRules:
 
     def hyper(self) -> dict[str, Hyper]:
         """The hyper-parameters this optimizer reads, by name."""
-        return {k: getattr(self, k) for k in sorted(_OPTIMIZER_KEYS[self.name])}
+        return {k: getattr(self, k) for k in sorted(OPTIMIZER_KEYS[self.name])}
 
 
 def _hyper_field(name: str, h: HyperSpec) -> tuple:
     return name, Hyper if h.per_run else float, spec(h.default, ge=h.ge, gt=h.gt, lt=h.lt)
 
 
-# One field per hyper-parameter of the registry (gfm.optimizers.HYPERS), so that an optimizer reading a new one
-# is declared in gfm.optimizers alone; to_dict and stores list them in this order.
+# One field per hyper-parameter of the registry (gfm.core.optimizers.HYPERS), so that an optimizer reading a new one
+# is declared in gfm.core.optimizers alone; to_dict and stores list them in this order.
 OptimizerConfig = dataclasses.make_dataclass(
     "OptimizerConfig",
     [("name", OptimizerName),
@@ -87,5 +87,5 @@ OptimizerConfig = dataclasses.make_dataclass(
     bases=(_OptimizerRules,), frozen=True,
     namespace={"__module__": __name__, "__doc__": """An optimizer and its hyper-parameters (PyTorch conventions:
     heavy-ball or Nesterov momentum, Adam with bias correction and L2 weight decay, AdamW with decoupled weight
-    decay, RMSprop with smoothing ``alpha``; update rules in gfm.optimizers). Each hyper-parameter is a number
-    or a per-run Range; which ones an optimizer reads, and their defaults and ranges, are gfm.optimizers'."""})
+    decay, RMSprop with smoothing ``alpha``; update rules in gfm.core.optimizers). Each hyper-parameter is a number
+    or a per-run Range; which ones an optimizer reads, and their defaults and ranges, are gfm.core.optimizers'."""})

@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gfm.base.errors import ParamsError
+from gfm.base.schema import NAME_PATTERN, keys_matching, spec
 from gfm.config.sections import (
     STORE_KEY_PATTERN,
     AccelerateConfig,
@@ -23,8 +25,6 @@ from gfm.config.sections import (
 )
 from gfm.config.tasks import TaskConfig
 from gfm.config.validation import params_problems
-from gfm.errors import ParamsError
-from gfm.schema import NAME_PATTERN, keys_matching, spec
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Params:
     stores: dict[str, StoreSpec] = spec({}, nonempty=True, json_schema=keys_matching(STORE_KEY_PATTERN))
     forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    # each entry's options are checked by its forecaster's own Config (gfm.train.model_problems)
+    # each entry's options are checked by its forecaster's own Config (gfm.stages.train.model_problems)
     models: dict[str, Any] = spec({}, doc="name -> {kind: <forecaster>, **its options}", json_schema={
         **keys_matching(NAME_PATTERN),
         "additionalProperties": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}}})

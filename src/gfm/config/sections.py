@@ -8,9 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gfm.base.schema import NAME_PATTERN, keys_matching, spec
 from gfm.config.optimizer import OptimizerConfig, OptimizerName
-from gfm.optimizers import OPTIMIZER_NAMES
-from gfm.schema import NAME_PATTERN, keys_matching, spec
+from gfm.core.optimizers import OPTIMIZER_NAMES
 
 # A store key is its task's name and its optimizer's.
 STORE_KEY_PATTERN = f"{NAME_PATTERN}-({'|'.join(OPTIMIZER_NAMES)})"
@@ -135,7 +135,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ClaimSpec:
     """A claim checked by the report on ``report.target_task``: final-step MSE of ``model`` / ``baseline`` <
-    ``threshold`` (paired over dataset seeds; gfm.stats)."""
+    ``threshold`` (paired over dataset seeds; gfm.metrics.stats)."""
 
     model: str
     baseline: str

@@ -30,7 +30,7 @@ class StoreEstimate:
 
 
 def estimate_store(task: TaskConfig, optimizer: str, n_seeds: int, shard_runs: int) -> StoreEstimate:
-    """Memory of one generation block (gfm.generate.simulate: records preallocated as (run, record, param)
+    """Memory of one generation block (gfm.stages.generate.simulate: records preallocated as (run, record, param)
     float32 for the weights and each optimizer state array, the runs' data and its per-epoch gather, the int64
     batch orders, a forward pass over every sample) and the size of the whole store. Python integers: no
     overflow whatever the params say."""

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from gfm.errors import shorten
-from gfm.schema import spec
+from gfm.base.errors import shorten
+from gfm.base.schema import spec
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ SHA256_PATTERN = "^[0-9a-f]{64}$"
 @dataclass(frozen=True, kw_only=True)  # kw_only: required fields after the base class's defaults
 class RecordedConfig(TaskConfig):
     """A store recorded from a user's own training loop (``gfm.record``) or imported (``gfm import``), declared
-    by its path: the pipeline takes it in instead of generating one (gfm.declared). Its network, optimizer,
+    by its path: the pipeline takes it in instead of generating one (gfm.config.declared). Its network, optimizer,
     recording interval, loss and activation are the store's own; ``gfm declare`` writes this entry.
 
     ``runs_per_dataset``, ``steps`` and ``record_every`` are not written in params: they are read from the store

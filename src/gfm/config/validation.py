@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from gfm.base.errors import count_text, shorten, size_text
+from gfm.base.schema import is_name
 from gfm.config.optimizer import OPTIMIZER_STATE_ARRAYS
 from gfm.config.sizes import estimate_store
-from gfm.errors import count_text, shorten, size_text
-from gfm.schema import is_name
 
 if TYPE_CHECKING:
     from gfm.config.params import Params

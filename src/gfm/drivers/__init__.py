@@ -11,6 +11,8 @@ One module per concern:
 * ``gfm.drivers.process``: running the venv's tools, ``DriverError``.
 
 The names below are the ones the CLI and the tests use.
+
+May import: gfm.base.
 """
 
 from gfm.drivers.dvc import DvcStage, check_remote, dvc_stages, dvc_status, parse_stage_cmd

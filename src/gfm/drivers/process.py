@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gfm.errors import GFMError
+from gfm.base.errors import GFMError
 
 __all__ = ["DriverError", "tool", "run_tool"]
 

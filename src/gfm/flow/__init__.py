@@ -1,5 +1,8 @@
 """The flow-matching core: conditional path (path.py), field networks and the optimizer-aware velocity
-(field.py), and an ODE sampler over torchdiffeq (solver.py)."""
+(field.py), and an ODE sampler over torchdiffeq (solver.py).
+
+May import: gfm.base, gfm.core.
+"""
 
 from gfm.flow.field import BoundedMLP, CoordinateField, JointField, bound, optimizer_velocity
 from gfm.flow.path import T_SAMPLING, PathSample, PiecewiseLinearPath, sample_segments

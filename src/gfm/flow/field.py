@@ -13,7 +13,7 @@ Both end in a bounded output o -> B tanh(o / B): an MLP with SiLU extrapolates l
 field fed back into its own input through the ODE exploded in the prototype (docs/methods.md §8.2).
 
 Optimizer-aware velocity. The network's output is a gradient surrogate g; the velocity comes from the
-optimizer's own update rule :func:`gfm.optimizers.update` (m = optimizer steps per unit time, n = t m + 1
+optimizer's own update rule :func:`gfm.core.optimizers.update` (m = optimizer steps per unit time, n = t m + 1
 the 1-based index of the update starting at t, lr = alpha(t))::
 
     (w', s') = update(opt, w, g, s, hp, n)
@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gfm.optimizers import update
+from gfm.core.optimizers import update
 
 __all__ = ["BoundedMLP", "CoordinateField", "JointField", "optimizer_velocity", "bound"]
 
@@ -186,7 +186,7 @@ def optimizer_velocity(name: str, w: torch.Tensor, g: torch.Tensor, state: dict[
     """Velocity of weights and optimizer state assembled by the optimizer's own rule.
 
     Args:
-        name: an optimizer of :data:`gfm.optimizers.STATE_NAMES`.
+        name: an optimizer of :data:`gfm.core.optimizers.STATE_NAMES`.
         w: (..., param) current weights.
         g: (..., param) gradient surrogate at ``w``.
         state: optimizer state at the current time, each (..., param).

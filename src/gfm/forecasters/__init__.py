@@ -3,6 +3,8 @@
 Importing this package fills the registry ``FORECASTERS`` (name in params -> class): it imports every module of
 its own directory, and a module's ``@register`` classes register themselves, so a new forecaster is its module
 (and its test) and nothing else.
+
+May import: gfm.base, gfm.core, gfm.artifacts, gfm.config, gfm.store, gfm.flow, gfm.metrics.
 """
 
 import importlib
@@ -16,9 +18,9 @@ from gfm.forecasters.base import (
     StoreNotSupported,
     Trajectories,
     make_forecaster,
-    read_model,
     register,
 )
+from gfm.forecasters.model_files import read_model, save_model
 from gfm.forecasters.trained import (  # a trained model + what it was fitted on: gfm.load_forecaster
     Forecast,
     RunMismatchError,
@@ -34,7 +36,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "FORECASTERS", "Forecaster", "ForecasterError", "ModelFileError", "StoreNotSupported", "Trajectories",
-    "read_model",
+    "read_model", "save_model",
     "make_forecaster", "register", "Forecast", "RunMismatchError", "TrainedForecaster", "TrainedOn",
     "prefix_from_arrays",
 ]

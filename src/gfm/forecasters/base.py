@@ -6,8 +6,8 @@ Usage::
     fc = make_forecaster("linear", {}, prefix_end=20, horizons=[40, 60, 200])
     fc.fit(train, val, rng=torch.Generator().manual_seed(0))      # Trajectories of whole runs
     pred = fc.forecast(test.prefix(20), horizons=[40, 60, 200])    # (run, horizon, param)
-    fc.save("data/models/mlp_regression/sgd/linear")              # weights.safetensors + config.json
-    fc2 = read_model("data/models/mlp_regression/sgd/linear")
+    save_model(fc, "data/models/mlp_regression/sgd/linear")        # weights.safetensors + config.json
+    fc2 = read_model("data/models/mlp_regression/sgd/linear")      # both in gfm.forecasters.model_files
 
 Step indices (``prefix_end``, ``horizons``) count *recorded* steps: index j is optimizer step
 j * record_every. A forecaster is built for one prefix length and one set of horizons (sequence models learn
@@ -24,18 +24,16 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from gfm.errors import GFMError, shorten
-from gfm.outputs import MODEL, discard_temp, open_temp_dir, replace_output
+from gfm.base.errors import GFMError, shorten
 
 __all__ = [
-    "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster", "read_model",
-    "ForecasterError", "StoreNotSupported", "ModelFileError", "FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "SizeEstimate",
+    "Trajectories", "Forecaster", "FORECASTERS", "register", "make_forecaster",
+    "ForecasterError", "StoreNotSupported", "ModelFileError", "SizeEstimate",
 ]
 
 
@@ -75,12 +73,12 @@ class Trajectories:
         lr: (run, record) learning rate in force for the update leaving each record.
         states: optimizer state arrays by name, each (run, record, param) (may be empty).
         hyper: per-run hyper-parameters by name, each (run,) (``lr`` already includes the task's lr_scale).
-        optimizer: a name of ``gfm.optimizers.STATE_NAMES`` (``sgd``, ``momentum``, ``adam``, ...).
+        optimizer: a name of ``gfm.core.optimizers.STATE_NAMES`` (``sgd``, ``momentum``, ``adam``, ...).
         record_every: optimizer steps between records.
         steps: total optimizer steps of a full run (m); record j is at time t = j * record_every / steps.
         run_ids: (run,) positions of these runs in their store (for bookkeeping).
         layout: the tensors of the flat parameter vector (the store's layout), when known.
-        network: the store's activation and loss (:class:`gfm.network.Network`, whose fields may be None: the
+        network: the store's activation and loss (:class:`gfm.core.network.Network`, whose fields may be None: the
             store does not know); None when the runs do not come from a store and nothing says.
     """
 
@@ -92,8 +90,8 @@ class Trajectories:
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     hyper: dict[str, torch.Tensor] = field(default_factory=dict)
     run_ids: np.ndarray | None = None
-    layout: tuple[Any, ...] | None = None  # gfm.layout.ParamSpec, in flat-vector order
-    network: Any = None  # gfm.network.Network
+    layout: tuple[Any, ...] | None = None  # gfm.core.layout.ParamSpec, in flat-vector order
+    network: Any = None  # gfm.core.network.Network
 
     @property
     def n_runs(self) -> int:
@@ -140,10 +138,10 @@ class Trajectories:
 
     @classmethod
     def from_store(cls, store: Any, runs: Sequence[int] | np.ndarray, *, records: int | None = None) -> Trajectories:
-        """Read runs ``runs`` (store positions) of a :class:`~gfm.store_reader.TrajectoryStore`, optionally only the
+        """Read runs ``runs`` (store positions) of a :class:`~gfm.store.reader.TrajectoryStore`, optionally only the
         first ``records`` records (a prefix read touches only the first chunk rows)."""
-        from gfm.network import network_of
-        from gfm.store_reader import read_runs
+        from gfm.core.network import network_of
+        from gfm.store.reader import read_runs
 
         runs = np.asarray(runs, dtype=np.int64)
         stop = store.n_records if records is None else records
@@ -296,7 +294,7 @@ class Forecaster:
             out = out[:, [ordered.index(h) for h in horizons]]
         return out.float()
 
-    # --- sampled forecasts (gfm.uncertainty scores them) ----------------------------------------------
+    # --- sampled forecasts (gfm.metrics.uncertainty scores them) ----------------------------------------------
     def n_samples(self) -> int:
         """Draws per run :meth:`sample_final` gives by default (0: this fitted model forecasts points only)."""
         return 0
@@ -318,22 +316,6 @@ class Forecaster:
         out = self._sample_final(prefix.prefix(self.prefix_end), int(horizon), int(n), int(seed))
         assert out.shape == (prefix.n_runs, n, prefix.n_params), f"{self.name}: bad shape {tuple(out.shape)}"
         return out.float()
-
-    # --- persistence -----------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``weights.safetensors`` to ``directory`` atomically (temp dir + rename)."""
-        directory = Path(directory)
-        tmp = open_temp_dir(directory, MODEL)  # refuses a directory that is not an earlier model (gfm.outputs)
-        try:
-            self._save_into(tmp, directory)
-        except BaseException:
-            discard_temp(tmp)
-            raise
-        replace_output(tmp, directory, MODEL)
-        return directory
-
-    def _save_into(self, tmp: Path, directory: Path) -> None:
-        write_model(self, tmp, directory)
 
 
 def tensor_dim(shapes: dict[str, tuple[int, ...]], name: str, axis: int) -> int | None:
@@ -376,7 +358,7 @@ def _lookup(kind: str) -> type[Forecaster]:
 def make_forecaster(kind: str, config: dict[str, Any] | Any = None, *, prefix_end: int,
                     horizons: Sequence[int]) -> Forecaster:
     """Build a registered forecaster from a name and a plain config mapping (validated)."""
-    from gfm.schema import build
+    from gfm.base.schema import build
 
     cls = _lookup(kind)
     if config is None or isinstance(config, dict):
@@ -387,14 +369,3 @@ def make_forecaster(kind: str, config: dict[str, Any] | Any = None, *, prefix_en
     else:
         cfg = config
     return cls(cfg, prefix_end=prefix_end, horizons=horizons)
-
-
-# The model files (format, save, checked load) live in model_files.py, which builds on the classes above, so
-# it is imported after them (gfm.forecasters imports this module before any other).
-from gfm.forecasters.model_files import (  # noqa: E402
-    FORMAT,
-    FORMAT_VERSION,
-    MAX_HEADER_BYTES,
-    read_model,
-    write_model,
-)

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gfm.base.schema import spec
 from gfm.forecasters.base import (
     Forecaster,
     ForecasterError,
@@ -48,7 +49,6 @@ from gfm.forecasters.base import (
 )
 from gfm.forecasters.features import from_rows, to_rows
 from gfm.forecasters.fitting import DirectForecaster, FitOptions
-from gfm.schema import spec
 
 __all__ = [
     "LastValueForecaster", "LinearForecaster", "ExpFitForecaster", "LFD2Forecaster",

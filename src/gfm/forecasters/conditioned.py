@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfm.base.schema import spec
 from gfm.forecasters.base import (
     ForecasterError,
     SizeEstimate,
@@ -34,8 +35,7 @@ from gfm.forecasters.base import (
 from gfm.forecasters.features import SEQUENCE_FEATURES, sequence_features
 from gfm.forecasters.function_field import FunctionFieldConfig, FunctionFieldGFM
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.forecasters.sequence import LSTMConfig, LSTMForecaster, _LSTMNet, lstm_size
-from gfm.schema import spec
+from gfm.forecasters.sequence import LSTMConfig, LSTMForecaster, LSTMNet, lstm_size
 
 __all__ = ["LSTMZConfig", "LSTMZForecaster"]
 
@@ -80,7 +80,7 @@ class LSTMZForecaster(LSTMForecaster):
         return None
 
     def _build(self) -> nn.Module:
-        return _LSTMNet(len(SEQUENCE_FEATURES) + self.config.basis, self.config.hidden, self.config.layers,
+        return LSTMNet(len(SEQUENCE_FEATURES) + self.config.basis, self.config.hidden, self.config.layers,
                         len(self.horizons))
 
     def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:

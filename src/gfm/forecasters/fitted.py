@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gfm.errors import shorten
-from gfm.inputs import is_int
+from gfm.artifacts.inputs import is_int
+from gfm.base.errors import shorten
 
 __all__ = ["Value", "ListOf", "MapOf", "Maybe", "Schema", "fitted_problems", "NUMBER", "POSITIVE", "NON_NEGATIVE",
            "COUNT", "NON_NEGATIVE_INT", "MAPPING", "OPTIMIZER"]
@@ -64,7 +64,7 @@ def _finite(x: Any) -> bool:
 
 
 def _optimizer(x: Any) -> bool:
-    from gfm.optimizers import STATE_NAMES
+    from gfm.core.optimizers import STATE_NAMES
 
     return isinstance(x, str) and x in STATE_NAMES
 
@@ -75,7 +75,7 @@ NON_NEGATIVE = Value(lambda x: _finite(x) and x >= 0, "a number >= 0")
 COUNT = Value(lambda x: is_int(x) and x >= 1, "an integer >= 1")
 NON_NEGATIVE_INT = Value(lambda x: is_int(x) and x >= 0, "an integer >= 0")
 MAPPING = Value(lambda x: isinstance(x, dict), "a mapping")
-OPTIMIZER = Value(_optimizer, "an optimizer name of gfm.optimizers (sgd, momentum, nesterov, adam, ...)")
+OPTIMIZER = Value(_optimizer, "an optimizer name of gfm.core.optimizers (sgd, momentum, nesterov, adam, ...)")
 
 
 def _expected(schema: Schema) -> str:

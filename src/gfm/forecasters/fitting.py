@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfm.base.schema import spec
 from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories
 from gfm.forecasters.features import decode_residual, fit_scales, residual_targets, scales_schema
-from gfm.schema import spec
 
 __all__ = ["FitOptions", "BUDGET_KEYS", "AdamW", "EarlyStopping", "make_optimizer", "val_scores", "validation",
            "best_val_loss", "fit_module", "RowBatches", "seeded", "DirectForecaster", "predict_rows"]

@@ -8,9 +8,9 @@ parameters through the network's *function*. This field is built from that struc
     g(w | h) = grad_w  sum_p c_p * || f_w(x_p) - h_p ||^2
 
 a gradient surrogate, where f_w is the network computed from the flat weights, the store's layout (linear
-layers) and the store's activation between them (attribute ``network``, :mod:`gfm.network`), x_p are P learned
+layers) and the store's activation between them (attribute ``network``, :mod:`gfm.core.network`), x_p are P learned
 probe inputs with learned weights c_p, and h_p is the run's
-*target function* at the probes. The optimizer's own rule (``gfm.optimizers.update``: SGD, momentum,
+*target function* at the probes. The optimizer's own rule (``gfm.core.optimizers.update``: SGD, momentum,
 Nesterov, Adam, AdamW, RMSprop, with the logged state at the prefix end) turns g into the update, as in the
 paper's optimizer-aware field. Because g is a gradient through the network, the field couples every
 parameter through the current function at each step, is equivariant to permutations of hidden units and
@@ -40,8 +40,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gfm import optimizers as opt_rules
-from gfm.errors import shorten
+from gfm.base.errors import shorten
+from gfm.base.schema import spec
+from gfm.core import optimizers as opt_rules
+from gfm.core.network import ACTIVATIONS
 from gfm.forecasters.base import (
     Forecaster,
     ForecasterError,
@@ -63,8 +65,6 @@ from gfm.forecasters.function_net import (
 )
 from gfm.forecasters.function_sampling import calibrate, sample_final
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.network import ACTIVATIONS
-from gfm.schema import spec
 
 __all__ = ["FunctionFieldConfig", "FunctionFieldGFM"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfm.errors import shorten
+from gfm.base.errors import shorten
+from gfm.core.network import ACTIVATIONS, activation_fn
 from gfm.forecasters.base import ForecasterError, StoreNotSupported, Trajectories
-from gfm.network import ACTIVATIONS, activation_fn
 
 __all__ = ["MLPShape", "mlp_shape", "run_activation", "fitted_activation", "mlp_apply", "FunctionField"]
 
@@ -75,7 +75,7 @@ _UNKNOWN_ACTIVATION = ("gfm_function: the store does not record its network's ac
 
 
 def run_activation(runs: Trajectories) -> str | None:
-    """The activation of the runs' network as their store records it (:func:`gfm.network.network_of`); None
+    """The activation of the runs' network as their store records it (:func:`gfm.core.network.network_of`); None
     when the runs do not say (Trajectories built from arrays, not read from a store).
 
     Raises:
@@ -104,7 +104,7 @@ def fitted_activation(runs: Trajectories) -> str:
 
 def mlp_apply(shape: MLPShape, w: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
     """f_w(x) for stacked flat weights ``w`` (..., D) at inputs ``x`` (P, in): (..., P, out), with
-    ``activation`` (a name of :data:`gfm.network.ACTIVATIONS`) between layers and none after the last, as
+    ``activation`` (a name of :data:`gfm.core.network.ACTIVATIONS`) between layers and none after the last, as
     ``nn.Sequential(Linear, act, Linear, ...)`` computes."""
     act = activation_fn(activation)
     lead, h, at = w.shape[:-1], x.expand(*w.shape[:-1], *x.shape), 0

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from gfm.forecasters.gfm_features import recover_gradient
-from gfm.uncertainty import covered
+from gfm.metrics.uncertainty import covered
 
 __all__ = ["calibrate", "sample_final", "run_draws"]
 

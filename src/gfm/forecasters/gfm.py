@@ -35,6 +35,8 @@ from typing import Literal
 
 import torch
 
+from gfm.base.schema import spec
+from gfm.core.optimizers import HYPER_NAMES, STATE_NAMES
 from gfm.flow import (
     CoordinateField,
     JointField,
@@ -67,8 +69,6 @@ from gfm.forecasters.gfm_features import (
     recover_gradient,
     state_features,
 )
-from gfm.optimizers import HYPER_NAMES, STATE_NAMES
-from gfm.schema import spec
 
 __all__ = ["GFM", "GFMPlain", "PlainConfig", "GFMConfig"]
 

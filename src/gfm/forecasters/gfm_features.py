@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from gfm import optimizers
+from gfm.core import optimizers
 from gfm.forecasters.base import ForecasterError, Trajectories
 
 __all__ = ["Scales", "Context", "fit_scales", "recover_gradient", "build_context", "dynamic_features",
@@ -81,7 +81,7 @@ class Scales:
 
 def recover_gradient(traj: Trajectories) -> torch.Tensor:
     """The gradient each logged update used, recovered from the weights and the logged state by the inverse of
-    the optimizer's rule (:func:`gfm.optimizers.recover_gradient`). Exact when record_every = 1; with coarser
+    the optimizer's rule (:func:`gfm.core.optimizers.recover_gradient`). Exact when record_every = 1; with coarser
     records it is the mean gradient of the recorded span, roughly.
 
     Args:
@@ -125,7 +125,7 @@ def state_features(optimizer: str, states: dict[str, torch.Tensor], hp: dict[str
                    n_done: torch.Tensor | float, m: float, scales: Scales) -> list[torch.Tensor]:
     """Optimizer state as velocity- or gradient-scale features.
 
-    Each optimizer's spec says how (``state_features`` in gfm.optimizers): momentum, nesterov: the buffer's
+    Each optimizer's spec says how (``state_features`` in gfm.core.optimizers): momentum, nesterov: the buffer's
     velocity lr b m / V; adam, adamw: the bias-corrected step lr Mhat / (sqrt(Vhat) + eps) m / V and
     sqrt(Vhat) / G; rmsprop: sqrt(s) / G.
 

@@ -21,14 +21,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gfm.artifacts.inputs import is_int
+from gfm.artifacts.outputs import MODEL, discard_temp, open_temp_dir, replace_output
+from gfm.artifacts.verdict import Verdict
+from gfm.base.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.config import to_dict
-from gfm.errors import GFMError, OutOfMemory, is_out_of_memory, out_of_memory_text, shorten
 from gfm.forecasters.base import Forecaster, ModelFileError, make_forecaster
 from gfm.forecasters.fitted import fitted_problems
-from gfm.inputs import is_int
-from gfm.verdict import Verdict
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "write_model", "read_model", "check_model_dir",
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_HEADER_BYTES", "save_model", "write_model", "read_model", "check_model_dir",
            "check_trained_models", "check_safetensors_file"]
 
 FORMAT = "gfm-forecaster"
@@ -37,9 +38,23 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024  # a safetensors header larger than this is 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
+def save_model(fc: Forecaster, directory: str | Path) -> Path:
+    """Write ``fc``'s ``config.json`` + ``weights.safetensors`` to ``directory`` atomically (temp dir + rename);
+    a directory that is not an earlier model is refused (gfm.artifacts.outputs)."""
+    directory = Path(directory)
+    tmp = open_temp_dir(directory, MODEL)
+    try:
+        write_model(fc, tmp, directory)
+    except BaseException:
+        discard_temp(tmp)
+        raise
+    replace_output(tmp, directory, MODEL)
+    return directory
+
+
 def write_model(fc: Forecaster, tmp: Path, directory: Path) -> None:
     """Write ``fc``'s ``config.json`` and ``weights.safetensors`` into ``tmp`` (renamed to ``directory`` by
-    :meth:`Forecaster.save`), keeping the ``train_log.csv`` of an earlier model there."""
+    :func:`save_model`), keeping the ``train_log.csv`` of an earlier model there."""
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": fc.name,
             "config": to_dict(fc.config), "prefix_end": fc.prefix_end,
             "horizons": list(fc.horizons), "extra": fc.extra}
@@ -59,12 +74,12 @@ def _check_safetensors_header(path: Path, root: Path | None = None) -> dict[str,
 
     Refused (``ModelFileError`` naming the file): not a regular file or a link leaving ``root``; a length
     field past the end of the file or above :data:`MAX_HEADER_BYTES`; a header that is not a JSON object
-    (a list, a number, nesting deeper than ``gfm.inputs.MAX_JSON_DEPTH``); tensor names that are not plain
+    (a list, a number, nesting deeper than ``gfm.artifacts.inputs.MAX_JSON_DEPTH``); tensor names that are not plain
     identifiers; dtypes other than F32; shapes that are not lists of non-negative integers; data offsets that
     do not match the shape, overlap or do not cover the data exactly (a truncated or padded file)."""
     import stat
 
-    from gfm.inputs import parse_json, regular_file
+    from gfm.artifacts.inputs import parse_json, regular_file
 
     regular_file(path, root, error=ModelFileError)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -148,7 +163,7 @@ def read_model(directory: str | Path) -> Forecaster:
     """
     from safetensors import SafetensorError
 
-    from gfm.inputs import file_problem, read_json
+    from gfm.artifacts.inputs import file_problem, read_json
 
     directory = Path(directory)
     problem = file_problem(directory, want_dir=True)
@@ -235,7 +250,7 @@ def _dry_load(fc: Forecaster, shapes: dict[str, tuple[int, ...]]) -> None:
 
 # --- gfm check: a model directory, a train stage's directory of per-seed models, a safetensors file -------
 def check_model_dir(path: Path, v: Verdict) -> None:
-    from gfm.verdict import check_csv
+    from gfm.artifacts.verdict import check_csv
 
     fc = read_model(path)  # refuses what the stages refuse: headers, shapes, non-finite tensors
     if (path / "train_log.csv").is_file():
@@ -246,7 +261,7 @@ def check_model_dir(path: Path, v: Verdict) -> None:
 
 
 def check_trained_models(path: Path, v: Verdict) -> None:
-    from gfm.inputs import read_json
+    from gfm.artifacts.inputs import read_json
 
     summary = read_json(path / "summary.json", error=GFMError)
     if not isinstance(summary, dict) or not isinstance(summary.get("seeds"), dict) or "kind" not in summary:

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from gfm.core.layout import ParamSpec, layout_from_shapes
+from gfm.core.network import Network, read_activation
+from gfm.core.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 from gfm.forecasters.base import ForecasterError, Trajectories
-from gfm.layout import ParamSpec, layout_from_shapes
-from gfm.network import Network, read_activation
-from gfm.optimizers import HYPER_DEFAULTS, HYPER_NAMES, STATE_NAMES
 
 __all__ = ["prefix_from_arrays", "layout_of"]
 
 
 def layout_of(layout: Any, n_params: int | None = None) -> tuple[ParamSpec, ...]:
     """A parameter layout from a ``torch.nn.Module`` (``named_parameters`` order, as ``gfm.record`` writes),
-    a sequence of ``(name, shape)`` pairs or of :class:`~gfm.layout.ParamSpec`.
+    a sequence of ``(name, shape)`` pairs or of :class:`~gfm.core.layout.ParamSpec`.
 
     Raises:
         ForecasterError: anything else, or sizes that do not add up to ``n_params``.
@@ -71,17 +71,17 @@ def prefix_from_arrays(weights: Any, *, optimizer: str, lr: Any, hyper: Mapping[
     Args:
         weights: (record, param) for one run or (run, record, param): the flat parameter vector at records
             0, 1, ... (record j after j * record_every optimizer steps; record 0 = the initial weights).
-        optimizer: the update rule's name, a key of ``gfm.optimizers.STATE_NAMES`` (``sgd``, ``momentum``,
+        optimizer: the update rule's name, a key of ``gfm.core.optimizers.STATE_NAMES`` (``sgd``, ``momentum``,
             ``nesterov``, ``adam``, ``adamw``, ``rmsprop``).
         lr: learning rate of the update leaving each record: a number, (record,) or (run, record).
         hyper: the other hyper-parameters (a number or one per run); missing ones take PyTorch's defaults
-            (``gfm.optimizers.HYPER_DEFAULTS``), ``lr`` defaults to the lr at record 0.
+            (``gfm.core.optimizers.HYPER_DEFAULTS``), ``lr`` defaults to the lr at record 0.
         states: optimizer state arrays by name (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``,
             ``square_avg``), shaped like ``weights``: what ``torch.optim`` holds after each record's updates.
         record_every: optimizer steps between records.
         layout: a ``torch.nn.Module`` or a list of ``(name, shape)``: lets the forecast be checked against the
             model's training layout and loaded back into a network. A module whose code says its activation
-            (:func:`gfm.network.read_activation`) also lets a model that rebuilds the network (``gfm_function``)
+            (:func:`gfm.core.network.read_activation`) also lets a model that rebuilds the network (``gfm_function``)
             refuse a run of another activation; otherwise the run is taken as one of the fitted network.
 
     Returns:

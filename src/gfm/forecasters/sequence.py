@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfm.base.schema import spec
 from gfm.forecasters.base import SizeEstimate, Trajectories, count_indexed, known_sizes, register, tensor_dim
 from gfm.forecasters.features import SEQUENCE_FEATURES, sequence_features
 from gfm.forecasters.fitting import DirectForecaster, FitOptions
-from gfm.schema import spec
 
 __all__ = ["LSTMForecaster", "TransformerForecaster", "LSTMConfig", "TransformerConfig"]
 
@@ -67,7 +67,7 @@ def lstm_size(n_in: int, cfg: LSTMConfig, length: int, n_out: int) -> SizeEstima
     return SizeEstimate(params, cfg.batch_size * length * cfg.layers * h * 8)
 
 
-class _LSTMNet(nn.Module):
+class LSTMNet(nn.Module):
     def __init__(self, n_in: int, hidden: int, layers: int, n_out: int):
         super().__init__()
         self.rnn = nn.LSTM(n_in, hidden, num_layers=layers, batch_first=True)
@@ -112,7 +112,7 @@ class LSTMForecaster(_SequenceForecaster):
     Config = LSTMConfig
 
     def _build(self) -> nn.Module:
-        return _LSTMNet(len(SEQUENCE_FEATURES), self.config.hidden, self.config.layers, len(self.horizons))
+        return LSTMNet(len(SEQUENCE_FEATURES), self.config.hidden, self.config.layers, len(self.horizons))
 
     def size_estimate(self, n_params: int, optimizer: str) -> SizeEstimate:
         return lstm_size(len(SEQUENCE_FEATURES), self.config, self.prefix_end + 1, len(self.horizons))

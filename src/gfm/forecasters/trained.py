@@ -44,10 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers, read_model
+from gfm.core.layout import ParamSpec
+from gfm.forecasters.base import Forecaster, ForecasterError, Trajectories, integers
+from gfm.forecasters.model_files import read_model
 from gfm.forecasters.run_arrays import layout_of, prefix_from_arrays
 from gfm.forecasters.trained_on import TrainedOn, model_directory, read_trained_on
-from gfm.layout import ParamSpec
 
 __all__ = ["TrainedOn", "TrainedForecaster", "Forecast", "RunMismatchError", "load", "forecast_run",
            "prefix_from_arrays", "layout_of"]
@@ -193,7 +194,7 @@ class TrainedForecaster:
 
     # --- forecasting ---------------------------------------------------------------------------------
     def _as_trajectories(self, run: Any, runs: Any) -> tuple[list[Trajectories], str]:
-        from gfm.store_reader import TrajectoryStore, open_trajectories
+        from gfm.store.reader import TrajectoryStore, open_trajectories
 
         if isinstance(run, (str, Path)):
             run = open_trajectories(run)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gfm.core.layout import ParamSpec
 from gfm.forecasters.base import Forecaster, ModelFileError
-from gfm.layout import ParamSpec
 
 __all__ = ["TrainedOn", "read_trained_on", "model_directory"]
 
@@ -39,7 +39,7 @@ class TrainedOn:
 
 
 def _summary_store_key(model_dir: Path) -> str | None:
-    from gfm.inputs import read_json
+    from gfm.artifacts.inputs import read_json
 
     path = model_dir.parent / "summary.json"
     if not path.is_file():
@@ -66,7 +66,7 @@ _CHECKED_FACTS = ("optimizer", "record_every", "steps", "n_params")
 def read_trained_on(fc: Forecaster, model_dir: Path, store: str | Path | None) -> TrainedOn:
     """Facts from summary.json, the training store and the model itself; sources that contradict each other
     (a store regenerated after training, or the wrong ``store=``) are refused, not silently preferred."""
-    from gfm.store_reader import open_trajectories
+    from gfm.store.reader import open_trajectories
 
     found: list[tuple[str, dict[str, Any]]] = []
     key = _summary_store_key(model_dir)

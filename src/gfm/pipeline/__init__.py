@@ -13,6 +13,9 @@ Both drivers are derived from :data:`STAGES`:
 Path templates use the wildcards ``{task}``, ``{optimizer}`` and ``{model}``; params keys may use ``{task}``
 and ``{store}`` (``<task>-<optimizer>``). Pure and cheap to import: the Snakefile imports it at every start, and
 the stages that build paths with it have it in their import closure, so it holds the table and nothing else.
+
+May import: gfm.base, gfm.core, gfm.artifacts, gfm.config (what the generated files are made of) and
+gfm.stages (``train-index``'s command). The table itself imports nothing of gfm.
 """
 
 from __future__ import annotations
@@ -97,26 +100,26 @@ _STORE = ("trajectories", "split")
 STAGES: tuple[Stage, ...] = (
     Stage("generate", rules=("generate",), targets=("trajectories",), outs=("trajectories",), deps=(),
           params=("seed", "generate.dataset_seeds", "store", "tasks.{task}", "stores.{store}"),
-          modules=("gfm.generate",), rule_file="generate.smk"),
+          modules=("gfm.stages.generate",), rule_file="generate.smk"),
     Stage("split", rules=("split",), targets=("split",), outs=("split",), deps=("trajectories",),
-          params=("split",), modules=("gfm.split",), rule_file="generate.smk"),
+          params=("split",), modules=("gfm.stages.split",), rule_file="generate.smk"),
     Stage("train", rules=("train", "train_index"), targets=("train_index",), outs=("models",), deps=_STORE,
           params=("forecast", "train", "models", "stores.{store}"),
           # one train job per model: it depends on its own model's entry only
           rule_params={"train": ("forecast", "train.seed", "train.budget", "train.tuning", "models.{model}",
                                  "stores.{store}")},
-          modules=("gfm.train", "gfm.train_index"), rule_file="train.smk",
+          modules=("gfm.stages.train", "gfm.stages.train_index"), rule_file="train.smk",
           notes={"stores.{store}": "its optional per-store `models` list"},
           comment="One stage per store (each DVC stage pays one Snakemake start-up); inside it Snakemake runs "
                   "the store's model jobs in parallel. The target is the store's index.json, whose rule needs "
                   "every model directory of train.models: DVC cannot interpolate a list into `cmd`."),
     Stage("forecast", rules=("forecast",), targets=("forecasts",), outs=("forecasts",),
           deps=(*_STORE, "models"), params=("forecast", "train.models", "stores.{store}"),
-          modules=("gfm.forecast",), rule_file="forecast.smk"),
+          modules=("gfm.stages.forecast",), rule_file="forecast.smk"),
     Stage("evaluate", rules=("evaluate",), targets=("metrics",), outs=("metrics", "plots"),
           deps=(*_STORE, "forecasts"),
           params=("seed", "forecast", "train.models", "stores.{store}", "tasks.{task}", "evaluate"),
-          modules=("gfm.evaluate",), rule_file="evaluate.smk",
+          modules=("gfm.stages.evaluate",), rule_file="evaluate.smk",
           notes={"tasks.{task}": "downstream loss regenerates each test run's data from its task"},
           comment="The full metrics and plot data are cached like every other output (data/ is not in git), so "
                   "`dvc push` / `dvc pull` share them and a consumer's tree equals the producer's. They are plain "
@@ -124,31 +127,31 @@ STAGES: tuple[Stage, ...] = (
                   "`dvc plots` show."),
     Stage("headline", rules=("headline",), targets=("headline_metrics", "headline_plots"), outs=(),
           deps=("data/metrics", "data/plots"), params=("stores", "train.models"), foreach=None,
-          modules=("gfm.headline",), rule_file="evaluate.smk",
+          modules=("gfm.report.headline",), rule_file="evaluate.smk",
           notes={"stores": "which stores it shows (the Snakemake rule's inputs)"},
           comment="What DVC shows, tracked by git (cache: false) so that `dvc metrics diff`, `dvc exp show` and "
                   "`dvc plots diff` compare commits without a pull: metrics.json, one xLV per (store, model), and "
                   "plots/, evaluate's plot data of every store with one directory per kind of plot "
-                  "(src/gfm/headline.py).",
+                  "(src/gfm/report/headline.py).",
           extra="metrics:\n  - metrics.json:\n      cache: false\nouts:\n  - plots:\n      cache: false\n"),
     Stage("generalize", rules=("generalize",), targets=("generalize",), outs=("generalize",),
           deps=("data/models", "data/trajectories", "data/splits"),
           params=("forecast", "generalize", "tasks", "stores"), foreach=None,
-          modules=("gfm.generalize",), rule_file="generalize.smk",
+          modules=("gfm.stages.generalize",), rule_file="generalize.smk",
           notes={"tasks": "the pair labels name what differs between the two tasks",
                  "outs": "shown in reports/summary.md; cached, not a DVC metric (see headline)"}),
     Stage("accelerate", rules=("accelerate",), targets=("accelerate",), outs=("accelerate",),
           deps=("split", "models"),
           params=("seed", "generate.dataset_seeds", "forecast", "accelerate", "tasks.{task}", "stores.{store}"),
-          foreach="accelerate.stores", modules=("gfm.accelerate",), rule_file="accelerate.smk",
+          foreach="accelerate.stores", modules=("gfm.stages.accelerate",), rule_file="accelerate.smk",
           notes={"outs": "shown in reports/summary.md; cached, not a DVC metric (see headline)"},
-          comment="Jump-ahead training (src/gfm/accelerate.py): plain vs forecaster-jump loops on a store's "
+          comment="Jump-ahead training (src/gfm/stages/accelerate.py): plain vs forecaster-jump loops on a store's "
                   "test runs."),
     Stage("report", rules=("report",), targets=("reports",), outs=("reports",),
           deps=("data/metrics", "data/plots", "data/models"),
           params=("report", "seed", "generate.dataset_seeds", "forecast", "train", "stores", "generalize",
                   "accelerate"),
-          foreach=None, modules=("gfm.report",), rule_file="evaluate.smk",
+          foreach=None, modules=("gfm.report.summary",), rule_file="evaluate.smk",
           notes={"data/models": "budgets, tuned options and validation curves of the learned models"}),
 )
 

@@ -32,7 +32,7 @@ FOOTER = """
 # `dvc plots show` / `dvc plots diff`: one plot per store and kind, from the headline stage's plots/ (DVC
 # configures plots by path prefix, hence a directory per kind). Templates: workflow/plots/*.json (Vega-Lite;
 # one line per model or series, one dash style per revision). The page (dvc_plots/index.html) draws offline:
-# .dvc/config names workflow/plots/page/template.html, which carries Vega inline (src/gfm/plots_page.py).
+# .dvc/config names workflow/plots/page/template.html, which carries Vega inline (src/gfm/tools/plots_page.py).
 plots:
   - plots/error_vs_horizon:
       x: step
@@ -119,7 +119,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_index(args: argparse.Namespace) -> int:
-    from gfm.train_index import run
+    from gfm.stages.train_index import run
 
     run(args.params, args.store, Path(args.out))
     return 0

@@ -1,7 +1,7 @@
 """Files generated from the code and checked in: dvc.yaml (``gfm pipeline``) and the params schema (``gfm schema``).
 
 Each starts with its generated-by line, which is its ownership marker (YAML has no place for the JSON marker of
-gfm.outputs): ``--write`` replaces only a file that its command wrote, never params.yaml or a README.
+gfm.artifacts.outputs): ``--write`` replaces only a file that its command wrote, never params.yaml or a README.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gfm.outputs import Kind, claim_output, write_text_output
+from gfm.artifacts.outputs import Kind, claim_output, write_text_output
 
 __all__ = ["generated_kind", "emit"]
 

@@ -20,7 +20,7 @@ import typing
 from typing import Any, Literal, Union
 
 from gfm.config import TASK_KINDS, OptimizerConfig, Params, Range, TaskConfig
-from gfm.optimizers import SPECS
+from gfm.core.optimizers import SPECS
 from gfm.pipeline import stage
 from gfm.pipeline.generated import generated_kind
 
@@ -48,7 +48,7 @@ def _bounds(meta: dict) -> dict:
 
 def type_schema(tp: Any, meta: dict) -> dict:
     """The JSON schema of annotation ``tp``; ``meta`` are the field's ``spec`` constraints, which apply to a
-    list's items and a union's members as :func:`gfm.schema.build` applies them."""
+    list's items and a union's members as :func:`gfm.base.schema.build` applies them."""
     origin = typing.get_origin(tp)
     if tp is Any:  # checked by its owner (a forecaster's own Config)
         return {}

@@ -3,6 +3,8 @@
 The kinds are listed once, in :data:`gfm.config.TASK_KINDS`: each kind's config class names the Task class
 that runs it (``task_class``, ``"<module>:<class>"``), so that reading params never imports torch. This package
 imports every module of its own directory, and :func:`task_class` finds the named class among them.
+
+May import: gfm.base, gfm.core, gfm.config.
 """
 
 from __future__ import annotations

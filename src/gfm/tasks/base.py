@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gfm.config import InitConfig, TaskConfig
-from gfm.layout import ParamSpec, layout_from_shapes
+from gfm.core.layout import ParamSpec, layout_from_shapes
 
 __all__ = ["ParamSpec", "Task", "layout_from_shapes", "mlp_layout", "mlp_forward", "mlp_forward_cached",
            "mlp_backward", "mlp_module", "init_weights"]

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gfm.base.errors import GFMError
 from gfm.config import CIFAR10Config
-from gfm.errors import GFMError
 from gfm.tasks.base import ParamSpec, Task, layout_from_shapes
 
 __all__ = ["CIFAR10Task", "load_cifar10_binary", "RECORD_BYTES", "CifarDataError"]

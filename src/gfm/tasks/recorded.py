@@ -1,7 +1,7 @@
 """The network of a declared store, rebuilt from what the store records, to score weights on the run's own data.
 
 A recorded or imported store holds the layout (tensor names and shapes), the activation and loss when its
-recorder knew them (gfm.network) and, when the user passed it, each run's held-out evaluation data (``eval/x``,
+recorder knew them (gfm.core.network) and, when the user passed it, each run's held-out evaluation data (``eval/x``,
 ``eval/y``). Evaluate's downstream metrics (the loss and accuracy the forecast weights reach) are computed with
 this network on that data, and are not computed at all where a piece is missing: :func:`recorded_task` says
 which piece, and evaluate reports the metrics as absent with that reason. Nothing is assumed: a layout that
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from gfm.network import activation_fn, network_of
+from gfm.core.network import activation_fn, network_of
 from gfm.tasks.base import ParamSpec, Task
 
 __all__ = ["RecordedTask", "recorded_task", "mlp_chain_problem"]
