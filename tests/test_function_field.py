@@ -14,10 +14,9 @@ from gfm.forecasters.base import (
     StoreNotSupported,
     Trajectories,
     make_forecaster,
-    read_model,
 )
 from gfm.forecasters.function_net import FunctionField, mlp_apply, mlp_shape
-from gfm.forecasters.model_files import save_model
+from gfm.forecasters.model_files import read_model, save_model
 from margins import at_least, fit_rng
 from stage_helpers import first_seed_runs
 
