@@ -118,7 +118,7 @@ def test_the_optimizer_recipe_touches_the_spec_and_its_test_and_a_store_trains_w
     assert files_named("An optimizer") == ["src/gfm/core/optimizers.py", "tests/test_optimizers.py"]
     rules, entry = code_blocks("An optimizer", "python")
     src = copy_package(tmp_path)
-    optimizers = src / "gfm" / "optimizers.py"
+    optimizers = src / "gfm" / "core" / "optimizers.py"
     text = optimizers.read_text()
     anchor = "SPECS: dict[str, OptimizerSpec] = "
     text = text.replace("\n" + anchor, "\n" + rules + "\n\n" + anchor, 1)
