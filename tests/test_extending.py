@@ -55,6 +55,13 @@ def insert_into_tuple(source: str, anchor: str, entry: str) -> str:
     return source[:close].rstrip(", ") + ", " + entry.strip().rstrip(",") + source[close:]
 
 
+def add_to_registry(module: Path, anchor: str, code: str, entry: str) -> None:
+    """Edit ``module`` as a recipe says: ``code`` above the registry that starts at ``anchor``, and ``entry`` as
+    the last item of the tuple the registry is built from."""
+    text = module.read_text().replace("\n" + anchor, "\n" + code + "\n\n" + anchor, 1)
+    module.write_text(insert_into_tuple(text, anchor, entry))
+
+
 def run_study(tmp: Path, src: Path, params: dict, store_key: str, models: list[str]) -> dict:
     """generate -> split -> train ``models`` -> train-index -> forecast -> evaluate one store with the copied
     package; the metrics JSON."""
@@ -118,11 +125,7 @@ def test_the_optimizer_recipe_touches_the_spec_and_its_test_and_a_store_trains_w
     assert files_named("An optimizer") == ["src/gfm/core/optimizers.py", "tests/test_optimizers.py"]
     rules, entry = code_blocks("An optimizer", "python")
     src = copy_package(tmp_path)
-    optimizers = src / "gfm" / "core" / "optimizers.py"
-    text = optimizers.read_text()
-    anchor = "SPECS: dict[str, OptimizerSpec] = "
-    text = text.replace("\n" + anchor, "\n" + rules + "\n\n" + anchor, 1)
-    optimizers.write_text(insert_into_tuple(text, anchor, entry))
+    add_to_registry(src / "gfm" / "core" / "optimizers.py", "SPECS: dict[str, OptimizerSpec] = ", rules, entry)
     params = tiny("mlp_regression-signsgd",
                   {"task": "mlp_regression", "optimizer": {"name": "signsgd", "lr": 0.01}}, ["last_value", "linear"])
     metrics = run_study(tmp_path, src, params, "mlp_regression-signsgd", ["last_value", "linear"])
@@ -133,11 +136,8 @@ def test_the_task_kind_recipe_generates_trains_and_evaluates_a_new_family(tmp_pa
     assert files_named("A task kind")[:2] == ["src/gfm/config/tasks.py", "src/gfm/tasks/<kind>.py"]
     config_class, task_module = code_blocks("A task kind", "python")
     src = copy_package(tmp_path)
-    tasks = src / "gfm" / "config" / "tasks.py"
-    text = tasks.read_text()
-    anchor = "TASK_KINDS: dict[str, type[TaskConfig]] = "
-    text = text.replace("\n" + anchor, "\n" + config_class + "\n\n" + anchor, 1)
-    tasks.write_text(insert_into_tuple(text, anchor, "CubicRegressionConfig"))
+    add_to_registry(src / "gfm" / "config" / "tasks.py", "TASK_KINDS: dict[str, type[TaskConfig]] = ",
+                    config_class, "CubicRegressionConfig")
     (src / "gfm" / "tasks" / "cubic.py").write_text(task_module)
     params = tiny("cubic-sgd", {"task": "cubic", "optimizer": {"name": "sgd", "lr": 0.01}}, ["last_value", "linear"])
     params["tasks"] = {"cubic": {"kind": "cubic_regression", "dim": 1, "hidden": [6], "n_samples": 40,
